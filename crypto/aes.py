@@ -1,0 +1,125 @@
+"""The local AES key provider (``KeyManagement__Provider=AESKey``).
+
+New values use format ``a1`` (byte layout in ``docs/ciphertext-format.md``)::
+
+    kamus$a1$<kid>$<base64url(nonce[12] || AES-256-GCM ciphertext || tag[16])>
+
+* The GCM key is ``HKDF-SHA256(master, salt=none, info="kamus/a1/aes-256-gcm" 0x00 sa_id)``, one
+  key per ``namespace:service-account``; a leaked value key exposes no other identity.
+* The associated data is ``"kamus$a1$<kid>$" + sa_id``: the version, the key id and the identity
+  are all authenticated, so a value made for ``a:x`` fails for ``a:y`` and ``b:x``.
+* ``kid`` names the master key (8 base64url characters derived from it, see :func:`key_id`), so
+  rotation picks the right key directly instead of trying each one.
+
+Kamus's own ``iv:ct`` CBC values are read too (see :mod:`crypto.legacy`), unless switched off.
+"""
+
+import os
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from crypto.encoding import b64url_decode, b64url_encode
+from crypto.errors import DecryptionError
+from crypto.formats import PREFIX, CiphertextFormat, classify
+from crypto.legacy import cbc_decrypt, derive_legacy_key, parse_iv_ciphertext
+
+A1_HEADER = PREFIX + "a1$"
+NONCE_SIZE = 12
+TAG_SIZE = 16
+KEY_SIZES = (16, 24, 32)
+
+# The key Kamus's Helm chart shipped as its default. It is public, so anyone can read and forge
+# ciphertexts made under it; the settings layer refuses it unless explicitly allowed.
+KAMUS_PUBLIC_DEFAULT_KEY = "rWnWbaFutavdoeqUiVYMNJGvmjQh31qaIej/vAxJ9G0="
+
+
+def key_id(master_key: bytes) -> str:
+    """A short, public name for a master key: it identifies the key without revealing it."""
+    return b64url_encode(_hkdf(master_key, 6, b"kamus/key-id"))
+
+
+def _hkdf(master_key: bytes, length: int, info: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), length, salt=None, info=info).derive(master_key)
+
+
+def _value_key(master_key: bytes, sa_id: str) -> bytes:
+    return _hkdf(master_key, 32, b"kamus/a1/aes-256-gcm\x00" + sa_id.encode("utf-8"))
+
+
+class AESKeyManager:
+    """Keys derived from local master keys: the first is active, the rest only decrypt."""
+
+    def __init__(
+        self,
+        key: bytes,
+        previous_keys: Sequence[bytes] = (),
+        *,
+        legacy_key_derivation: bool = False,
+        allow_legacy: bool = True,
+    ) -> None:
+        keys = [key, *previous_keys]
+        for k in keys:
+            if len(k) not in KEY_SIZES:
+                raise ValueError(f"an AES master key must be 16, 24 or 32 bytes, not {len(k)}")
+        self._keys = keys
+        self._by_kid: dict[str, bytes] = {}
+        for k in keys:
+            self._by_kid.setdefault(key_id(k), k)
+        self._active_kid = key_id(key)
+        self._legacy_key_derivation = legacy_key_derivation
+        self._allow_legacy = allow_legacy
+
+    @property
+    def active_key_id(self) -> str:
+        return self._active_kid
+
+    async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+        header = f"{A1_HEADER}{self._active_kid}$"
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = AESGCM(_value_key(self._keys[0], sa_id)).encrypt(
+            nonce, plaintext, (header + sa_id).encode("utf-8")
+        )
+        return header + b64url_encode(nonce + sealed)
+
+    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+        fmt = classify(ciphertext)
+        if fmt is CiphertextFormat.AES_GCM_V1:
+            return self._open_a1(ciphertext, sa_id)
+        if fmt is CiphertextFormat.LEGACY_AES_CBC:
+            if not self._allow_legacy:
+                raise DecryptionError("legacy Kamus ciphertexts are switched off")
+            return self._open_legacy(ciphertext, sa_id)
+        raise DecryptionError(f"the AES provider cannot read format {fmt}")
+
+    def _open_a1(self, ciphertext: str, sa_id: str) -> bytes:
+        parts = ciphertext.split("$")
+        if len(parts) != 4:
+            raise DecryptionError("a1 ciphertext has the wrong number of fields")
+        kid, body = parts[2], parts[3]
+        master = self._by_kid.get(kid)
+        if master is None:
+            raise DecryptionError("a1 ciphertext names a key that is not configured")
+        raw = b64url_decode(body)
+        if len(raw) < NONCE_SIZE + TAG_SIZE:
+            raise DecryptionError("a1 ciphertext is too short")
+        aad = f"{A1_HEADER}{kid}${sa_id}".encode()
+        nonce, sealed = raw[:NONCE_SIZE], raw[NONCE_SIZE:]
+        try:
+            return AESGCM(_value_key(master, sa_id)).decrypt(nonce, sealed, aad)
+        except InvalidTag as exc:
+            raise DecryptionError("a1 authentication failed (wrong identity or tampered)") from exc
+
+    def _open_legacy(self, ciphertext: str, sa_id: str) -> bytes:
+        iv, body = parse_iv_ciphertext(ciphertext)
+        # Legacy values carry no key id, so each configured key is tried, active first.
+        for master in self._keys:
+            key = derive_legacy_key(master, sa_id) if self._legacy_key_derivation else master
+            try:
+                return cbc_decrypt(key, iv, body)
+            except DecryptionError:
+                continue
+        raise DecryptionError("legacy ciphertext did not decrypt under any configured key")

@@ -1,0 +1,16 @@
+"""The interface every key provider implements."""
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class KeyManager(Protocol):
+    """Encrypts for, and decrypts as, one ``"<namespace>:<service-account>"`` identity.
+
+    ``decrypt`` raises :class:`crypto.DecryptionError` for every ciphertext that does not open for
+    ``sa_id``, whatever the cause.
+    """
+
+    async def encrypt(self, plaintext: bytes, sa_id: str) -> str: ...
+
+    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes: ...

@@ -1,0 +1,48 @@
+"""Reading what Kamus wrote: unauthenticated AES-256-CBC with PKCS#7 padding.
+
+Kamus (``src/key-managment/SymmetricKeyManagement.cs``, ``RijndaelUtils.cs``) encrypted the UTF-8
+bytes of a string with .NET's ``RijndaelManaged`` defaults (CBC, PKCS#7, 16-byte random IV) and
+wrote ``Convert.ToBase64String(iv) + ":" + Convert.ToBase64String(ct)``. With key derivation on,
+the key was HKDF-SHA256 *expand only* of the master key, with the identity as ``info``.
+
+We only ever read this format. CBC without a MAC cannot tell a wrong key from a right one for
+sure, so a plaintext is accepted only if its padding is valid and it is valid UTF-8 (Kamus only
+ever encrypted .NET strings).
+"""
+
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from crypto.encoding import b64_decode
+from crypto.errors import DecryptionError
+
+AES_BLOCK = 16
+
+
+def derive_legacy_key(master_key: bytes, sa_id: str) -> bytes:
+    """Kamus's ``UseKeyDeriviation``: HKDF-SHA256 expand-only, ``info = "<ns>:<sa>"``."""
+    return HKDFExpand(hashes.SHA256(), 32, sa_id.encode("utf-8")).derive(master_key)
+
+
+def parse_iv_ciphertext(text: str) -> tuple[bytes, bytes]:
+    """Split ``b64(iv):b64(ct)`` and check the sizes CBC needs."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise DecryptionError("legacy ciphertext is not iv:ciphertext")
+    iv, body = b64_decode(parts[0]), b64_decode(parts[1])
+    if len(iv) != AES_BLOCK or not body or len(body) % AES_BLOCK:
+        raise DecryptionError("legacy ciphertext has a bad iv or length")
+    return iv, body
+
+
+def cbc_decrypt(key: bytes, iv: bytes, body: bytes) -> bytes:
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    padded = decryptor.update(body) + decryptor.finalize()
+    unpadder = padding.PKCS7(algorithms.AES.block_size).unpadder()
+    try:
+        plaintext = unpadder.update(padded) + unpadder.finalize()
+        plaintext.decode("utf-8")
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise DecryptionError("legacy ciphertext did not decrypt") from exc
+    return plaintext

@@ -1,0 +1,200 @@
+"""Who is calling: service-account tokens checked by the Kubernetes TokenReview API.
+
+Two authenticators share one small interface:
+
+* :class:`TokenReviewAuthenticator`, the product: asks kube-apiserver, with the official asyncio
+  client, bounded concurrency and a timeout on every call.
+* :class:`StaticTokenFileAuthenticator`, for a laptop without a cluster: kube-apiserver's
+  ``--token-auth-file`` CSV format. Never used by the Helm chart.
+
+Outages raise :class:`AuthUnavailable` (the caller answers 503), never :class:`NotAuthenticated`:
+an apiserver hiccup must not look like a bad token.
+"""
+
+import asyncio
+import csv
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import aiohttp
+from kubernetes.aio.client import (
+    ApiClient,
+    AuthenticationV1Api,
+    AuthorizationV1Api,
+    V1ResourceAttributes,
+    V1SelfSubjectAccessReview,
+    V1SelfSubjectAccessReviewSpec,
+    V1TokenReview,
+    V1TokenReviewSpec,
+)
+from kubernetes.aio.client.exceptions import ApiException
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Identity:
+    username: str
+
+
+class NotAuthenticated(Exception):
+    """The token does not prove an identity. ``reason`` is for the audit log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AuthUnavailable(Exception):
+    """Authentication could not be done right now (apiserver down, slow or refusing us)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, token: str) -> Identity: ...
+
+    async def can_review_tokens(self) -> bool:
+        """Whether this service may create TokenReviews (Kamus's isAlive check)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class TokenReviewAuthenticator:
+    def __init__(
+        self,
+        api_client: ApiClient,
+        *,
+        audiences: Sequence[str] = (),
+        timeout_seconds: float = 5.0,
+        max_concurrency: int = 16,
+        access_review_cache_seconds: float = 30.0,
+    ) -> None:
+        self._api_client = api_client
+        self._authn = AuthenticationV1Api(api_client)
+        self._authz = AuthorizationV1Api(api_client)
+        self._audiences = list(audiences)
+        self._timeout = timeout_seconds
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._cache_seconds = access_review_cache_seconds
+        self._access_review: tuple[float, bool] | None = None
+
+    async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+        # One deadline covers waiting for a slot and the call itself.
+        try:
+            async with asyncio.timeout(self._timeout), self._slots:
+                return await request()
+        except TimeoutError:
+            raise AuthUnavailable(f"{what}: no answer within {self._timeout:g}s") from None
+        except ApiException as exc:
+            # 401/403 here means the apiserver rejected *our* credentials or RBAC: a
+            # misconfiguration of this service, not a verdict on the caller's token.
+            raise AuthUnavailable(f"{what}: apiserver answered {exc.status} {exc.reason}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AuthUnavailable(f"{what}: apiserver unreachable ({type(exc).__name__})") from None
+        except ValidationError:
+            raise AuthUnavailable(f"{what}: apiserver sent a malformed response") from None
+
+    async def authenticate(self, token: str) -> Identity:
+        review = V1TokenReview(
+            api_version="authentication.k8s.io/v1",
+            kind="TokenReview",
+            spec=V1TokenReviewSpec(token=token, audiences=self._audiences or None),
+        )
+        result = await self._call(
+            "TokenReview",
+            lambda: self._authn.create_token_review(review, _request_timeout=self._timeout),
+        )
+        status = result.status
+        if status is None or not status.authenticated:
+            error = status.error if status is not None else None
+            raise NotAuthenticated(f"TokenReview: {(error or 'not authenticated')[:200]}")
+        if status.user is None or not status.user.username:
+            raise NotAuthenticated("TokenReview: authenticated without a username")
+        if self._audiences and not set(status.audiences or ()) & set(self._audiences):
+            raise NotAuthenticated("TokenReview: token is not for the configured audiences")
+        return Identity(username=status.user.username)
+
+    async def can_review_tokens(self) -> bool:
+        now = time.monotonic()
+        if self._access_review and now - self._access_review[0] < self._cache_seconds:
+            return self._access_review[1]
+        review = V1SelfSubjectAccessReview(
+            api_version="authorization.k8s.io/v1",
+            kind="SelfSubjectAccessReview",
+            spec=V1SelfSubjectAccessReviewSpec(
+                resource_attributes=V1ResourceAttributes(
+                    group="authentication.k8s.io", resource="tokenreviews", verb="create"
+                )
+            ),
+        )
+        result = await self._call(
+            "SelfSubjectAccessReview",
+            lambda: self._authz.create_self_subject_access_review(
+                review, _request_timeout=self._timeout
+            ),
+        )
+        allowed = bool(result.status and result.status.allowed)
+        self._access_review = (now, allowed)
+        return allowed
+
+    async def close(self) -> None:
+        await self._api_client.close()
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class StaticTokenFileAuthenticator:
+    """kube-apiserver's ``--token-auth-file``: ``token,user,uid[,"group1,group2"]`` per line.
+
+    Tokens are held only as SHA-256 digests, so a lookup compares digests rather than secrets.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._users: dict[bytes, str] = {}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(
+                f"Kubernetes__TokenAuthFile {path} cannot be read: {exc.strerror}"
+            ) from None
+        for number, row in enumerate(csv.reader(text.splitlines(), skipinitialspace=True), 1):
+            if not row or row[0].startswith("#"):
+                continue
+            if len(row) < 3 or not row[0] or not row[1]:
+                raise ValueError(
+                    f"Kubernetes__TokenAuthFile {path} line {number}: expected "
+                    'token,user,uid[,"groups"]'
+                )
+            digest = _digest(row[0])
+            if digest in self._users:
+                log.warning("Kubernetes__TokenAuthFile line %d repeats a token; last wins", number)
+            self._users[digest] = row[1]
+        log.warning(
+            "Kubernetes__TokenAuthFile is set: callers are checked against a static token file, "
+            "not the Kubernetes API. This is for local development only."
+        )
+
+    async def authenticate(self, token: str) -> Identity:
+        username = self._users.get(_digest(token))
+        if username is None:
+            raise NotAuthenticated("token is not in the static token file")
+        return Identity(username=username)
+
+    async def can_review_tokens(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,92 @@
+"""The public encryptor: anyone may encrypt for a service account; nobody can decrypt here.
+
+This process never loads the decryption endpoint or the Kubernetes client.
+"""
+
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from crypto import KeyManager
+from kamus.identity import check_namespace, check_service_account, sa_id
+from kamus.metrics import Metrics
+from kamus.providers import build_key_manager
+from kamus.settings import Settings
+from kamus.web import annotate, create_base_app
+
+ENCRYPT_PATHS = ("/api/v1/encrypt", "/encrypt")
+
+
+class EncryptRequest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    data: str = Field(description="The secret to encrypt (UTF-8 text).")
+    service_account: Annotated[str, AfterValidator(check_service_account)] = Field(
+        alias="service-account", description="The service account that may decrypt it."
+    )
+    namespace: Annotated[str, AfterValidator(check_namespace)] = Field(
+        description="The namespace of that service account."
+    )
+
+
+def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> FastAPI:
+    settings = settings or Settings()
+    keys = key_manager or build_key_manager(settings)
+    provider = settings.key_management.provider
+    metrics = Metrics()
+    app = create_base_app(
+        service="encryptor",
+        title="Kamus encryptor",
+        description="Encrypts secrets so that only one Kubernetes service account can read them.",
+        settings=settings,
+        metrics=metrics,
+        audited_paths=ENCRYPT_PATHS,
+    )
+
+    async def encrypt(body: EncryptRequest, request: Request) -> PlainTextResponse:
+        annotate(request, namespace=body.namespace, service_account=body.service_account)
+        if body.service_account == "default":
+            # Refused before any crypto or key creation: every pod without its own service
+            # account runs as `default`, so a value for it is readable by all of them.
+            annotate(request, reason="default service account")
+            raise HTTPException(
+                400,
+                "service-account: the 'default' service account cannot be used; create a "
+                "dedicated service account for the workload and encrypt for it",
+            )
+        try:
+            ciphertext = await keys.encrypt(
+                body.data.encode("utf-8"), sa_id(body.namespace, body.service_account)
+            )
+        except Exception:
+            metrics.encryptions.labels(provider, "error").inc()
+            raise
+        metrics.encryptions.labels(provider, "success").inc()
+        return PlainTextResponse(ciphertext)
+
+    for path in ENCRYPT_PATHS:
+        app.add_api_route(
+            path,
+            encrypt,
+            methods=["POST"],
+            response_class=PlainTextResponse,
+            summary="Encrypt a secret for a service account",
+            tags=["encrypt"],
+            responses={
+                200: {"content": {"text/plain": {}}, "description": "The ciphertext."},
+                400: {"description": "A field is missing or invalid, or the SA is `default`."},
+                413: {"description": "The request body is over the size limit."},
+            },
+        )
+
+    @app.get("/api/v1/isAlive", tags=["health"], summary="Kamus's liveness check")
+    async def is_alive() -> bool:
+        return True
+
+    @app.get("/readyz", tags=["health"], summary="Ready to serve")
+    async def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    return app

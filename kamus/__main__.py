@@ -1,0 +1,3 @@
+from kamus.cli import main
+
+main()

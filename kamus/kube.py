@@ -1,0 +1,48 @@
+"""One way for every service to reach the Kubernetes API, with the official asyncio client.
+
+In order: ``Kubernetes__ProxyUrl`` (as in Kamus, e.g. ``kubectl proxy``), the in-cluster service
+account, then ``KUBECONFIG`` (or ``~/.kube/config``).
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from kubernetes.aio.client import ApiClient, Configuration
+from kubernetes.aio.config import ConfigException, load_kube_config
+from kubernetes.aio.config.incluster_config import (
+    SERVICE_CERT_FILENAME,
+    SERVICE_HOST_ENV_NAME,
+    SERVICE_TOKEN_FILENAME,
+    InClusterConfigLoader,
+)
+
+from kamus.providers import ConfigurationError
+from kamus.settings import KubernetesSettings
+
+
+async def create_api_client(
+    settings: KubernetesSettings,
+    *,
+    environ: Mapping[str, str] = os.environ,
+    token_file: str = SERVICE_TOKEN_FILENAME,
+    ca_file: str = SERVICE_CERT_FILENAME,
+) -> ApiClient:
+    config = Configuration()
+    try:
+        if settings.proxy_url:
+            config.host = settings.proxy_url.rstrip("/")
+        elif environ.get(SERVICE_HOST_ENV_NAME):
+            InClusterConfigLoader(token_file, ca_file, environ=environ).load_and_set(config)
+        else:
+            kubeconfig = environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+            await load_kube_config(
+                config_file=kubeconfig, client_configuration=config, persist_config=False
+            )
+    except (ConfigException, OSError) as exc:
+        raise ConfigurationError(
+            f"cannot configure the Kubernetes client ({exc}). Set Kubernetes__ProxyUrl, run in "
+            "a cluster, or point KUBECONFIG at a kubeconfig"
+        ) from None
+    config.connection_pool_maxsize = settings.max_concurrent_requests
+    return ApiClient(configuration=config)

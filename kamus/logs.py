@@ -1,0 +1,51 @@
+"""JSON-lines logging and the audit trail.
+
+Audit events go to the ``kamus.audit`` logger with ``log_type: audit``. Callers pass identities,
+outcomes and reasons only: never a plaintext, ciphertext, token or key.
+"""
+
+import json
+import logging
+import sys
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+AUDIT_LOGGER = logging.getLogger("kamus.audit")
+_FIELDS = "kamus_fields"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, _FIELDS, {}))
+        if record.exc_info and record.exc_info[0] is not None:
+            # The type and the code path only: exception messages can quote request data.
+            entry["exception"] = record.exc_info[0].__name__
+            entry["stack"] = "".join(traceback.format_tb(record.exc_info[2]))
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def audit(event: str, **fields: Any) -> None:
+    AUDIT_LOGGER.info(event, extra={_FIELDS: {"log_type": "audit", **fields}})
+
+
+def log_fields(**fields: Any) -> dict[str, Any]:
+    """``extra=`` for an ordinary log line with structured fields."""
+    return {_FIELDS: fields}

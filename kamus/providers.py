@@ -1,0 +1,74 @@
+"""Builds the configured key provider from settings, refusing unsafe configurations at start."""
+
+import base64
+import binascii
+import logging
+
+from crypto import KAMUS_PUBLIC_DEFAULT_KEY, AESKeyManager, KeyManager
+from crypto.aes import KEY_SIZES
+from kamus.settings import AESSettings, Settings, read_secret
+
+log = logging.getLogger(__name__)
+
+
+class ConfigurationError(Exception):
+    """The service cannot start as configured; the message says what to set."""
+
+
+def build_key_manager(settings: Settings) -> KeyManager:
+    km = settings.key_management
+    if km.provider == "AESKey":
+        return _build_aes(km.aes)
+    raise ConfigurationError(
+        f"KeyManagement__Provider={km.provider} is not available in this build yet; use AESKey"
+    )
+
+
+def _decode_key(text: str, name: str) -> bytes:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(
+            f"{name} is not valid base64; generate one with: openssl rand -base64 32"
+        ) from None
+    if len(key) not in KEY_SIZES:
+        raise ConfigurationError(
+            f"{name} decodes to {len(key)} bytes; an AES key is 16, 24 or 32 bytes "
+            "(generate one with: openssl rand -base64 32)"
+        )
+    return key
+
+
+def _build_aes(aes: AESSettings) -> AESKeyManager:
+    try:
+        active = read_secret(aes.key, aes.key_file, "KeyManagement__AES__Key")
+        previous = read_secret(
+            aes.previous_keys, aes.previous_keys_file, "KeyManagement__AES__PreviousKeys"
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if not active:
+        # Kamus made up a random key per process here, which silently breaks with two replicas.
+        raise ConfigurationError(
+            "no AES key is configured: set KeyManagement__AES__Key or KeyManagement__AES__KeyFile "
+            "to a base64 key (openssl rand -base64 32)"
+        )
+    previous_texts = [p.strip() for p in (previous or "").split(",") if p.strip()]
+    if KAMUS_PUBLIC_DEFAULT_KEY in (active, *previous_texts):
+        if not aes.allow_public_default_key:
+            raise ConfigurationError(
+                "the configured AES key is Kamus's published default key, which anyone can use to "
+                "read and forge your secrets. Generate a new key (openssl rand -base64 32); to "
+                "read values encrypted under the old one while you migrate, set "
+                "KeyManagement__AES__AllowPublicDefaultKey=true"
+            )
+        log.warning(
+            "INSECURE: Kamus's published default AES key is configured; anyone can read and forge "
+            "values made with it. Re-encrypt your secrets under a new key and remove it."
+        )
+    return AESKeyManager(
+        _decode_key(active, "KeyManagement__AES__Key"),
+        [_decode_key(p, "KeyManagement__AES__PreviousKeys") for p in previous_texts],
+        legacy_key_derivation=aes.use_key_derivation,
+        allow_legacy=aes.allow_legacy_ciphertexts,
+    )

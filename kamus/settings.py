@@ -1,0 +1,99 @@
+"""Settings for every service, read from the environment under Kamus's names.
+
+``__`` nests, names are case-insensitive, and Kamus's spellings (``UseKeyDeriviation``) are kept so
+an existing deployment's environment keeps working. Every secret can instead be read from a file
+(``...File``), so keys can live in a mounted Secret rather than in environment variables.
+"""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Provider = Literal["AESKey", "AzureKeyVault", "GoogleKms", "AwsKms"]
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+def read_secret(value: SecretStr | None, file: Path | None, name: str) -> str | None:
+    """The secret from its variable or, if that is unset, from its file; never both."""
+    if value is not None and file is not None:
+        raise ValueError(f"set {name} or {name}File, not both")
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{name}File {file} cannot be read: {exc.strerror}") from exc
+    return value.get_secret_value().strip() if value is not None else None
+
+
+class AESSettings(_Section):
+    key: SecretStr | None = Field(None, alias="Key")
+    key_file: Path | None = Field(None, alias="KeyFile")
+    previous_keys: SecretStr | None = Field(None, alias="PreviousKeys")
+    previous_keys_file: Path | None = Field(None, alias="PreviousKeysFile")
+    use_key_derivation: bool = Field(False, alias="UseKeyDeriviation")
+    allow_legacy_ciphertexts: bool = Field(True, alias="AllowLegacyCiphertexts")
+    allow_public_default_key: bool = Field(False, alias="AllowPublicDefaultKey")
+
+
+class KeyManagementSettings(_Section):
+    provider: Provider = Field("AESKey", alias="Provider")
+    aes: AESSettings = Field(default_factory=AESSettings, alias="AES")
+
+
+class KubernetesSettings(_Section):
+    proxy_url: str | None = Field(None, alias="ProxyUrl")
+    token_auth_file: Path | None = Field(None, alias="TokenAuthFile")
+    request_timeout_seconds: float = Field(5.0, gt=0, alias="RequestTimeoutSeconds")
+    max_concurrent_requests: int = Field(16, ge=1, alias="MaxConcurrentRequests")
+
+
+class DecryptorSettings(_Section):
+    audiences: CommaList = Field(default_factory=list, alias="Audiences")
+    deny_default_service_account: bool = Field(True, alias="DenyDefaultServiceAccount")
+    access_review_cache_seconds: float = Field(30.0, ge=0, alias="AccessReviewCacheSeconds")
+    retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
+
+    _split = field_validator("audiences", mode="before")(_split_commas)
+
+
+class ServerSettings(_Section):
+    max_request_body_bytes: int = Field(1024 * 1024, ge=1, alias="MaxRequestBodyBytes")
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="Level")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    key_management: KeyManagementSettings = Field(
+        default_factory=KeyManagementSettings, alias="KeyManagement"
+    )
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings, alias="Kubernetes")
+    decryptor: DecryptorSettings = Field(default_factory=DecryptorSettings, alias="Decryptor")
+    server: ServerSettings = Field(default_factory=ServerSettings, alias="Server")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, alias="Logging")
