@@ -1,0 +1,99 @@
+"""Shared fixtures: the Kubernetes API double, keys, settings and the two apps in-process."""
+
+import base64
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kamus.settings import Settings
+from tests.k8s_double import Faults, KubeApiDouble
+
+# Settings come from the environment; tests must not inherit a developer's.
+_SETTING_PREFIXES = ("keymanagement__", "kubernetes__", "decryptor__", "server__", "logging__")
+
+
+@pytest.fixture(autouse=True)
+def _clean_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.lower().startswith(_SETTING_PREFIXES) or name == "KUBECONFIG":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def _kube_api_server() -> Iterator[KubeApiDouble]:
+    with KubeApiDouble() as double:
+        yield double
+
+
+@pytest.fixture
+def kube_api(_kube_api_server: KubeApiDouble) -> Iterator[KubeApiDouble]:
+    """The shared double, healthy and with fresh state for each test."""
+    double = _kube_api_server
+    double.faults = Faults()
+    double.reviewers = {double.admin_token}
+    double.reviews.clear()
+    double.deleted_service_accounts.clear()
+    if double._server is None:
+        double.start()
+    yield double
+    if double._server is None:
+        double.start()
+
+
+@pytest.fixture
+def kubeconfig(kube_api: KubeApiDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
+
+
+def new_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture
+def aes_key() -> str:
+    return new_key()
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(monkeypatch: pytest.MonkeyPatch, aes_key: str) -> SettingsFactory:
+    """Settings read from the environment exactly as a service reads them, e.g.
+    ``make_settings(**{"Decryptor__Audiences": "kamus"})``. The AES key defaults to ``aes_key``.
+    """
+
+    def build(**env: str) -> Settings:
+        monkeypatch.setenv("KeyManagement__AES__Key", aes_key)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return Settings()
+
+    return build
+
+
+@pytest.fixture
+def encryptor_client(make_settings: SettingsFactory) -> Iterator[TestClient]:
+    from encryptor.app import create_app
+
+    with TestClient(create_app(make_settings())) as client:
+        yield client
+
+
+@pytest.fixture
+def decryptor_client(make_settings: SettingsFactory, kubeconfig: Path) -> Iterator[TestClient]:
+    from decryptor.app import create_app
+
+    with TestClient(create_app(make_settings())) as client:
+        yield client
+
+
+def audit_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The structured fields of every audit line captured so far."""
+    return [getattr(r, "kamus_fields", {}) for r in caplog.records if r.name == "kamus.audit"]

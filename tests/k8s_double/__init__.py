@@ -1,0 +1,5 @@
+"""A Kubernetes API double for tests: see ``server.py`` and ``README.md``."""
+
+from tests.k8s_double.server import DEFAULT_ISSUER, Faults, KubeApiDouble, ReviewRecord
+
+__all__ = ["DEFAULT_ISSUER", "Faults", "KubeApiDouble", "ReviewRecord"]
