@@ -19,10 +19,17 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         # Never str(exc): pydantic quotes the offending input, which may be a secret.
-        problems = "; ".join(
-            "__".join(str(part) for part in err["loc"]) + f": {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{_setting_name(err['loc'])}: {err['msg']}" for err in exc.errors())
         raise click.ClickException(f"invalid settings: {problems}") from None
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    """The environment name of a setting from a pydantic error location."""
+    parts = [str(part) for part in loc]
+    field = Settings.model_fields.get(parts[0]) if parts else None
+    if field is not None and field.alias:
+        parts[0] = field.alias
+    return "__".join(parts)
 
 
 @click.group()

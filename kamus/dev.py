@@ -71,7 +71,12 @@ Press Ctrl-C to stop.
 """
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # unwinds through run_dev's finally, which stops the services
+
+
 def run_dev(state_dir: str, encryptor_port: int, decryptor_port: int) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     key_file, token_file, token = prepare_state(Path(state_dir).resolve())
     env = {
         **os.environ,

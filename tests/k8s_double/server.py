@@ -34,6 +34,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SA_PREFIX = "system:serviceaccount:"
@@ -93,6 +94,7 @@ class KubeApiDouble:
         self.admin_token = secrets.token_urlsafe(32)
         self.reviewers: set[str] = {self.admin_token}
         self.reviews: list[ReviewRecord] = []
+        self.received = 0  # API requests that arrived, answered or not
         self.deleted_service_accounts: set[tuple[str, str]] = set()
         self._sa_uids: dict[tuple[str, str], str] = {}
         self._server: uvicorn.Server | None = None
@@ -300,6 +302,7 @@ class KubeApiDouble:
             if request.url.path.startswith("/_double/"):
                 response: Response = await call_next(request)
                 return response
+            self.received += 1
             if self.faults.delay_seconds:
                 await asyncio.sleep(self.faults.delay_seconds)
             if self.faults.fail_status is not None:
@@ -308,7 +311,10 @@ class KubeApiDouble:
                     "InternalError",
                     "Internal error occurred: injected by the Kubernetes API double",
                 )
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except ClientDisconnect:  # the client stopped waiting for a slow answer
+                return Response(status_code=499)
             return response
 
         @app.get("/version")

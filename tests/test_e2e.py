@@ -1,0 +1,141 @@
+"""End to end: both services as real ``kamus serve`` processes, tokens from the API double."""
+
+import base64
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import new_key
+from tests.k8s_double import Faults, KubeApiDouble
+from tests.processes import Service, kamus_serve
+
+SECRET = "pa55w0rd-only-for-team-a-app"
+
+
+@dataclass
+class Deployment:
+    encryptor: Service
+    decryptor: Service
+    key: str
+    kube_api: KubeApiDouble
+
+    def encrypt(self, data: str, namespace: str, sa: str) -> httpx.Response:
+        body = {"data": data, "service-account": sa, "namespace": namespace}
+        return httpx.post(f"{self.encryptor.url}/api/v1/encrypt", json=body, timeout=10)
+
+    def decrypt(self, data: str, token: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(
+            f"{self.decryptor.url}/api/v1/decrypt", json={"data": data}, headers=headers, timeout=10
+        )
+
+
+@pytest.fixture
+def deployment(
+    kube_api: KubeApiDouble, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    timeout = getattr(request, "param", "1")
+    key = new_key()
+    key_file = tmp_path / "aes.key"
+    key_file.write_text(key)
+    common = {"KeyManagement__AES__KeyFile": str(key_file), "Logging__Level": "DEBUG"}
+    decryptor_env = {
+        **common,
+        "KUBECONFIG": str(kube_api.write_kubeconfig(tmp_path / "kubeconfig")),
+        "Kubernetes__RequestTimeoutSeconds": timeout,
+    }
+    with (
+        kamus_serve("encryptor", common, tmp_path / "encryptor.log") as encryptor,
+        kamus_serve("decryptor", decryptor_env, tmp_path / "decryptor.log") as decryptor,
+    ):
+        yield Deployment(encryptor, decryptor, key, kube_api)
+
+
+def test_round_trip_only_for_the_right_service_account(deployment: Deployment) -> None:
+    kube_api = deployment.kube_api
+    encrypted = deployment.encrypt(SECRET, "team-a", "app")
+    assert encrypted.status_code == 200
+    ciphertext = encrypted.text
+
+    token = kube_api.issue_token("team-a", "app")
+    decrypted = deployment.decrypt(ciphertext, token)
+    assert decrypted.status_code == 200
+    assert decrypted.text == SECRET
+
+    other_sa = kube_api.issue_token("team-a", "web")
+    other_ns = kube_api.issue_token("team-b", "app")
+    assert deployment.decrypt(ciphertext, other_sa).status_code == 400
+    assert deployment.decrypt(ciphertext, other_ns).status_code == 400
+    assert deployment.decrypt(ciphertext, None).status_code == 401
+    assert deployment.decrypt(ciphertext, kube_api.forge_token("team-a", "app")).status_code == 401
+    user = kube_api.issue_user_token("jane@example.com")
+    assert deployment.decrypt(ciphertext, user).status_code == 403
+    assert deployment.encrypt(SECRET, "team-a", "default").status_code == 400
+    default = kube_api.issue_token("team-a", "default")
+    assert deployment.decrypt(ciphertext, default).status_code == 403
+
+    alive = httpx.get(f"{deployment.decryptor.url}/api/v1/isAlive", timeout=5)
+    assert alive.json() is True
+
+    # Nothing secret reached either log: not the plaintext, a token, the key or a ciphertext.
+    logs = deployment.encryptor.log_file.read_text() + deployment.decryptor.log_file.read_text()
+    key_bytes = base64.b64decode(deployment.key)
+    for secret in [
+        SECRET,
+        token,
+        other_sa,
+        other_ns,
+        user,
+        default,
+        deployment.key,
+        key_bytes.hex(),
+        ciphertext,
+        kube_api.admin_token,
+    ]:
+        assert secret not in logs
+    audits = [
+        line
+        for svc in (deployment.encryptor, deployment.decryptor)
+        for line in svc.log_lines()
+        if line.get("log_type") == "audit"
+    ]
+    assert len(audits) == 9
+    assert {a["outcome"] for a in audits} == {"success", "rejected", "denied"}
+    assert all(a["source_ip"] == "127.0.0.1" for a in audits)
+
+
+def test_apiserver_outage_is_503_and_recovers(deployment: Deployment) -> None:
+    kube_api = deployment.kube_api
+    ciphertext = deployment.encrypt(SECRET, "team-a", "app").text
+    token = kube_api.issue_token("team-a", "app")
+    kube_api.stop()
+    down = deployment.decrypt(ciphertext, token)
+    assert down.status_code == 503
+    assert down.headers["retry-after"]
+    kube_api.start()
+    assert deployment.decrypt(ciphertext, token).text == SECRET
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deployment", ["10"], indirect=True)
+def test_a_slow_tokenreview_does_not_block_other_requests(deployment: Deployment) -> None:
+    kube_api = deployment.kube_api
+    ciphertext = deployment.encrypt(SECRET, "team-a", "app").text
+    token = kube_api.issue_token("team-a", "app")
+    kube_api.faults = Faults(delay_seconds=3)
+    result: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: result.append(deployment.decrypt(ciphertext, token)))
+    thread.start()
+    try:
+        while kube_api.received == 0:  # the TokenReview is now pending at the apiserver
+            threading.Event().wait(0.01)
+        # While it hangs, the same process keeps answering: the event loop is not blocked.
+        assert httpx.get(f"{deployment.decryptor.url}/healthz", timeout=2).status_code == 200
+        assert thread.is_alive()
+    finally:
+        thread.join(timeout=15)
+    assert result[0].text == SECRET
