@@ -96,8 +96,8 @@ def create_app(
         settings=settings,
         metrics=metrics,
         audited_paths=DECRYPT_PATHS,
+        lifespan=lifespan,
     )
-    app.router.lifespan_context = lifespan
 
     def _authenticator() -> Authenticator:
         if auth is None:

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from kamus import __version__
 from kamus.logs import audit
@@ -142,8 +142,10 @@ def create_base_app(
     settings: Settings,
     metrics: Metrics,
     audited_paths: Iterable[str],
+    lifespan: Lifespan[FastAPI] | None = None,
 ) -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title=title,
         description=description,
         version=__version__,
