@@ -1,0 +1,158 @@
+"""The committed test vectors in ``tests/vectors/`` must keep working, forever.
+
+A change that makes an old ciphertext unreadable (or a bad one readable) fails here. Each positive
+vector is checked twice: with the real provider, and with a few lines written from
+``docs/ciphertext-format.md`` alone, so the document and the code cannot drift apart.
+"""
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+
+from crypto import (
+    KAMUS_PUBLIC_DEFAULT_KEY,
+    AESKeyManager,
+    CiphertextFormat,
+    DecryptionError,
+    classify,
+)
+
+VECTORS = Path(__file__).parent / "vectors"
+Vector = dict[str, Any]
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((VECTORS / name).read_text(encoding="utf-8"))
+    return data
+
+
+A1 = load("aes-a1.json")
+LEGACY = load("kamus-legacy-aes.json")
+
+
+def manager(v: Vector) -> AESKeyManager:
+    return AESKeyManager(
+        base64.b64decode(v["key"], validate=True),
+        [base64.b64decode(k, validate=True) for k in v["previous_keys"]],
+        legacy_key_derivation=v.get("key_derivation", False),
+        allow_legacy=v.get("allow_legacy", True),
+    )
+
+
+def keys(v: Vector) -> list[bytes]:
+    return [base64.b64decode(k) for k in [v["key"], *v["previous_keys"]]]
+
+
+def ids(vectors: list[Vector]) -> list[str]:
+    return [v["name"] for v in vectors]
+
+
+# --- the format, as docs/ciphertext-format.md states it -----------------------------------------
+
+
+def hkdf(master: bytes, length: int, info: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), length, salt=None, info=info).derive(master)
+
+
+def b64url_nopad(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def doc_open_a1(masters: list[bytes], sa_id: str, ciphertext: str) -> bytes:
+    prefix, version, kid, body = ciphertext.split("$")
+    assert (prefix, version) == ("kamus", "a1")
+    (master,) = [m for m in masters if b64url_nopad(hkdf(m, 6, b"kamus/key-id")) == kid]
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    assert b64url_nopad(raw) == body
+    nonce, sealed = raw[:12], raw[12:]
+    value_key = hkdf(master, 32, b"kamus/a1/aes-256-gcm\x00" + sa_id.encode())
+    aad = f"kamus$a1${kid}${sa_id}".encode()
+    return AESGCM(value_key).decrypt(nonce, sealed, aad)
+
+
+def doc_open_legacy(master: bytes, derivation: bool, sa_id: str, ciphertext: str) -> bytes:
+    iv_b64, body_b64 = ciphertext.split(":")
+    key = HKDFExpand(hashes.SHA256(), 32, sa_id.encode()).derive(master) if derivation else master
+    dec = Cipher(algorithms.AES(key), modes.CBC(base64.b64decode(iv_b64))).decryptor()
+    padded = dec.update(base64.b64decode(body_b64)) + dec.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    return unpadder.update(padded) + unpadder.finalize()
+
+
+# --- a1 -----------------------------------------------------------------------------------------
+
+
+def test_a1_vector_file_is_complete() -> None:
+    vectors, negative = A1["vectors"], A1["negative"]
+    assert len(vectors) >= 6
+    assert len(negative) >= 10
+    plaintexts = [base64.b64decode(v["plaintext_b64"]) for v in vectors]
+    assert b"" in plaintexts
+    assert any(not p.isascii() and p.decode("utf-8", "ignore").encode() == p for p in plaintexts)
+    assert any(v["previous_keys"] for v in vectors)  # a rotated key
+    assert len(set(ids(vectors))) == len(vectors)
+    assert len(set(ids(negative))) == len(negative)
+
+
+@pytest.mark.parametrize("v", A1["vectors"], ids=ids(A1["vectors"]))
+async def test_a1_vector(v: Vector) -> None:
+    plaintext = base64.b64decode(v["plaintext_b64"], validate=True)
+    assert classify(v["ciphertext"]) is CiphertextFormat.AES_GCM_V1
+    assert v["ciphertext"].split("$")[2] == v["kid"]
+    assert await manager(v).decrypt(v["ciphertext"], v["sa_id"]) == plaintext
+    assert doc_open_a1(keys(v), v["sa_id"], v["ciphertext"]) == plaintext
+
+
+@pytest.mark.parametrize("v", A1["negative"], ids=ids(A1["negative"]))
+async def test_a1_negative_vector(v: Vector) -> None:
+    with pytest.raises(DecryptionError):
+        await manager(v).decrypt(v["ciphertext"], v["sa_id"])
+
+
+# --- Kamus legacy AES ---------------------------------------------------------------------------
+
+
+def test_legacy_vector_file_is_complete() -> None:
+    vectors, negative = LEGACY["vectors"], LEGACY["negative"]
+    assert len(vectors) >= 6
+    assert len(negative) >= 6
+    ciphertexts = {v["ciphertext"] for v in vectors}
+    # The two regression vectors from Kamus's own unit tests.
+    assert "C4gChhspnTa5yVqYmSitrg==:tr0Ke6OGUaUa8KZgMJg14g==" in ciphertexts
+    assert "VnZkifeNdxI7NWMbjr/MZg==:qskLf4Z57DC9HBTe6+IEkA==" in ciphertexts
+    assert {v["key_derivation"] for v in vectors} == {False, True}
+    assert any(v["previous_keys"] for v in vectors)
+
+
+@pytest.mark.parametrize("v", LEGACY["vectors"], ids=ids(LEGACY["vectors"]))
+async def test_legacy_vector(v: Vector) -> None:
+    plaintext = base64.b64decode(v["plaintext_b64"], validate=True)
+    assert classify(v["ciphertext"]) is CiphertextFormat.LEGACY_AES_CBC
+    assert await manager(v).decrypt(v["ciphertext"], v["sa_id"]) == plaintext
+    # The key that made it is one of the configured keys; the document's recipe opens it.
+    opened = []
+    for master in keys(v):
+        try:
+            opened.append(doc_open_legacy(master, v["key_derivation"], v["sa_id"], v["ciphertext"]))
+        except ValueError:
+            continue
+    assert plaintext in opened
+
+
+@pytest.mark.parametrize("v", LEGACY["negative"], ids=ids(LEGACY["negative"]))
+async def test_legacy_negative_vector(v: Vector) -> None:
+    with pytest.raises(DecryptionError):
+        await manager(v).decrypt(v["ciphertext"], v["sa_id"])
+
+
+def test_vectors_do_not_use_kamus_public_default_key() -> None:
+    every = [*A1["vectors"], *A1["negative"], *LEGACY["vectors"], *LEGACY["negative"]]
+    for v in every:
+        assert KAMUS_PUBLIC_DEFAULT_KEY not in [v["key"], *v["previous_keys"]]
