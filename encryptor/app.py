@@ -19,10 +19,21 @@ from kamus.web import annotate, create_base_app
 ENCRYPT_PATHS = ("/api/v1/encrypt", "/encrypt")
 
 
+def _utf8_text(value: str) -> str:
+    # JSON can escape lone surrogates (\ud800) that no UTF-8 text holds.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be text that can be encoded as UTF-8 (no lone surrogates)") from None
+    return value
+
+
 class EncryptRequest(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    data: str = Field(description="The secret to encrypt (UTF-8 text).")
+    data: Annotated[str, AfterValidator(_utf8_text)] = Field(
+        description="The secret to encrypt (UTF-8 text)."
+    )
     service_account: Annotated[str, AfterValidator(check_service_account)] = Field(
         alias="service-account", description="The service account that may decrypt it."
     )

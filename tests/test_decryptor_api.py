@@ -100,6 +100,13 @@ def test_undecryptable_data_is_400_never_500(
     assert response.json()["detail"].startswith("the data cannot be decrypted as team-a:app;")
 
 
+def test_lone_surrogate_data_is_400(decryptor_client: TestClient, kube_api: KubeApiDouble) -> None:
+    headers = {**bearer(kube_api.issue_token("team-a", "app")), "content-type": "application/json"}
+    for content in [b'{"data": "\\ud800"}', b'{"data": "kamus$a1$\\udfff$x"}']:
+        response = decryptor_client.post(DECRYPT, content=content, headers=headers)
+        assert response.status_code == 400
+
+
 def test_kamus_legacy_values_open_for_any_service_account_without_derivation(
     decryptor_client: TestClient, kube_api: KubeApiDouble, aes_key: str
 ) -> None:

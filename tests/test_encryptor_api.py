@@ -54,6 +54,15 @@ def test_unicode_and_empty_values_encrypt(encryptor_client: TestClient) -> None:
         assert response.status_code == 200, response.text
 
 
+def test_lone_surrogates_are_400_not_500(encryptor_client: TestClient) -> None:
+    content = b'{"data": "\\ud800", "service-account": "app", "namespace": "team-a"}'
+    response = encryptor_client.post(
+        "/api/v1/encrypt", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("data: must be text")
+
+
 @pytest.mark.parametrize("field", ["data", "service-account", "namespace"])
 def test_missing_field_is_400_naming_it(encryptor_client: TestClient, field: str) -> None:
     body = {k: v for k, v in GOOD.items() if k != field}
