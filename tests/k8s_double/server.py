@@ -55,6 +55,20 @@ def status_object(code: int, reason: str, message: str, **details: Any) -> JSONR
     return JSONResponse(body, status_code=code)
 
 
+def review_object(
+    kind: str, api_version: str, spec: dict[str, Any], status: dict[str, Any]
+) -> JSONResponse:
+    """A created review, echoing its spec, as the apiserver answers one."""
+    body = {
+        "kind": kind,
+        "apiVersion": api_version,
+        "metadata": {"creationTimestamp": None},
+        "spec": spec,
+        "status": status,
+    }
+    return JSONResponse(body, status_code=201)
+
+
 @dataclass
 class Faults:
     delay_seconds: float = 0.0
@@ -353,16 +367,7 @@ class KubeApiDouble:
                     "audiences": accepted,
                 }
                 self.reviews.append(ReviewRecord(requested, True, claims["sub"]))
-            return JSONResponse(
-                {
-                    "kind": "TokenReview",
-                    "apiVersion": "authentication.k8s.io/v1",
-                    "metadata": {"creationTimestamp": None},
-                    "spec": spec,
-                    "status": status,
-                },
-                status_code=201,
-            )
+            return review_object("TokenReview", "authentication.k8s.io/v1", spec, status)
 
         @app.post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
         async def self_subject_access_review(request: Request) -> Response:
@@ -382,16 +387,7 @@ class KubeApiDouble:
             status: dict[str, Any] = {"allowed": allowed}
             if allowed:
                 status["reason"] = 'RBAC: allowed by ClusterRoleBinding "kamus-auth-delegator"'
-            return JSONResponse(
-                {
-                    "kind": "SelfSubjectAccessReview",
-                    "apiVersion": "authorization.k8s.io/v1",
-                    "metadata": {"creationTimestamp": None},
-                    "spec": spec,
-                    "status": status,
-                },
-                status_code=201,
-            )
+            return review_object("SelfSubjectAccessReview", "authorization.k8s.io/v1", spec, status)
 
         # Control endpoints, for the standalone double (tests call the methods directly).
         @app.post("/_double/tokens")
