@@ -77,16 +77,19 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal auth
-        if auth is None:
-            try:
-                auth = await build_authenticator(settings)
-            except ConfigurationError as exc:
-                log.error("the decryptor cannot start: %s", exc)
-                raise
+        if authenticator is not None:  # the caller's, and the caller closes it
+            yield
+            return
+        try:
+            auth = await build_authenticator(settings)
+        except ConfigurationError as exc:
+            log.error("the decryptor cannot start: %s", exc)
+            raise
         try:
             yield
         finally:
             await auth.close()
+            auth = None
 
     app = create_base_app(
         service="decryptor",

@@ -1,6 +1,9 @@
 """End to end: both services as real ``kamus serve`` processes, tokens from the API double."""
 
 import base64
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,3 +142,22 @@ def test_a_slow_tokenreview_does_not_block_other_requests(deployment: Deployment
     finally:
         thread.join(timeout=15)
     assert result[0].text == SECRET
+
+
+def test_decryptor_without_a_way_to_kubernetes_exits_with_the_fix(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),  # no ~/.kube/config
+        "KeyManagement__AES__Key": new_key(),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "kamus", "serve", "decryptor", "--port", "0"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert b"cannot configure the Kubernetes client" in result.stderr
+    assert b"Kubernetes__ProxyUrl" in result.stderr
+    assert env["KeyManagement__AES__Key"].encode() not in result.stderr
