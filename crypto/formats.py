@@ -12,6 +12,8 @@ PREFIX = "kamus$"
 class CiphertextFormat(StrEnum):
     AES_GCM_V1 = "kamus-a1"
     """Ours: AES-256-GCM under a per-service-account key derived from the local master key."""
+    ENVELOPE_V1 = "kamus-e1"
+    """Ours: AES-256-GCM under a fresh data key wrapped by the service account's KMS key."""
     LEGACY_AES_CBC = "legacy-aes-cbc"
     """Kamus's AES provider: ``b64(iv):b64(AES-256-CBC-PKCS7)``."""
     LEGACY_ENVELOPE = "legacy-envelope"
@@ -29,6 +31,8 @@ def classify(ciphertext: str) -> CiphertextFormat:
     if ciphertext.startswith(PREFIX):
         if ciphertext.startswith(PREFIX + "a1$"):
             return CiphertextFormat.AES_GCM_V1
+        if ciphertext.startswith(PREFIX + "e1$"):
+            return CiphertextFormat.ENVELOPE_V1
         return CiphertextFormat.UNKNOWN
     if ciphertext.startswith("env$"):
         return CiphertextFormat.LEGACY_ENVELOPE

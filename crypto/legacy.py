@@ -46,3 +46,17 @@ def cbc_decrypt(key: bytes, iv: bytes, body: bytes) -> bytes:
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise DecryptionError("legacy ciphertext did not decrypt") from exc
     return plaintext
+
+
+def parse_legacy_envelope(text: str) -> tuple[str, bytes, bytes]:
+    """Kamus's ``env$<wrapped data key>$<b64 iv>:<b64 ct>`` (``EnvelopeEncryptionUtils.Wrap``).
+
+    The wrapped key is returned as the base64 text Kamus wrote; what it wraps depends on the KMS.
+    """
+    if not text.startswith("env$"):
+        raise DecryptionError("not a legacy envelope")
+    wrapped, separator, iv_ciphertext = text[4:].rpartition("$")
+    if not separator or not wrapped:
+        raise DecryptionError("legacy envelope has no wrapped key")
+    iv, body = parse_iv_ciphertext(iv_ciphertext)
+    return wrapped, iv, body

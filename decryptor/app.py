@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from crypto import DecryptionError, KeyManager, classify
+from crypto.errors import KeyManagerUnavailable
 from decryptor.auth import (
     Authenticator,
     AuthUnavailable,
@@ -68,10 +69,10 @@ def create_app(
     authenticator: Authenticator | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
-    keys = key_manager or build_key_manager(settings)
-    provider = settings.key_management.provider
-    retry_after = str(settings.decryptor.retry_after_seconds)
     metrics = Metrics()
+    keys = key_manager or build_key_manager(settings, observer=metrics)
+    provider = settings.key_management.provider
+    retry_after = str(settings.server.retry_after_seconds)
     auth: Authenticator | None = authenticator
 
     @asynccontextmanager
@@ -167,6 +168,14 @@ def create_app(
                 f"the data cannot be decrypted as {namespace}:{service_account}; check that it was "
                 "encrypted for this namespace and service account with this Kamus's key",
             ) from None
+        except KeyManagerUnavailable as exc:
+            annotate(request, reason=exc.reason)
+            metrics.decryptions.labels(provider, str(fmt), "unavailable").inc()
+            raise HTTPException(
+                503,
+                "the key manager is unavailable; retry later",
+                headers={"Retry-After": retry_after},
+            ) from None
         metrics.decryptions.labels(provider, str(fmt), "success").inc()
         if fmt.is_legacy:
             metrics.legacy_decryptions.labels(provider, str(fmt)).inc()
@@ -185,7 +194,7 @@ def create_app(
                 400: {"description": "The body is invalid, or the data does not decrypt."},
                 401: {"description": "No token, or Kubernetes did not accept it."},
                 403: {"description": "The caller is not an allowed service account."},
-                503: {"description": "The Kubernetes API is unavailable; see Retry-After."},
+                503: {"description": "Kubernetes or the key manager is unavailable."},
             },
         )
 

@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from crypto import KeyManager
+from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
 from kamus.identity import check_namespace, check_service_account, sa_id
 from kamus.metrics import Metrics
 from kamus.providers import build_key_manager
@@ -44,9 +45,10 @@ class EncryptRequest(BaseModel):
 
 def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> FastAPI:
     settings = settings or Settings()
-    keys = key_manager or build_key_manager(settings)
-    provider = settings.key_management.provider
     metrics = Metrics()
+    keys = key_manager or build_key_manager(settings, observer=metrics)
+    provider = settings.key_management.provider
+    retry_after = str(settings.server.retry_after_seconds)
     app = create_base_app(
         service="encryptor",
         title="Kamus encryptor",
@@ -71,9 +73,18 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             ciphertext = await keys.encrypt(
                 body.data.encode("utf-8"), sa_id(body.namespace, body.service_account)
             )
-        except Exception:
-            metrics.encryptions.labels(provider, "error").inc()
-            raise
+        except KeyNotFoundError as exc:
+            metrics.encryptions.labels(provider, "no_key").inc()
+            annotate(request, reason=f"key {exc.key_name} does not exist")
+            raise HTTPException(400, f"service-account: {exc}") from None
+        except KeyManagerUnavailable as exc:
+            metrics.encryptions.labels(provider, "unavailable").inc()
+            annotate(request, reason=exc.reason)
+            raise HTTPException(
+                503,
+                "the key manager is unavailable; retry later",
+                headers={"Retry-After": retry_after},
+            ) from None
         metrics.encryptions.labels(provider, "success").inc()
         return PlainTextResponse(ciphertext)
 
@@ -87,8 +98,12 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             tags=["encrypt"],
             responses={
                 200: {"content": {"text/plain": {}}, "description": "The ciphertext."},
-                400: {"description": "A field is missing or invalid, or the SA is `default`."},
+                400: {
+                    "description": "A field is missing or invalid, the SA is `default`, or it "
+                    "has no key and keys are not created here."
+                },
                 413: {"description": "The request body is over the size limit."},
+                503: {"description": "The key manager is unavailable; see Retry-After."},
             },
         )
 

@@ -43,12 +43,38 @@ class Metrics:
             ["provider", "format"],
             registry=self.registry,
         )
+        self.kms_calls = Counter(
+            "kamus_kms_calls",
+            "Calls to the cloud key manager by provider, operation and outcome.",
+            ["provider", "operation", "outcome"],
+            registry=self.registry,
+        )
+        self.kms_latency = Histogram(
+            "kamus_kms_call_duration_seconds",
+            "Latency of calls to the cloud key manager, retries included.",
+            ["provider", "operation"],
+            registry=self.registry,
+        )
+        self.kms_keys_created = Counter(
+            "kamus_kms_keys_created",
+            "Service-account keys this process created in the cloud key manager.",
+            ["provider"],
+            registry=self.registry,
+        )
         self.token_reviews = Counter(
             "kamus_token_reviews",
             "Caller authentications by outcome.",
             ["outcome"],
             registry=self.registry,
         )
+
+    # crypto.kms.KmsObserver, so providers report without knowing Prometheus.
+    def kms_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        self.kms_calls.labels(provider, operation, outcome).inc()
+        self.kms_latency.labels(provider, operation).observe(seconds)
+
+    def key_created(self, provider: str) -> None:
+        self.kms_keys_created.labels(provider).inc()
 
 
 class MetricsMiddleware:

@@ -3,9 +3,13 @@
 import base64
 import binascii
 import logging
+from pathlib import Path
+
+from pydantic import SecretStr
 
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY, AESKeyManager, KeyManager
 from crypto.aes import KEY_SIZES
+from crypto.kms import KmsObserver
 from kamus.settings import AESSettings, Settings, read_secret
 
 log = logging.getLogger(__name__)
@@ -15,13 +19,27 @@ class ConfigurationError(Exception):
     """The service cannot start as configured; the message says what to set."""
 
 
-def build_key_manager(settings: Settings) -> KeyManager:
+def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -> KeyManager:
     km = settings.key_management
     if km.provider == "AESKey":
         return _build_aes(km.aes)
-    raise ConfigurationError(
-        f"KeyManagement__Provider={km.provider} is not available in this build yet; use AESKey"
-    )
+    # Imported here: an AES deployment never loads the cloud SDKs.
+    from kamus import cloud
+
+    builders = {"AwsKms": cloud.build_aws}
+    if km.provider not in builders:
+        raise ConfigurationError(
+            f"KeyManagement__Provider={km.provider} is not available in this build yet"
+        )
+    return builders[km.provider](settings, observer)
+
+
+def secret_setting(value: SecretStr | None, file: Path | None, name: str) -> str | None:
+    """A secret from its variable or its file, as a start-up error if misconfigured."""
+    try:
+        return read_secret(value, file, name)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _decode_key(text: str, name: str) -> bytes:
@@ -40,13 +58,10 @@ def _decode_key(text: str, name: str) -> bytes:
 
 
 def _build_aes(aes: AESSettings) -> AESKeyManager:
-    try:
-        active = read_secret(aes.key, aes.key_file, "KeyManagement__AES__Key")
-        previous = read_secret(
-            aes.previous_keys, aes.previous_keys_file, "KeyManagement__AES__PreviousKeys"
-        )
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
+    active = secret_setting(aes.key, aes.key_file, "KeyManagement__AES__Key")
+    previous = secret_setting(
+        aes.previous_keys, aes.previous_keys_file, "KeyManagement__AES__PreviousKeys"
+    )
     if not active:
         # Kamus made up a random key per process here, which silently breaks with two replicas.
         raise ConfigurationError(

@@ -47,9 +47,58 @@ class AESSettings(_Section):
     allow_public_default_key: bool = Field(False, alias="AllowPublicDefaultKey")
 
 
+class AwsKmsSettings(_Section):
+    region: str | None = Field(None, alias="Region")
+    key: str | None = Field(None, alias="Key")
+    secret: SecretStr | None = Field(None, alias="Secret")
+    secret_file: Path | None = Field(None, alias="SecretFile")
+    cmk_prefix: str = Field("", alias="CmkPrefix")
+    automatic_key_rotation: bool = Field(False, alias="AutomaticKeyRotation")
+
+
+class GoogleKmsSettings(_Section):
+    project_id: str | None = Field(None, alias="ProjectId")
+    location: str = Field("global", alias="Location")
+    key_ring_name: str = Field("kamus", alias="KeyRingName")
+    protection_level: Literal["SOFTWARE", "HSM"] = Field("SOFTWARE", alias="ProtectionLevel")
+    rotation_period: str | None = Field(None, alias="RotationPeriod")
+    credentials_path: Path | None = Field(None, alias="CredentialsPath")
+    endpoint: str | None = Field(None, alias="Endpoint")
+    transport: Literal["grpc", "rest"] = Field("grpc", alias="Transport")
+
+    @field_validator("protection_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class KeyVaultSettings(_Section):
+    name: str | None = Field(None, alias="Name")
+    url: str | None = Field(None, alias="Url")
+    key_type: Literal["RSA", "RSA-HSM"] = Field("RSA", alias="KeyType")
+    key_length: Literal[2048, 3072, 4096] = Field(2048, alias="KeyLength")
+    maximum_data_length: int = Field(214, alias="MaximumDataLength")
+    verify_challenge_resource: bool = Field(True, alias="VerifyChallengeResource")
+
+
 class KeyManagementSettings(_Section):
     provider: Provider = Field("AESKey", alias="Provider")
     aes: AESSettings = Field(default_factory=AESSettings, alias="AES")
+    aws_kms: AwsKmsSettings = Field(default_factory=AwsKmsSettings, alias="AwsKms")
+    google_kms: GoogleKmsSettings = Field(default_factory=GoogleKmsSettings, alias="GoogleKms")
+    key_vault: KeyVaultSettings = Field(default_factory=KeyVaultSettings, alias="KeyVault")
+    create_keys: bool = Field(True, alias="CreateKeys")
+    allow_legacy_ciphertexts: bool = Field(True, alias="AllowLegacyCiphertexts")
+    timeout_seconds: float = Field(10.0, gt=0, alias="TimeoutSeconds")
+    max_retries: int = Field(3, ge=0, le=10, alias="MaxRetries")
+    max_concurrent_calls: int = Field(16, ge=1, alias="MaxConcurrentCalls")
+
+
+class ActiveDirectorySettings(_Section):
+    client_id: str | None = Field(None, alias="ClientId")
+    client_secret: SecretStr | None = Field(None, alias="ClientSecret")
+    client_secret_file: Path | None = Field(None, alias="ClientSecretFile")
+    tenant_id: str | None = Field(None, alias="TenantId")
 
 
 class KubernetesSettings(_Section):
@@ -63,13 +112,13 @@ class DecryptorSettings(_Section):
     audiences: CommaList = Field(default_factory=list, alias="Audiences")
     deny_default_service_account: bool = Field(True, alias="DenyDefaultServiceAccount")
     access_review_cache_seconds: float = Field(30.0, ge=0, alias="AccessReviewCacheSeconds")
-    retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
 
     _split = field_validator("audiences", mode="before")(_split_commas)
 
 
 class ServerSettings(_Section):
     max_request_body_bytes: int = Field(1024 * 1024, ge=1, alias="MaxRequestBodyBytes")
+    retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
 
 
 class LoggingSettings(_Section):
@@ -92,6 +141,9 @@ class Settings(BaseSettings):
 
     key_management: KeyManagementSettings = Field(
         default_factory=KeyManagementSettings, alias="KeyManagement"
+    )
+    active_directory: ActiveDirectorySettings = Field(
+        default_factory=ActiveDirectorySettings, alias="ActiveDirectory"
     )
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings, alias="Kubernetes")
     decryptor: DecryptorSettings = Field(default_factory=DecryptorSettings, alias="Decryptor")

@@ -37,10 +37,10 @@ def kube_api(_kube_api_server: KubeApiDouble) -> Iterator[KubeApiDouble]:
     double.reviewers = {double.admin_token}
     double.reviews.clear()
     double.deleted_service_accounts.clear()
-    if double._server is None:
+    if not double.running:
         double.start()
     yield double
-    if double._server is None:
+    if not double.running:
         double.start()
 
 

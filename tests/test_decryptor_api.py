@@ -269,9 +269,7 @@ def test_bad_bodies_are_400(
 
 @pytest.fixture
 def fast_timeout_client(make_settings: SettingsFactory, kubeconfig: Path) -> Iterator[TestClient]:
-    settings = make_settings(
-        Kubernetes__RequestTimeoutSeconds="0.5", Decryptor__RetryAfterSeconds="7"
-    )
+    settings = make_settings(Kubernetes__RequestTimeoutSeconds="0.5", Server__RetryAfterSeconds="7")
     with TestClient(create_app(settings)) as client:
         yield client
 

@@ -152,7 +152,7 @@ def test_previous_keys_from_variable_or_file_still_decrypt(
 def test_cloud_providers_are_refused_clearly_until_they_land(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for provider in ["AzureKeyVault", "GoogleKms", "AwsKms"]:
+    for provider in ["AzureKeyVault", "GoogleKms"]:
         monkeypatch.setenv("KeyManagement__Provider", provider)
         with pytest.raises(ConfigurationError, match=f"Provider={provider} is not available"):
             build_key_manager(Settings())

@@ -1,5 +1,6 @@
 """A Kubernetes API double for tests: see ``server.py`` and ``README.md``."""
 
-from tests.k8s_double.server import DEFAULT_ISSUER, Faults, KubeApiDouble, ReviewRecord
+from tests.k8s_double.server import DEFAULT_ISSUER, KubeApiDouble, ReviewRecord
+from tests.servers import Faults
 
 __all__ = ["DEFAULT_ISSUER", "Faults", "KubeApiDouble", "ReviewRecord"]

@@ -18,7 +18,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     double = KubeApiDouble(
-        port=args.port, tls=not args.plain_http, require_auth=not args.plain_http
+        listen_port=args.port, tls=not args.plain_http, require_auth=not args.plain_http
     )
     double.start()
     double.write_kubeconfig(args.kubeconfig)

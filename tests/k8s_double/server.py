@@ -16,11 +16,8 @@ injected: a delay (slow), a status code (failing), or :meth:`stop` (unreachable)
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import socket
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,18 +26,23 @@ from typing import Any
 
 import jwt
 import trustme
-import uvicorn
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
+
+from tests.servers import Faults, ThreadedServer, install_faults
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SA_PREFIX = "system:serviceaccount:"
 
 
 def status_object(code: int, reason: str, message: str, **details: Any) -> JSONResponse:
+    return JSONResponse(status_body(code, reason, message, **details), status_code=code)
+
+
+def status_body(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
+    """A ``metav1.Status`` failure, as the apiserver sends with every error."""
     body: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
@@ -52,7 +54,7 @@ def status_object(code: int, reason: str, message: str, **details: Any) -> JSONR
     }
     if details:
         body["details"] = details
-    return JSONResponse(body, status_code=code)
+    return body
 
 
 def review_object(
@@ -70,12 +72,6 @@ def review_object(
 
 
 @dataclass
-class Faults:
-    delay_seconds: float = 0.0
-    fail_status: int | None = None
-
-
-@dataclass
 class ReviewRecord:
     """A TokenReview the double answered (for assertions in tests)."""
 
@@ -87,7 +83,7 @@ class ReviewRecord:
 @dataclass
 class KubeApiDouble:
     host: str = "127.0.0.1"
-    port: int = 0
+    listen_port: int = 0
     tls: bool = True
     require_auth: bool = True
     issuer: str = DEFAULT_ISSUER
@@ -111,48 +107,32 @@ class KubeApiDouble:
         self.received = 0  # API requests that arrived, answered or not
         self.deleted_service_accounts: set[tuple[str, str]] = set()
         self._sa_uids: dict[tuple[str, str], str] = {}
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
         self.app = self._build_app()
+        self._server = ThreadedServer(self.app, host=self.host, port=self.listen_port)
+        if self.tls:
+            self._server.ssl_certfile = str(self._server_pem)
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
-    def _config(self) -> uvicorn.Config:
-        return uvicorn.Config(
-            self.app,
-            log_config=None,
-            log_level="warning",
-            lifespan="off",
-            ssl_certfile=str(self._server_pem) if self.tls else None,
-        )
+    @property
+    def running(self) -> bool:
+        return self._server.running
 
     def start(self) -> KubeApiDouble:
-        """Listen (again) on the same port; :meth:`stop` makes the apiserver unreachable."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(self._config())
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the Kubernetes API double did not start")
-            time.sleep(0.01)
+        """Listen (again, on the same port); :meth:`stop` makes the apiserver unreachable."""
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> KubeApiDouble:
         return self.start()
@@ -311,25 +291,17 @@ class KubeApiDouble:
     def _build_app(self) -> FastAPI:
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
-        @app.middleware("http")
-        async def inject_faults(request: Request, call_next: Any) -> Response:
-            if request.url.path.startswith("/_double/"):
-                response: Response = await call_next(request)
-                return response
+        def count() -> None:
             self.received += 1
-            if self.faults.delay_seconds:
-                await asyncio.sleep(self.faults.delay_seconds)
-            if self.faults.fail_status is not None:
-                return status_object(
-                    self.faults.fail_status,
-                    "InternalError",
-                    "Internal error occurred: injected by the Kubernetes API double",
-                )
-            try:
-                response = await call_next(request)
-            except ClientDisconnect:  # the client stopped waiting for a slow answer
-                return Response(status_code=499)
-            return response
+
+        install_faults(
+            app,
+            lambda: self.faults,
+            on_request=count,
+            error_body=lambda status: status_body(
+                status, "InternalError", "Internal error occurred: injected by the double"
+            ),
+        )
 
         @app.get("/version")
         async def version() -> dict[str, str]:
@@ -406,8 +378,7 @@ class KubeApiDouble:
         async def control_faults(request: Request) -> dict[str, Any]:
             body = await request.json()
             self.faults = Faults(
-                delay_seconds=float(body.get("delaySeconds", 0)),
-                fail_status=body.get("failStatus"),
+                delay_seconds=float(body.get("delaySeconds", 0)), fail_status=body.get("failStatus")
             )
             return {
                 "delaySeconds": self.faults.delay_seconds,

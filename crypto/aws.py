@@ -1,0 +1,177 @@
+"""AWS KMS (``KeyManagement__Provider=AwsKms``): one customer master key per service account.
+
+The key is found by Kamus's alias ``alias/[<prefix>-]kamus/<key id>``, so keys Kamus created are
+used as they are. New values are ``e1`` envelopes: ``GenerateDataKey`` returns the data key and
+its wrapped form in one call, with the identity as the encryption context, which KMS enforces
+on ``Decrypt`` and CloudTrail records.
+"""
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from crypto import envelope
+from crypto.encoding import b64_decode
+from crypto.errors import DecryptionError, KeyNotFoundError
+from crypto.formats import CiphertextFormat, classify
+from crypto.keyid import kamus_key_id
+from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError
+from crypto.legacy import cbc_decrypt, parse_legacy_envelope
+
+if TYPE_CHECKING:
+    from mypy_boto3_kms import KMSClient
+else:
+    KMSClient = Any
+
+log = logging.getLogger(__name__)
+
+KMS = "aws"
+CONTEXT_KEY = "kamus:service-account"
+# Errors that mean "this ciphertext is not for this key or identity", never an outage.
+_REJECTED = {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
+
+
+def classify_aws_error(exc: Exception) -> KmsError | None:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "NotFoundException":
+            return KmsError(Failure.NOT_FOUND, code)
+        if code == "AlreadyExistsException":
+            return KmsError(Failure.CONFLICT, code)
+        if code in _REJECTED:
+            return KmsError(Failure.REJECTED, code)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return KmsError(Failure.UNAVAILABLE, f"{code or 'error'} (HTTP {status})")
+    if isinstance(exc, BotoCoreError):
+        return KmsError(Failure.UNAVAILABLE, type(exc).__name__)
+    return None
+
+
+class AwsKmsKeyManager:
+    def __init__(
+        self,
+        client: KMSClient,
+        calls: BlockingCalls,
+        *,
+        cmk_prefix: str = "",
+        automatic_rotation: bool = False,
+        create_keys: bool = True,
+        allow_legacy: bool = True,
+    ) -> None:
+        self._client = client
+        self._calls = calls
+        self._prefix = f"{cmk_prefix}-" if cmk_prefix else ""
+        self._rotation = automatic_rotation
+        self._create_keys = create_keys
+        self._allow_legacy = allow_legacy
+        self._locks = KeyLocks()
+
+    def alias(self, sa_id: str) -> str:
+        return f"alias/{self._prefix}kamus/{kamus_key_id(sa_id)}"
+
+    async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+        alias = self.alias(sa_id)
+        try:
+            response = await self._generate_data_key(alias, sa_id)
+        except KmsError as exc:
+            if exc.failure is not Failure.NOT_FOUND:
+                raise
+            if not self._create_keys:
+                raise KeyNotFoundError(alias) from None
+            await self._create_key(alias, sa_id)
+            response = await self._generate_data_key(alias, sa_id)
+        return envelope.seal(
+            response["Plaintext"],
+            plaintext,
+            sa_id,
+            kms=KMS,
+            key_version=response["KeyId"].rsplit("/", 1)[-1],
+            wrapped=response["CiphertextBlob"],
+        )
+
+    async def _generate_data_key(self, alias: str, sa_id: str) -> Any:
+        return await self._calls(
+            "GenerateDataKey",
+            lambda: self._client.generate_data_key(
+                KeyId=alias, KeySpec="AES_256", EncryptionContext={CONTEXT_KEY: sa_id}
+            ),
+        )
+
+    async def _create_key(self, alias: str, sa_id: str) -> None:
+        """Create the CMK and its alias once, even when replicas race to do it."""
+        async with self._locks(alias):
+            try:
+                await self._calls("DescribeKey", lambda: self._client.describe_key(KeyId=alias))
+                return  # another request or replica created it meanwhile
+            except KmsError as missing:
+                if missing.failure is not Failure.NOT_FOUND:
+                    raise
+            namespace, _, name = sa_id.partition(":")
+            created = await self._calls(
+                "CreateKey",
+                lambda: self._client.create_key(
+                    Description=f"Kamus key for service account {sa_id}",
+                    KeyUsage="ENCRYPT_DECRYPT",
+                    KeySpec="SYMMETRIC_DEFAULT",
+                    Tags=[
+                        {"TagKey": "kamus:namespace", "TagValue": namespace},
+                        {"TagKey": "kamus:service-account", "TagValue": name},
+                    ],
+                ),
+            )
+            key_id = created["KeyMetadata"]["KeyId"]
+            if self._rotation:
+                await self._calls(
+                    "EnableKeyRotation", lambda: self._client.enable_key_rotation(KeyId=key_id)
+                )
+            try:
+                await self._calls(
+                    "CreateAlias",
+                    lambda: self._client.create_alias(AliasName=alias, TargetKeyId=key_id),
+                )
+            except KmsError as conflict:
+                if conflict.failure is not Failure.CONFLICT:
+                    raise
+                # Another replica's key won the alias: ours must not linger unused.
+                await self._calls(
+                    "ScheduleKeyDeletion",
+                    lambda: self._client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7),
+                )
+                log.info("lost the race to create %s; scheduled the spare key for deletion", alias)
+                return
+            self._calls.key_created()
+
+    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+        fmt = classify(ciphertext)
+        if fmt is CiphertextFormat.ENVELOPE_V1:
+            sealed = envelope.parse(ciphertext, KMS)
+            data_key = await self._unwrap(sealed.wrapped_key, sa_id, {CONTEXT_KEY: sa_id})
+            return envelope.open_sealed(sealed, data_key, sa_id)
+        if not self._allow_legacy:
+            raise DecryptionError("legacy Kamus ciphertexts are switched off")
+        if ciphertext == "":
+            return b""  # Kamus answered an empty value with an empty value
+        if fmt is CiphertextFormat.LEGACY_ENVELOPE:
+            wrapped, iv, body = parse_legacy_envelope(ciphertext)
+            # Kamus wrapped with GenerateDataKey and no encryption context.
+            return cbc_decrypt(await self._unwrap(b64_decode(wrapped), sa_id, {}), iv, body)
+        raise DecryptionError(f"the AWS KMS provider cannot read format {fmt}")
+
+    async def _unwrap(self, blob: bytes, sa_id: str, context: dict[str, str]) -> bytes:
+        alias = self.alias(sa_id)
+        try:
+            response = await self._calls(
+                "Decrypt",
+                # KeyId pins the service account's own key, as Kamus did.
+                lambda: self._client.decrypt(
+                    CiphertextBlob=blob, KeyId=alias, EncryptionContext=context
+                ),
+            )
+        except KmsError as exc:
+            raise DecryptionError(exc.reason) from None
+        data_key: bytes = response["Plaintext"]
+        return data_key
+
+    def close(self) -> None:
+        self._calls.close()
