@@ -32,14 +32,17 @@ CONTEXT_KEY = "kamus:service-account"
 _REJECTED = {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
 
 
-def classify_aws_error(exc: Exception) -> KmsError | None:
+def classify_aws_error(exc: Exception, operation: str) -> KmsError | None:
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         if code == "NotFoundException":
             return KmsError(Failure.NOT_FOUND, code)
         if code == "AlreadyExistsException":
             return KmsError(Failure.CONFLICT, code)
-        if code in _REJECTED:
+        if code in _REJECTED or (operation == "Decrypt" and code == "AccessDeniedException"):
+            # On Decrypt, AccessDenied is also what a blob of a key we may not use gets (a
+            # foreign or forged value): the caller's problem, answered 400. An IAM mistake on our
+            # side shows up in the audit reason, and on encrypt as a 503.
             return KmsError(Failure.REJECTED, code)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return KmsError(Failure.UNAVAILABLE, f"{code or 'error'} (HTTP {status})")

@@ -35,7 +35,8 @@ class KmsError(Exception):
         self.reason = reason
 
 
-Classifier = Callable[[Exception], KmsError | None]
+# (error, operation) -> what it means, or None for an error the classifier does not know.
+Classifier = Callable[[Exception, str], KmsError | None]
 
 
 class KmsObserver(Protocol):
@@ -90,7 +91,7 @@ class BlockingCalls:
                 f"{self.provider} {operation}: no answer within {self.timeout_seconds:g}s"
             ) from None
         except Exception as exc:
-            error = self.classify(exc)
+            error = self.classify(exc, operation)
             if error is None:
                 raise
             reason = f"{self.provider} {operation}: {error.reason}"

@@ -11,9 +11,24 @@ from fastapi.testclient import TestClient
 
 from kamus.settings import Settings
 from tests.k8s_double import Faults, KubeApiDouble
+from tests.kms_doubles.aws import AwsKmsDouble
 
 # Settings come from the environment; tests must not inherit a developer's.
-_SETTING_PREFIXES = ("keymanagement__", "kubernetes__", "decryptor__", "server__", "logging__")
+# Cloud SDK variables are cleared too: no test may ever reach a real cloud account.
+_SETTING_PREFIXES = (
+    "keymanagement__",
+    "kubernetes__",
+    "decryptor__",
+    "server__",
+    "logging__",
+    "activedirectory__",
+    "aws_",
+    "google_",
+    "gce_",
+    "azure_",
+    "identity_",
+    "msi_",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +36,10 @@ def _clean_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.lower().startswith(_SETTING_PREFIXES) or name == "KUBECONFIG":
             monkeypatch.delenv(name)
+    # Nor read a developer's own cloud configuration files.
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +61,29 @@ def kube_api(_kube_api_server: KubeApiDouble) -> Iterator[KubeApiDouble]:
     yield double
     if not double.running:
         double.start()
+
+
+@pytest.fixture(scope="session")
+def _aws_kms_server() -> Iterator[AwsKmsDouble]:
+    double = AwsKmsDouble().start()
+    yield double
+    double.shutdown()
+
+
+@pytest.fixture
+def aws_kms(
+    _aws_kms_server: AwsKmsDouble, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[AwsKmsDouble]:
+    """moto's KMS, emptied for each test, and this process's AWS settings pointing at it."""
+    double = _aws_kms_server
+    if not double.running:
+        double.start_again()
+    double.reset()
+    for name, value in double.env().items():
+        monkeypatch.setenv(name, value)
+    yield double
+    if not double.running:
+        double.start_again()
 
 
 @pytest.fixture

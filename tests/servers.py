@@ -89,7 +89,7 @@ def install_faults(
     get: Callable[[], Faults],
     *,
     error_body: Callable[[int], Any],
-    on_request: Callable[[], None] = lambda: None,
+    on_request: Callable[[Request], None] = lambda request: None,
     exempt_prefix: str = "/_double/",
 ) -> None:
     """Middleware applying ``get()`` to every request but control calls. A failure answers
@@ -100,7 +100,7 @@ def install_faults(
         if request.url.path.startswith(exempt_prefix):
             response: Response = await call_next(request)
             return response
-        on_request()
+        on_request(request)
         faults = get()
         if faults.delay_seconds:
             await asyncio.sleep(faults.delay_seconds)

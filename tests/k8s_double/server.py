@@ -291,7 +291,7 @@ class KubeApiDouble:
     def _build_app(self) -> FastAPI:
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
-        def count() -> None:
+        def count(request: Request) -> None:
             self.received += 1
 
         install_faults(

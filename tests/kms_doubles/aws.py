@@ -1,0 +1,112 @@
+"""AWS KMS for tests: moto's server, behind a proxy that can make it slow, failing or throttled.
+
+boto3 reaches it through the standard endpoint override (``AWS_ENDPOINT_URL_KMS``), exactly as a
+private VPC endpoint would be configured in production.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import boto3
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from moto.server import ThreadedMotoServer
+
+from tests.servers import Faults, ThreadedServer, install_faults
+
+REGION = "us-east-1"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+THROTTLED = Faults(
+    fail_status=400, fail_body={"__type": "ThrottlingException", "message": "Rate exceeded"}
+)
+
+
+def _aws_error(status: int) -> dict[str, str]:
+    kind = "KMSInternalException" if status < 503 else "ServiceUnavailableException"
+    return {"__type": kind, "message": "injected by the test double"}
+
+
+class AwsKmsDouble:
+    def __init__(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.faults = Faults()
+        self.requests: list[str] = []  # the X-Amz-Target of every call, e.g. "TrentService.Decrypt"
+        self._upstream = ""
+        app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+        install_faults(
+            app,
+            lambda: self.faults,
+            error_body=_aws_error,
+            on_request=lambda request: self.requests.append(
+                request.headers.get("x-amz-target", "")
+            ),
+            exempt_prefix="/moto-api/",
+        )
+
+        @app.api_route("/{path:path}", methods=["GET", "POST"])
+        async def forward(path: str, request: Request) -> Response:
+            async with httpx.AsyncClient() as client:
+                upstream = await client.request(
+                    request.method,
+                    f"{self._upstream}/{path}",
+                    content=await request.body(),
+                    headers={k: v for k, v in request.headers.items() if k != "host"},
+                )
+            headers = {
+                k: v
+                for k, v in upstream.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection")
+            }
+            return Response(upstream.content, status_code=upstream.status_code, headers=headers)
+
+        self._proxy = ThreadedServer(app)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._proxy.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proxy.running
+
+    def start(self) -> AwsKmsDouble:
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        self._upstream = f"http://{host}:{port}"
+        self._proxy.start()
+        return self
+
+    def stop(self) -> None:
+        """The KMS becomes unreachable (moto keeps its keys: :meth:`start_again` restores it)."""
+        self._proxy.stop()
+
+    def start_again(self) -> None:
+        self._proxy.start()
+
+    def shutdown(self) -> None:
+        self._proxy.stop()
+        self._moto.stop()
+
+    def reset(self) -> None:
+        httpx.post(f"{self._upstream}/moto-api/reset").raise_for_status()
+        self.faults = Faults()
+        self.requests.clear()
+
+    def env(self) -> dict[str, str]:
+        """What a process needs to reach this KMS with the standard AWS configuration."""
+        return {**CREDENTIALS, "AWS_ENDPOINT_URL_KMS": self.url, "AWS_REGION": REGION}
+
+    def client(self) -> Any:
+        """A boto3 client straight to moto, for tests to arrange and inspect state."""
+        return boto3.client(
+            "kms",
+            region_name=REGION,
+            endpoint_url=self._upstream,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
