@@ -238,7 +238,8 @@ def test_automatic_rotation_is_enabled_on_new_keys(
     assert aws_kms.client().get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is True
 
 
-FAST = {"KeyManagement__TimeoutSeconds": "2", "KeyManagement__MaxRetries": "2"}
+# Two retries; a deadline long enough for their jittered backoff (up to 1 s, then 2 s).
+FAST = {"KeyManagement__TimeoutSeconds": "10", "KeyManagement__MaxRetries": "2"}
 
 
 @pytest.mark.parametrize(
