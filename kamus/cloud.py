@@ -46,7 +46,8 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
     session = boto3.session.Session(
         aws_access_key_id=aws.key or None,
         aws_secret_access_key=secret or None,
-        region_name=aws.region or None,
+        # Kamus's chart sets AWS_REGION, which botocore itself does not read.
+        region_name=aws.region or os.environ.get("AWS_REGION") or None,
     )
     if not session.region_name:
         raise ConfigurationError("set KeyManagement__AwsKms__Region (or AWS_REGION)")

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from tests.k8s_double import KubeApiDouble
+
 _LISTENING = re.compile(r"Uvicorn running on (https?://[\d.]+:\d+)")
 
 
@@ -67,3 +69,41 @@ def kamus_serve(service: str, env: Mapping[str, str], log_file: Path) -> Iterato
         yield Service(url, log_file, process)
     finally:
         stop(process)
+
+
+@dataclass
+class Deployment:
+    """The encryptor and the decryptor running as processes, and the cluster they trust."""
+
+    encryptor: Service
+    decryptor: Service
+    kube_api: KubeApiDouble
+    key: str = ""
+
+    def encrypt(self, data: str, namespace: str, sa: str) -> httpx.Response:
+        body = {"data": data, "service-account": sa, "namespace": namespace}
+        return httpx.post(f"{self.encryptor.url}/api/v1/encrypt", json=body, timeout=30)
+
+    def decrypt(self, data: str, token: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(
+            f"{self.decryptor.url}/api/v1/decrypt", json={"data": data}, headers=headers, timeout=30
+        )
+
+    def logs(self) -> str:
+        return self.encryptor.log_file.read_text() + self.decryptor.log_file.read_text()
+
+
+@contextmanager
+def deploy(kube_api: KubeApiDouble, tmp_path: Path, env: Mapping[str, str]) -> Iterator[Deployment]:
+    """Both services with ``env`` (key provider settings); the decryptor trusts ``kube_api``."""
+    common = {"Logging__Level": "DEBUG", **env}
+    decryptor_env = {
+        **common,
+        "KUBECONFIG": str(kube_api.write_kubeconfig(tmp_path / "kubeconfig")),
+    }
+    with (
+        kamus_serve("encryptor", common, tmp_path / "encryptor.log") as encryptor,
+        kamus_serve("decryptor", decryptor_env, tmp_path / "decryptor.log") as decryptor,
+    ):
+        yield Deployment(encryptor, decryptor, kube_api)

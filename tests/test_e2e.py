@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -14,48 +13,25 @@ import pytest
 
 from tests.conftest import new_key
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.processes import Service, kamus_serve
+from tests.processes import Deployment, deploy
 
 SECRET = "pa55w0rd-only-for-team-a-app"
-
-
-@dataclass
-class Deployment:
-    encryptor: Service
-    decryptor: Service
-    key: str
-    kube_api: KubeApiDouble
-
-    def encrypt(self, data: str, namespace: str, sa: str) -> httpx.Response:
-        body = {"data": data, "service-account": sa, "namespace": namespace}
-        return httpx.post(f"{self.encryptor.url}/api/v1/encrypt", json=body, timeout=10)
-
-    def decrypt(self, data: str, token: str | None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.post(
-            f"{self.decryptor.url}/api/v1/decrypt", json={"data": data}, headers=headers, timeout=10
-        )
 
 
 @pytest.fixture
 def deployment(
     kube_api: KubeApiDouble, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Deployment]:
-    timeout = getattr(request, "param", "1")
     key = new_key()
     key_file = tmp_path / "aes.key"
     key_file.write_text(key)
-    common = {"KeyManagement__AES__KeyFile": str(key_file), "Logging__Level": "DEBUG"}
-    decryptor_env = {
-        **common,
-        "KUBECONFIG": str(kube_api.write_kubeconfig(tmp_path / "kubeconfig")),
-        "Kubernetes__RequestTimeoutSeconds": timeout,
+    env = {
+        "KeyManagement__AES__KeyFile": str(key_file),
+        "Kubernetes__RequestTimeoutSeconds": getattr(request, "param", "1"),
     }
-    with (
-        kamus_serve("encryptor", common, tmp_path / "encryptor.log") as encryptor,
-        kamus_serve("decryptor", decryptor_env, tmp_path / "decryptor.log") as decryptor,
-    ):
-        yield Deployment(encryptor, decryptor, key, kube_api)
+    with deploy(kube_api, tmp_path, env) as deployment:
+        deployment.key = key
+        yield deployment
 
 
 def test_round_trip_only_for_the_right_service_account(deployment: Deployment) -> None:

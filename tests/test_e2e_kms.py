@@ -1,0 +1,52 @@
+"""End to end with each cloud key manager: real ``kamus serve`` processes, configured only through
+the environment, reaching the KMS double through the SDK's standard endpoint settings."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.k8s_double import KubeApiDouble
+from tests.kms_doubles.aws import AwsKmsDouble
+from tests.processes import Deployment, deploy
+from tests.servers import Faults
+
+SECRET = "kms-backed-secret ✓"
+RESILIENCE = {"KeyManagement__TimeoutSeconds": "5", "KeyManagement__MaxRetries": "1"}
+
+
+def check_round_trip_and_outage(
+    deployment: Deployment, go_down: Callable[[], None], come_back: Callable[[], None]
+) -> None:
+    kube_api = deployment.kube_api
+    encrypted = deployment.encrypt(SECRET, "team-a", "app")
+    assert encrypted.status_code == 200, encrypted.text
+    ciphertext = encrypted.text
+    token = kube_api.issue_token("team-a", "app")
+    assert deployment.decrypt(ciphertext, token).text == SECRET
+    assert deployment.decrypt(ciphertext, kube_api.issue_token("team-a", "web")).status_code == 400
+    assert deployment.decrypt(ciphertext, kube_api.issue_token("team-b", "app")).status_code == 400
+
+    go_down()
+    for response in (
+        deployment.encrypt(SECRET, "team-a", "app"),
+        deployment.decrypt(ciphertext, token),
+    ):
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert response.json()["detail"] == "the key manager is unavailable; retry later"
+    come_back()
+    assert deployment.decrypt(ciphertext, token).text == SECRET
+
+    logs = deployment.logs()
+    for secret in [SECRET, token, ciphertext]:
+        assert secret not in logs
+    assert '"outcome": "unavailable"' in logs
+
+
+def test_aws_kms(aws_kms: AwsKmsDouble, kube_api: KubeApiDouble, tmp_path: Path) -> None:
+    env = {**aws_kms.env(), **RESILIENCE, "KeyManagement__Provider": "AwsKms"}
+    with deploy(kube_api, tmp_path, env) as deployment:
+        check_round_trip_and_outage(
+            deployment,
+            go_down=lambda: setattr(aws_kms, "faults", Faults(fail_status=503)),
+            come_back=lambda: setattr(aws_kms, "faults", Faults()),
+        )
