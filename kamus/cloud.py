@@ -2,8 +2,11 @@
 credentials from the SDK's standard chain (or Kamus's explicit settings)."""
 
 import os
+import re
+from datetime import timedelta
 
 from crypto.aws import AwsKmsKeyManager, classify_aws_error
+from crypto.gcp import GoogleKmsKeyManager, classify_gcp_error
 from crypto.kms import BlockingCalls, Classifier, KmsObserver
 from kamus.providers import ConfigurationError, secret_setting
 from kamus.settings import KeyManagementSettings, Settings
@@ -68,6 +71,83 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
         blocking_calls(km, "aws", classify_aws_error, observer),
         cmk_prefix=aws.cmk_prefix,
         automatic_rotation=aws.automatic_key_rotation,
+        create_keys=km.create_keys,
+        allow_legacy=km.allow_legacy_ciphertexts,
+    )
+
+
+_TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,7}))?)?")
+
+
+def parse_rotation_period(text: str) -> timedelta:
+    """Kamus's ``RotationPeriod`` as C#'s ``TimeSpan.Parse`` read it (``"30"`` is 30 days,
+    ``"30.00:00:00"``, ``"12:00:00"``), or protobuf's seconds (``"2592000s"``)."""
+    text = text.strip()
+    if match := re.fullmatch(r"(\d+)s", text):
+        period = timedelta(seconds=int(match[1]))
+    elif text.isdigit():
+        period = timedelta(days=int(text))
+    elif match := _TIMESPAN.fullmatch(text):
+        days, hours, minutes, seconds, fraction = match.groups()
+        period = timedelta(
+            days=int(days or 0),
+            hours=int(hours),
+            minutes=int(minutes),
+            seconds=int(seconds or 0) + float(f"0.{fraction or 0}"),
+        )
+    else:
+        raise ConfigurationError(
+            f"KeyManagement__GoogleKms__RotationPeriod={text!r} is not a period: use days "
+            '("90"), a .NET TimeSpan ("90.00:00:00") or seconds ("7776000s")'
+        )
+    if period < timedelta(days=1):
+        raise ConfigurationError(
+            "KeyManagement__GoogleKms__RotationPeriod must be at least one day, Cloud KMS's minimum"
+        )
+    return period
+
+
+def build_gcp(settings: Settings, observer: KmsObserver | None) -> GoogleKmsKeyManager:
+    import google.auth
+    from google.api_core.client_options import ClientOptions
+    from google.auth.exceptions import GoogleAuthError
+    from google.cloud import kms
+    from google.oauth2 import service_account
+
+    km = settings.key_management
+    gk = km.google_kms
+    scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    try:
+        if gk.credentials_path is not None:  # Kamus's setting: a service-account key file
+            credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+                str(gk.credentials_path), scopes=scopes
+            )
+            project = credentials.project_id
+        else:  # GOOGLE_APPLICATION_CREDENTIALS, GKE workload identity, the metadata server
+            credentials, project = google.auth.default(scopes=scopes)
+    except (GoogleAuthError, OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"no Google credentials ({type(exc).__name__}): set GOOGLE_APPLICATION_CREDENTIALS or "
+            "KeyManagement__GoogleKms__CredentialsPath, or run with GKE workload identity"
+        ) from None
+    project_id = gk.project_id or project
+    if not project_id:
+        raise ConfigurationError("set KeyManagement__GoogleKms__ProjectId")
+    rotation = parse_rotation_period(gk.rotation_period) if gk.rotation_period else None
+    client = kms.KeyManagementServiceClient(
+        credentials=credentials,
+        transport=gk.transport,
+        client_options=ClientOptions(api_endpoint=gk.endpoint) if gk.endpoint else None,
+    )
+    return GoogleKmsKeyManager(
+        client,
+        blocking_calls(km, "gcp", classify_gcp_error, observer),
+        project=project_id,
+        location=gk.location,
+        key_ring=gk.key_ring_name,
+        protection_level=gk.protection_level,
+        rotation_period=rotation,
+        attempt_timeout=per_attempt_timeout(km),
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
     )

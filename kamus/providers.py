@@ -3,6 +3,7 @@
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -26,7 +27,10 @@ def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -
     # Imported here: an AES deployment never loads the cloud SDKs.
     from kamus import cloud
 
-    builders = {"AwsKms": cloud.build_aws}
+    builders: dict[str, Callable[[Settings, KmsObserver | None], KeyManager]] = {
+        "AwsKms": cloud.build_aws,
+        "GoogleKms": cloud.build_gcp,
+    }
     if km.provider not in builders:
         raise ConfigurationError(
             f"KeyManagement__Provider={km.provider} is not available in this build yet"

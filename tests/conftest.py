@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from kamus.settings import Settings
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
+from tests.kms_doubles.gcp import CloudKmsDouble
 
 # Settings come from the environment; tests must not inherit a developer's.
 # Cloud SDK variables are cleared too: no test may ever reach a real cloud account.
@@ -84,6 +85,29 @@ def aws_kms(
     yield double
     if not double.running:
         double.start_again()
+
+
+@pytest.fixture(scope="session")
+def _gcp_kms_server() -> Iterator[CloudKmsDouble]:
+    double = CloudKmsDouble().start()
+    yield double
+    double.stop()
+
+
+@pytest.fixture
+def gcp_kms(
+    _gcp_kms_server: CloudKmsDouble, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[CloudKmsDouble]:
+    """The Cloud KMS double, emptied, and this process's Google settings pointing at it."""
+    double = _gcp_kms_server
+    if not double.running:
+        double.start()
+    double.reset()
+    for name, value in double.env(tmp_path / "gcp-sa.json").items():
+        monkeypatch.setenv(name, value)
+    yield double
+    if not double.running:
+        double.start()
 
 
 @pytest.fixture

@@ -1,0 +1,220 @@
+"""Google Cloud KMS (``KeyManagement__Provider=GoogleKms``): one crypto key per service account.
+
+The key is ``<key ring>/cryptoKeys/<Kamus key id>``, so keys Kamus created are used as they are.
+New values are ``e1`` envelopes: the data key is made here and wrapped by one ``Encrypt`` call with
+the identity as additional authenticated data, which Cloud KMS checks again on ``Decrypt``. Every
+call carries CRC32C checksums both ways, as Google recommends, so corruption in transit is caught.
+"""
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import google_crc32c
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.auth import exceptions as auth_exc
+from google.cloud import kms
+
+from crypto import envelope
+from crypto.encoding import b64_decode
+from crypto.errors import DecryptionError, KeyManagerUnavailable, KeyNotFoundError
+from crypto.formats import CiphertextFormat, classify
+from crypto.keyid import kamus_key_id
+from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError
+
+log = logging.getLogger(__name__)
+
+KMS = "gcp"
+RETRYABLE = (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError)
+SYMMETRIC = kms.CryptoKeyVersion.CryptoKeyVersionAlgorithm.GOOGLE_SYMMETRIC_ENCRYPTION
+
+
+def classify_gcp_error(exc: Exception, operation: str) -> KmsError | None:
+    name = type(exc).__name__
+    if isinstance(exc, gexc.NotFound):
+        return KmsError(Failure.NOT_FOUND, name)
+    if isinstance(exc, gexc.Conflict):  # AlreadyExists over gRPC, plain 409 over REST
+        return KmsError(Failure.CONFLICT, name)
+    if isinstance(exc, gexc.BadRequest) and operation == "Decrypt":
+        return KmsError(Failure.REJECTED, name)
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return KmsError(Failure.UNAVAILABLE, f"{name} (HTTP {exc.code})")
+    if isinstance(exc, gexc.RetryError | auth_exc.GoogleAuthError | OSError):
+        return KmsError(Failure.UNAVAILABLE, name)
+    if type(exc).__module__.startswith(("requests", "urllib3")):  # the REST transport's errors
+        return KmsError(Failure.UNAVAILABLE, name)
+    return None
+
+
+def _crc(data: bytes) -> int:
+    return int(google_crc32c.value(data))
+
+
+class GoogleKmsKeyManager:
+    def __init__(
+        self,
+        client: kms.KeyManagementServiceClient,
+        calls: BlockingCalls,
+        *,
+        project: str,
+        location: str,
+        key_ring: str,
+        protection_level: str = "SOFTWARE",
+        rotation_period: timedelta | None = None,
+        attempt_timeout: float = 5.0,
+        create_keys: bool = True,
+        allow_legacy: bool = True,
+    ) -> None:
+        self._client = client
+        self._calls = calls
+        self._location = f"projects/{project}/locations/{location}"
+        self._key_ring = client.key_ring_path(project, location, key_ring)
+        self._key_ring_id = key_ring
+        self._protection = getattr(kms.ProtectionLevel, protection_level)
+        self._rotation = rotation_period
+        self._create_keys = create_keys
+        self._allow_legacy = allow_legacy
+        self._locks = KeyLocks()
+        # Google's retry: exponential backoff with jitter, on throttling and 5xx, inside the
+        # deadline the BlockingCalls runner enforces.
+        self._options: dict[str, Any] = {
+            "retry": Retry(
+                predicate=lambda e: isinstance(e, RETRYABLE),
+                initial=0.1,
+                maximum=2.0,
+                timeout=calls.timeout_seconds * 0.9,
+            ),
+            "timeout": attempt_timeout,
+        }
+
+    def key_name(self, sa_id: str) -> str:
+        return f"{self._key_ring}/cryptoKeys/{kamus_key_id(sa_id)}"
+
+    async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+        name = self.key_name(sa_id)
+        data_key = envelope.new_data_key()
+        try:
+            wrapped = await self._wrap(name, data_key, sa_id)
+        except KmsError as exc:
+            if exc.failure is not Failure.NOT_FOUND:
+                raise
+            if not self._create_keys:
+                raise KeyNotFoundError(name) from None
+            await self._create_key(name, sa_id)
+            wrapped = await self._wrap(name, data_key, sa_id)
+        return envelope.seal(
+            data_key,
+            plaintext,
+            sa_id,
+            kms=KMS,
+            key_version=wrapped.name.rsplit("/", 1)[-1],
+            wrapped=wrapped.ciphertext,
+        )
+
+    async def _wrap(self, name: str, data_key: bytes, sa_id: str) -> Any:
+        aad = sa_id.encode("utf-8")
+        request = {
+            "name": name,
+            "plaintext": data_key,
+            "additional_authenticated_data": aad,
+            "plaintext_crc32c": _crc(data_key),
+            "additional_authenticated_data_crc32c": _crc(aad),
+        }
+        response = await self._calls(
+            "Encrypt", lambda: self._client.encrypt(request=request, **self._options)
+        )
+        if not (
+            response.verified_plaintext_crc32c
+            and response.verified_additional_authenticated_data_crc32c
+            and response.ciphertext_crc32c == _crc(response.ciphertext)
+        ):
+            raise KeyManagerUnavailable("gcp Encrypt: CRC32C integrity check failed")
+        return response
+
+    async def _create_key(self, name: str, sa_id: str) -> None:
+        async with self._locks(name):
+            namespace, _, service_account = sa_id.partition(":")
+            key: dict[str, Any] = {
+                "purpose": kms.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT,
+                "version_template": {
+                    "protection_level": self._protection,
+                    "algorithm": SYMMETRIC,
+                },
+                # Label values allow lowercase letters, digits, '-' and '_' only.
+                "labels": {
+                    "managed-by": "kamus",
+                    "kamus-namespace": namespace,
+                    "kamus-service-account": service_account.replace(".", "_")[:63],
+                },
+            }
+            if self._rotation is not None:
+                key["rotation_period"] = self._rotation
+                key["next_rotation_time"] = datetime.now(UTC) + self._rotation
+            request = {
+                "parent": self._key_ring,
+                "crypto_key_id": name.rsplit("/", 1)[-1],
+                "crypto_key": key,
+            }
+
+            def create() -> Any:
+                return self._client.create_crypto_key(request=request, **self._options)
+
+            try:
+                try:
+                    await self._calls("CreateCryptoKey", create)
+                except KmsError as missing_ring:
+                    if missing_ring.failure is not Failure.NOT_FOUND:
+                        raise
+                    await self._create_key_ring()
+                    await self._calls("CreateCryptoKey", create)
+            except KmsError as exists:
+                if exists.failure is not Failure.CONFLICT:
+                    raise
+                return  # another request or replica created it: the same key, by name
+            self._calls.key_created()
+
+    async def _create_key_ring(self) -> None:
+        request = {"parent": self._location, "key_ring_id": self._key_ring_id}
+        try:
+            await self._calls(
+                "CreateKeyRing",
+                lambda: self._client.create_key_ring(request=request, **self._options),
+            )
+        except KmsError as exc:
+            if exc.failure is not Failure.CONFLICT:
+                raise
+
+    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+        fmt = classify(ciphertext)
+        if fmt is CiphertextFormat.ENVELOPE_V1:
+            sealed = envelope.parse(ciphertext, KMS)
+            data_key = await self._unwrap(sealed.wrapped_key, sa_id, sa_id.encode("utf-8"))
+            return envelope.open_sealed(sealed, data_key, sa_id)
+        if not self._allow_legacy:
+            raise DecryptionError("legacy Kamus ciphertexts are switched off")
+        if ciphertext == "":
+            return b""  # Kamus answered an empty value with an empty value
+        if fmt is CiphertextFormat.LEGACY_RAW:
+            # Kamus encrypted the UTF-8 value itself under the key, without AAD.
+            return await self._unwrap(b64_decode(ciphertext), sa_id, b"")
+        raise DecryptionError(f"the Google Cloud KMS provider cannot read format {fmt}")
+
+    async def _unwrap(self, blob: bytes, sa_id: str, aad: bytes) -> bytes:
+        request = {
+            "name": self.key_name(sa_id),
+            "ciphertext": blob,
+            "additional_authenticated_data": aad,
+            "ciphertext_crc32c": _crc(blob),
+            "additional_authenticated_data_crc32c": _crc(aad),
+        }
+        try:
+            response = await self._calls(
+                "Decrypt", lambda: self._client.decrypt(request=request, **self._options)
+            )
+        except KmsError as exc:
+            raise DecryptionError(exc.reason) from None
+        if response.plaintext_crc32c != _crc(response.plaintext):
+            raise KeyManagerUnavailable("gcp Decrypt: CRC32C integrity check failed")
+        plaintext: bytes = response.plaintext
+        return plaintext
