@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tests.k8s_double import KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
+from tests.kms_doubles.gcp import CloudKmsDouble
 from tests.processes import Deployment, deploy
 from tests.servers import Faults
 
@@ -50,3 +51,17 @@ def test_aws_kms(aws_kms: AwsKmsDouble, kube_api: KubeApiDouble, tmp_path: Path)
             go_down=lambda: setattr(aws_kms, "faults", Faults(fail_status=503)),
             come_back=lambda: setattr(aws_kms, "faults", Faults()),
         )
+
+
+def test_google_cloud_kms(gcp_kms: CloudKmsDouble, kube_api: KubeApiDouble, tmp_path: Path) -> None:
+    gcp_kms.allow_anonymous = False  # the processes authenticate with the key file
+    env = {
+        **gcp_kms.env(tmp_path / "sa.json"),
+        **RESILIENCE,
+        "KeyManagement__Provider": "GoogleKms",
+        "KeyManagement__GoogleKms__Location": "europe-west1",
+        "KeyManagement__GoogleKms__KeyRingName": "kamus-prod",
+    }
+    with deploy(kube_api, tmp_path, env) as deployment:
+        check_round_trip_and_outage(deployment, gcp_kms.stop, gcp_kms.start)
+    assert all(k.startswith("projects/test-project/locations/europe-west1/") for k in gcp_kms.keys)
