@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 
 from crypto.aws import AwsKmsKeyManager, classify_aws_error
+from crypto.azure import AzureKeyVaultKeyManager, classify_azure_error
 from crypto.gcp import GoogleKmsKeyManager, classify_gcp_error
 from crypto.kms import BlockingCalls, Classifier, KmsObserver
 from kamus.providers import ConfigurationError, secret_setting
@@ -148,6 +149,60 @@ def build_gcp(settings: Settings, observer: KmsObserver | None) -> GoogleKmsKeyM
         protection_level=gk.protection_level,
         rotation_period=rotation,
         attempt_timeout=per_attempt_timeout(km),
+        create_keys=km.create_keys,
+        allow_legacy=km.allow_legacy_ciphertexts,
+    )
+
+
+def build_azure(settings: Settings, observer: KmsObserver | None) -> AzureKeyVaultKeyManager:
+    from azure.core.credentials import TokenCredential
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+    from azure.keyvault.keys import KeyClient
+
+    km = settings.key_management
+    kv = km.key_vault
+    if kv.url:
+        vault_url = kv.url.rstrip("/")
+    elif kv.name:
+        vault_url = f"https://{kv.name}.vault.azure.net"
+    else:
+        raise ConfigurationError(
+            "set KeyManagement__KeyVault__Name (or KeyManagement__KeyVault__Url for a private "
+            "endpoint)"
+        )
+    ad = settings.active_directory
+    secret = secret_setting(
+        ad.client_secret, ad.client_secret_file, "ActiveDirectory__ClientSecret"
+    )
+    credential: TokenCredential
+    if ad.client_id or secret:  # Kamus's service principal
+        tenant = ad.tenant_id or os.environ.get("AZURE_TENANT_ID")
+        if not (ad.client_id and secret and tenant):
+            raise ConfigurationError(
+                "a service principal needs ActiveDirectory__ClientId, ActiveDirectory__ClientSecret"
+                " and ActiveDirectory__TenantId; set none of them for workload or managed identity"
+            )
+        credential = ClientSecretCredential(tenant, ad.client_id, secret)
+    else:  # AKS workload identity, managed identity, AZURE_* environment
+        credential = DefaultAzureCredential()
+    attempt = per_attempt_timeout(km)
+    options: dict[str, object] = {
+        "verify_challenge_resource": kv.verify_challenge_resource,
+        # azure-core's retry: exponential backoff with jitter, honouring Retry-After.
+        "retry_total": km.max_retries,
+        "retry_backoff_factor": 0.5,
+        "connection_timeout": attempt,
+        "read_timeout": attempt,
+    }
+    if bundle := ca_bundle():
+        options["connection_verify"] = bundle
+    return AzureKeyVaultKeyManager(
+        KeyClient(vault_url, credential, **options),
+        credential,
+        blocking_calls(km, "azure", classify_azure_error, observer),
+        client_options=options,
+        hardware_protected=kv.key_type == "RSA-HSM",
+        key_size=kv.key_length,
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
     )

@@ -30,11 +30,8 @@ def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -
     builders: dict[str, Callable[[Settings, KmsObserver | None], KeyManager]] = {
         "AwsKms": cloud.build_aws,
         "GoogleKms": cloud.build_gcp,
+        "AzureKeyVault": cloud.build_azure,
     }
-    if km.provider not in builders:
-        raise ConfigurationError(
-            f"KeyManagement__Provider={km.provider} is not available in this build yet"
-        )
     return builders[km.provider](settings, observer)
 
 

@@ -15,7 +15,7 @@ RESILIENCE = {"KeyManagement__TimeoutSeconds": "5", "KeyManagement__MaxRetries":
 
 
 def check_round_trip_and_outage(
-    deployment: Deployment, go_down: Callable[[], None], come_back: Callable[[], None]
+    deployment: Deployment, go_down: Callable[[], object], come_back: Callable[[], object]
 ) -> None:
     kube_api = deployment.kube_api
     encrypted = deployment.encrypt(SECRET, "team-a", "app")

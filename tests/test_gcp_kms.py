@@ -252,7 +252,10 @@ def test_a_corrupted_answer_is_caught_by_the_checksums(
 ) -> None:
     manager = build(make_settings)
     run(manager.encrypt(b"v", "team-a:app"))
-    body = {"name": f"{expected_key('team-a:app')}/cryptoKeyVersions/1", "ciphertext": "AAAA"}
+    body: dict[str, object] = {
+        "name": f"{expected_key('team-a:app')}/cryptoKeyVersions/1",
+        "ciphertext": "AAAA",
+    }
     body |= {"ciphertextCrc32c": "1", "verifiedPlaintextCrc32c": True}
     body |= {"verifiedAdditionalAuthenticatedDataCrc32c": True}
     gcp_kms.faults = Faults(fail_status=200, fail_body=body)

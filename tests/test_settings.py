@@ -149,13 +149,22 @@ def test_previous_keys_from_variable_or_file_still_decrypt(
     assert asyncio.run(from_file.decrypt(ciphertext, "ns:sa")) == b"kept"
 
 
-def test_cloud_providers_are_refused_clearly_until_they_land(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        ("AwsKms", "KeyManagement__AwsKms__Region"),
+        ("GoogleKms", "GOOGLE_APPLICATION_CREDENTIALS"),
+        ("AzureKeyVault", "KeyManagement__KeyVault__Name"),
+    ],
+)
+def test_cloud_providers_say_which_setting_is_missing(
+    monkeypatch: pytest.MonkeyPatch, provider: str, message: str
 ) -> None:
-    for provider in ["AzureKeyVault", "GoogleKms"]:
-        monkeypatch.setenv("KeyManagement__Provider", provider)
-        with pytest.raises(ConfigurationError, match=f"Provider={provider} is not available"):
-            build_key_manager(Settings())
+    monkeypatch.setenv("KeyManagement__Provider", provider)
+    monkeypatch.setenv("HOME", "/nonexistent")  # no gcloud application-default credentials
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # and no metadata server
+    with pytest.raises(ConfigurationError, match=message):
+        build_key_manager(Settings())
 
 
 def test_serve_refuses_to_start_without_a_key() -> None:

@@ -1,0 +1,202 @@
+"""Azure Key Vault (``KeyManagement__Provider=AzureKeyVault``): one RSA key per service account.
+
+The key is named by the Kamus key id, so keys Kamus created are used as they are. New values are
+``e1`` envelopes whose data key is wrapped with RSA-OAEP-256 by the key's public half, locally (as
+the SDK does), so encrypting costs no Key Vault call once the key is known. Key Vault's OAEP takes
+no label, so the identity rides inside the wrapped blob instead: ``data key || SHA-256(sa_id)``,
+checked after every unwrap. Unwrapping is one remote call.
+"""
+
+import hashlib
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.keyvault.keys import KeyClient, KeyVaultKey
+from azure.keyvault.keys.crypto import CryptographyClient, EncryptionAlgorithm, KeyWrapAlgorithm
+
+from crypto import envelope
+from crypto.encoding import b64_decode
+from crypto.errors import DecryptionError, KeyNotFoundError
+from crypto.formats import CiphertextFormat, classify
+from crypto.keyid import kamus_key_id
+from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError
+from crypto.legacy import cbc_decrypt, parse_legacy_envelope
+
+log = logging.getLogger(__name__)
+
+KMS = "azure"
+WRAP = KeyWrapAlgorithm.rsa_oaep_256
+KEY_REFRESH_SECONDS = 300.0  # pick up a rotated key version within five minutes
+MAX_CACHED_VERSIONS = 256
+
+
+def classify_azure_error(exc: Exception, operation: str) -> KmsError | None:
+    name = type(exc).__name__
+    if isinstance(exc, ResourceNotFoundError):
+        return KmsError(Failure.NOT_FOUND, name)
+    if isinstance(exc, ClientAuthenticationError):  # our identity: a misconfiguration
+        return KmsError(Failure.UNAVAILABLE, name)
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code or 0
+        if status == 400 and operation in ("UnwrapKey", "Decrypt"):
+            return KmsError(Failure.REJECTED, f"{name} (HTTP 400)")
+        return KmsError(Failure.UNAVAILABLE, f"{name} (HTTP {status})")
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return KmsError(Failure.UNAVAILABLE, name)
+    return None
+
+
+def _identity_digest(sa_id: str) -> bytes:
+    return hashlib.sha256(sa_id.encode("utf-8")).digest()
+
+
+class AzureKeyVaultKeyManager:
+    def __init__(
+        self,
+        keys: KeyClient,
+        credential: TokenCredential,
+        calls: BlockingCalls,
+        *,
+        client_options: dict[str, Any] | None = None,
+        hardware_protected: bool = False,
+        key_size: int = 2048,
+        create_keys: bool = True,
+        allow_legacy: bool = True,
+    ) -> None:
+        self._keys = keys
+        self._credential = credential
+        self._calls = calls
+        self._client_options = client_options or {}
+        self._hsm = hardware_protected
+        self._key_size = key_size
+        self._create_keys = create_keys
+        self._allow_legacy = allow_legacy
+        self._locks = KeyLocks()
+        self._latest: dict[str, tuple[float, KeyVaultKey]] = {}
+        self._versions: OrderedDict[tuple[str, str], CryptographyClient] = OrderedDict()
+
+    async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+        key = await self._latest_key(kamus_key_id(sa_id), create=True, sa_id=sa_id)
+        data_key = envelope.new_data_key()
+        # From a KeyVaultKey the SDK wraps locally with the public key: no request is made.
+        wrapped = CryptographyClient(key, self._credential, **self._client_options).wrap_key(
+            WRAP, data_key + _identity_digest(sa_id)
+        )
+        return envelope.seal(
+            data_key,
+            plaintext,
+            sa_id,
+            kms=KMS,
+            key_version=key.properties.version or "",
+            wrapped=wrapped.encrypted_key,
+        )
+
+    async def _latest_key(self, name: str, *, create: bool, sa_id: str) -> KeyVaultKey:
+        cached = self._latest.get(name)
+        if cached and time.monotonic() - cached[0] < KEY_REFRESH_SECONDS:
+            return cached[1]
+        try:
+            key = await self._calls("GetKey", lambda: self._keys.get_key(name))
+        except KmsError as exc:
+            if exc.failure is not Failure.NOT_FOUND or not create:
+                raise
+            if not self._create_keys:
+                raise KeyNotFoundError(name) from None
+            key = await self._create_key(name, sa_id)
+        self._latest[name] = (time.monotonic(), key)
+        return key
+
+    async def _create_key(self, name: str, sa_id: str) -> KeyVaultKey:
+        """Create the key once per process. Creating an existing name adds a version in Key
+        Vault, so the lock and the second look keep concurrent first encrypts to one key."""
+        async with self._locks(name):
+            try:
+                return await self._calls("GetKey", lambda: self._keys.get_key(name))
+            except KmsError as exc:
+                if exc.failure is not Failure.NOT_FOUND:
+                    raise
+            namespace, _, service_account = sa_id.partition(":")
+            key = await self._calls(
+                "CreateKey",
+                lambda: self._keys.create_rsa_key(
+                    name,
+                    size=self._key_size,
+                    hardware_protected=self._hsm,
+                    tags={"kamus-namespace": namespace, "kamus-service-account": service_account},
+                ),
+            )
+            self._calls.key_created()
+            return key
+
+    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+        name = kamus_key_id(sa_id)
+        fmt = classify(ciphertext)
+        if fmt is CiphertextFormat.ENVELOPE_V1:
+            sealed = envelope.parse(ciphertext, KMS)
+            if not sealed.key_version:
+                raise DecryptionError("e1 ciphertext names no Key Vault key version")
+            blob = await self._remote("UnwrapKey", name, sealed.key_version, sealed.wrapped_key)
+            data_key, digest = blob[: envelope.DATA_KEY_SIZE], blob[envelope.DATA_KEY_SIZE :]
+            if not hmac.compare_digest(digest, _identity_digest(sa_id)):
+                raise DecryptionError("the wrapped data key is bound to another identity")
+            return envelope.open_sealed(sealed, data_key, sa_id)
+        if not self._allow_legacy:
+            raise DecryptionError("legacy Kamus ciphertexts are switched off")
+        if ciphertext == "":
+            return b""  # Kamus answered an empty value with an empty value
+        if fmt not in (CiphertextFormat.LEGACY_RAW, CiphertextFormat.LEGACY_ENVELOPE):
+            raise DecryptionError(f"the Azure Key Vault provider cannot read format {fmt}")
+        # Kamus used RSA-OAEP with the key's latest version.
+        try:
+            version = (await self._latest_key(name, create=False, sa_id=sa_id)).properties.version
+        except KmsError as exc:
+            raise DecryptionError(exc.reason) from None
+        if fmt is CiphertextFormat.LEGACY_RAW:
+            return await self._remote("Decrypt", name, version or "", b64_decode(ciphertext))
+        # Large values: the RSA-OAEP-wrapped *base64 text* of an AES-CBC key.
+        wrapped, iv, body = parse_legacy_envelope(ciphertext)
+        key_text = await self._remote("Decrypt", name, version or "", b64_decode(wrapped))
+        try:
+            data_key = b64_decode(key_text.decode("ascii"))
+        except UnicodeDecodeError:
+            raise DecryptionError("legacy envelope key is not base64") from None
+        return cbc_decrypt(data_key, iv, body)
+
+    async def _remote(self, operation: str, name: str, version: str, data: bytes) -> bytes:
+        try:
+            client = await self._version_client(name, version)
+            if operation == "UnwrapKey":
+                result = await self._calls(operation, lambda: client.unwrap_key(WRAP, data).key)
+            else:
+                result = await self._calls(
+                    operation, lambda: client.decrypt(EncryptionAlgorithm.rsa_oaep, data).plaintext
+                )
+        except KmsError as exc:
+            raise DecryptionError(exc.reason) from None
+        plaintext: bytes = result
+        return plaintext
+
+    async def _version_client(self, name: str, version: str) -> CryptographyClient:
+        """A client per key version, kept: built from the key itself it never fetches it again,
+        so each later decrypt is exactly one Key Vault call."""
+        cached = self._versions.get((name, version))
+        if cached is not None:
+            self._versions.move_to_end((name, version))
+            return cached
+        key = await self._calls("GetKey", lambda: self._keys.get_key(name, version))
+        client = CryptographyClient(key, self._credential, **self._client_options)
+        self._versions[(name, version)] = client
+        if len(self._versions) > MAX_CACHED_VERSIONS:
+            self._versions.popitem(last=False)
+        return client
