@@ -54,6 +54,12 @@ def classify_azure_error(exc: Exception, operation: str) -> KmsError | None:
         return KmsError(Failure.UNAVAILABLE, f"{name} (HTTP {status})")
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return KmsError(Failure.UNAVAILABLE, name)
+    if isinstance(exc, ValueError) and "challenge resource" in str(exc):
+        return KmsError(
+            Failure.UNAVAILABLE,
+            "the vault's challenge names another resource; for a custom vault URL set "
+            "KeyManagement__KeyVault__VerifyChallengeResource=false",
+        )
     return None
 
 

@@ -76,9 +76,16 @@ class KeyVaultSettings(_Section):
     name: str | None = Field(None, alias="Name")
     url: str | None = Field(None, alias="Url")
     key_type: Literal["RSA", "RSA-HSM"] = Field("RSA", alias="KeyType")
-    key_length: Literal[2048, 3072, 4096] = Field(2048, alias="KeyLength")
+    key_length: int = Field(2048, alias="KeyLength")
     maximum_data_length: int = Field(214, alias="MaximumDataLength")
     verify_challenge_resource: bool = Field(True, alias="VerifyChallengeResource")
+
+    @field_validator("key_length")
+    @classmethod
+    def _rsa_size(cls, value: int) -> int:
+        if value not in (2048, 3072, 4096):
+            raise ValueError("Key Vault RSA keys are 2048, 3072 or 4096 bits")
+        return value
 
 
 class KeyManagementSettings(_Section):

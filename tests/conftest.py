@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from kamus.settings import Settings
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
+from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
 
 # Settings come from the environment; tests must not inherit a developer's.
@@ -108,6 +109,29 @@ def gcp_kms(
     yield double
     if not double.running:
         double.start()
+
+
+@pytest.fixture(scope="session")
+def _azure_kv_server() -> Iterator[KeyVaultDouble]:
+    double = KeyVaultDouble().start()
+    yield double
+    double.stop()
+
+
+@pytest.fixture
+def azure_kv(
+    _azure_kv_server: KeyVaultDouble, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KeyVaultDouble]:
+    """The Key Vault double, emptied, and managed identity settings pointing at it."""
+    double = _azure_kv_server
+    if not double.running:
+        double.start_again()
+    double.reset()
+    for name, value in double.env().items():
+        monkeypatch.setenv(name, value)
+    yield double
+    if not double.running:
+        double.start_again()
 
 
 @pytest.fixture

@@ -1,0 +1,273 @@
+"""The Azure Key Vault provider against the Key Vault double, through azure-keyvault-keys and
+azure-identity's DefaultAzureCredential (App Service managed identity)."""
+
+import asyncio
+import base64
+import hashlib
+import os
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.asymmetric import padding as rsa_padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from crypto import DecryptionError
+from crypto.azure import AzureKeyVaultKeyManager
+from crypto.encoding import b64url_encode
+from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
+from kamus.metrics import Metrics
+from kamus.providers import ConfigurationError, build_key_manager
+from tests.conftest import SettingsFactory
+from tests.kms_doubles.azure import KeyVaultDouble, throttled
+from tests.servers import Faults
+
+FAST = {"KeyManagement__TimeoutSeconds": "10", "KeyManagement__MaxRetries": "1"}
+
+
+def key_name(sa_id: str) -> str:
+    """Kamus's key name, computed here independently of crypto/."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(sa_id.encode()).digest()).decode()
+    return digest.rstrip("=").replace("_", "-")
+
+
+def observed(
+    vault: KeyVaultDouble, make_settings: SettingsFactory, metrics: Metrics | None, **env: str
+) -> AzureKeyVaultKeyManager:
+    settings = make_settings(
+        **{
+            "KeyManagement__Provider": "AzureKeyVault",
+            "KeyManagement__KeyVault__Url": vault.url,
+            # The double is https://127.0.0.1:port, which the challenge's resource cannot match.
+            "KeyManagement__KeyVault__VerifyChallengeResource": "false",
+            **env,
+        }
+    )
+    manager = build_key_manager(settings, observer=metrics)
+    assert isinstance(manager, AzureKeyVaultKeyManager)
+    return manager
+
+
+def build(
+    vault: KeyVaultDouble, make_settings: SettingsFactory, **env: str
+) -> AzureKeyVaultKeyManager:
+    return observed(vault, make_settings, None, **env)
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_round_trip_creates_the_key(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    metrics = Metrics()
+    manager = observed(azure_kv, make_settings, metrics, KeyManagement__KeyVault__KeyLength="3072")
+    ciphertext = run(manager.encrypt(b"s3cr3t", "team-a:app"))
+    [version] = azure_kv.versions(key_name("team-a:app"))
+    assert ciphertext.startswith(f"kamus$e1$azure${version}$")
+    assert run(manager.decrypt(ciphertext, "team-a:app")) == b"s3cr3t"
+    assert azure_kv.public_key(key_name("team-a:app")).key_size == 3072
+    sample = metrics.registry.get_sample_value
+    assert sample("kamus_kms_keys_created_total", {"provider": "azure"}) == 1
+
+
+def test_hsm_keys_when_configured(azure_kv: KeyVaultDouble, make_settings: SettingsFactory) -> None:
+    manager = build(azure_kv, make_settings, KeyManagement__KeyVault__KeyType="RSA-HSM")
+    run(manager.encrypt(b"v", "team-a:app"))
+    assert any(r.startswith("POST /keys/") and r.endswith("/create") for r in azure_kv.requests)
+    assert azure_kv.key_type(key_name("team-a:app")) == "RSA-HSM"
+
+
+def test_encrypt_is_local_and_decrypt_one_call(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    manager = build(azure_kv, make_settings)
+    first = run(manager.encrypt(b"warm-up", "team-a:app"))
+    run(manager.decrypt(first, "team-a:app"))  # fetches the key version once
+    azure_kv.requests.clear()
+    ciphertext = run(manager.encrypt(os.urandom(2 * 1024 * 1024), "team-a:app"))
+    assert azure_kv.requests == []  # wrapped locally with the public key
+    run(manager.decrypt(ciphertext, "team-a:app"))
+    [version] = azure_kv.versions(key_name("team-a:app"))
+    assert azure_kv.requests == [f"POST /keys/{key_name('team-a:app')}/{version}/unwrapkey"]
+
+
+@pytest.mark.parametrize("other", ["team-a:web", "team-b:app"])
+def test_other_identities_cannot_decrypt(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory, other: str
+) -> None:
+    manager = build(azure_kv, make_settings)
+    ciphertext = run(manager.encrypt(b"s3cr3t", "team-a:app"))
+    run(manager.encrypt(b"x", other))
+    with pytest.raises(DecryptionError):
+        run(manager.decrypt(ciphertext, other))
+
+
+def test_the_wrapped_key_carries_the_identity(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    """Even under the right key, a data key wrapped for another identity is refused."""
+    manager = build(azure_kv, make_settings)
+    run(manager.encrypt(b"x", "team-a:app"))
+    name = key_name("team-a:app")
+    [version] = azure_kv.versions(name)
+    data_key = os.urandom(32)
+    blob = data_key + hashlib.sha256(b"team-a:web").digest()
+    oaep = rsa_padding.OAEP(rsa_padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+    wrapped = azure_kv.public_key(name, version).encrypt(blob, oaep)
+    forged = f"kamus$e1$azure${version}${b64url_encode(wrapped)}${b64url_encode(os.urandom(40))}"
+    with pytest.raises(DecryptionError) as info:
+        run(manager.decrypt(forged, "team-a:app"))
+    assert info.value.reason == "the wrapped data key is bound to another identity"
+
+
+def kamus_oaep(vault: KeyVaultDouble, name: str, data: bytes) -> str:
+    oaep = rsa_padding.OAEP(rsa_padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # noqa: S303
+    return base64.b64encode(vault.public_key(name).encrypt(data, oaep)).decode()
+
+
+def kamus_envelope(vault: KeyVaultDouble, name: str, plaintext: str) -> str:
+    """Kamus's EnvelopeEncryptionDecorator: the base64 *text* of an AES key, RSA-OAEP wrapped."""
+    data_key, iv = os.urandom(32), os.urandom(16)
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plaintext.encode()) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(data_key), modes.CBC(iv)).encryptor()
+    body = encryptor.update(padded) + encryptor.finalize()
+    wrapped = kamus_oaep(vault, name, base64.b64encode(data_key))
+    return f"env${wrapped}${base64.b64encode(iv).decode()}:{base64.b64encode(body).decode()}"
+
+
+def test_kamus_ciphertexts_decrypt(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    name = key_name("team-a:app")
+    azure_kv.create_key(name)  # the key Kamus created
+    small = kamus_oaep(azure_kv, name, "from kamus ✓".encode())
+    large = kamus_envelope(azure_kv, name, "x" * 5000)
+    manager = build(azure_kv, make_settings)
+    assert run(manager.decrypt(small, "team-a:app")) == "from kamus ✓".encode()
+    assert run(manager.decrypt(large, "team-a:app")) == b"x" * 5000
+    assert run(manager.decrypt("", "team-a:app")) == b""
+    with pytest.raises(DecryptionError):
+        run(manager.decrypt(small, "team-b:app"))  # that identity has no key
+    off = build(azure_kv, make_settings, KeyManagement__AllowLegacyCiphertexts="false")
+    with pytest.raises(DecryptionError):
+        run(off.decrypt(small, "team-a:app"))
+
+
+def test_new_key_versions_are_picked_up_and_old_values_still_open(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("crypto.azure.KEY_REFRESH_SECONDS", 0.0)
+    manager = build(azure_kv, make_settings)
+    old = run(manager.encrypt(b"old", "team-a:app"))
+    azure_kv.create_key(key_name("team-a:app"))  # an operator rotates the key
+    new = run(manager.encrypt(b"new", "team-a:app"))
+    assert old.split("$")[3] != new.split("$")[3]
+    assert new.split("$")[3] == azure_kv.versions(key_name("team-a:app"))[-1]
+    assert run(manager.decrypt(old, "team-a:app")) == b"old"
+    assert run(manager.decrypt(new, "team-a:app")) == b"new"
+
+
+def test_concurrent_first_encrypts_create_one_key_version(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    manager = build(azure_kv, make_settings)
+
+    async def many() -> list[str]:
+        return await asyncio.gather(*(manager.encrypt(b"v", "team-a:app") for _ in range(8)))
+
+    values = run(many())
+    assert len(azure_kv.versions(key_name("team-a:app"))) == 1
+    assert all(run(manager.decrypt(v, "team-a:app")) == b"v" for v in values)
+
+
+def test_create_keys_false_refuses_instead_of_creating(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    manager = build(azure_kv, make_settings, KeyManagement__CreateKeys="false")
+    with pytest.raises(KeyNotFoundError, match="CreateKeys=false"):
+        run(manager.encrypt(b"v", "team-a:app"))
+    assert azure_kv.versions(key_name("team-a:app")) == []
+    azure_kv.create_key(key_name("team-a:app"))
+    assert run(manager.decrypt(run(manager.encrypt(b"v", "team-a:app")), "team-a:app")) == b"v"
+
+
+@pytest.mark.parametrize(
+    "faults", [Faults(fail_status=500), Faults(fail_status=503), throttled()], ids=str
+)
+def test_a_failing_vault_is_unavailable_then_recovers(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory, faults: Faults
+) -> None:
+    manager = build(azure_kv, make_settings, **FAST)
+    ciphertext = run(manager.encrypt(b"v", "team-a:app"))
+    run(manager.decrypt(ciphertext, "team-a:app"))
+    azure_kv.faults = faults
+    azure_kv.requests.clear()
+    with pytest.raises(KeyManagerUnavailable) as info:
+        run(manager.decrypt(ciphertext, "team-a:app"))
+    assert info.value.reason.startswith("azure UnwrapKey")
+    assert len(azure_kv.requests) == 2  # the try and one retry
+    azure_kv.faults = Faults()
+    assert run(manager.decrypt(ciphertext, "team-a:app")) == b"v"
+
+
+def test_brief_throttling_is_ridden_out(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    manager = build(azure_kv, make_settings, **FAST)
+    ciphertext = run(manager.encrypt(b"v", "team-a:app"))
+    run(manager.decrypt(ciphertext, "team-a:app"))
+    azure_kv.faults = throttled(remaining=1)
+    assert run(manager.decrypt(ciphertext, "team-a:app")) == b"v"
+
+
+@pytest.mark.slow
+def test_a_slow_vault_times_out(azure_kv: KeyVaultDouble, make_settings: SettingsFactory) -> None:
+    manager = build(
+        azure_kv, make_settings, KeyManagement__TimeoutSeconds="1", KeyManagement__MaxRetries="0"
+    )
+    azure_kv.faults = Faults(delay_seconds=3)
+    with pytest.raises(KeyManagerUnavailable):
+        run(manager.encrypt(b"v", "team-a:app"))
+
+
+def test_an_unreachable_vault_is_unavailable(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    manager = build(azure_kv, make_settings, **FAST)
+    ciphertext = run(manager.encrypt(b"v", "team-a:app"))
+    run(manager.decrypt(ciphertext, "team-a:app"))
+    azure_kv.stop()
+    with pytest.raises(KeyManagerUnavailable):
+        run(manager.decrypt(ciphertext, "team-a:app"))
+    azure_kv.start_again()
+    assert run(manager.decrypt(ciphertext, "team-a:app")) == b"v"
+
+
+def test_a_custom_vault_url_needs_the_challenge_check_relaxed(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    manager = build(
+        azure_kv, make_settings, KeyManagement__KeyVault__VerifyChallengeResource="true"
+    )
+    with pytest.raises(KeyManagerUnavailable) as info:
+        run(manager.encrypt(b"v", "team-a:app"))
+    assert "VerifyChallengeResource=false" in info.value.reason
+
+
+def test_service_principal_settings(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    with pytest.raises(ConfigurationError, match="ActiveDirectory__TenantId"):
+        build(
+            azure_kv,
+            make_settings,
+            ActiveDirectory__ClientId="app-id",
+            ActiveDirectory__ClientSecret="s3cr3t",
+        )
+    manager = build(azure_kv, make_settings, ActiveDirectory__TenantId="tenant")
+    assert isinstance(manager, AzureKeyVaultKeyManager)
+    with pytest.raises(ConfigurationError, match="KeyManagement__KeyVault__Name"):
+        build_key_manager(make_settings(KeyManagement__KeyVault__Url=""))
