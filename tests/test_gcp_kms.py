@@ -326,3 +326,15 @@ def test_the_decryptor_answers_503_when_cloud_kms_is_down(
         down = client.post("/api/v1/decrypt", json={"data": ciphertext}, headers=headers)
         assert down.status_code == 503
         assert down.headers["retry-after"] == "5"
+
+
+def test_the_default_grpc_transport_fails_as_unavailable_not_500(
+    gcp_kms: CloudKmsDouble, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gRPC (the default transport) to an endpoint where nothing listens.
+    monkeypatch.setenv("KeyManagement__GoogleKms__Transport", "grpc")
+    monkeypatch.setenv("KeyManagement__GoogleKms__Endpoint", "127.0.0.1:9")
+    manager = build(make_settings, KeyManagement__TimeoutSeconds="2")
+    with pytest.raises(KeyManagerUnavailable) as info:
+        run(manager.encrypt(b"v", "team-a:app"))
+    assert info.value.reason.startswith("gcp Encrypt")
