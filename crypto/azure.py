@@ -94,17 +94,17 @@ class AzureKeyVaultKeyManager:
 
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
         key = await self._latest_key(kamus_key_id(sa_id), create=True, sa_id=sa_id)
+        version = key.properties.version or ""
         data_key = envelope.new_data_key()
-        # From a KeyVaultKey the SDK wraps locally with the public key: no request is made.
-        wrapped = CryptographyClient(key, self._credential, **self._client_options).wrap_key(
-            WRAP, data_key + _identity_digest(sa_id)
-        )
+        # Built from the key itself, the client wraps locally with the public key: no request.
+        client = self._client_for(key)
+        wrapped = client.wrap_key(WRAP, data_key + _identity_digest(sa_id))
         return envelope.seal(
             data_key,
             plaintext,
             sa_id,
             kms=KMS,
-            key_version=key.properties.version or "",
+            key_version=version,
             wrapped=wrapped.encrypted_key,
         )
 
@@ -194,15 +194,22 @@ class AzureKeyVaultKeyManager:
         return plaintext
 
     async def _version_client(self, name: str, version: str) -> CryptographyClient:
-        """A client per key version, kept: built from the key itself it never fetches it again,
-        so each later decrypt is exactly one Key Vault call."""
         cached = self._versions.get((name, version))
         if cached is not None:
             self._versions.move_to_end((name, version))
             return cached
         key = await self._calls("GetKey", lambda: self._keys.get_key(name, version))
-        client = CryptographyClient(key, self._credential, **self._client_options)
-        self._versions[(name, version)] = client
-        if len(self._versions) > MAX_CACHED_VERSIONS:
-            self._versions.popitem(last=False)
+        return self._client_for(key)
+
+    def _client_for(self, key: KeyVaultKey) -> CryptographyClient:
+        """The cached client of a key version. Built from the key itself, it never fetches it
+        again, so each remote operation is exactly one Key Vault call."""
+        cache_key = (key.name or "", key.properties.version or "")
+        client = self._versions.get(cache_key)
+        if client is None:
+            client = CryptographyClient(key, self._credential, **self._client_options)
+            self._versions[cache_key] = client
+            if len(self._versions) > MAX_CACHED_VERSIONS:
+                self._versions.popitem(last=False)
+        self._versions.move_to_end(cache_key)
         return client
