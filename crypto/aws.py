@@ -124,26 +124,33 @@ class AwsKmsKeyManager:
                 ),
             )
             key_id = created["KeyMetadata"]["KeyId"]
-            if self._rotation:
-                await self._calls(
-                    "EnableKeyRotation", lambda: self._client.enable_key_rotation(KeyId=key_id)
-                )
             try:
+                if self._rotation:
+                    await self._calls(
+                        "EnableKeyRotation", lambda: self._client.enable_key_rotation(KeyId=key_id)
+                    )
                 await self._calls(
                     "CreateAlias",
                     lambda: self._client.create_alias(AliasName=alias, TargetKeyId=key_id),
                 )
-            except KmsError as conflict:
-                if conflict.failure is not Failure.CONFLICT:
-                    raise
-                # Another replica's key won the alias: ours must not linger unused.
-                await self._calls(
-                    "ScheduleKeyDeletion",
-                    lambda: self._client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7),
-                )
-                log.info("lost the race to create %s; scheduled the spare key for deletion", alias)
-                return
+            except Exception as exc:
+                # Another replica's key won the alias (a conflict), or we failed half-way (an
+                # error, a timeout): either way our key must not linger unused.
+                await self._discard(key_id)
+                if isinstance(exc, KmsError) and exc.failure is Failure.CONFLICT:
+                    return
+                raise
             self._calls.key_created()
+
+    async def _discard(self, key_id: str) -> None:
+        try:
+            await self._calls(
+                "ScheduleKeyDeletion",
+                lambda: self._client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7),
+            )
+            log.info("scheduled the unused key %s for deletion", key_id)
+        except Exception:
+            log.warning("could not schedule the unused key %s for deletion", key_id, exc_info=True)
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
         fmt = classify(ciphertext)

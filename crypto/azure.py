@@ -1,8 +1,8 @@
 """Azure Key Vault (``KeyManagement__Provider=AzureKeyVault``): one RSA key per service account.
 
 The key is named by the Kamus key id, so keys Kamus created are used as they are. New values are
-``e1`` envelopes whose data key is wrapped with RSA-OAEP-256 by the key's public half, locally (as
-the SDK does), so encrypting costs no Key Vault call once the key is known. Key Vault's OAEP takes
+``e1`` envelopes whose data key is wrapped with RSA-OAEP-256 by the key's public half, locally,
+so encrypting costs no Key Vault call once the key is known. Key Vault's OAEP takes
 no label, so the identity rides inside the wrapped blob instead: ``data key || SHA-256(sa_id)``,
 checked after every unwrap. Unwrapping is one remote call.
 """
@@ -12,6 +12,7 @@ import hmac
 import logging
 import time
 from collections import OrderedDict
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -24,10 +25,12 @@ from azure.core.exceptions import (
 )
 from azure.keyvault.keys import KeyClient, KeyVaultKey
 from azure.keyvault.keys.crypto import CryptographyClient, EncryptionAlgorithm, KeyWrapAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from crypto import envelope
 from crypto.encoding import b64_decode
-from crypto.errors import DecryptionError, KeyNotFoundError
+from crypto.errors import DecryptionError, KeyManagerUnavailable, KeyNotFoundError
 from crypto.formats import CiphertextFormat, classify
 from crypto.keyid import kamus_key_id
 from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError
@@ -67,6 +70,30 @@ def _identity_digest(sa_id: str) -> bytes:
     return hashlib.sha256(sa_id.encode("utf-8")).digest()
 
 
+def _wrap_locally(key: KeyVaultKey, blob: bytes) -> bytes:
+    """RSA-OAEP-256 with the key's public half, as Key Vault's ``wrapKey`` would do.
+
+    Done here rather than by the SDK, whose local wrap falls back to a remote call, unbounded
+    and off the books, whenever it declines (an expired key, say)."""
+    props = key.properties
+    now = datetime.now(UTC)
+    if (
+        props.enabled is False
+        or (props.expires_on is not None and props.expires_on <= now)
+        or (props.not_before is not None and props.not_before > now)
+    ):
+        raise KeyManagerUnavailable(
+            f"azure key {key.name} version {props.version} is disabled, expired or not yet valid"
+        )
+    jwk = key.key
+    numbers = rsa.RSAPublicNumbers(
+        int.from_bytes(jwk.e, "big"),  # type: ignore[attr-defined]
+        int.from_bytes(jwk.n, "big"),  # type: ignore[attr-defined]
+    )
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+    return numbers.public_key().encrypt(blob, oaep)
+
+
 class AzureKeyVaultKeyManager:
     def __init__(
         self,
@@ -96,16 +123,9 @@ class AzureKeyVaultKeyManager:
         key = await self._latest_key(kamus_key_id(sa_id), create=True, sa_id=sa_id)
         version = key.properties.version or ""
         data_key = envelope.new_data_key()
-        # Built from the key itself, the client wraps locally with the public key: no request.
-        client = self._client_for(key)
-        wrapped = client.wrap_key(WRAP, data_key + _identity_digest(sa_id))
+        wrapped = _wrap_locally(key, data_key + _identity_digest(sa_id))
         return envelope.seal(
-            data_key,
-            plaintext,
-            sa_id,
-            kms=KMS,
-            key_version=version,
-            wrapped=wrapped.encrypted_key,
+            data_key, plaintext, sa_id, kms=KMS, key_version=version, wrapped=wrapped
         )
 
     async def _latest_key(self, name: str, *, create: bool, sa_id: str) -> KeyVaultKey:

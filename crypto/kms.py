@@ -26,13 +26,16 @@ class Failure(Enum):
     UNAVAILABLE = "unavailable"  # down, slow, throttling, or refusing our credentials
 
 
-class KmsError(Exception):
-    """A KMS answer, sorted into what the provider must do about it."""
+class KmsError(KeyManagerUnavailable):
+    """A KMS answer, sorted into what the provider must do about it.
+
+    A :class:`KeyManagerUnavailable`, so that one a provider does not handle (say, a key that
+    vanishes right after it was created) reaches the caller as a 503, never as a 500.
+    """
 
     def __init__(self, failure: Failure, reason: str) -> None:
         super().__init__(reason)
         self.failure = failure
-        self.reason = reason
 
 
 # (error, operation) -> what it means, or None for an error the classifier does not know.

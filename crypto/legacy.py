@@ -37,6 +37,8 @@ def parse_iv_ciphertext(text: str) -> tuple[bytes, bytes]:
 
 
 def cbc_decrypt(key: bytes, iv: bytes, body: bytes) -> bytes:
+    if len(key) not in (16, 24, 32):  # an unwrapped legacy data key can be anything
+        raise DecryptionError("legacy data key has the wrong size")
     decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
     padded = decryptor.update(body) + decryptor.finalize()
     unpadder = padding.PKCS7(algorithms.AES.block_size).unpadder()

@@ -38,8 +38,9 @@ class Metrics:
         )
         self.legacy_decryptions = Counter(
             "kamus_legacy_decryptions",
-            "Ciphertexts written by Kamus that were read successfully; re-encrypt them, then set "
-            "KeyManagement__AES__AllowLegacyCiphertexts=false.",
+            "Ciphertexts written by Kamus that were read successfully; re-encrypt them, then "
+            "switch legacy reading off (KeyManagement__AES__AllowLegacyCiphertexts=false for the "
+            "AES provider, KeyManagement__AllowLegacyCiphertexts=false for the KMS providers).",
             ["provider", "format"],
             registry=self.registry,
         )

@@ -71,10 +71,11 @@ class Faults:
     fail_body: Any = None
     fail_headers: dict[str, str] | None = None
     remaining: int | None = None  # fail only this many requests, then recover
+    when: Callable[[Request], bool] | None = None  # fail only the requests this selects
 
-    def take(self) -> bool:
+    def take(self, request: Request) -> bool:
         """Whether this request fails."""
-        if self.fail_status is None:
+        if self.fail_status is None or (self.when is not None and not self.when(request)):
             return False
         if self.remaining is None:
             return True
@@ -104,7 +105,7 @@ def install_faults(
         faults = get()
         if faults.delay_seconds:
             await asyncio.sleep(faults.delay_seconds)
-        if faults.take():
+        if faults.take(request):
             status = faults.fail_status or 500
             body = faults.fail_body if faults.fail_body is not None else error_body(status)
             return Response(

@@ -18,7 +18,7 @@ from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
 from kamus.metrics import Metrics
 from kamus.providers import ConfigurationError, build_key_manager
 from tests.conftest import SettingsFactory
-from tests.kms_doubles.aws import THROTTLED, AwsKmsDouble
+from tests.kms_doubles.aws import THROTTLED, AwsKmsDouble, failing
 from tests.servers import Faults
 
 AWS = {"KeyManagement__Provider": "AwsKms", "KeyManagement__AwsKms__Region": "us-east-1"}
@@ -239,6 +239,32 @@ def test_automatic_rotation_is_enabled_on_new_keys(
 
 
 # Two retries; a deadline long enough for their jittered backoff (up to 1 s, then 2 s).
+def test_a_key_created_half_way_is_scheduled_for_deletion(
+    aws_kms: AwsKmsDouble, make_settings: SettingsFactory
+) -> None:
+    manager = build(make_settings, KeyManagement__AwsKms__AutomaticKeyRotation="true")
+    aws_kms.faults = failing("EnableKeyRotation", "AccessDeniedException")
+    with pytest.raises(KeyManagerUnavailable) as info:
+        run(manager.encrypt(b"v", "team-a:app"))
+    assert "EnableKeyRotation" in info.value.reason
+    assert key_states(aws_kms) == ["PendingDeletion"]
+    assert aliases(aws_kms) == {}
+
+
+def test_a_key_missing_right_after_creation_is_a_503_not_a_500(
+    aws_kms: AwsKmsDouble, make_settings: SettingsFactory
+) -> None:
+    from encryptor.app import create_app
+
+    # Every GenerateDataKey says NotFound, even after the key and its alias were created.
+    aws_kms.faults = failing("GenerateDataKey", "NotFoundException")
+    with TestClient(create_app(make_settings(**AWS))) as client:
+        body = {"data": "x", "service-account": "app", "namespace": "team-a"}
+        response = client.post("/api/v1/encrypt", json=body)
+    assert response.status_code == 503
+    assert len(aliases(aws_kms)) == 1
+
+
 FAST = {"KeyManagement__TimeoutSeconds": "10", "KeyManagement__MaxRetries": "2"}
 
 

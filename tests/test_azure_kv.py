@@ -156,6 +156,32 @@ def test_kamus_ciphertexts_decrypt(
         run(off.decrypt(small, "team-a:app"))
 
 
+@pytest.mark.parametrize(
+    "attributes", [{"enabled": False}, {"expires": 1_000_000_000}], ids=["disabled", "expired"]
+)
+def test_a_key_that_may_not_be_used_is_a_503_with_the_reason(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory, attributes: dict[str, Any]
+) -> None:
+    azure_kv.create_key(key_name("team-a:app"), **attributes)
+    with pytest.raises(KeyManagerUnavailable) as info:
+        run(build(azure_kv, make_settings).encrypt(b"v", "team-a:app"))
+    assert "disabled, expired or not yet valid" in info.value.reason
+
+
+def test_a_legacy_envelope_with_a_bad_data_key_is_a_decryption_error(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    # Anyone holding the public key can wrap a 40-byte "AES key": it must be a 400, not a 500.
+    name = key_name("team-a:app")
+    azure_kv.create_key(name)
+    wrapped = kamus_oaep(azure_kv, name, base64.b64encode(os.urandom(40)))
+    body = base64.b64encode(os.urandom(32)).decode()
+    crafted = f"env${wrapped}${base64.b64encode(os.urandom(16)).decode()}:{body}"
+    with pytest.raises(DecryptionError) as info:
+        run(build(azure_kv, make_settings).decrypt(crafted, "team-a:app"))
+    assert info.value.reason == "legacy data key has the wrong size"
+
+
 def test_new_key_versions_are_picked_up_and_old_values_still_open(
     azure_kv: KeyVaultDouble, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

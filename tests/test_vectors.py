@@ -22,6 +22,7 @@ from crypto import (
     CiphertextFormat,
     DecryptionError,
     classify,
+    envelope,
 )
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -35,6 +36,7 @@ def load(name: str) -> dict[str, Any]:
 
 A1 = load("aes-a1.json")
 LEGACY = load("kamus-legacy-aes.json")
+E1 = load("envelope-e1.json")
 
 
 def manager(v: Vector) -> AESKeyManager:
@@ -156,3 +158,65 @@ def test_vectors_do_not_use_kamus_public_default_key() -> None:
     every = [*A1["vectors"], *A1["negative"], *LEGACY["vectors"], *LEGACY["negative"]]
     for v in every:
         assert KAMUS_PUBLIC_DEFAULT_KEY not in [v["key"], *v["previous_keys"]]
+
+
+# --- e1, the envelope layer of the KMS providers ------------------------------------------------
+
+
+def doc_open_e1(data_key: bytes, kms: str, sa_id: str, ciphertext: str) -> bytes:
+    prefix, version, kms_name, key_version, wrapped, body = ciphertext.split("$")
+    assert (prefix, version, kms_name) == ("kamus", "e1", kms)
+    assert wrapped
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    assert b64url_nopad(raw) == body
+    nonce, sealed = raw[:12], raw[12:]
+    aad = f"kamus$e1${kms}${key_version}${sa_id}".encode()
+    return AESGCM(data_key).decrypt(nonce, sealed, aad)
+
+
+def test_e1_vector_file_is_complete() -> None:
+    vectors, negative = E1["vectors"], E1["negative"]
+    assert {v["kms"] for v in vectors} == {"aws", "gcp", "azure"}
+    plaintexts = [base64.b64decode(v["plaintext_b64"]) for v in vectors]
+    assert b"" in plaintexts
+    assert any(not p.isascii() and p.decode("utf-8", "ignore").encode() == p for p in plaintexts)
+    assert any(len(p) >= 1024 for p in plaintexts)
+    assert len(negative) >= 10
+    assert len(set(ids(vectors))) == len(vectors)
+    assert len(set(ids(negative))) == len(negative)
+
+
+@pytest.mark.parametrize("v", E1["vectors"], ids=ids(E1["vectors"]))
+def test_e1_vector(v: Vector) -> None:
+    plaintext = base64.b64decode(v["plaintext_b64"], validate=True)
+    data_key = base64.b64decode(v["data_key"], validate=True)
+    assert classify(v["ciphertext"]) is CiphertextFormat.ENVELOPE_V1
+    sealed = envelope.parse(v["ciphertext"], v["kms"])
+    assert sealed.kms == v["kms"]
+    assert sealed.key_version == v["key_version"]
+    assert sealed.wrapped_key == base64.b64decode(v["wrapped_key_b64"], validate=True)
+    assert envelope.open_sealed(sealed, data_key, v["sa_id"]) == plaintext
+    assert doc_open_e1(data_key, v["kms"], v["sa_id"], v["ciphertext"]) == plaintext
+
+
+@pytest.mark.parametrize("v", E1["negative"], ids=ids(E1["negative"]))
+def test_e1_negative_vector(v: Vector) -> None:
+    data_key = base64.b64decode(v["data_key"], validate=True)
+    with pytest.raises(DecryptionError):
+        envelope.open_sealed(envelope.parse(v["ciphertext"], v["kms"]), data_key, v["sa_id"])
+
+
+@pytest.mark.parametrize("v", E1["vectors"], ids=ids(E1["vectors"]))
+def test_e1_vector_reseals_to_the_documented_layout(v: Vector) -> None:
+    """seal's output has the documented shape and length, and opens like the vector."""
+    plaintext = base64.b64decode(v["plaintext_b64"])
+    data_key = base64.b64decode(v["data_key"])
+    wrapped = base64.b64decode(v["wrapped_key_b64"])
+    fresh = envelope.seal(
+        data_key, plaintext, v["sa_id"], kms=v["kms"], key_version=v["key_version"], wrapped=wrapped
+    )
+    header = f"kamus$e1${v['kms']}${v['key_version']}${b64url_nopad(wrapped)}$"
+    assert fresh.startswith(header)
+    assert len(fresh) == len(v["ciphertext"])  # same length; a fresh nonce makes it differ
+    assert fresh != v["ciphertext"]
+    assert doc_open_e1(data_key, v["kms"], v["sa_id"], fresh) == plaintext

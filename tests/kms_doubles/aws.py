@@ -20,6 +20,16 @@ from tests.servers import Faults, ThreadedServer, install_faults
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
+
+def failing(operation: str, code: str, status: int = 400) -> Faults:
+    """Only ``operation`` (e.g. "EnableKeyRotation") answers the AWS error ``code``."""
+    return Faults(
+        fail_status=status,
+        fail_body={"__type": code, "message": "injected by the test double"},
+        when=lambda request: request.headers.get("x-amz-target") == f"TrentService.{operation}",
+    )
+
+
 THROTTLED = Faults(
     fail_status=400, fail_body={"__type": "ThrottlingException", "message": "Rate exceeded"}
 )

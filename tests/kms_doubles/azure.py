@@ -71,6 +71,8 @@ class _KeyVersion:
     key_ops: list[str]
     tags: dict[str, str]
     created: int = field(default_factory=lambda: int(time.time()))
+    enabled: bool = True
+    expires: int | None = None  # unix time
 
 
 class DoubleCredential:
@@ -164,11 +166,19 @@ class KeyVaultDouble:
         kty: str = "RSA",
         key_ops: list[str] | None = None,
         tags: dict[str, str] | None = None,
+        enabled: bool = True,
+        expires: int | None = None,
     ) -> str:
         """Add a new version of ``name``, as Key Vault does on every create; returns its kid."""
         private_key = rsa.generate_private_key(public_exponent=65537, key_size=size)
         entry = _KeyVersion(
-            uuid.uuid4().hex, private_key, kty, key_ops or DEFAULT_KEY_OPS, tags or {}
+            uuid.uuid4().hex,
+            private_key,
+            kty,
+            key_ops or DEFAULT_KEY_OPS,
+            tags or {},
+            enabled=enabled,
+            expires=expires,
         )
         self._keys.setdefault(name, []).append(entry)
         return self._kid(name, entry)
@@ -208,13 +218,15 @@ class KeyVaultDouble:
                 "e": _uint(numbers.e),
             },
             "attributes": {
-                "enabled": True,
+                "enabled": entry.enabled,
                 "created": entry.created,
                 "updated": entry.created,
                 "recoveryLevel": "Recoverable+Purgeable",
                 "recoverableDays": 90,
             },
         }
+        if entry.expires is not None:
+            bundle["attributes"]["exp"] = entry.expires
         if entry.tags:
             bundle["tags"] = entry.tags
         return bundle
