@@ -5,6 +5,7 @@ the Kubernetes TokenReview API; the ciphertext is then opened *as that identity*
 for another service account simply does not decrypt.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,11 +30,19 @@ from kamus.kube import create_api_client
 from kamus.metrics import Metrics
 from kamus.providers import ConfigurationError, build_key_manager
 from kamus.settings import Settings
-from kamus.web import annotate, create_base_app
+from kamus.web import (
+    BatchItem,
+    BatchItems,
+    BatchResponse,
+    annotate,
+    check_batch_size,
+    create_base_app,
+)
 
 log = logging.getLogger(__name__)
 
 DECRYPT_PATHS = ("/api/v1/decrypt", "/decrypt")
+BATCH_PATH = "/api/v2/decrypt"
 
 # auto_error=False: a missing token is our 401 with a useful message, not FastAPI's 403.
 bearer = HTTPBearer(
@@ -45,6 +54,10 @@ bearer = HTTPBearer(
 
 class DecryptRequest(BaseModel):
     data: str = Field(description="A ciphertext from the encryptor (or from Kamus).")
+
+
+class BatchDecryptRequest(BaseModel):
+    items: BatchItems = Field(description="Ciphertexts by name, e.g. the files of a ConfigMap.")
 
 
 async def build_authenticator(settings: Settings) -> Authenticator:
@@ -99,7 +112,7 @@ def create_app(
         "Internal to the cluster: never expose it.",
         settings=settings,
         metrics=metrics,
-        audited_paths=DECRYPT_PATHS,
+        audited_paths=(*DECRYPT_PATHS, BATCH_PATH),
         lifespan=lifespan,
     )
 
@@ -108,11 +121,14 @@ def create_app(
             raise HTTPException(503, "the decryptor is starting", headers={"Retry-After": "1"})
         return auth
 
-    async def decrypt(
-        body: DecryptRequest,
+    async def caller(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> Response:
+    ) -> str:
+        """The caller's ``namespace:service-account``, proved by its token (one TokenReview).
+
+        A dependency, so it runs before the body is validated: an unauthenticated caller learns
+        nothing about what the API would accept."""
         if credentials is None:
             annotate(request, reason="no bearer token")
             metrics.token_reviews.labels("missing").inc()
@@ -156,29 +172,47 @@ def create_app(
                 "the 'default' service account may not decrypt; run the pod with a dedicated "
                 "service account",
             )
-        fmt = classify(body.data)
-        annotate(request, format=str(fmt))
+        return sa_id(namespace, service_account)
+
+    Caller = Annotated[str, Depends(caller)]
+
+    def undecryptable(identity: str) -> str:
+        return (
+            f"the data cannot be decrypted as {identity}; check that it was encrypted for this "
+            "namespace and service account with this Kamus's key"
+        )
+
+    def unavailable(request: Request, exc: KeyManagerUnavailable) -> HTTPException:
+        annotate(request, reason=exc.reason)
+        return HTTPException(
+            503, "the key manager is unavailable; retry later", headers={"Retry-After": retry_after}
+        )
+
+    async def open_value(ciphertext: str, identity: str) -> bytes:
+        """Decrypt one value, counted by format and outcome."""
+        fmt = str(classify(ciphertext))
         try:
-            plaintext = await keys.decrypt(body.data, sa_id(namespace, service_account))
+            plaintext = await keys.decrypt(ciphertext, identity)
+        except DecryptionError:
+            metrics.decryptions.labels(provider, fmt, "failure").inc()
+            raise
+        except KeyManagerUnavailable:
+            metrics.decryptions.labels(provider, fmt, "unavailable").inc()
+            raise
+        metrics.decryptions.labels(provider, fmt, "success").inc()
+        if classify(ciphertext).is_legacy:
+            metrics.legacy_decryptions.labels(provider, fmt).inc()
+        return plaintext
+
+    async def decrypt(body: DecryptRequest, request: Request, identity: Caller) -> Response:
+        annotate(request, format=str(classify(body.data)))
+        try:
+            plaintext = await open_value(body.data, identity)
         except DecryptionError as exc:
             annotate(request, reason=exc.reason)
-            metrics.decryptions.labels(provider, str(fmt), "failure").inc()
-            raise HTTPException(
-                400,
-                f"the data cannot be decrypted as {namespace}:{service_account}; check that it was "
-                "encrypted for this namespace and service account with this Kamus's key",
-            ) from None
+            raise HTTPException(400, undecryptable(identity)) from None
         except KeyManagerUnavailable as exc:
-            annotate(request, reason=exc.reason)
-            metrics.decryptions.labels(provider, str(fmt), "unavailable").inc()
-            raise HTTPException(
-                503,
-                "the key manager is unavailable; retry later",
-                headers={"Retry-After": retry_after},
-            ) from None
-        metrics.decryptions.labels(provider, str(fmt), "success").inc()
-        if fmt.is_legacy:
-            metrics.legacy_decryptions.labels(provider, str(fmt)).inc()
+            raise unavailable(request, exc) from None
         return Response(plaintext, media_type="text/plain; charset=utf-8")
 
     for path in DECRYPT_PATHS:
@@ -197,6 +231,48 @@ def create_app(
                 503: {"description": "Kubernetes or the key manager is unavailable."},
             },
         )
+
+    batch_slots = settings.server.batch_concurrency
+
+    @app.post(
+        BATCH_PATH,
+        tags=["decrypt"],
+        summary="Decrypt many secrets as the calling service account, with one TokenReview",
+        response_model_exclude_none=True,
+        responses={
+            401: {"description": "No token, or Kubernetes did not accept it."},
+            403: {"description": "The caller is not an allowed service account."},
+            413: {"description": "Too many items, or the body is over the size limit."},
+            503: {"description": "Kubernetes or the key manager is unavailable."},
+        },
+    )
+    async def decrypt_batch(
+        body: BatchDecryptRequest, request: Request, identity: Caller
+    ) -> BatchResponse:
+        check_batch_size(request, body.items, settings)
+        slots = asyncio.Semaphore(batch_slots)
+        reasons: list[str] = []
+
+        async def one(ciphertext: str) -> BatchItem:
+            async with slots:
+                try:
+                    plaintext = await open_value(ciphertext, identity)
+                except DecryptionError as exc:
+                    reasons.append(exc.reason)
+                    return BatchItem(error=undecryptable(identity))
+            try:
+                return BatchItem(data=plaintext.decode("utf-8"))
+            except UnicodeDecodeError:
+                return BatchItem(error="the plaintext is not UTF-8 text; use /api/v1/decrypt")
+
+        try:
+            results = await asyncio.gather(*(one(v) for v in body.items.values()))
+        except KeyManagerUnavailable as exc:
+            raise unavailable(request, exc) from None
+        annotate(request, items=len(results), failed=len(reasons))
+        if reasons:
+            annotate(request, reason="; ".join(sorted(set(reasons)))[:500])
+        return BatchResponse(items=dict(zip(body.items, results, strict=True)))
 
     @app.get("/api/v1/isAlive", tags=["health"], summary="May this service review tokens?")
     async def is_alive() -> JSONResponse:

@@ -3,6 +3,7 @@
 This process never loads the decryption endpoint or the Kubernetes client.
 """
 
+import asyncio
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Request
@@ -15,9 +16,17 @@ from kamus.identity import check_namespace, check_service_account, sa_id
 from kamus.metrics import Metrics
 from kamus.providers import build_key_manager
 from kamus.settings import Settings
-from kamus.web import annotate, create_base_app
+from kamus.web import (
+    BatchItem,
+    BatchItems,
+    BatchResponse,
+    annotate,
+    check_batch_size,
+    create_base_app,
+)
 
 ENCRYPT_PATHS = ("/api/v1/encrypt", "/encrypt")
+BATCH_PATH = "/api/v2/encrypt"
 
 
 def _utf8_text(value: str) -> str:
@@ -27,6 +36,12 @@ def _utf8_text(value: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("must be text that can be encoded as UTF-8 (no lone surrogates)") from None
     return value
+
+
+def _utf8_items(items: dict[str, str]) -> dict[str, str]:
+    for value in items.values():
+        _utf8_text(value)
+    return items
 
 
 class EncryptRequest(BaseModel):
@@ -43,6 +58,20 @@ class EncryptRequest(BaseModel):
     )
 
 
+class BatchEncryptRequest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    namespace: Annotated[str, AfterValidator(check_namespace)] = Field(
+        description="The namespace of the service account."
+    )
+    service_account: Annotated[str, AfterValidator(check_service_account)] = Field(
+        alias="serviceAccount", description="The service account that may decrypt them."
+    )
+    items: Annotated[BatchItems, AfterValidator(_utf8_items)] = Field(
+        description="Secrets by name (UTF-8 text)."
+    )
+
+
 def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -55,37 +84,49 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         description="Encrypts secrets so that only one Kubernetes service account can read them.",
         settings=settings,
         metrics=metrics,
-        audited_paths=ENCRYPT_PATHS,
+        audited_paths=(*ENCRYPT_PATHS, BATCH_PATH),
     )
 
-    async def encrypt(body: EncryptRequest, request: Request) -> PlainTextResponse:
-        annotate(request, namespace=body.namespace, service_account=body.service_account)
-        if body.service_account == "default":
+    def refuse_default(request: Request, service_account: str, field: str) -> None:
+        if service_account == "default":
             # Refused before any crypto or key creation: every pod without its own service
             # account runs as `default`, so a value for it is readable by all of them.
             annotate(request, reason="default service account")
             raise HTTPException(
                 400,
-                "service-account: the 'default' service account cannot be used; create a "
+                f"{field}: the 'default' service account cannot be used; create a "
                 "dedicated service account for the workload and encrypt for it",
             )
+
+    async def seal(request: Request, plaintexts: list[str], identity: str) -> list[str]:
+        """Encrypt values for one identity; all of them, or an HTTP error."""
+        slots = asyncio.Semaphore(settings.server.batch_concurrency)
+
+        async def one(plaintext: str) -> str:
+            async with slots:
+                return await keys.encrypt(plaintext.encode("utf-8"), identity)
+
         try:
-            ciphertext = await keys.encrypt(
-                body.data.encode("utf-8"), sa_id(body.namespace, body.service_account)
-            )
+            ciphertexts = await asyncio.gather(*(one(p) for p in plaintexts))
         except KeyNotFoundError as exc:
-            metrics.encryptions.labels(provider, "no_key").inc()
+            metrics.encryptions.labels(provider, "no_key").inc(len(plaintexts))
             annotate(request, reason=f"key {exc.key_name} does not exist")
             raise HTTPException(400, f"service-account: {exc}") from None
         except KeyManagerUnavailable as exc:
-            metrics.encryptions.labels(provider, "unavailable").inc()
+            metrics.encryptions.labels(provider, "unavailable").inc(len(plaintexts))
             annotate(request, reason=exc.reason)
             raise HTTPException(
                 503,
                 "the key manager is unavailable; retry later",
                 headers={"Retry-After": retry_after},
             ) from None
-        metrics.encryptions.labels(provider, "success").inc()
+        metrics.encryptions.labels(provider, "success").inc(len(plaintexts))
+        return list(ciphertexts)
+
+    async def encrypt(body: EncryptRequest, request: Request) -> PlainTextResponse:
+        annotate(request, namespace=body.namespace, service_account=body.service_account)
+        refuse_default(request, body.service_account, "service-account")
+        [ciphertext] = await seal(request, [body.data], sa_id(body.namespace, body.service_account))
         return PlainTextResponse(ciphertext)
 
     for path in ENCRYPT_PATHS:
@@ -106,6 +147,27 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
                 503: {"description": "The key manager is unavailable; see Retry-After."},
             },
         )
+
+    @app.post(
+        BATCH_PATH,
+        tags=["encrypt"],
+        summary="Encrypt many secrets for one service account",
+        response_model_exclude_none=True,
+        responses={
+            400: {"description": "A field is missing or invalid, or the SA is `default`."},
+            413: {"description": "Too many items, or the body is over the size limit."},
+            503: {"description": "The key manager is unavailable; see Retry-After."},
+        },
+    )
+    async def encrypt_batch(body: BatchEncryptRequest, request: Request) -> BatchResponse:
+        annotate(request, namespace=body.namespace, service_account=body.service_account)
+        check_batch_size(request, body.items, settings)
+        refuse_default(request, body.service_account, "serviceAccount")
+        identity = sa_id(body.namespace, body.service_account)
+        ciphertexts = await seal(request, list(body.items.values()), identity)
+        annotate(request, items=len(ciphertexts))
+        items = {name: BatchItem(data=c) for name, c in zip(body.items, ciphertexts, strict=True)}
+        return BatchResponse(items=items)
 
     @app.get("/api/v1/isAlive", tags=["health"], summary="Kamus's liveness check")
     async def is_alive() -> bool:

@@ -126,6 +126,8 @@ class DecryptorSettings(_Section):
 class ServerSettings(_Section):
     max_request_body_bytes: int = Field(1024 * 1024, ge=1, alias="MaxRequestBodyBytes")
     retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
+    max_batch_items: int = Field(500, ge=1, alias="MaxBatchItems")
+    batch_concurrency: int = Field(8, ge=1, alias="BatchConcurrency")
 
 
 class LoggingSettings(_Section):

@@ -1,12 +1,13 @@
 """What the encryptor and the decryptor apps share: errors, limits, health, metrics and audit."""
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
@@ -16,6 +17,38 @@ from kamus.metrics import Metrics, MetricsMiddleware
 from kamus.settings import Settings
 
 _AUDIT_SCOPE_KEY = "kamus.audit"
+
+
+# The v2 batch APIs: values by name, answered per name (Vault's batch_input semantics).
+def _not_empty(items: dict[str, str]) -> dict[str, str]:
+    if not items:
+        raise ValueError("send at least one item")
+    return items
+
+
+BatchItems = Annotated[dict[str, str], AfterValidator(_not_empty)]
+
+
+def check_batch_size(request: Request, items: dict[str, str], settings: Settings) -> None:
+    limit = settings.server.max_batch_items
+    if len(items) > limit:
+        annotate(request, reason=f"{len(items)} items, over the limit")
+        raise HTTPException(
+            413, f"items: at most {limit} per request (Server__MaxBatchItems); split the batch"
+        )
+
+
+class BatchItem(BaseModel):
+    """One answer: the value, or why this one failed (the others still succeed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str | None = None
+    error: str | None = None
+
+
+class BatchResponse(BaseModel):
+    items: dict[str, BatchItem]
+
 
 _FRIENDLY = {
     "missing": "is required",
