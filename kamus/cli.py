@@ -1,12 +1,15 @@
 """The ``kamus`` command."""
 
 import sys
-from typing import Literal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, NoReturn, TextIO
 
 import click
 from pydantic import ValidationError
 
 from kamus import __version__
+from kamus.client import ClientError, UsageError
 from kamus.logs import configure_logging
 from kamus.providers import ConfigurationError
 from kamus.settings import Settings
@@ -87,3 +90,289 @@ def dev(state_dir: str, encryptor_port: int, decryptor_port: int) -> None:
     from kamus.dev import run_dev
 
     sys.exit(run_dev(state_dir, encryptor_port, decryptor_port))
+
+
+# -- the client commands ----------------------------------------------------------------------
+
+
+def _fail(error: ClientError) -> NoReturn:
+    click.echo(f"kamus: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+def _secret_text(secret: str | None, secret_file: str | None, encoding: str) -> str:
+    if (secret is None) == (secret_file is None):
+        raise UsageError("give exactly one of --secret and --secret-file ('-' reads stdin)")
+    if "-" in (secret, secret_file):
+        return sys.stdin.buffer.read().decode(encoding)
+    if secret is not None:
+        return secret
+    assert secret_file is not None
+    try:
+        with open(secret_file, encoding=encoding, newline="") as handle:
+            return handle.read()
+    except (OSError, LookupError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --secret-file {secret_file}: {exc}") from None
+
+
+def _write_output(text: str, output: str | None, overwrite: bool) -> None:
+    if output is None:
+        click.echo(text)
+        return
+    try:
+        with open(output, "w" if overwrite else "x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise UsageError(f"{output} exists; pass --overwrite to replace it") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"kamus: wrote {output}", err=True)
+
+
+def client_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The connection options ``encrypt`` and ``seal`` share (kamus-cli's names)."""
+    for option in reversed(
+        [
+            click.option(
+                "-u",
+                "--kamus-url",
+                envvar="KAMUS_URL",
+                required=True,
+                help="The encryptor's URL (or $KAMUS_URL).",
+            ),
+            click.option(
+                "--allow-insecure-url",
+                is_flag=True,
+                help="Allow a plain-http URL (secrets then cross the network in clear).",
+            ),
+            click.option(
+                "--cert-fingerprint",
+                help="Pin the server certificate: its SHA-256 or SHA-1 fingerprint in "
+                "hex (colons optional), checked before anything is sent.",
+            ),
+            click.option(
+                "--ca-bundle",
+                type=click.Path(exists=True, dir_okay=False),
+                help="CA certificates to trust for the server, in PEM.",
+            ),
+            click.option("-o", "--output", help="Write to this file instead of stdout."),
+            click.option("-O", "--overwrite", is_flag=True, help="Replace --output if it exists."),
+            click.option(
+                "--log-level",
+                type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
+                default="info",
+                show_default=True,
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.option("-s", "--secret", help="The secret; '-' reads it from stdin.")
+@click.option("-f", "--secret-file", help="A file holding the secret; '-' reads stdin.")
+@click.option("--secret-file-encoding", default="utf-8", show_default=True)
+@click.option("-a", "--service-account", required=True, help="The workload's service account.")
+@click.option("-n", "--namespace", required=True, help="The workload's namespace.")
+@click.option(
+    "-i",
+    "--ignore-new-line",
+    is_flag=True,
+    help="Encrypt a trailing newline as it is, without warning or asking.",
+)
+@client_options
+def encrypt(
+    secret: str | None,
+    secret_file: str | None,
+    secret_file_encoding: str,
+    service_account: str,
+    namespace: str,
+    ignore_new_line: bool,
+    kamus_url: str,
+    allow_insecure_url: bool,
+    cert_fingerprint: str | None,
+    ca_bundle: str | None,
+    output: str | None,
+    overwrite: bool,
+    log_level: str,
+) -> None:
+    """Encrypt a secret for a service account. Prints only the ciphertext.
+
+    Exit codes: 2 usage, 3 network or TLS, 4 certificate pin mismatch, 5 the server refused.
+    """
+    from kamus.client import KamusClient, encrypt_one
+
+    quiet = log_level.lower() in ("warn", "error")
+    try:
+        text = _secret_text(secret, secret_file, secret_file_encoding)
+        if text.endswith("\n") and not ignore_new_line:
+            click.echo(
+                "kamus: the secret ends with a newline, which will be encrypted too "
+                "(pass --ignore-new-line to skip this check)",
+                err=True,
+            )
+            if sys.stdin.isatty() and not click.confirm("Encrypt it with the newline?", err=True):
+                raise UsageError("aborted: nothing was encrypted")
+        client = KamusClient(
+            kamus_url,
+            allow_insecure=allow_insecure_url,
+            fingerprint=cert_fingerprint,
+            ca_bundle=ca_bundle,
+        )
+        try:
+            ciphertext = encrypt_one(client, namespace, service_account, text)
+        finally:
+            client.close()
+        if not quiet:
+            click.echo(f"kamus: encrypted for {namespace}:{service_account}", err=True)
+        _write_output(ciphertext, output, overwrite)
+    except ClientError as error:
+        _fail(error)
+
+
+@main.command()
+@click.argument("manifest", type=click.File("r", encoding="utf-8"), default="-")
+@click.option(
+    "-a",
+    "--service-account",
+    required=True,
+    help="The service account that will decrypt the values.",
+)
+@click.option("-n", "--namespace", help="Namespace for Secrets that name none.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["kamussecret", "configmap"], case_sensitive=False),
+    default="kamussecret",
+    show_default=True,
+    help="A KamusSecret for the controller, or a ConfigMap for the init container.",
+)
+@client_options
+def seal(
+    manifest: TextIO,
+    service_account: str,
+    namespace: str | None,
+    output_format: str,
+    kamus_url: str,
+    allow_insecure_url: bool,
+    cert_fingerprint: str | None,
+    ca_bundle: str | None,
+    output: str | None,
+    overwrite: bool,
+    log_level: str,
+) -> None:
+    """Turn a Secret manifest (a file, or stdin) into a KamusSecret of ciphertexts."""
+    from kamus.client import KamusClient, encrypt_values
+    from kamus.seal import seal_documents
+
+    try:
+        client = KamusClient(
+            kamus_url,
+            allow_insecure=allow_insecure_url,
+            fingerprint=cert_fingerprint,
+            ca_bundle=ca_bundle,
+        )
+        try:
+            sealed = seal_documents(
+                manifest.read(),
+                service_account=service_account,
+                namespace=namespace,
+                output_format=output_format.lower(),
+                encrypt=lambda ns, values: encrypt_values(client, ns, service_account, values),
+            )
+        finally:
+            client.close()
+        _write_output(sealed.rstrip("\n"), output, overwrite)
+    except ClientError as error:
+        _fail(error)
+
+
+@main.command()
+@click.option(
+    "-e",
+    "--encrypted-folders",
+    required=True,
+    help="Folders of encrypted files (ConfigMap mounts), comma-separated.",
+)
+@click.option(
+    "-d",
+    "--decrypted-path",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where to write (an in-memory emptyDir).",
+)
+@click.option("-n", "--decrypted-file-name", help="The output file (all formats but files).")
+@click.option(
+    "-f",
+    "--output-format",
+    default="json",
+    show_default=True,
+    type=click.Choice(
+        ["json", "cfg", "cfg-strict", "files", "custom", "env"], case_sensitive=False
+    ),
+)
+@click.option(
+    "--kamus-url", envvar="KAMUS_URL", required=True, help="The decryptor's URL (or $KAMUS_URL)."
+)
+@click.option(
+    "--token-file",
+    envvar="TOKEN_FILE_PATH",
+    show_default=True,
+    default="/var/run/secrets/kubernetes.io/serviceaccount/token",
+    help="The pod's service account token (or $TOKEN_FILE_PATH).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to keep retrying while the decryptor is unreachable or answers 503.",
+)
+@click.option(
+    "--file-mode",
+    default="0600",
+    show_default=True,
+    help="Permissions of the written files, in octal.",
+)
+@click.option(
+    "--ca-bundle",
+    envvar="KAMUS_CA_BUNDLE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA certificates for an https decryptor (or $KAMUS_CA_BUNDLE).",
+)
+def init(
+    encrypted_folders: str,
+    decrypted_path: str,
+    decrypted_file_name: str | None,
+    output_format: str,
+    kamus_url: str,
+    token_file: str,
+    timeout: float,
+    file_mode: str,
+    ca_bundle: str | None,
+) -> None:
+    """Decrypt mounted ciphertexts into files: Kamus's init container."""
+    from kamus.init import DEFAULT_TOKEN_FILE, InitOptions, run_init
+
+    try:
+        try:
+            mode = int(file_mode, 8)
+        except ValueError:
+            raise UsageError(f"--file-mode {file_mode} is not an octal mode like 0600") from None
+        run_init(
+            InitOptions(
+                folders=[Path(f.strip()) for f in encrypted_folders.split(",") if f.strip()],
+                output_dir=Path(decrypted_path),
+                file_name=decrypted_file_name,
+                output_format=output_format.lower(),
+                url=kamus_url,
+                # Kamus read an empty TOKEN_FILE_PATH as "the default".
+                token_file=Path(token_file or DEFAULT_TOKEN_FILE),
+                timeout=timeout,
+                file_mode=mode,
+                ca_bundle=ca_bundle,
+            )
+        )
+    except ClientError as error:
+        _fail(error)

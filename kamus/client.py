@@ -1,0 +1,237 @@
+"""The HTTP client of the ``kamus`` commands: to the encryptor (``encrypt``, ``seal``) and the
+decryptor (``init``).
+
+Built on ``http.client`` because certificate pinning must happen on the connection itself, after
+the TLS handshake and before a single request byte is sent; higher-level clients offer no hook
+there. Batch (v2) endpoints are used when the server has them, Kamus's v1 per value otherwise.
+"""
+
+import hashlib
+import hmac
+import http.client
+import json
+import random
+import re
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from kamus import __version__
+
+T = TypeVar("T")
+
+
+class ClientError(Exception):
+    """A failure the commands report as one line on stderr, with a distinct exit code."""
+
+    exit_code = 1
+
+
+class UsageError(ClientError):
+    exit_code = 2
+
+
+class NetworkError(ClientError):
+    exit_code = 3
+
+
+class PinMismatch(ClientError):
+    exit_code = 4
+
+
+class ServerError(ClientError):
+    exit_code = 5
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"the server answered {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def parse_fingerprint(text: str) -> tuple[str, bytes]:
+    """A pinned certificate fingerprint: SHA-1 as Node prints it (kamus-cli's
+    ``AB:CD:…``) or SHA-256, in hex with or without colons, any case."""
+    digits = text.strip().lower().replace(":", "")
+    if _HEX.fullmatch(digits) and len(digits) in (40, 64):
+        return ("sha1" if len(digits) == 40 else "sha256"), bytes.fromhex(digits)
+    raise UsageError(
+        "--cert-fingerprint must be the certificate's SHA-1 or SHA-256 fingerprint in hex, "
+        "e.g. from: openssl x509 -noout -fingerprint -sha256 -in cert.pem"
+    )
+
+
+def colon_hex(digest: bytes) -> str:
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    pin: tuple[str, bytes] | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        if self.pin is None:
+            return
+        algorithm, expected = self.pin
+        assert isinstance(self.sock, ssl.SSLSocket)
+        der = self.sock.getpeercert(binary_form=True) or b""
+        actual = hashlib.new(algorithm, der).digest()
+        if not hmac.compare_digest(actual, expected):
+            self.sock.close()
+            raise PinMismatch(
+                f"the server's certificate {algorithm.upper()} fingerprint is {colon_hex(actual)}, "
+                f"not the pinned {colon_hex(expected)}; nothing was sent"
+            )
+
+
+class KamusClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        allow_insecure: bool = False,
+        fingerprint: str | None = None,
+        ca_bundle: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{url!r} is not an http(s) URL of a Kamus service")
+        if parts.scheme == "http" and not allow_insecure:
+            raise UsageError(
+                f"refusing the plain-http URL {url}: secrets would cross the network in clear. "
+                "Use https, or pass --allow-insecure-url"
+            )
+        if parts.scheme == "http" and fingerprint:
+            raise UsageError("--cert-fingerprint needs an https URL")
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port
+        self._base = parts.path.rstrip("/")
+        self._timeout = timeout
+        self._pin = parse_fingerprint(fingerprint) if fingerprint else None
+        self._context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+        self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._connection is None:
+            if self._scheme == "https":
+                connection = _PinnedHTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=self._context
+                )
+                connection.pin = self._pin
+                self._connection = connection
+            else:
+                self._connection = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self._timeout
+                )
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def post(
+        self, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """POST JSON; the status and the raw answer. Network failures raise NetworkError."""
+        payload = json.dumps(body).encode("utf-8")
+        all_headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"kamus-py/{__version__}",
+            **(headers or {}),
+        }
+        for attempt in (1, 2):  # a kept-alive connection the server closed: reconnect once
+            connection = self._connect()
+            try:
+                connection.request("POST", self._base + path, body=payload, headers=all_headers)
+                response = connection.getresponse()
+                return response.status, response.read()
+            except PinMismatch:
+                self.close()
+                raise
+            except ssl.SSLCertVerificationError as exc:
+                self.close()
+                raise NetworkError(
+                    f"the server's certificate is not trusted ({exc.verify_message}); pass "
+                    "--ca-bundle with the CA that issued it"
+                ) from None
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()
+                if attempt == 2:
+                    raise NetworkError(f"{self.url} closed the connection") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise NetworkError(f"cannot reach {self.url}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    @property
+    def url(self) -> str:
+        port = f":{self._port}" if self._port else ""
+        return f"{self._scheme}://{self._host}{port}{self._base}"
+
+
+def server_message(status: int, body: bytes) -> str:
+    """What the server said was wrong: our ``{"detail"}``, or Kamus's text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        detail = json.loads(text).get("detail")
+        if isinstance(detail, str):
+            return detail
+    except (ValueError, AttributeError):
+        pass
+    return text[:300] or http.client.responses.get(status, "no message")
+
+
+def with_retries(
+    call: Callable[[], T],
+    *,
+    deadline: float,
+    retryable: Callable[[Exception], bool],
+    on_retry: Callable[[Exception, float], None] = lambda exc, wait: None,
+) -> T:
+    """Call until it succeeds, a non-retryable error, or the deadline (a ``time.monotonic``
+    instant), with jittered exponential backoff between tries."""
+    wait = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            remaining = deadline - time.monotonic()
+            if not retryable(exc) or remaining <= 0:
+                raise
+            pause = min(random.uniform(0.5, 1.0) * wait, remaining)  # noqa: S311 - jitter
+            on_retry(exc, pause)
+            time.sleep(pause)
+            wait = min(wait * 2, 8.0)
+
+
+def encrypt_values(
+    client: KamusClient, namespace: str, service_account: str, values: Mapping[str, str]
+) -> dict[str, str]:
+    """Encrypt values for one service account: one batch call, or v1 per value against a
+    Kamus that has no batch API."""
+    body = {"namespace": namespace, "serviceAccount": service_account, "items": dict(values)}
+    status, answer = client.post("/api/v2/encrypt", body)
+    if status == 200:
+        items = json.loads(answer)["items"]
+        return {name: items[name]["data"] for name in values}
+    if status not in (404, 405):
+        raise ServerError(status, server_message(status, answer))
+    result = {}
+    for name, value in values.items():
+        result[name] = encrypt_one(client, namespace, service_account, value)
+    return result
+
+
+def encrypt_one(client: KamusClient, namespace: str, service_account: str, value: str) -> str:
+    body = {"data": value, "service-account": service_account, "namespace": namespace}
+    status, answer = client.post("/api/v1/encrypt", body)
+    if status != 200:
+        raise ServerError(status, server_message(status, answer))
+    return answer.decode("utf-8")

@@ -1,0 +1,272 @@
+"""``kamus init``: the init container. Decrypts the ciphertexts mounted from ConfigMaps into
+files on an in-memory volume, in Kamus's output formats (plus ``env``).
+
+Everything is decrypted before anything is written, and every file is written atomically, so a
+failure leaves no partial output. Secret values are never printed.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from kamus.client import ClientError, KamusClient, NetworkError, server_message, with_retries
+
+FORMATS = ("json", "cfg", "cfg-strict", "files", "custom", "env")
+TEMPLATE_FILE = "template.j2"
+DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
+
+Secret = str | dict[str, Any] | list[Any]
+
+
+class InitError(ClientError):
+    pass
+
+
+class _Unavailable(Exception):
+    """A 503: the decryptor (or what it depends on) is not ready yet; worth retrying."""
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    folders: list[Path]
+    output_dir: Path
+    file_name: str | None
+    output_format: str
+    url: str
+    token_file: Path
+    timeout: float = 60.0
+    file_mode: int = 0o600
+    ca_bundle: str | None = None
+
+
+def log(message: str) -> None:
+    print(f"kamus init: {message}", file=sys.stderr, flush=True)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def collect(folders: list[Path], output_format: str) -> tuple[dict[str, Path], str | None]:
+    """The encrypted files by secret name, and the custom template if there is one.
+
+    A ConfigMap mount holds ``..data``, ``..2024_…`` and other hidden entries beside one symlink
+    per key: only the visible files are secrets.
+    """
+    files: dict[str, Path] = {}
+    template = None
+    for folder in folders:
+        if not folder.is_dir():
+            raise InitError(f"the encrypted folder {folder} does not exist")
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            if path.name == TEMPLATE_FILE and output_format == "custom":
+                template = path.read_text(encoding="utf-8")
+                continue
+            if path.name in files:
+                log(f"{path.name} is in more than one folder; using {path}")
+            files[path.name] = path
+    return files, template
+
+
+def interpret(plaintext: str) -> Secret:
+    """A value that is a JSON object or array is embedded as JSON; anything else is a string
+    (Kamus's rule: its client parsed each answer, and only objects stayed structured)."""
+    try:
+        value = json.loads(plaintext)
+    except ValueError:
+        return plaintext
+    return value if isinstance(value, dict | list) else plaintext
+
+
+# -- decrypting ------------------------------------------------------------------------------
+
+
+def _decrypt_batch(
+    client: KamusClient,
+    headers: dict[str, str],
+    files: Mapping[str, Path],
+    ciphertexts: dict[str, str],
+) -> dict[str, str] | None:
+    """All values in one call, or None if this decryptor has no batch API (original Kamus)."""
+    status, body = client.post("/api/v2/decrypt", {"items": ciphertexts}, headers)
+    if status in (404, 405):
+        return None
+    if status == 503:
+        raise _Unavailable(server_message(status, body))
+    if status != 200:
+        names = ", ".join(str(files[n]) for n in ciphertexts)
+        raise InitError(
+            f"decrypting {names} failed: the server answered {status}: "
+            f"{server_message(status, body)}"
+        )
+    items = json.loads(body)["items"]
+    failed = [f"{files[n]}: {items[n].get('error')}" for n in ciphertexts if "data" not in items[n]]
+    if failed:
+        raise InitError("cannot decrypt " + "; ".join(failed))
+    return {name: items[name]["data"] for name in ciphertexts}
+
+
+def _decrypt_one(client: KamusClient, headers: dict[str, str], path: Path, ciphertext: str) -> str:
+    status, body = client.post("/api/v1/decrypt", {"data": ciphertext}, headers)
+    if status == 503:
+        raise _Unavailable(server_message(status, body))
+    if status != 200:
+        raise InitError(
+            f"cannot decrypt {path}: the server answered {status}: {server_message(status, body)}"
+        )
+    return body.decode("utf-8")
+
+
+def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, str]:
+    try:
+        token = options.token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InitError(
+            f"cannot read the service account token {options.token_file} ({exc.strerror}); "
+            "set TOKEN_FILE_PATH or mount the token"
+        ) from None
+    ciphertexts = {name: path.read_text(encoding="utf-8") for name, path in files.items()}
+    client = KamusClient(options.url, allow_insecure=True, ca_bundle=options.ca_bundle)
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.monotonic() + options.timeout
+
+    def retryable(exc: Exception) -> bool:
+        return isinstance(exc, _Unavailable | NetworkError)
+
+    def on_retry(exc: Exception, wait: float) -> None:
+        log(f"the decryptor is not ready ({exc}); retrying in {wait:.1f}s")
+
+    def attempt() -> dict[str, str]:
+        batch = _decrypt_batch(client, headers, files, ciphertexts)
+        if batch is not None:
+            return batch
+        return {n: _decrypt_one(client, headers, files[n], c) for n, c in ciphertexts.items()}
+
+    try:
+        return with_retries(attempt, deadline=deadline, retryable=retryable, on_retry=on_retry)
+    except _Unavailable as exc:
+        raise InitError(
+            f"the decryptor at {options.url} still answered 503 after {options.timeout:g}s: {exc}"
+        ) from None
+    finally:
+        client.close()
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def compact(value: Secret) -> str:
+    """Objects as compact JSON (as JavaScript's JSON.stringify), strings as they are."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def env_name(key: str) -> str:
+    """A shell variable name for a secret: ``db-password`` → ``DB_PASSWORD``."""
+    name = "".join(c if c.isascii() and c.isalnum() else "_" for c in key.upper())
+    return f"_{name}" if name[:1].isdigit() else name
+
+
+def env_quote(text: str) -> str:
+    """Double-quoted as POSIX shells read it back: ``\\``, ``"``, ``$`` and backtick escaped,
+    newlines kept as they are."""
+    escaped = "".join(f"\\{c}" if c in '\\"$`' else c for c in text)
+    return f'"{escaped}"'
+
+
+def render(
+    output_format: str, secrets: Mapping[str, Secret], template: str | None
+) -> dict[str, str]:
+    """The files to write, by name relative to the output folder (``None`` means -n)."""
+    keys = sorted(secrets)
+    if output_format == "files":
+        return {key: compact(secrets[key]) for key in keys}
+    if output_format == "json":
+        body = json.dumps({k: secrets[k] for k in keys}, ensure_ascii=False, indent=4) + "\n"
+    elif output_format == "cfg":
+        body = "".join(f"{k}={compact(secrets[k])}\n" for k in keys)
+    elif output_format == "cfg-strict":
+        body = "".join(
+            f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, str) else compact(v)}\n"
+            for k, v in ((k, secrets[k]) for k in keys)
+        )
+    elif output_format == "env":
+        names: dict[str, str] = {}
+        for key in keys:
+            name = env_name(key)
+            if name in names:
+                raise InitError(f"{names[name]} and {key} would both be {name} in the env file")
+            names[name] = key
+        body = "".join(f"{n}={env_quote(compact(secrets[k]))}\n" for n, k in names.items())
+    elif output_format == "custom":
+        if template is None:
+            raise InitError(f"the custom format needs a {TEMPLATE_FILE} in an encrypted folder")
+        # Sandboxed: the template comes from a ConfigMap. StrictUndefined: a typo in a key name
+        # fails the pod instead of writing an empty secret.
+        env = ImmutableSandboxedEnvironment(
+            undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
+        )
+        try:
+            body = env.from_string(template).render(
+                secrets=dict(secrets), stringify_if_json=compact
+            )
+        except TemplateError as exc:
+            raise InitError(f"{TEMPLATE_FILE} does not render: {exc.message}") from None
+    else:
+        raise InitError(f"unknown output format {output_format}")
+    return {"": body}
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def write_atomically(directory: Path, files: Mapping[Path, str], mode: int) -> None:
+    """Each file appears whole or not at all; if any fails, none of this run's files remain."""
+    directory.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[str, Path]] = []
+    try:
+        for target, content in files.items():
+            fd, temp = tempfile.mkstemp(dir=directory, prefix=".kamus-")
+            staged.append((temp, target))
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, mode)
+        for temp, target in staged:
+            os.replace(temp, target)
+    except OSError as exc:
+        for temp, _ in staged:
+            Path(temp).unlink(missing_ok=True)
+        raise InitError(f"cannot write into {directory}: {exc.strerror}") from None
+
+
+def run_init(options: InitOptions) -> None:
+    if options.output_format not in FORMATS:
+        raise InitError(f"--output-format must be one of {', '.join(FORMATS)}")
+    if options.output_format != "files" and not options.file_name:
+        raise InitError(
+            f"-n/--decrypted-file-name is needed for the {options.output_format} format"
+        )
+    files, template = collect(options.folders, options.output_format)
+    log(f"decrypting {len(files)} secrets: {', '.join(sorted(files)) or 'none'}")
+    plaintexts = decrypt_all(options, files) if files else {}
+    secrets = {name: interpret(text) for name, text in plaintexts.items()}
+    rendered = render(options.output_format, secrets, template)
+    targets = {
+        options.output_dir / (name or str(options.file_name)): content
+        for name, content in rendered.items()
+    }
+    write_atomically(options.output_dir, targets, options.file_mode)
+    log(f"wrote {', '.join(str(t) for t in targets)} ({options.output_format} format)")
