@@ -116,6 +116,8 @@ class KamusClient:
         self._pin = parse_fingerprint(fingerprint) if fingerprint else None
         self._context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
         self._connection: http.client.HTTPConnection | None = None
+        # Learned from a 404: an original Kamus has no batch API; ask it only once.
+        self.batch_api = True
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
@@ -216,13 +218,15 @@ def encrypt_values(
 ) -> dict[str, str]:
     """Encrypt values for one service account: one batch call, or v1 per value against a
     Kamus that has no batch API."""
-    body = {"namespace": namespace, "serviceAccount": service_account, "items": dict(values)}
-    status, answer = client.post("/api/v2/encrypt", body)
-    if status == 200:
-        items = json.loads(answer)["items"]
-        return {name: items[name]["data"] for name in values}
-    if status not in (404, 405):
-        raise ServerError(status, server_message(status, answer))
+    if client.batch_api:
+        body = {"namespace": namespace, "serviceAccount": service_account, "items": dict(values)}
+        status, answer = client.post("/api/v2/encrypt", body)
+        if status == 200:
+            items = json.loads(answer)["items"]
+            return {name: items[name]["data"] for name in values}
+        if status not in (404, 405):
+            raise ServerError(status, server_message(status, answer))
+        client.batch_api = False
     result = {}
     for name, value in values.items():
         result[name] = encrypt_one(client, namespace, service_account, value)

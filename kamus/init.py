@@ -98,8 +98,11 @@ def _decrypt_batch(
     ciphertexts: dict[str, str],
 ) -> dict[str, str] | None:
     """All values in one call, or None if this decryptor has no batch API (original Kamus)."""
+    if not client.batch_api:
+        return None
     status, body = client.post("/api/v2/decrypt", {"items": ciphertexts}, headers)
     if status in (404, 405):
+        client.batch_api = False
         return None
     if status == 503:
         raise _Unavailable(server_message(status, body))
