@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -20,8 +20,16 @@ from starlette.types import ASGIApp
 
 
 class ThreadedServer:
-    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lifespan: Literal["on", "off"] = "off",
+    ) -> None:
         self.app = app
+        self.lifespan = lifespan
         self.host = host
         self.port = port
         self.ssl_certfile: str | None = None
@@ -41,7 +49,7 @@ class ThreadedServer:
             self.app,
             log_config=None,
             log_level="warning",
-            lifespan="off",
+            lifespan=self.lifespan,
             ssl_certfile=self.ssl_certfile,
         )
         self._server = uvicorn.Server(config)
