@@ -13,10 +13,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from crypto import envelope
 from crypto.encoding import b64_decode
-from crypto.errors import DecryptionError, KeyNotFoundError
+from crypto.errors import DecryptionError
 from crypto.formats import CiphertextFormat, classify
 from crypto.keyid import kamus_key_id
-from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError
+from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError, create_on_first_use
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
 
 if TYPE_CHECKING:
@@ -75,15 +75,12 @@ class AwsKmsKeyManager:
 
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
         alias = self.alias(sa_id)
-        try:
-            response = await self._generate_data_key(alias, sa_id)
-        except KmsError as exc:
-            if exc.failure is not Failure.NOT_FOUND:
-                raise
-            if not self._create_keys:
-                raise KeyNotFoundError(alias) from None
-            await self._create_key(alias, sa_id)
-            response = await self._generate_data_key(alias, sa_id)
+        response = await create_on_first_use(
+            lambda: self._generate_data_key(alias, sa_id),
+            lambda: self._create_key(alias, sa_id),
+            key_name=alias,
+            allowed=self._create_keys,
+        )
         return envelope.seal(
             response["Plaintext"],
             plaintext,

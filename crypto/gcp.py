@@ -18,10 +18,10 @@ from google.cloud import kms
 
 from crypto import envelope
 from crypto.encoding import b64_decode
-from crypto.errors import DecryptionError, KeyManagerUnavailable, KeyNotFoundError
+from crypto.errors import DecryptionError, KeyManagerUnavailable
 from crypto.formats import CiphertextFormat, classify
 from crypto.keyid import kamus_key_id
-from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError
+from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError, create_on_first_use
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,12 @@ class GoogleKmsKeyManager:
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
         name = self.key_name(sa_id)
         data_key = envelope.new_data_key()
-        try:
-            wrapped = await self._wrap(name, data_key, sa_id)
-        except KmsError as exc:
-            if exc.failure is not Failure.NOT_FOUND:
-                raise
-            if not self._create_keys:
-                raise KeyNotFoundError(name) from None
-            await self._create_key(name, sa_id)
-            wrapped = await self._wrap(name, data_key, sa_id)
+        wrapped = await create_on_first_use(
+            lambda: self._wrap(name, data_key, sa_id),
+            lambda: self._create_key(name, sa_id),
+            key_name=name,
+            allowed=self._create_keys,
+        )
         return envelope.seal(
             data_key,
             plaintext,

@@ -9,12 +9,12 @@ value and their own retry policies (jittered backoff on throttling and 5xx) run 
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Protocol, TypeVar
 
-from crypto.errors import KeyManagerUnavailable
+from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
 
 T = TypeVar("T")
 
@@ -120,3 +120,24 @@ class KeyLocks:
 
     def __call__(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+
+async def create_on_first_use(
+    attempt: Callable[[], Awaitable[T]],
+    create: Callable[[], Awaitable[None]],
+    *,
+    key_name: str,
+    allowed: bool,
+) -> T:
+    """``attempt()``; if the key is missing, create it (when ``allowed``) and attempt again.
+
+    Callers validate the request first, so only real identities ever get a key."""
+    try:
+        return await attempt()
+    except KmsError as exc:
+        if exc.failure is not Failure.NOT_FOUND:
+            raise
+    if not allowed:
+        raise KeyNotFoundError(key_name)
+    await create()
+    return await attempt()

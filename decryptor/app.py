@@ -37,6 +37,7 @@ from kamus.web import (
     annotate,
     check_batch_size,
     create_base_app,
+    key_manager_unavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -182,12 +183,6 @@ def create_app(
             "namespace and service account with this Kamus's key"
         )
 
-    def unavailable(request: Request, exc: KeyManagerUnavailable) -> HTTPException:
-        annotate(request, reason=exc.reason)
-        return HTTPException(
-            503, "the key manager is unavailable; retry later", headers={"Retry-After": retry_after}
-        )
-
     async def open_value(ciphertext: str, identity: str) -> bytes:
         """Decrypt one value, counted by format and outcome."""
         fmt = str(classify(ciphertext))
@@ -212,7 +207,7 @@ def create_app(
             annotate(request, reason=exc.reason)
             raise HTTPException(400, undecryptable(identity)) from None
         except KeyManagerUnavailable as exc:
-            raise unavailable(request, exc) from None
+            raise key_manager_unavailable(request, exc, settings) from None
         return Response(plaintext, media_type="text/plain; charset=utf-8")
 
     for path in DECRYPT_PATHS:
@@ -268,7 +263,7 @@ def create_app(
         try:
             results = await asyncio.gather(*(one(v) for v in body.items.values()))
         except KeyManagerUnavailable as exc:
-            raise unavailable(request, exc) from None
+            raise key_manager_unavailable(request, exc, settings) from None
         annotate(request, items=len(results), failed=len(reasons))
         if reasons:
             annotate(request, reason="; ".join(sorted(set(reasons)))[:500])

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from crypto import KeyManager
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
-from kamus.identity import check_namespace, check_service_account, sa_id
+from kamus.identity import Namespace, ServiceAccountName, sa_id
 from kamus.metrics import Metrics
 from kamus.providers import build_key_manager
 from kamus.settings import Settings
@@ -23,6 +23,7 @@ from kamus.web import (
     annotate,
     check_batch_size,
     create_base_app,
+    key_manager_unavailable,
 )
 
 ENCRYPT_PATHS = ("/api/v1/encrypt", "/encrypt")
@@ -50,21 +51,17 @@ class EncryptRequest(BaseModel):
     data: Annotated[str, AfterValidator(_utf8_text)] = Field(
         description="The secret to encrypt (UTF-8 text)."
     )
-    service_account: Annotated[str, AfterValidator(check_service_account)] = Field(
+    service_account: ServiceAccountName = Field(
         alias="service-account", description="The service account that may decrypt it."
     )
-    namespace: Annotated[str, AfterValidator(check_namespace)] = Field(
-        description="The namespace of that service account."
-    )
+    namespace: Namespace = Field(description="The namespace of that service account.")
 
 
 class BatchEncryptRequest(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    namespace: Annotated[str, AfterValidator(check_namespace)] = Field(
-        description="The namespace of the service account."
-    )
-    service_account: Annotated[str, AfterValidator(check_service_account)] = Field(
+    namespace: Namespace = Field(description="The namespace of the service account.")
+    service_account: ServiceAccountName = Field(
         alias="serviceAccount", description="The service account that may decrypt them."
     )
     items: Annotated[BatchItems, AfterValidator(_utf8_items)] = Field(
@@ -77,7 +74,6 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     metrics = Metrics()
     keys = key_manager or build_key_manager(settings, observer=metrics)
     provider = settings.key_management.provider
-    retry_after = str(settings.server.retry_after_seconds)
     app = create_base_app(
         service="encryptor",
         title="Kamus encryptor",
@@ -114,12 +110,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             raise HTTPException(400, f"service-account: {exc}") from None
         except KeyManagerUnavailable as exc:
             metrics.encryptions.labels(provider, "unavailable").inc(len(plaintexts))
-            annotate(request, reason=exc.reason)
-            raise HTTPException(
-                503,
-                "the key manager is unavailable; retry later",
-                headers={"Retry-After": retry_after},
-            ) from None
+            raise key_manager_unavailable(request, exc, settings) from None
         metrics.encryptions.labels(provider, "success").inc(len(plaintexts))
         return list(ciphertexts)
 

@@ -214,16 +214,13 @@ def encrypt(
             )
             if sys.stdin.isatty() and not click.confirm("Encrypt it with the newline?", err=True):
                 raise UsageError("aborted: nothing was encrypted")
-        client = KamusClient(
+        with KamusClient(
             kamus_url,
             allow_insecure=allow_insecure_url,
             fingerprint=cert_fingerprint,
             ca_bundle=ca_bundle,
-        )
-        try:
+        ) as client:
             ciphertext = encrypt_one(client, namespace, service_account, text)
-        finally:
-            client.close()
         if not quiet:
             click.echo(f"kamus: encrypted for {namespace}:{service_account}", err=True)
         _write_output(ciphertext, output, overwrite)
@@ -267,13 +264,12 @@ def seal(
     from kamus.seal import seal_documents
 
     try:
-        client = KamusClient(
+        with KamusClient(
             kamus_url,
             allow_insecure=allow_insecure_url,
             fingerprint=cert_fingerprint,
             ca_bundle=ca_bundle,
-        )
-        try:
+        ) as client:
             sealed = seal_documents(
                 manifest.read(),
                 service_account=service_account,
@@ -281,8 +277,6 @@ def seal(
                 output_format=output_format.lower(),
                 encrypt=lambda ns, values: encrypt_values(client, ns, service_account, values),
             )
-        finally:
-            client.close()
         _write_output(sealed.rstrip("\n"), output, overwrite)
     except ClientError as error:
         _fail(error)

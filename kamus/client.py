@@ -138,6 +138,12 @@ class KamusClient:
             self._connection.close()
             self._connection = None
 
+    def __enter__(self) -> "KamusClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def post(
         self, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
     ) -> tuple[int, bytes]:

@@ -1,6 +1,9 @@
 """Kubernetes names and service-account identities, checked by Kubernetes's own rules."""
 
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 SERVICE_ACCOUNT_USER_PREFIX = "system:serviceaccount:"
 
@@ -27,6 +30,10 @@ def check_service_account(value: str) -> str:
             "'-' and '.', starting and ending with a letter or digit"
         )
     return value
+
+
+Namespace = Annotated[str, AfterValidator(check_namespace)]
+ServiceAccountName = Annotated[str, AfterValidator(check_service_account)]
 
 
 def sa_id(namespace: str, service_account: str) -> str:

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
+from crypto.errors import KeyManagerUnavailable
 from kamus import __version__
 from kamus.logs import audit
 from kamus.metrics import Metrics, MetricsMiddleware
@@ -27,6 +28,18 @@ def _not_empty(items: dict[str, str]) -> dict[str, str]:
 
 
 BatchItems = Annotated[dict[str, str], AfterValidator(_not_empty)]
+
+
+def key_manager_unavailable(
+    request: Request, exc: KeyManagerUnavailable, settings: Settings
+) -> HTTPException:
+    """The 503 for a KMS outage: the reason goes to the audit log, never to the caller."""
+    annotate(request, reason=exc.reason)
+    return HTTPException(
+        503,
+        "the key manager is unavailable; retry later",
+        headers={"Retry-After": str(settings.server.retry_after_seconds)},
+    )
 
 
 def check_batch_size(request: Request, items: dict[str, str], settings: Settings) -> None:

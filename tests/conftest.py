@@ -4,7 +4,7 @@ import base64
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from fastapi.testclient import TestClient
@@ -65,6 +65,29 @@ def kube_api(_kube_api_server: KubeApiDouble) -> Iterator[KubeApiDouble]:
         double.start()
 
 
+class _Double(Protocol):
+    """What the KMS doubles share: stoppable (the outage tests), resettable, and a process env."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def start_again(self) -> object: ...
+
+    def reset(self) -> None: ...
+
+
+def _fresh(double: _Double, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Empty the session's double for a test, point this process at it, restore it after."""
+    if not double.running:
+        double.start_again()
+    double.reset()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield
+    if not double.running:
+        double.start_again()
+
+
 @pytest.fixture(scope="session")
 def _aws_kms_server() -> Iterator[AwsKmsDouble]:
     double = AwsKmsDouble().start()
@@ -77,15 +100,8 @@ def aws_kms(
     _aws_kms_server: AwsKmsDouble, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[AwsKmsDouble]:
     """moto's KMS, emptied for each test, and this process's AWS settings pointing at it."""
-    double = _aws_kms_server
-    if not double.running:
-        double.start_again()
-    double.reset()
-    for name, value in double.env().items():
-        monkeypatch.setenv(name, value)
-    yield double
-    if not double.running:
-        double.start_again()
+    for _ in _fresh(_aws_kms_server, _aws_kms_server.env(), monkeypatch):
+        yield _aws_kms_server
 
 
 @pytest.fixture(scope="session")
@@ -100,15 +116,9 @@ def gcp_kms(
     _gcp_kms_server: CloudKmsDouble, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[CloudKmsDouble]:
     """The Cloud KMS double, emptied, and this process's Google settings pointing at it."""
-    double = _gcp_kms_server
-    if not double.running:
-        double.start()
-    double.reset()
-    for name, value in double.env(tmp_path / "gcp-sa.json").items():
-        monkeypatch.setenv(name, value)
-    yield double
-    if not double.running:
-        double.start()
+    env = _gcp_kms_server.env(tmp_path / "gcp-sa.json")
+    for _ in _fresh(_gcp_kms_server, env, monkeypatch):
+        yield _gcp_kms_server
 
 
 @pytest.fixture(scope="session")
@@ -123,15 +133,8 @@ def azure_kv(
     _azure_kv_server: KeyVaultDouble, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[KeyVaultDouble]:
     """The Key Vault double, emptied, and managed identity settings pointing at it."""
-    double = _azure_kv_server
-    if not double.running:
-        double.start_again()
-    double.reset()
-    for name, value in double.env().items():
-        monkeypatch.setenv(name, value)
-    yield double
-    if not double.running:
-        double.start_again()
+    for _ in _fresh(_azure_kv_server, _azure_kv_server.env(), monkeypatch):
+        yield _azure_kv_server
 
 
 @pytest.fixture

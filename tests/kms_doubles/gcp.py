@@ -127,6 +127,9 @@ class CloudKmsDouble:
     def stop(self) -> None:
         self._server.stop()
 
+    def start_again(self) -> None:
+        self._server.start()
+
     def reset(self) -> None:
         self.faults = Faults()
         self.requests.clear()
