@@ -114,8 +114,8 @@ def _decrypt_batch(
         )
     items = json.loads(body)["items"]
     failed = [f"{files[n]}: {items[n].get('error')}" for n in ciphertexts if "data" not in items[n]]
-    if failed:
-        raise InitError("cannot decrypt " + "; ".join(failed))
+    if failed:  # a failed item is what v1 answers with a 400
+        raise InitError("cannot decrypt " + "; ".join(failed) + " (the server answered 400)")
     return {name: items[name]["data"] for name in ciphertexts}
 
 

@@ -185,6 +185,7 @@ def test_another_service_account_is_refused_clearly(
     assert result.returncode == 1
     assert "cannot decrypt" in result.stderr
     assert f"{mount / 'username'}: the data cannot be decrypted" in result.stderr
+    assert "the server answered 400" in result.stderr
     assert "cannot be decrypted as team-a:web" in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
