@@ -14,7 +14,7 @@ from kamus.logs import configure_logging
 from kamus.providers import ConfigurationError
 from kamus.settings import Settings
 
-Service = Literal["encryptor", "decryptor"]
+Service = Literal["encryptor", "decryptor", "controller"]
 
 
 def load_settings() -> Settings:
@@ -42,11 +42,12 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["encryptor", "decryptor"]))
+@click.argument("service", type=click.Choice(["encryptor", "decryptor", "controller"]))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=9090, show_default=True, type=click.IntRange(0, 65535))
 def serve(service: Service, host: str, port: int) -> None:
-    """Run the encryptor or the decryptor, configured from the environment (Kamus names)."""
+    """Run the encryptor, the decryptor or the controller, configured from the environment
+    (Kamus's setting names)."""
     import uvicorn
 
     settings = load_settings()
@@ -58,10 +59,14 @@ def serve(service: Service, host: str, port: int) -> None:
             from encryptor.app import create_app as create_encryptor
 
             app = create_encryptor(settings)
-        else:
+        elif service == "decryptor":
             from decryptor.app import create_app as create_decryptor
 
             app = create_decryptor(settings)
+        else:
+            from controller.app import create_app as create_controller
+
+            app = create_controller(settings)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     uvicorn.run(

@@ -2,7 +2,13 @@
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The *_created series double the output and no dashboard uses them.
@@ -76,6 +82,33 @@ class Metrics:
 
     def key_created(self, provider: str) -> None:
         self.kms_keys_created.labels(provider).inc()
+
+
+class ControllerMetrics(Metrics):
+    def __init__(self) -> None:
+        super().__init__()
+        self.controller_reconciles = Counter(
+            "kamus_controller_reconciles",
+            "KamusSecret reconciles by outcome (created, updated, unchanged, decryption_failed, "
+            "not_owned, unavailable, error, gone).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.controller_reconcile_duration = Histogram(
+            "kamus_controller_reconcile_duration_seconds",
+            "Time to reconcile one KamusSecret.",
+            registry=self.registry,
+        )
+        self.controller_kamus_secrets = Gauge(
+            "kamus_controller_kamussecrets",
+            "KamusSecrets known to the leading controller.",
+            registry=self.registry,
+        )
+        self.controller_leader = Gauge(
+            "kamus_controller_leader",
+            "1 while this process holds the leader lease and reconciles.",
+            registry=self.registry,
+        )
 
 
 class MetricsMiddleware:

@@ -123,6 +123,22 @@ class DecryptorSettings(_Section):
     _split = field_validator("audiences", mode="before")(_split_commas)
 
 
+class ControllerSettings(_Section):
+    reconciliation_interval_seconds: float = Field(
+        60.0, gt=0, alias="ReconciliationIntervalInSeconds"
+    )
+    qps: float = Field(20.0, gt=0, alias="Qps")
+    burst: int = Field(40, ge=1, alias="Burst")
+    workers: int = Field(4, ge=1, alias="Workers")
+    lease_name: str = Field("kamus-controller", alias="LeaseName")
+    lease_namespace: str | None = Field(None, alias="LeaseNamespace")
+    lease_duration_seconds: float = Field(15.0, alias="LeaseDurationSeconds")
+    renew_deadline_seconds: float = Field(10.0, alias="RenewDeadlineSeconds")
+    retry_period_seconds: float = Field(2.0, alias="RetryPeriodSeconds")
+    watch_timeout_seconds: int = Field(300, ge=1, alias="WatchTimeoutSeconds")
+    identity: str | None = Field(None, alias="Identity")
+
+
 class ServerSettings(_Section):
     max_request_body_bytes: int = Field(1024 * 1024, ge=1, alias="MaxRequestBodyBytes")
     retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
@@ -156,5 +172,6 @@ class Settings(BaseSettings):
     )
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings, alias="Kubernetes")
     decryptor: DecryptorSettings = Field(default_factory=DecryptorSettings, alias="Decryptor")
+    controller: ControllerSettings = Field(default_factory=ControllerSettings, alias="Controller")
     server: ServerSettings = Field(default_factory=ServerSettings, alias="Server")
     logging: LoggingSettings = Field(default_factory=LoggingSettings, alias="Logging")

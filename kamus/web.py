@@ -189,6 +189,7 @@ def create_base_app(
     metrics: Metrics,
     audited_paths: Iterable[str],
     lifespan: Lifespan[FastAPI] | None = None,
+    plain_healthz: bool = True,
 ) -> FastAPI:
     app = FastAPI(
         lifespan=lifespan,
@@ -203,9 +204,11 @@ def create_base_app(
     app.add_middleware(AuditMiddleware, service=service, paths=frozenset(audited_paths))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    @app.get("/healthz", tags=["health"], summary="The process is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    if plain_healthz:
+
+        @app.get("/healthz", tags=["health"], summary="The process is up")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def prometheus_metrics() -> PlainTextResponse:

@@ -1,0 +1,140 @@
+"""``kamus serve controller``: the controller, with health, readiness and metrics endpoints."""
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from kubernetes.aio.client import (
+    ApiClient,
+    AuthorizationV1Api,
+    V1ResourceAttributes,
+    V1SelfSubjectAccessReview,
+    V1SelfSubjectAccessReviewSpec,
+)
+from kubernetes.aio.client.exceptions import ApiException
+
+from controller.controller import KamusSecretController
+from controller.reconcile import GROUP, PLURAL
+from crypto import KeyManager
+from kamus.kube import create_api_client
+from kamus.metrics import ControllerMetrics
+from kamus.providers import ConfigurationError, build_key_manager
+from kamus.settings import Settings
+from kamus.web import create_base_app
+
+log = logging.getLogger(__name__)
+
+# What the controller must be allowed to do (checked by /healthz, as Kamus's controller did).
+NEEDED = [
+    (GROUP, PLURAL, "list"),
+    (GROUP, PLURAL, "watch"),
+    (GROUP, PLURAL, "get"),
+    (GROUP, f"{PLURAL}/status", "patch"),
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
+    ("", "secrets", "create"),
+    ("", "secrets", "update"),
+    ("", "secrets", "delete"),
+    ("", "events", "create"),
+]
+
+
+class AccessCheck:
+    """SelfSubjectAccessReviews of everything in NEEDED, cached."""
+
+    def __init__(self, api: ApiClient, cache_seconds: float = 30.0) -> None:
+        self._authz = AuthorizationV1Api(api)
+        self._cache_seconds = cache_seconds
+        self._result: tuple[float, list[str]] | None = None
+
+    async def missing(self) -> list[str]:
+        if self._result and time.monotonic() - self._result[0] < self._cache_seconds:
+            return self._result[1]
+        missing = []
+        for group, resource, verb in NEEDED:
+            plural, _, sub = resource.partition("/")
+            review = V1SelfSubjectAccessReview(
+                api_version="authorization.k8s.io/v1",
+                kind="SelfSubjectAccessReview",
+                spec=V1SelfSubjectAccessReviewSpec(
+                    resource_attributes=V1ResourceAttributes(
+                        group=group, resource=plural, subresource=sub or None, verb=verb
+                    )
+                ),
+            )
+            result = await self._authz.create_self_subject_access_review(review)
+            if not (result.status and result.status.allowed):
+                missing.append(f"{verb} {resource}{'.' + group if group else ''}")
+        self._result = (time.monotonic(), missing)
+        return missing
+
+
+def lease_namespace(settings: Settings) -> str:
+    return settings.controller.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+
+
+def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ControllerMetrics()
+    keys = key_manager or build_key_manager(settings, observer=metrics)
+    state: dict[str, object] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            api = await create_api_client(settings.kubernetes)
+        except ConfigurationError as exc:
+            log.error("the controller cannot start: %s", exc)
+            raise
+        controller = KamusSecretController(
+            api, keys, settings.controller, metrics, lease_namespace=lease_namespace(settings)
+        )
+        task = asyncio.create_task(controller.run())
+        state.update(controller=controller, access=AccessCheck(api))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            await api.close()
+
+    app = create_base_app(
+        service="controller",
+        title="Kamus controller",
+        description="Turns KamusSecrets into Kubernetes Secrets.",
+        settings=settings,
+        metrics=metrics,
+        audited_paths=(),
+        lifespan=lifespan,
+        plain_healthz=False,  # the controller's also checks its RBAC
+    )
+
+    @app.get("/healthz", tags=["health"], summary="May this controller do its work?")
+    async def healthz() -> JSONResponse:
+        access = state.get("access")
+        if not isinstance(access, AccessCheck):
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            missing = await access.missing()
+        except (ApiException, OSError, TimeoutError) as exc:
+            return JSONResponse({"status": "unknown", "error": type(exc).__name__}, 503)
+        if missing:
+            return JSONResponse({"status": "forbidden", "missing": missing}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["health"], summary="Running (leading or standing by)")
+    async def readyz() -> JSONResponse:
+        controller = state.get("controller")
+        if not isinstance(controller, KamusSecretController):
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse(
+            {"status": "ready", "leader": controller.leading, "identity": controller.identity}
+        )
+
+    return app

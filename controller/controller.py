@@ -1,0 +1,444 @@
+"""The running controller: informers, a work queue, leader election and the Kubernetes calls.
+
+Only the leader reconciles. It lists and watches KamusSecrets (and the Secrets they own, so a
+Secret deleted by hand comes back at once), queues each changed KamusSecret once, and also
+requeues every one each ``ReconciliationIntervalInSeconds``. A watch resumes from its last
+resourceVersion, relists on 410 Gone, backs off on apiserver errors and never exits the process:
+Kamus's controller crash-looped on a closed stream.
+"""
+
+import asyncio
+import json
+import logging
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiohttp
+from kubernetes.aio.client import ApiClient, CoreV1Api, CoreV1Event, CustomObjectsApi, V1Secret
+from kubernetes.aio.client.exceptions import ApiException
+from kubernetes.aio.leaderelection.electionconfig import Config as ElectionConfig
+from kubernetes.aio.leaderelection.leaderelection import LeaderElection
+from kubernetes.aio.leaderelection.resourcelock.leaselock import LeaseLock
+from kubernetes.aio.watch import Watch
+
+from controller import reconcile
+from controller.reconcile import GROUP, KIND, PLURAL, VERSION, Condition
+from crypto import DecryptionError, KeyManager
+from crypto.errors import KeyManagerUnavailable
+from kamus.logs import audit, log_fields
+from kamus.metrics import ControllerMetrics
+from kamus.settings import ControllerSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Key = tuple[str, str]  # (namespace, name)
+
+
+class TokenBucket:
+    """Client-side QPS/burst limit, so a resync of thousands of objects cannot flood the
+    apiserver (and so users are not stuck behind a hard-coded QPS 5, as with sealed-secrets)."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self._rate = qps
+        self._capacity = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+            if self._tokens < 1:
+                await asyncio.sleep((1 - self._tokens) / self._rate)
+                self._stamp = time.monotonic()
+                self._tokens = 1
+            self._tokens -= 1
+
+
+class Backoff:
+    """Jittered exponential backoff, reset after a success."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self._first, self._cap, self._next = first, cap, first
+
+    def reset(self) -> None:
+        self._next = self._first
+
+    async def wait(self) -> None:
+        await asyncio.sleep(random.uniform(0.5, 1.0) * self._next)  # noqa: S311 - jitter
+        self._next = min(self._next * 2, self._cap)
+
+
+async def _json(response: Any) -> Any:
+    """The JSON of a raw (not preloaded) response, or ApiException as the client raises it."""
+    body = await response.read()  # always read: it releases the pooled connection
+    if response.status >= 400:
+        raise ApiException(status=response.status, reason=response.reason)
+    return json.loads(body)
+
+
+def _namespaced(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace", ""), meta.get("name", "")
+
+
+class KamusSecretController:
+    def __init__(
+        self,
+        api: ApiClient,
+        keys: KeyManager,
+        settings: ControllerSettings,
+        metrics: ControllerMetrics,
+        *,
+        lease_namespace: str,
+    ) -> None:
+        self._api = api
+        self._core = CoreV1Api(api)
+        self._custom = CustomObjectsApi(api)
+        self._keys = keys
+        self._settings = settings
+        self._metrics = metrics
+        self._lease_namespace = lease_namespace
+        self.identity = settings.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self._bucket = TokenBucket(settings.qps, settings.burst)
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._pending: set[Key] = set()
+        self._known: set[Key] = set()
+        self.leading = False
+
+    async def call(self, request: Callable[[], Awaitable[T]]) -> T:
+        """Every API call of the reconciler passes the rate limit."""
+        await self._bucket.take()
+        return await request()
+
+    # -- leadership ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Forever: wait to lead, reconcile while leading, then stand by again."""
+        s = self._settings
+        while True:
+            lock = LeaseLock(s.lease_name, self._lease_namespace, self.identity, self._api)
+            election = LeaderElection(
+                ElectionConfig(
+                    lock,
+                    lease_duration=s.lease_duration_seconds,
+                    renew_deadline=s.renew_deadline_seconds,
+                    retry_period=s.retry_period_seconds,
+                    onstarted_leading=self._lead,
+                    onstopped_leading=self._stopped_leading,
+                )
+            )
+            try:
+                await election.run()
+            except (ApiException, aiohttp.ClientError, OSError, TimeoutError):
+                log.warning("leader election failed; retrying", exc_info=True)
+            await asyncio.sleep(s.retry_period_seconds)
+
+    async def _lead(self) -> None:
+        self.leading = True
+        self._metrics_leader(True)
+        log.info("leading as %s: reconciling KamusSecrets", self.identity)
+        tasks = [
+            asyncio.create_task(self._inform_kamus_secrets()),
+            asyncio.create_task(self._inform_secrets()),
+            asyncio.create_task(self._resync()),
+            *(asyncio.create_task(self._work()) for _ in range(self._settings.workers)),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stopped_leading(self) -> None:
+        self.leading = False
+        self._metrics_leader(False)
+        self._known.clear()
+        log.warning("%s lost the lease; standing by", self.identity)
+
+    def _metrics_leader(self, leading: bool) -> None:
+        self._metrics.controller_leader.set(1 if leading else 0)
+
+    # -- informers -----------------------------------------------------------------------------
+
+    async def _inform(
+        self,
+        what: str,
+        list_call: Callable[..., Awaitable[Any]],
+        list_raw: Callable[[], Awaitable[Any]],
+        on_event: Callable[[str, Mapping[str, Any]], None],
+        on_list: Callable[[list[Mapping[str, Any]]], None],
+        *args: str,
+    ) -> None:
+        """List, then watch from the list's resourceVersion; resume, relist or back off."""
+        backoff = Backoff()
+        while True:
+            try:
+                body = await _json(await self.call(lambda: list_raw()))
+                on_list(body.get("items") or [])
+                version = body["metadata"]["resourceVersion"]
+                while True:  # each pass is one watch request; a closed stream just resumes
+                    watch = Watch()
+                    stream = watch.stream(
+                        list_call,
+                        *args,
+                        resource_version=version,
+                        timeout_seconds=self._settings.watch_timeout_seconds,
+                    )
+                    async for event in stream:
+                        backoff.reset()
+                        on_event(event["type"], event["raw_object"])
+                    version = watch.resource_version or version
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("%s watch expired (410 Gone); listing again", what)
+                    continue
+                log.warning("%s watch failed: %s %s; retrying", what, exc.status, exc.reason)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+                log.warning("%s watch failed (%s); retrying", what, type(exc).__name__)
+            await backoff.wait()
+
+    async def _inform_kamus_secrets(self) -> None:
+        def on_list(items: list[Mapping[str, Any]]) -> None:
+            self._known = {_namespaced(item) for item in items}
+            for key in self._known:
+                self.enqueue(key)
+            self._metrics.controller_kamus_secrets.set(len(self._known))
+
+        def on_event(kind: str, obj: Mapping[str, Any]) -> None:
+            key = _namespaced(obj)
+            if kind == "DELETED":
+                self._known.discard(key)  # its Secret goes with it, by ownerReference
+            elif kind in ("ADDED", "MODIFIED"):
+                self._known.add(key)
+                self.enqueue(key)
+            self._metrics.controller_kamus_secrets.set(len(self._known))
+
+        await self._inform(
+            "KamusSecret",
+            self._custom.list_cluster_custom_object,
+            lambda: self._custom.list_cluster_custom_object_without_preload_content(
+                GROUP, VERSION, PLURAL
+            ),
+            on_event,
+            on_list,
+            GROUP,
+            VERSION,
+            PLURAL,
+        )
+
+    async def _inform_secrets(self) -> None:
+        """Owned Secrets changed or deleted by hand are put back at once, not at the resync."""
+
+        def on_event(kind: str, obj: Mapping[str, Any]) -> None:
+            owner = reconcile.owner_of(obj)
+            if owner is not None and kind in ("MODIFIED", "DELETED"):
+                self.enqueue(owner)
+
+        await self._inform(
+            "Secret",
+            self._core.list_secret_for_all_namespaces,
+            self._core.list_secret_for_all_namespaces_without_preload_content,
+            on_event,
+            lambda items: None,
+        )
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.reconciliation_interval_seconds)
+            for key in list(self._known):
+                self.enqueue(key)
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def enqueue(self, key: Key) -> None:
+        if key not in self._pending:
+            self._pending.add(key)
+            self._queue.put_nowait(key)
+
+    def _retry_later(self, key: Key, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._pending.discard(key)
+            start = time.perf_counter()
+            try:
+                outcome = await self.reconcile(*key)
+            except KeyManagerUnavailable as exc:
+                outcome = "unavailable"
+                log.warning("%s/%s: key manager unavailable (%s)", *key, exc.reason)
+                self._retry_later(key, self._settings.retry_period_seconds * 2)
+            except ApiException as exc:
+                outcome = "error"
+                log.warning("%s/%s: apiserver answered %s %s", *key, exc.status, exc.reason)
+                self._retry_later(key, 1.0 if exc.status == 409 else 5.0)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                outcome = "error"
+                log.warning("%s/%s: apiserver unreachable (%s)", *key, type(exc).__name__)
+                self._retry_later(key, 5.0)
+            self._metrics.controller_reconciles.labels(outcome).inc()
+            self._metrics.controller_reconcile_duration.observe(time.perf_counter() - start)
+
+    # -- one KamusSecret -----------------------------------------------------------------------
+
+    async def reconcile(self, namespace: str, name: str) -> str:
+        """Bring the Secret of one KamusSecret in line; the outcome, for the metrics."""
+        try:
+            kamus_secret: dict[str, Any] = await _json(
+                await self.call(
+                    lambda: self._custom.get_namespaced_custom_object_without_preload_content(
+                        GROUP, VERSION, namespace, PLURAL, name
+                    )
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return "gone"
+            raise
+        identity = f"{namespace}:{kamus_secret.get('serviceAccount', '')}"
+        plaintexts, failed = await self._decrypt(kamus_secret, identity)
+        data, invalid = reconcile.secret_values(plaintexts)
+        failed += invalid
+        if failed:
+            # All or nothing: Kamus wrote partial Secrets; here the Secret is left as it was.
+            condition = Condition(
+                False,
+                "DecryptionFailed",
+                f"cannot decrypt {', '.join(sorted(failed))} as {identity}; the Secret was left "
+                "unchanged. Re-encrypt these values for this namespace and service account.",
+            )
+            await self._set_status(kamus_secret, condition, event_type="Warning")
+            return "decryption_failed"
+        desired = reconcile.desired_secret(kamus_secret, data)
+        action, condition = await self._apply(kamus_secret, desired)
+        await self._set_status(
+            kamus_secret, condition, event_type="Normal" if condition.ready else "Warning"
+        )
+        if action in ("created", "updated"):
+            audit(
+                "controller secret",
+                service="controller",
+                action=action,
+                namespace=namespace,
+                name=name,
+                service_account=kamus_secret.get("serviceAccount"),
+                outcome="success",
+                keys=sorted(data),
+            )
+        return action
+
+    async def _decrypt(
+        self, kamus_secret: Mapping[str, Any], identity: str
+    ) -> tuple[dict[str, bytes], list[str]]:
+        items = reconcile.encrypted_items(kamus_secret)
+        plaintexts: dict[str, bytes] = {}
+        failed: list[str] = []
+
+        async def one(item: str, ciphertext: str) -> None:
+            try:
+                plaintexts[item] = await self._keys.decrypt(ciphertext, identity)
+            except DecryptionError as exc:
+                log.info("%s: %s", item, exc.reason, extra=log_fields(identity=identity))
+                failed.append(item)
+
+        await asyncio.gather(*(one(item, value) for item, value in items.items()))
+        return plaintexts, failed
+
+    async def _apply(
+        self, kamus_secret: Mapping[str, Any], desired: dict[str, Any]
+    ) -> tuple[str, Condition]:
+        namespace, name = _namespaced(kamus_secret)
+        try:
+            existing: dict[str, Any] | None = await _json(
+                await self.call(
+                    lambda: self._core.read_namespaced_secret_without_preload_content(
+                        name, namespace
+                    )
+                )
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            existing = None
+        synced = Condition(True, "Synced", f"Secret {name} is up to date")
+        body = V1Secret.from_dict(desired)
+        assert body is not None
+        if existing is None:
+            await self.call(lambda: self._core.create_namespaced_secret(namespace, body))
+            return "created", synced
+        if not (reconcile.owned_by(existing, kamus_secret) or reconcile.may_adopt(kamus_secret)):
+            return "not_owned", Condition(
+                False,
+                "SecretNotOwned",
+                f"a Secret {name} exists that this KamusSecret does not own, so it was left "
+                f"alone; delete it, or annotate the KamusSecret with "
+                f"{reconcile.ADOPT_ANNOTATION}=true to take it over",
+            )
+        if not reconcile.differs(existing, desired):
+            return "unchanged", synced
+        if existing.get("type", "Opaque") != desired["type"]:
+            # A Secret's type is immutable: replace the object.
+            await self.call(lambda: self._core.delete_namespaced_secret(name, namespace))
+            await self.call(lambda: self._core.create_namespaced_secret(namespace, body))
+            return "updated", synced
+        assert body.metadata is not None
+        body.metadata.resource_version = existing["metadata"]["resourceVersion"]
+        await self.call(lambda: self._core.replace_namespaced_secret(name, namespace, body))
+        return "updated", synced
+
+    async def _set_status(
+        self, kamus_secret: Mapping[str, Any], condition: Condition, *, event_type: str
+    ) -> None:
+        patch = reconcile.status_patch(kamus_secret, condition)
+        if patch is None:
+            return  # already says so: no write, no event, no watch churn
+        namespace, name = _namespaced(kamus_secret)
+        await self.call(
+            lambda: self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, patch
+            )
+        )
+        await self._event(kamus_secret, event_type, condition)
+
+    async def _event(
+        self, kamus_secret: Mapping[str, Any], event_type: str, condition: Condition
+    ) -> None:
+        namespace, name = _namespaced(kamus_secret)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": kamus_secret["metadata"]["uid"],
+            },
+            "reason": condition.reason,
+            "message": condition.message,
+            "type": event_type,
+            "source": {"component": "kamus-controller"},
+            "reportingComponent": "kamus-controller",
+            "reportingInstance": self.identity,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        body = CoreV1Event.from_dict(event)
+        assert body is not None
+        try:
+            await self.call(lambda: self._core.create_namespaced_event(namespace, body))
+        except ApiException as exc:  # an event is best effort: never fail a reconcile for it
+            log.warning("could not record an event for %s/%s: %s", namespace, name, exc.status)
