@@ -92,7 +92,10 @@ def test_owner_detection_and_adoption() -> None:
 def test_differs_sees_every_field_the_controller_owns() -> None:
     ks = kamus_secret()
     desired = reconcile.desired_secret(ks, {"a": "Yg=="})
-    same = {**desired, "metadata": {**desired["metadata"], "resourceVersion": "7", "uid": "s"}}
+    same: dict[str, Any] = {
+        **desired,
+        "metadata": {**desired["metadata"], "resourceVersion": "7", "uid": "s"},
+    }
     assert not reconcile.differs(same, desired)
     for change in [
         {"data": {"a": "Yw=="}},
