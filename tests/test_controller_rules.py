@@ -97,13 +97,14 @@ def test_differs_sees_every_field_the_controller_owns() -> None:
         "metadata": {**desired["metadata"], "resourceVersion": "7", "uid": "s"},
     }
     assert not reconcile.differs(same, desired)
-    for change in [
+    changes: list[dict[str, Any]] = [
         {"data": {"a": "Yw=="}},
         {"type": "kubernetes.io/tls"},
         {"metadata": {**same["metadata"], "labels": {}}},
         {"metadata": {**same["metadata"], "annotations": {"x": "y"}}},
         {"metadata": {**same["metadata"], "ownerReferences": []}},
-    ]:
+    ]
+    for change in changes:
         assert reconcile.differs({**same, **change}, desired)
 
 
