@@ -102,6 +102,8 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+            with suppress(TimeoutError):
+                await asyncio.wait_for(controller.release(), timeout=5)
             await api.close()
 
     app = create_base_app(

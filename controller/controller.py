@@ -19,7 +19,16 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
-from kubernetes.aio.client import ApiClient, CoreV1Api, CoreV1Event, CustomObjectsApi, V1Secret
+from kubernetes.aio.client import (
+    ApiClient,
+    CoordinationV1Api,
+    CoreV1Api,
+    CoreV1Event,
+    CustomObjectsApi,
+    V1Lease,
+    V1ObjectMeta,
+    V1Secret,
+)
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.leaderelection.electionconfig import Config as ElectionConfig
 from kubernetes.aio.leaderelection.leaderelection import LeaderElection
@@ -89,6 +98,39 @@ def _namespaced(obj: Mapping[str, Any]) -> Key:
     return meta.get("namespace", ""), meta.get("name", "")
 
 
+class _Lease(LeaseLock):
+    """The client's LeaseLock, fixed to survive a real apiserver and a flaky network.
+
+    kubernetes 37's ``create`` passes ``pretty=True``, which its own request validation rejects,
+    so a controller on a fresh cluster could never create the Lease and never lead. And a network
+    error in ``get`` or ``update`` escaped the election loop without cancelling the leader's work.
+    Here both report failure, which the election retries each period.
+    """
+
+    async def get(self, name: str, namespace: str) -> Any:
+        try:
+            return await super().get(name, namespace)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return False, ApiException(status=0, reason=type(exc).__name__)
+
+    async def create(self, name: str, namespace: str, election_record: Any) -> bool:
+        body = V1Lease(metadata=V1ObjectMeta(name=name), spec=self.update_lease(election_record))
+        try:
+            await self.api_instance.create_namespaced_lease(namespace, body)
+        except ApiException as exc:
+            log.warning("could not create the Lease %s/%s: %s", namespace, name, exc.status)
+            return False
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+        return True
+
+    async def update(self, name: str, namespace: str, updated_record: Any) -> bool:
+        try:
+            return bool(await super().update(name, namespace, updated_record))
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+
 class KamusSecretController:
     def __init__(
         self,
@@ -124,10 +166,9 @@ class KamusSecretController:
         """Forever: wait to lead, reconcile while leading, then stand by again."""
         s = self._settings
         while True:
-            lock = LeaseLock(s.lease_name, self._lease_namespace, self.identity, self._api)
             election = LeaderElection(
                 ElectionConfig(
-                    lock,
+                    _Lease(s.lease_name, self._lease_namespace, self.identity, self._api),
                     lease_duration=s.lease_duration_seconds,
                     renew_deadline=s.renew_deadline_seconds,
                     retry_period=s.retry_period_seconds,
@@ -137,9 +178,28 @@ class KamusSecretController:
             )
             try:
                 await election.run()
-            except (ApiException, aiohttp.ClientError, OSError, TimeoutError):
+            except (ApiException, aiohttp.ClientError, OSError, TimeoutError, ValueError):
                 log.warning("leader election failed; retrying", exc_info=True)
+            finally:
+                if self.leading:  # the election ended abnormally while leading: stand down
+                    await self._stopped_leading()
             await asyncio.sleep(s.retry_period_seconds)
+
+    async def release(self) -> None:
+        """Hand the Lease over on shutdown, so a standby takes over now, not at its expiry.
+
+        Call it after ``run`` is cancelled, or the election would renew the Lease again."""
+        leases = CoordinationV1Api(self._api)
+        name, namespace = self._settings.lease_name, self._lease_namespace
+        try:
+            lease = await leases.read_namespaced_lease(name, namespace)
+            if lease.spec is None or lease.spec.holder_identity != self.identity:
+                return
+            lease.spec.holder_identity = None
+            await leases.replace_namespaced_lease(name, namespace, lease)
+            log.info("%s released the lease", self.identity)
+        except (ApiException, aiohttp.ClientError, OSError, TimeoutError):
+            log.warning("could not release the lease; a standby takes over when it expires")
 
     async def _lead(self) -> None:
         self.leading = True

@@ -6,9 +6,9 @@ an existing deployment's environment keeps working. Every secret can instead be 
 """
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Provider = Literal["AESKey", "AzureKeyVault", "GoogleKms", "AwsKms"]
@@ -132,11 +132,27 @@ class ControllerSettings(_Section):
     workers: int = Field(4, ge=1, alias="Workers")
     lease_name: str = Field("kamus-controller", alias="LeaseName")
     lease_namespace: str | None = Field(None, alias="LeaseNamespace")
-    lease_duration_seconds: float = Field(15.0, alias="LeaseDurationSeconds")
-    renew_deadline_seconds: float = Field(10.0, alias="RenewDeadlineSeconds")
-    retry_period_seconds: float = Field(2.0, alias="RetryPeriodSeconds")
+    # Whole seconds: a Lease stores leaseDurationSeconds as an integer.
+    lease_duration_seconds: int = Field(15, ge=2, alias="LeaseDurationSeconds")
+    renew_deadline_seconds: int = Field(10, ge=2, alias="RenewDeadlineSeconds")
+    retry_period_seconds: int = Field(2, ge=1, alias="RetryPeriodSeconds")
     watch_timeout_seconds: int = Field(300, ge=1, alias="WatchTimeoutSeconds")
     identity: str | None = Field(None, alias="Identity")
+
+    @model_validator(mode="after")
+    def _election_timing(self) -> Self:
+        # The same rule as client-go's leader election: a leader must get several renewal
+        # attempts before its lease can expire under it.
+        if not (
+            self.lease_duration_seconds
+            > self.renew_deadline_seconds
+            > 1.2 * self.retry_period_seconds
+        ):
+            raise ValueError(
+                "need Controller__LeaseDurationSeconds > Controller__RenewDeadlineSeconds > "
+                "1.2 x Controller__RetryPeriodSeconds"
+            )
+        return self
 
 
 class ServerSettings(_Section):

@@ -58,6 +58,7 @@ def kube_api(_kube_api_server: KubeApiDouble) -> Iterator[KubeApiDouble]:
     double.reviewers = {double.admin_token}
     double.reviews.clear()
     double.deleted_service_accounts.clear()
+    double.reset_resources()
     if not double.running:
         double.start()
     yield double

@@ -53,8 +53,11 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 
 @contextmanager
-def kamus_serve(service: str, env: Mapping[str, str], log_file: Path) -> Iterator[Service]:
-    """``kamus serve <service>`` on a free loopback port, with only ``env`` plus PATH/HOME."""
+def kamus_serve(
+    service: str, env: Mapping[str, str], log_file: Path, *, ready_path: str = "/healthz"
+) -> Iterator[Service]:
+    """``kamus serve <service>`` on a free loopback port, with only ``env`` plus PATH/HOME;
+    yields once ``ready_path`` answers 200."""
     base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     with log_file.open("wb") as log:
         process = subprocess.Popen(
@@ -65,7 +68,7 @@ def kamus_serve(service: str, env: Mapping[str, str], log_file: Path) -> Iterato
         )
     try:
         url = _wait_for_url(log_file, process, timeout=30)
-        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert httpx.get(f"{url}{ready_path}", timeout=5).status_code == 200
         yield Service(url, log_file, process)
     finally:
         stop(process)

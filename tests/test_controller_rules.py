@@ -1,10 +1,15 @@
 """The controller's rules, as pure functions: what Secret a KamusSecret means, and its status."""
 
+import asyncio
 import base64
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from controller import reconcile
+from controller.controller import TokenBucket
 from controller.reconcile import Condition
 
 
@@ -144,3 +149,26 @@ def test_status_is_written_only_when_it_changes() -> None:
 def test_encrypted_items_cover_both_fields() -> None:
     ks = kamus_secret(stringData={"a": "c1"}, data={"b": "c2"})
     assert reconcile.encrypted_items(ks) == {"stringData.a": "c1", "data.b": "c2"}
+
+
+async def test_the_token_bucket_allows_a_burst_then_holds_to_the_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await real_sleep(seconds)
+
+    monkeypatch.setattr("controller.controller.asyncio.sleep", recording_sleep)
+    bucket = TokenBucket(qps=20, burst=5)
+    start = time.monotonic()
+    for _ in range(5):
+        await bucket.take()
+    assert sleeps == []  # the burst goes through at once
+    for _ in range(4):
+        await bucket.take()
+    assert len(sleeps) == 4
+    # A lower bound only: four calls past the burst wait at least 4/20 s, on any machine.
+    assert time.monotonic() - start >= 4 / 20 - 0.01

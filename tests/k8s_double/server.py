@@ -6,12 +6,18 @@ It serves what Kamus needs from a cluster, the way kube-apiserver does:
   shaped like bound projected tokens (``iss``, ``sub``, ``aud``, ``exp``, ``nbf``, ``jti`` and the
   ``kubernetes.io`` claims), verified for signature, issuer, expiry, audience and whether the
   service account still exists.
-* ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`` for "may I create TokenReviews".
+* ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`` for "may I create TokenReviews"
+  and "may I <verb> <resource>" for the objects below (less :attr:`KubeApiDouble.denied_access`).
 * ``GET /version``.
+* Secrets, Events, Leases and KamusSecrets: create, get, list, watch, replace, patch, delete and
+  the ``status`` subresource, from the store in ``resources.py``; tests inspect and disturb it
+  with :meth:`KubeApiDouble.objects`, :meth:`~KubeApiDouble.drop_watches`,
+  :meth:`~KubeApiDouble.compact` and :meth:`~KubeApiDouble.reset_resources`.
 
 Callers authenticate with a bearer token, as against a real apiserver; only tokens in
-``reviewers`` may create TokenReviews (the ``system:auth-delegator`` binding). Faults can be
-injected: a delay (slow), a status code (failing), or :meth:`stop` (unreachable).
+``reviewers`` may create TokenReviews (the ``system:auth-delegator`` binding) or use the
+objects, but not for what ``denied_access`` lists (missing RBAC). Faults can be injected: a
+delay (slow), a status code (failing), or :meth:`stop` (unreachable).
 """
 
 from __future__ import annotations
@@ -31,30 +37,21 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from tests.k8s_double.resources import (
+    ResourceStore,
+    install_resource_routes,
+    served,
+    status_body,
+)
 from tests.servers import Faults, ThreadedServer, install_faults
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SA_PREFIX = "system:serviceaccount:"
+ADMIN_USER = "kubernetes-admin"  # who the admin token (and an unauthenticated proxy) acts as
 
 
 def status_object(code: int, reason: str, message: str, **details: Any) -> JSONResponse:
     return JSONResponse(status_body(code, reason, message, **details), status_code=code)
-
-
-def status_body(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
-    """A ``metav1.Status`` failure, as the apiserver sends with every error."""
-    body: dict[str, Any] = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-    if details:
-        body["details"] = details
-    return body
 
 
 def review_object(
@@ -103,10 +100,14 @@ class KubeApiDouble:
         self._key_id = secrets.token_hex(8)
         self.admin_token = secrets.token_urlsafe(32)
         self.reviewers: set[str] = {self.admin_token}
+        # RBAC the admin lacks: (group, resource, verb) triples, "plural/status" for the status
+        # subresource; requests and SelfSubjectAccessReviews for them are refused.
+        self.denied_access: set[tuple[str, str, str]] = set()
         self.reviews: list[ReviewRecord] = []
         self.received = 0  # API requests that arrived, answered or not
         self.deleted_service_accounts: set[tuple[str, str]] = set()
         self._sa_uids: dict[tuple[str, str], str] = {}
+        self.resources = ResourceStore()
         self.app = self._build_app()
         self._server = ThreadedServer(self.app, host=self.host, port=self.listen_port)
         if self.tls:
@@ -132,7 +133,11 @@ class KubeApiDouble:
         return self
 
     def stop(self) -> None:
+        # uvicorn's shutdown waits for open responses, and a watch is one until it ends: end them,
+        # and the ones a client opens again meanwhile, so that stopping does not hang.
+        self.resources.drop_watches(refuse_new=True)
         self._server.stop()
+        self.resources.accept_watches()
 
     def __enter__(self) -> KubeApiDouble:
         return self.start()
@@ -155,6 +160,49 @@ class KubeApiDouble:
         }
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return path
+
+    # -- API objects (test controls; safe to call from any thread) -----------------------------
+
+    def reset_resources(self) -> None:
+        """An empty cluster: no objects, no history, no open watches (they are ended), and no
+        :attr:`denied_access`."""
+        self.resources.reset()
+        self.denied_access.clear()
+
+    def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Copies of the stored ``plural`` objects (``"secrets"``, ``"kamussecrets"``...)."""
+        return self.resources.objects(plural, namespace)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The core v1 Events created so far, in every namespace."""
+        return self.resources.objects("events")
+
+    def drop_watches(self) -> None:
+        """End every open watch stream now, as an apiserver restart or a proxy timeout does."""
+        self.resources.drop_watches()
+
+    def compact(self) -> None:
+        """Forget the change history: a watch from any earlier resourceVersion gets 410 Gone."""
+        self.resources.compact()
+
+    @property
+    def watch_count(self) -> int:
+        """Watch streams open now."""
+        return self.resources.watch_count
+
+    @property
+    def watches_started(self) -> int:
+        """Watch streams opened since the last :meth:`reset_resources`."""
+        return self.resources.watches_started
+
+    def wait_for_watches(self, count: int, timeout: float = 10.0) -> None:
+        """Block until at least ``count`` watch streams are open (a controller is watching)."""
+        deadline = time.monotonic() + timeout
+        while self.watch_count < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.watch_count} watches open, not {count}")
+            time.sleep(0.01)
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -264,27 +312,53 @@ class KubeApiDouble:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
-    def _authorize(self, request: Request, resource: str, group: str) -> Response | None:
-        """None if the caller may create ``resource``, else the apiserver's 401/403."""
-        if not self.require_auth:
+    def _authorize(
+        self,
+        request: Request,
+        resource: str,
+        group: str,
+        *,
+        verb: str = "create",
+        namespace: str | None = None,
+        name: str | None = None,
+    ) -> Response | None:
+        """None if the caller may ``verb`` the ``resource``, else the apiserver's 401/403.
+
+        Tokens in ``reviewers`` (the admin) may do anything the double serves but
+        :attr:`denied_access`; other valid tokens nothing; anything else is not authenticated.
+        Without ``require_auth`` (``kubectl proxy``) the caller is the admin."""
+        user = ADMIN_USER
+        if self.require_auth:
+            token = self._caller(request)
+            if token is None:
+                return status_object(401, "Unauthorized", "Unauthorized")
+            if token not in self.reviewers:
+                try:
+                    claims, _ = self._verify(token, self.api_audiences)
+                except ValueError:
+                    return status_object(401, "Unauthorized", "Unauthorized")
+                user = claims["sub"]
+        if user == ADMIN_USER and (group, resource, verb) not in self.denied_access:
             return None
-        token = self._caller(request)
-        if token is None:
-            return status_object(401, "Unauthorized", "Unauthorized")
-        if token in self.reviewers:
-            return None
-        try:
-            claims, _ = self._verify(token, self.api_audiences)
-        except ValueError:
-            return status_object(401, "Unauthorized", "Unauthorized")
+        plural = resource.partition("/")[0]
+        qualified = f"{plural}.{group}" if group else plural
+        subject = f'{qualified} "{name}"' if name else qualified
+        scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+        details = {"name": name, "group": group, "kind": plural}
         return status_object(
             403,
             "Forbidden",
-            f'{resource}.{group} is forbidden: User "{claims["sub"]}" cannot create resource '
-            f'"{resource}" in API group "{group}" at the cluster scope',
-            group=group,
-            kind=resource,
+            f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API '
+            f'group "{group}" {scope}',
+            **{k: v for k, v in details.items() if v},
         )
+
+    def _may(self, group: str, resource: str, verb: str) -> bool:
+        """What the admin's RBAC allows: TokenReviews and the API objects, but denied_access."""
+        if (group, resource, verb) in self.denied_access:
+            return False
+        reviews = (group, resource, verb) == ("authentication.k8s.io", "tokenreviews", "create")
+        return reviews or served(group, resource, verb)
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -350,16 +424,24 @@ class KubeApiDouble:
             spec = body.get("spec") or {}
             attrs = spec.get("resourceAttributes") or {}
             may_review = not self.require_auth or token in self.reviewers
-            allowed = (
-                may_review
-                and attrs.get("group") == "authentication.k8s.io"
-                and attrs.get("resource") == "tokenreviews"
-                and attrs.get("verb") == "create"
-            )
+            group, verb = attrs.get("group") or "", attrs.get("verb") or ""
+            resource = "/".join(filter(None, [attrs.get("resource"), attrs.get("subresource")]))
+            allowed = may_review and self._may(group, resource, verb)
             status: dict[str, Any] = {"allowed": allowed}
             if allowed:
-                status["reason"] = 'RBAC: allowed by ClusterRoleBinding "kamus-auth-delegator"'
+                binding = "kamus-auth-delegator" if resource == "tokenreviews" else "kamus"
+                status["reason"] = f'RBAC: allowed by ClusterRoleBinding "{binding}"'
             return review_object("SelfSubjectAccessReview", "authorization.k8s.io/v1", spec, status)
+
+        # Secrets, Events, Leases, KamusSecrets (the generic routes are GET-only where they
+        # overlap the reviews' paths, so those POSTs still reach the handlers above).
+        install_resource_routes(
+            app,
+            self.resources,
+            lambda request, verb, group, resource, namespace, name: self._authorize(
+                request, resource, group, verb=verb, namespace=namespace, name=name
+            ),
+        )
 
         # Control endpoints, for the standalone double (tests call the methods directly).
         @app.post("/_double/tokens")

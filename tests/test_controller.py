@@ -1,0 +1,397 @@
+"""The KamusSecret controller as a real ``kamus serve controller`` process, against the
+Kubernetes API double, driven through the official client. Cases 1-6 are Kamus's own controller
+flow tests; 7-10 are what Kamus lacked."""
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import httpx
+import pytest
+from fastapi import Request
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from crypto import AESKeyManager
+from tests.conftest import new_key
+from tests.k8s_double import Faults, KubeApiDouble
+from tests.processes import Service, kamus_serve
+
+T = TypeVar("T")
+GROUP, VERSION, PLURAL = "soluto.com", "v1alpha2", "kamussecrets"
+FAST = {
+    "Controller__ReconciliationIntervalInSeconds": "2",
+    "Controller__LeaseNamespace": "kamus",
+    "Controller__LeaseDurationSeconds": "3",
+    "Controller__RenewDeadlineSeconds": "2",
+    "Controller__RetryPeriodSeconds": "1",
+    "Controller__WatchTimeoutSeconds": "30",
+}
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 20.0) -> T:
+    """``check()``'s first truthy result, polling until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (ApiException, KeyError, AssertionError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout}s: {check.__doc__ or check}")
+        time.sleep(0.1)
+
+
+class Cluster:
+    """The double seen through the official client, plus the key the controller uses."""
+
+    controller: Service
+
+    def __init__(self, kube: KubeApiDouble, kubeconfig: Path, key: str) -> None:
+        self.kube = kube
+        api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        self.api = api
+        self.core = k8s.CoreV1Api(api)
+        self.custom = k8s.CustomObjectsApi(api)
+        self.coordination = k8s.CoordinationV1Api(api)
+        self.keys = AESKeyManager(base64.b64decode(key))
+
+    def close(self) -> None:
+        """Close the client's pooled TLS connections, so the double can stop at once."""
+        self.api.close()
+
+    def encrypt(self, value: str | bytes, sa_id: str) -> str:
+        data = value.encode() if isinstance(value, str) else value
+        return asyncio.run(self.keys.encrypt(data, sa_id))
+
+    def apply(self, namespace: str, name: str, **fields: Any) -> dict[str, Any]:
+        metadata = fields.pop("metadata", {})
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "KamusSecret",
+            "metadata": {"name": name, "namespace": namespace, **metadata},
+            "serviceAccount": "app",
+            **fields,
+        }
+        result = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body
+        )
+        return cast(dict[str, Any], result)
+
+    @staticmethod
+    def _at(namespace: str) -> tuple[str, str, str, str]:
+        return GROUP, VERSION, namespace, PLURAL
+
+    def kamus_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        result = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return cast(dict[str, Any], result)
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret as the apiserver serialises it (camelCase keys), or None."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        result: dict[str, Any] = self.api.sanitize_for_serialization(secret)
+        return result
+
+    def data(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = self.secret(namespace, name)
+        return None if secret is None else cast(dict[str, str], secret.get("data"))
+
+    def ready(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status = self.kamus_secret(namespace, name).get("status") or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+
+
+def controller_env(kube: KubeApiDouble, tmp: Path, key: str, **extra: str) -> dict[str, str]:
+    return {
+        "KUBECONFIG": str(kube.write_kubeconfig(tmp / "controller.kubeconfig")),
+        "KeyManagement__AES__Key": key,
+        **FAST,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("controller")
+    key = new_key()
+    with ExitStack() as stack:
+        kube = stack.enter_context(KubeApiDouble())
+        env = controller_env(kube, tmp, key, Controller__Identity="controller-main")
+        service = stack.enter_context(kamus_serve("controller", env, tmp / "controller.log"))
+        kube.wait_for_watches(2)  # KamusSecrets and Secrets
+        cluster = Cluster(kube, kube.write_kubeconfig(tmp / "test.kubeconfig"), key)
+        stack.callback(cluster.close)
+        cluster.controller = service
+        yield cluster
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# 1
+def test_create_makes_the_secret_with_type_string_data_and_binary_data(cluster: Cluster) -> None:
+    binary = b"\x00\x01\xfe\xff certificate bytes"
+    created = cluster.apply(
+        "case1",
+        "tls",
+        type="kubernetes.io/tls",
+        stringData={"tls.key": cluster.encrypt("private key", "case1:app")},
+        data={"tls.crt": cluster.encrypt(b64(binary), "case1:app")},
+    )
+    secret = eventually(lambda: cluster.secret("case1", "tls"))
+    assert secret["type"] == "kubernetes.io/tls"
+    assert secret["data"] == {"tls.key": b64(b"private key"), "tls.crt": b64(binary)}
+    [owner] = secret["metadata"]["ownerReferences"]
+    assert owner == {
+        "apiVersion": "soluto.com/v1alpha2",
+        "kind": "KamusSecret",
+        "name": "tls",
+        "uid": created["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    ready = eventually(lambda: cluster.ready("case1", "tls"))
+    assert (ready["status"], ready["reason"]) == ("True", "Synced")
+    assert cluster.kamus_secret("case1", "tls")["status"]["observedGeneration"] == 1
+
+
+# 2 and 3
+@pytest.mark.parametrize("propagate", [False, True])
+def test_labels_are_copied_and_annotations_only_when_asked(
+    cluster: Cluster, propagate: bool
+) -> None:
+    namespace = f"case2-{str(propagate).lower()}"
+    cluster.apply(
+        namespace,
+        "app",
+        metadata={
+            "labels": {"app": "api", "tier": "backend"},
+            "annotations": {
+                "owner": "team-a",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            },
+        },
+        propagateAnnotations=propagate,
+        stringData={"k": cluster.encrypt("v", f"{namespace}:app")},
+    )
+    secret = eventually(lambda: cluster.secret(namespace, "app"))
+    assert secret["metadata"]["labels"] == {"app": "api", "tier": "backend"}
+    annotations = secret["metadata"].get("annotations", {})
+    assert annotations == ({"owner": "team-a"} if propagate else {})
+
+
+# 4
+def test_a_secret_deleted_by_hand_comes_back(cluster: Cluster) -> None:
+    cluster.apply("case4", "db", stringData={"password": cluster.encrypt("p4ss", "case4:app")})
+    first = eventually(lambda: cluster.secret("case4", "db"))
+    cluster.core.delete_namespaced_secret("db", "case4")
+    again = eventually(lambda: cluster.secret("case4", "db"), timeout=5)
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]
+    assert again["data"] == {"password": b64(b"p4ss")}
+
+
+# 5
+def test_an_updated_kamussecret_updates_the_secret(cluster: Cluster) -> None:
+    cluster.apply("case5", "db", stringData={"password": cluster.encrypt("old", "case5:app")})
+    eventually(lambda: cluster.secret("case5", "db"))
+    patch = {
+        "metadata": {"labels": {"rotated": "yes"}},
+        "type": "example.com/custom",
+        "stringData": {"password": cluster.encrypt("new", "case5:app")},
+    }
+    cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, "case5", PLURAL, "db", patch)
+
+    def updated() -> bool:
+        secret = cluster.secret("case5", "db")
+        return bool(
+            secret
+            and secret["data"] == {"password": b64(b"new")}
+            and secret["type"] == "example.com/custom"
+            and secret["metadata"].get("labels") == {"rotated": "yes"}
+        )
+
+    eventually(updated)
+    eventually(lambda: cluster.kamus_secret("case5", "db")["status"]["observedGeneration"] == 2)
+
+
+# 6
+def test_deleting_the_kamussecret_deletes_the_secret(cluster: Cluster) -> None:
+    cluster.apply("case6", "db", stringData={"k": cluster.encrypt("v", "case6:app")})
+    eventually(lambda: cluster.secret("case6", "db"))
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, "case6", PLURAL, "db")
+    eventually(lambda: cluster.secret("case6", "db") is None)
+
+
+# 7
+def test_one_bad_item_means_no_secret_and_a_clear_condition(cluster: Cluster) -> None:
+    cluster.apply(
+        "case7",
+        "db",
+        stringData={
+            "good": cluster.encrypt("fine", "case7:app"),
+            "stolen": cluster.encrypt("for another app", "case7:other"),
+        },
+        data={"garbage": "not-a-ciphertext"},
+    )
+    ready = eventually(lambda: cluster.ready("case7", "db"))
+    assert (ready["status"], ready["reason"]) == ("False", "DecryptionFailed")
+    assert "data.garbage" in ready["message"]
+    assert "stringData.stolen" in ready["message"]
+    assert "stringData.good" not in ready["message"]
+    assert "fine" not in ready["message"]
+    time.sleep(1)
+    assert cluster.secret("case7", "db") is None
+    warning = eventually(
+        lambda: [e for e in cluster.kube.events if e["involvedObject"]["namespace"] == "case7"]
+    )[0]
+    assert (warning["type"], warning["reason"]) == ("Warning", "DecryptionFailed")
+
+
+# 8
+def test_the_controller_recovers_from_dropped_and_expired_watches(cluster: Cluster) -> None:
+    started = cluster.kube.watches_started
+    cluster.kube.drop_watches()
+    eventually(lambda: cluster.kube.watches_started >= started + 2)
+    cluster.apply("case8", "after-drop", stringData={"k": cluster.encrypt("1", "case8:app")})
+    eventually(lambda: cluster.secret("case8", "after-drop"))
+    cluster.kube.compact()  # every resourceVersion the controller knows is now too old
+    cluster.kube.drop_watches()
+    cluster.apply("case8", "after-410", stringData={"k": cluster.encrypt("2", "case8:app")})
+    secret = eventually(lambda: cluster.secret("case8", "after-410"))
+    assert secret["data"] == {"k": b64(b"2")}
+
+
+def test_apiserver_errors_are_retried_with_backoff_not_a_crash(cluster: Cluster) -> None:
+    """Kamus's controller exited when the apiserver failed; this one backs off and goes on."""
+
+    def controller_list_or_watch(request: Request) -> bool:
+        return request.url.path == f"/apis/{GROUP}/{VERSION}/{PLURAL}"  # cluster-wide: ours
+
+    cluster.kube.faults = Faults(fail_status=500, remaining=3, when=controller_list_or_watch)
+    try:
+        cluster.kube.drop_watches()
+        eventually(lambda: cluster.kube.faults.remaining == 0)
+        cluster.apply("errors", "db", stringData={"k": cluster.encrypt("v", "errors:app")})
+        assert eventually(lambda: cluster.data("errors", "db")) == {"k": b64(b"v")}
+    finally:
+        cluster.kube.faults = Faults()
+    assert cluster.controller.process.poll() is None
+    warnings = [line["message"] for line in cluster.controller.log_lines()]
+    assert any("KamusSecret watch failed: 500" in message for message in warnings)
+
+
+# 10
+def test_a_secret_it_does_not_own_is_left_alone_unless_adoption_is_asked(
+    cluster: Cluster,
+) -> None:
+    cluster.core.create_namespaced_secret(
+        "case10", k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="db"), string_data={"x": "mine"})
+    )
+    cluster.apply("case10", "db", stringData={"k": cluster.encrypt("v", "case10:app")})
+    ready = eventually(lambda: cluster.ready("case10", "db"))
+    assert (ready["status"], ready["reason"]) == ("False", "SecretNotOwned")
+    assert "kamus.soluto.com/adopt=true" in ready["message"]
+    assert cluster.data("case10", "db") == {"x": b64(b"mine")}
+    annotation = {"metadata": {"annotations": {"kamus.soluto.com/adopt": "true"}}}
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, "case10", PLURAL, "db", annotation
+    )
+    eventually(lambda: cluster.data("case10", "db") == {"k": b64(b"v")})
+
+
+def test_health_readiness_and_metrics(cluster: Cluster) -> None:
+    url = cluster.controller.url
+    health = httpx.get(f"{url}/healthz", timeout=10)
+    assert health.status_code == 200, health.text
+    ready = httpx.get(f"{url}/readyz", timeout=5).json()
+    assert ready == {"status": "ready", "leader": True, "identity": "controller-main"}
+    cluster.apply("metrics", "m", stringData={"k": cluster.encrypt("v", "metrics:app")})
+    eventually(lambda: cluster.secret("metrics", "m"))
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    assert "kamus_controller_leader 1.0" in text
+    assert 'kamus_controller_reconciles_total{outcome="created"}' in text
+    assert "kamus_controller_kamussecrets " in text
+    assert "kamus_controller_reconcile_duration_seconds_bucket" in text
+
+
+def test_audit_lines_name_the_secret_never_a_value(cluster: Cluster) -> None:
+    cluster.apply("audit", "db", stringData={"password": cluster.encrypt("hunter2", "audit:app")})
+    eventually(lambda: cluster.secret("audit", "db"))
+
+    def audit_lines() -> list[dict[str, Any]]:
+        return [
+            line
+            for line in cluster.controller.log_lines()
+            if line.get("log_type") == "audit" and line.get("namespace") == "audit"
+        ]
+
+    audits = eventually(audit_lines)
+    assert audits[0]["action"] == "created"
+    assert audits[0]["keys"] == ["password"]
+    assert "hunter2" not in cluster.controller.log_file.read_text()
+
+
+def test_healthz_reports_missing_rbac(tmp_path: Path) -> None:
+    key = new_key()
+    with KubeApiDouble() as kube:
+        kube.denied_access.add(("", "secrets", "create"))
+        env = controller_env(kube, tmp_path, key)
+        log_file = tmp_path / "controller.log"
+        with kamus_serve("controller", env, log_file, ready_path="/readyz") as controller:
+            health = httpx.get(f"{controller.url}/healthz", timeout=10)
+    assert health.status_code == 503
+    assert health.json() == {"status": "forbidden", "missing": ["create secrets"]}
+
+
+# 9
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_two_controllers_elect_one_leader_and_fail_over(tmp_path: Path, how: str) -> None:
+    """A stopped leader hands the Lease over; a killed one loses it when it expires."""
+    key = new_key()
+    with KubeApiDouble() as kube, ExitStack() as stack:
+        cluster = Cluster(kube, kube.write_kubeconfig(tmp_path / "test.kubeconfig"), key)
+        stack.callback(cluster.close)
+        services = {}
+        for name in ("a", "b"):
+            env = controller_env(kube, tmp_path, key, Controller__Identity=name)
+            services[name] = stack.enter_context(
+                kamus_serve("controller", env, tmp_path / f"{name}.log")
+            )
+
+        def leading(service: Service) -> bool:
+            try:
+                return bool(httpx.get(f"{service.url}/readyz", timeout=5).json()["leader"])
+            except httpx.TransportError:  # stopping or stopped
+                return False
+
+        def leaders() -> list[str]:
+            return [name for name, service in services.items() if leading(service)]
+
+        [leader] = eventually(leaders)
+        lease = cluster.coordination.read_namespaced_lease("kamus-controller", "kamus")
+        assert lease.spec is not None
+        assert lease.spec.holder_identity == leader
+        cluster.apply("ha", "first", stringData={"k": cluster.encrypt("1", "ha:app")})
+        eventually(lambda: cluster.secret("ha", "first"))
+        assert leaders() == [leader]  # the other one stands by
+
+        leaving = services[leader].process
+        leaving.terminate() if how == "stopped" else leaving.kill()
+        follower = "b" if leader == "a" else "a"
+        eventually(lambda: leaders() == [follower], timeout=30)
+        cluster.apply("ha", "second", stringData={"k": cluster.encrypt("2", "ha:app")})
+        assert eventually(lambda: cluster.data("ha", "second")) == {"k": b64(b"2")}
