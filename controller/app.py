@@ -29,26 +29,32 @@ from kamus.web import create_base_app
 
 log = logging.getLogger(__name__)
 
-# What the controller must be allowed to do (checked by /healthz, as Kamus's controller did).
+# What the controller must be allowed to do (checked by /healthz, as Kamus's controller did):
+# (group, resource[/subresource], verb, in the Lease namespace rather than cluster-wide).
 NEEDED = [
-    (GROUP, PLURAL, "list"),
-    (GROUP, PLURAL, "watch"),
-    (GROUP, PLURAL, "get"),
-    (GROUP, f"{PLURAL}/status", "patch"),
-    ("", "secrets", "list"),
-    ("", "secrets", "watch"),
-    ("", "secrets", "create"),
-    ("", "secrets", "update"),
-    ("", "secrets", "delete"),
-    ("", "events", "create"),
+    (GROUP, PLURAL, "list", False),
+    (GROUP, PLURAL, "watch", False),
+    (GROUP, PLURAL, "get", False),
+    (GROUP, f"{PLURAL}/status", "patch", False),
+    ("", "secrets", "list", False),
+    ("", "secrets", "watch", False),
+    ("", "secrets", "get", False),
+    ("", "secrets", "create", False),
+    ("", "secrets", "update", False),
+    ("", "secrets", "delete", False),
+    ("", "events", "create", False),
+    ("coordination.k8s.io", "leases", "get", True),
+    ("coordination.k8s.io", "leases", "create", True),
+    ("coordination.k8s.io", "leases", "update", True),
 ]
 
 
 class AccessCheck:
     """SelfSubjectAccessReviews of everything in NEEDED, cached."""
 
-    def __init__(self, api: ApiClient, cache_seconds: float = 30.0) -> None:
+    def __init__(self, api: ApiClient, lease_namespace: str, cache_seconds: float = 30.0) -> None:
         self._authz = AuthorizationV1Api(api)
+        self._lease_namespace = lease_namespace
         self._cache_seconds = cache_seconds
         self._result: tuple[float, list[str]] | None = None
 
@@ -56,20 +62,26 @@ class AccessCheck:
         if self._result and time.monotonic() - self._result[0] < self._cache_seconds:
             return self._result[1]
         missing = []
-        for group, resource, verb in NEEDED:
+        for group, resource, verb, in_lease_namespace in NEEDED:
             plural, _, sub = resource.partition("/")
+            namespace = self._lease_namespace if in_lease_namespace else None
             review = V1SelfSubjectAccessReview(
                 api_version="authorization.k8s.io/v1",
                 kind="SelfSubjectAccessReview",
                 spec=V1SelfSubjectAccessReviewSpec(
                     resource_attributes=V1ResourceAttributes(
-                        group=group, resource=plural, subresource=sub or None, verb=verb
+                        group=group,
+                        resource=plural,
+                        subresource=sub or None,
+                        verb=verb,
+                        namespace=namespace,
                     )
                 ),
             )
             result = await self._authz.create_self_subject_access_review(review)
             if not (result.status and result.status.allowed):
-                missing.append(f"{verb} {resource}{'.' + group if group else ''}")
+                where = f" in {namespace}" if namespace else ""
+                missing.append(f"{verb} {resource}{'.' + group if group else ''}{where}")
         self._result = (time.monotonic(), missing)
         return missing
 
@@ -91,11 +103,12 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         except ConfigurationError as exc:
             log.error("the controller cannot start: %s", exc)
             raise
+        leases_in = lease_namespace(settings)
         controller = KamusSecretController(
-            api, keys, settings.controller, metrics, lease_namespace=lease_namespace(settings)
+            api, keys, settings.controller, metrics, lease_namespace=leases_in
         )
         task = asyncio.create_task(controller.run())
-        state.update(controller=controller, access=AccessCheck(api))
+        state.update(controller=controller, access=AccessCheck(api, leases_in))
         try:
             yield
         finally:

@@ -348,12 +348,16 @@ def test_healthz_reports_missing_rbac(tmp_path: Path) -> None:
     key = new_key()
     with KubeApiDouble() as kube:
         kube.denied_access.add(("", "secrets", "create"))
+        kube.denied_access.add(("coordination.k8s.io", "leases", "update"))
         env = controller_env(kube, tmp_path, key)
         log_file = tmp_path / "controller.log"
         with kamus_serve("controller", env, log_file, ready_path="/readyz") as controller:
             health = httpx.get(f"{controller.url}/healthz", timeout=10)
     assert health.status_code == 503
-    assert health.json() == {"status": "forbidden", "missing": ["create secrets"]}
+    assert health.json() == {
+        "status": "forbidden",
+        "missing": ["create secrets", "update leases.coordination.k8s.io in kamus"],
+    }
 
 
 # 9

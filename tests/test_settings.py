@@ -187,3 +187,20 @@ def test_serve_reports_invalid_settings_without_their_values(
 def test_serve_rejects_unknown_services() -> None:
     result = CliRunner().invoke(main, ["serve", "controller-x"])
     assert result.exit_code == 2
+
+
+def test_controller_election_timing_is_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KeyManagement__AES__Key", new_key())
+    monkeypatch.setenv("Controller__LeaseDurationSeconds", "5")
+    monkeypatch.setenv("Controller__RenewDeadlineSeconds", "5")
+    result = CliRunner().invoke(main, ["serve", "controller"])
+    assert result.exit_code == 1
+    assert "Controller__LeaseDurationSeconds > Controller__RenewDeadlineSeconds" in result.output
+
+
+def test_controller_lease_duration_must_be_whole_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KeyManagement__AES__Key", new_key())
+    monkeypatch.setenv("Controller__LeaseDurationSeconds", "2.5")
+    result = CliRunner().invoke(main, ["serve", "controller"])
+    assert result.exit_code == 1
+    assert "LeaseDurationSeconds" in result.output
