@@ -58,6 +58,7 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = time.monotonic()
         self._lock = asyncio.Lock()
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def take(self) -> None:
         async with self._lock:
@@ -65,7 +66,7 @@ class TokenBucket:
             self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
             self._stamp = now
             if self._tokens < 1:
-                await asyncio.sleep((1 - self._tokens) / self._rate)
+                await self.sleep((1 - self._tokens) / self._rate)
                 self._stamp = time.monotonic()
                 self._tokens = 1
             self._tokens -= 1

@@ -1,5 +1,7 @@
 """The ``kamus`` command."""
 
+import os
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,10 +71,23 @@ def serve(service: Service, host: str, port: int) -> None:
             app = create_controller(settings)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
+    tls = settings.server
+    for name, path in [
+        ("Server__TlsCertFile", tls.tls_cert_file),
+        ("Server__TlsKeyFile", tls.tls_key_file),
+        ("Server__TlsClientCaFile", tls.tls_client_ca_file),
+    ]:
+        if path is not None and not os.access(path, os.R_OK):
+            raise click.ClickException(f"{name}: {path} cannot be read")
     uvicorn.run(
         app,
         host=host,
         port=port,
+        ssl_certfile=tls.tls_cert_file,
+        ssl_keyfile=tls.tls_key_file,
+        ssl_ca_certs=str(tls.tls_client_ca_file) if tls.tls_client_ca_file else None,
+        # A client CA means clients must present a certificate it signed (mutual TLS).
+        ssl_cert_reqs=ssl.CERT_REQUIRED if tls.tls_client_ca_file else ssl.CERT_NONE,
         log_config=None,
         access_log=False,
         server_header=False,

@@ -156,10 +156,22 @@ class ControllerSettings(_Section):
 
 
 class ServerSettings(_Section):
+    # TLS serving (the Helm chart mounts these from a Secret, or from cert-manager).
+    tls_cert_file: Path | None = Field(None, alias="TlsCertFile")
+    tls_key_file: Path | None = Field(None, alias="TlsKeyFile")
+    tls_client_ca_file: Path | None = Field(None, alias="TlsClientCaFile")
     max_request_body_bytes: int = Field(1024 * 1024, ge=1, alias="MaxRequestBodyBytes")
     retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
     max_batch_items: int = Field(500, ge=1, alias="MaxBatchItems")
     batch_concurrency: int = Field(8, ge=1, alias="BatchConcurrency")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both Server__TlsCertFile and Server__TlsKeyFile, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("Server__TlsClientCaFile needs Server__TlsCertFile/TlsKeyFile")
+        return self
 
 
 class LoggingSettings(_Section):

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -54,7 +55,12 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 @contextmanager
 def kamus_serve(
-    service: str, env: Mapping[str, str], log_file: Path, *, ready_path: str = "/healthz"
+    service: str,
+    env: Mapping[str, str],
+    log_file: Path,
+    *,
+    ready_path: str = "/healthz",
+    verify: ssl.SSLContext | bool = True,
 ) -> Iterator[Service]:
     """``kamus serve <service>`` on a free loopback port, with only ``env`` plus PATH/HOME;
     yields once ``ready_path`` answers 200."""
@@ -68,7 +74,7 @@ def kamus_serve(
         )
     try:
         url = _wait_for_url(log_file, process, timeout=30)
-        assert httpx.get(f"{url}{ready_path}", timeout=5).status_code == 200
+        assert httpx.get(f"{url}{ready_path}", timeout=5, verify=verify).status_code == 200
         yield Service(url, log_file, process)
     finally:
         stop(process)

@@ -1,0 +1,87 @@
+"""``kamus serve`` over TLS, and with mutual TLS, as the Helm chart's TLS option runs it."""
+
+import ssl
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+from click.testing import CliRunner
+
+from kamus.cli import main
+from tests.conftest import new_key
+from tests.processes import kamus_serve
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_env(ca: trustme.CA, tmp: Path, **extra: str) -> dict[str, str]:
+    server = ca.issue_cert("127.0.0.1", "kamus-encryptor.kamus.svc")
+    server.cert_chain_pems[0].write_to_path(tmp / "tls.crt")
+    for blob in server.cert_chain_pems[1:]:
+        blob.write_to_path(tmp / "tls.crt", append=True)
+    server.private_key_pem.write_to_path(tmp / "tls.key")
+    return {
+        "KeyManagement__AES__Key": new_key(),
+        "Server__TlsCertFile": str(tmp / "tls.crt"),
+        "Server__TlsKeyFile": str(tmp / "tls.key"),
+        **extra,
+    }
+
+
+def client_context(ca: trustme.CA, *, with_cert: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    if with_cert:
+        ca.issue_cert("kamus-cli").configure_cert(context)
+    return context
+
+
+def test_the_encryptor_serves_https_with_the_given_certificate(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    trusting = client_context(ca, with_cert=False)
+    env = tls_env(ca, tmp_path)
+    with kamus_serve("encryptor", env, tmp_path / "log", verify=trusting) as encryptor:
+        assert encryptor.url.startswith("https://")
+        body = {"data": "s3cret", "service-account": "app", "namespace": "team"}
+        reply = httpx.post(f"{encryptor.url}/api/v1/encrypt", json=body, verify=trusting)
+        assert reply.status_code == 200
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{encryptor.url}/healthz")  # the system CAs do not know this one
+
+
+def test_a_client_ca_requires_client_certificates(ca: trustme.CA, tmp_path: Path) -> None:
+    ca.cert_pem.write_to_path(tmp_path / "clients.crt")
+    env = tls_env(ca, tmp_path, Server__TlsClientCaFile=str(tmp_path / "clients.crt"))
+    with_cert = client_context(ca, with_cert=True)
+    with kamus_serve("encryptor", env, tmp_path / "log", verify=with_cert) as encryptor:
+        assert httpx.get(f"{encryptor.url}/healthz", verify=with_cert).status_code == 200
+        without = client_context(ca, with_cert=False)
+        with pytest.raises((httpx.ReadError, httpx.ConnectError, httpx.RemoteProtocolError)):
+            httpx.get(f"{encryptor.url}/healthz", verify=without)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"Server__TlsCertFile": "/etc/hostname"}, "set both Server__TlsCertFile"),
+        (
+            {"Server__TlsCertFile": "/nope.crt", "Server__TlsKeyFile": "/nope.key"},
+            "Server__TlsCertFile: /nope.crt cannot be read",
+        ),
+        ({"Server__TlsClientCaFile": "/etc/hostname"}, "TlsClientCaFile needs"),
+    ],
+)
+def test_tls_misconfiguration_is_refused_clearly(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    monkeypatch.setenv("KeyManagement__AES__Key", new_key())
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["serve", "encryptor", "--port", "0"])
+    assert result.exit_code == 1
+    assert message in result.output
