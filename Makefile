@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest double clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/tools/install-helm.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	PYTHON=$(BIN)/python deploy/tools/install-helm.sh $(BIN)
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -1,0 +1,172 @@
+{{/* Names: <release>-kamus-<component>, shortened to 63 characters. */}}
+{{- define "kamus.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kamus.name" -}}
+{{- printf "%s-%s" (include "kamus.fullname" .root) .component -}}
+{{- end -}}
+
+{{- define "kamus.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "kamus.labels" -}}
+{{ include "kamus.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "kamus.image" -}}
+{{- $v := .root.Values.image -}}
+{{- printf "%s/kamus-%s:%s" $v.repository .image (default .root.Chart.AppVersion $v.version) -}}
+{{- end -}}
+
+{{/* The Secret with the key material or KMS credentials. */}}
+{{- define "kamus.keySecretName" -}}
+{{- default (printf "%s-keys" (include "kamus.fullname" .)) .Values.keyManagement.secretName -}}
+{{- end -}}
+
+{{/* The Secret as it is in the cluster (empty under `helm template`). Kept on one line: the
+chart tests replace it to simulate an upgrade. */}}
+{{- define "kamus.existingKeySecret" -}}
+{{- lookup "v1" "Secret" .Release.Namespace (include "kamus.keySecretName" .) | toJson -}}
+{{- end -}}
+
+{{- define "kamus.port" -}}
+{{- if .root.Values.tls.enabled }}{{ 443 }}{{ else }}{{ .root.Values.service.port }}{{ end -}}
+{{- end -}}
+
+{{- define "kamus.scheme" -}}
+{{- if .Values.tls.enabled }}HTTPS{{ else }}HTTP{{ end -}}
+{{- end -}}
+
+{{- define "kamus.tlsSecretName" -}}
+{{- $given := index .root.Values.tls (printf "%sSecretName" .component) -}}
+{{- default (printf "%s-tls" (include "kamus.name" .)) $given -}}
+{{- end -}}
+
+{{/* Pod and container hardening, the same for every workload. */}}
+{{- define "kamus.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "kamus.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* ConfigMap data: the key provider's settings. Secrets are never here, only the paths of
+the files they are mounted as. */}}
+{{- define "kamus.keyConfig" -}}
+{{- $km := .Values.keyManagement -}}
+KeyManagement__Provider: {{ $km.provider | quote }}
+{{- if eq $km.provider "AESKey" }}
+KeyManagement__AES__KeyFile: /var/run/secrets/kamus/aes-key
+{{- if $km.AES.previousKeys }}
+KeyManagement__AES__PreviousKeysFile: /var/run/secrets/kamus/aes-previous-keys
+{{- end }}
+{{- else if eq $km.provider "AzureKeyVault" }}
+KeyManagement__KeyVault__Name: {{ required "keyManagement.azureKeyVault.keyVaultName is required" $km.azureKeyVault.keyVaultName | quote }}
+KeyManagement__KeyVault__KeyType: {{ $km.azureKeyVault.keyType | quote }}
+KeyManagement__KeyVault__KeyLength: {{ $km.azureKeyVault.keySize | quote }}
+KeyManagement__KeyVault__MaximumDataLength: {{ $km.azureKeyVault.maximumDataLength | quote }}
+{{- with $km.azureKeyVault.clientId }}
+ActiveDirectory__ClientId: {{ . | quote }}
+{{- end }}
+{{- with $km.azureKeyVault.tenantId }}
+ActiveDirectory__TenantId: {{ . | quote }}
+{{- end }}
+{{- if or $km.azureKeyVault.clientSecret $km.secretName }}
+ActiveDirectory__ClientSecretFile: /var/run/secrets/kamus/azure-client-secret
+{{- end }}
+{{- else if eq $km.provider "GoogleKms" }}
+KeyManagement__GoogleKms__ProjectId: {{ required "keyManagement.googleKms.projectId is required" $km.googleKms.projectId | quote }}
+KeyManagement__GoogleKms__Location: {{ $km.googleKms.location | quote }}
+KeyManagement__GoogleKms__KeyRingName: {{ $km.googleKms.keyRing | quote }}
+KeyManagement__GoogleKms__ProtectionLevel: {{ $km.googleKms.protectionLevel | quote }}
+{{- if or $km.googleKms.credentials $km.secretName }}
+KeyManagement__GoogleKms__CredentialsPath: /var/run/secrets/kamus/google-credentials.json
+{{- end }}
+{{- else if eq $km.provider "AwsKms" }}
+KeyManagement__AwsKms__Region: {{ required "keyManagement.awsKms.region is required" $km.awsKms.region | quote }}
+KeyManagement__AwsKms__CmkPrefix: {{ $km.awsKms.cmkPrefix | quote }}
+KeyManagement__AwsKms__AutomaticKeyRotation: {{ $km.awsKms.enableAutomaticKeyRotation | quote }}
+{{- if or $km.awsKms.key $km.secretName }}
+# The SDK's standard credentials file, so static keys never sit in the environment.
+AWS_SHARED_CREDENTIALS_FILE: /var/run/secrets/kamus/aws-credentials
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Whether the provider needs the key Secret mounted at all. */}}
+{{- define "kamus.needsKeySecret" -}}
+{{- $km := .Values.keyManagement -}}
+{{- if or (eq $km.provider "AESKey") $km.secretName $km.azureKeyVault.clientSecret $km.googleKms.credentials $km.awsKms.key -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "kamus.tlsEnv" -}}
+{{- if .root.Values.tls.enabled }}
+- name: Server__TlsCertFile
+  value: /var/run/secrets/kamus-tls/tls.crt
+- name: Server__TlsKeyFile
+  value: /var/run/secrets/kamus-tls/tls.key
+{{- end }}
+{{- end -}}
+
+{{- define "kamus.topologySpread" -}}
+{{- if .root.Values.topologySpread.enabled }}
+topologySpreadConstraints:
+  - maxSkew: {{ .root.Values.topologySpread.maxSkew }}
+    topologyKey: {{ .root.Values.topologySpread.topologyKey }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "kamus.selectorLabels" . | nindent 8 }}
+{{- end }}
+{{- end -}}
+
+{{- define "kamus.scheduling" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Rolls the pods when their configuration or key material changes. The key Secret's own
+rendering is not hashed: a generated key would change the hash at every render. */}}
+{{- define "kamus.checksums" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/keys: {{ .Values.keyManagement | toJson | sha256sum }}
+{{- end -}}
