@@ -25,6 +25,7 @@ from decryptor.auth import (
     StaticTokenFileAuthenticator,
     TokenReviewAuthenticator,
 )
+from decryptor.token_cache import CachingAuthenticator
 from kamus.identity import parse_service_account_user, sa_id
 from kamus.kube import create_api_client
 from kamus.metrics import Metrics
@@ -61,19 +62,29 @@ class BatchDecryptRequest(BaseModel):
     items: BatchItems = Field(description="Ciphertexts by name, e.g. the files of a ConfigMap.")
 
 
-async def build_authenticator(settings: Settings) -> Authenticator:
+async def build_authenticator(settings: Settings, metrics: Metrics) -> Authenticator:
     kube = settings.kubernetes
     if kube.token_auth_file is not None:
         try:
             return StaticTokenFileAuthenticator(kube.token_auth_file)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
-    return TokenReviewAuthenticator(
+    decryptor = settings.decryptor
+    reviews = TokenReviewAuthenticator(
         await create_api_client(kube),
-        audiences=settings.decryptor.audiences,
+        audiences=decryptor.audiences,
         timeout_seconds=kube.request_timeout_seconds,
         max_concurrency=kube.max_concurrent_requests,
-        access_review_cache_seconds=settings.decryptor.access_review_cache_seconds,
+        access_review_cache_seconds=decryptor.access_review_cache_seconds,
+    )
+    if decryptor.token_review_cache_seconds == 0:
+        return reviews
+    return CachingAuthenticator(
+        reviews,
+        ttl_seconds=decryptor.token_review_cache_seconds,
+        max_entries=decryptor.token_review_cache_size,
+        audiences=decryptor.audiences,
+        observe=lambda result: metrics.token_review_cache.labels(result).inc(),
     )
 
 
@@ -96,7 +107,7 @@ def create_app(
             yield
             return
         try:
-            auth = await build_authenticator(settings)
+            auth = await build_authenticator(settings, metrics)
         except ConfigurationError as exc:
             log.error("the decryptor cannot start: %s", exc)
             raise

@@ -74,6 +74,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.token_review_cache = Counter(
+            "kamus_token_review_cache",
+            "TokenReview cache lookups: hit, miss (a TokenReview was sent) or coalesced (joined "
+            "one in flight for the same token).",
+            ["result"],
+            registry=self.registry,
+        )
 
     # crypto.kms.KmsObserver, so providers report without knowing Prometheus.
     def kms_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:

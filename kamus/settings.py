@@ -98,7 +98,8 @@ class KeyManagementSettings(_Section):
     allow_legacy_ciphertexts: bool = Field(True, alias="AllowLegacyCiphertexts")
     timeout_seconds: float = Field(10.0, gt=0, alias="TimeoutSeconds")
     max_retries: int = Field(3, ge=0, le=10, alias="MaxRetries")
-    max_concurrent_calls: int = Field(16, ge=1, alias="MaxConcurrentCalls")
+    # A pod's 20 values decrypt at once: the calls of one batch run concurrently.
+    max_concurrent_calls: int = Field(32, ge=1, alias="MaxConcurrentCalls")
 
 
 class ActiveDirectorySettings(_Section):
@@ -119,6 +120,10 @@ class DecryptorSettings(_Section):
     audiences: CommaList = Field(default_factory=list, alias="Audiences")
     deny_default_service_account: bool = Field(True, alias="DenyDefaultServiceAccount")
     access_review_cache_seconds: float = Field(30.0, ge=0, alias="AccessReviewCacheSeconds")
+    # As kube-apiserver's delegated authentication: accepted tokens are trusted for this long
+    # (never past their exp) without a new TokenReview; 0 turns the cache off.
+    token_review_cache_seconds: float = Field(10.0, ge=0, alias="TokenReviewCacheSeconds")
+    token_review_cache_size: int = Field(10_000, ge=1, alias="TokenReviewCacheSize")
 
     _split = field_validator("audiences", mode="before")(_split_commas)
 
@@ -163,7 +168,7 @@ class ServerSettings(_Section):
     max_request_body_bytes: int = Field(1024 * 1024, ge=1, alias="MaxRequestBodyBytes")
     retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
     max_batch_items: int = Field(500, ge=1, alias="MaxBatchItems")
-    batch_concurrency: int = Field(8, ge=1, alias="BatchConcurrency")
+    batch_concurrency: int = Field(32, ge=1, alias="BatchConcurrency")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:

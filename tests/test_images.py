@@ -4,7 +4,7 @@ The lint tests (hadolint, trivy) always run. The image tests build both images w
 without a Docker engine or a registry (see deploy/images/ and the tooling notes), and run them:
 the encryptor encrypts, the decryptor decrypts that ciphertext for a token the Kubernetes API
 double accepts, the same image runs ``kamus init`` and the controller, and the HEALTHCHECK
-passes. Without podman they skip, loudly: run deploy/images/install-tools.sh (as root).
+passes. Without podman they skip, loudly: run deploy/tools/install-system-tools.sh (as root).
 
 The built images are kept in podman's store (localhost/kamus-*:test), so that a rerun reuses
 the layer cache; ``podman rmi`` them, and the base image, to measure a cold build.
@@ -199,7 +199,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
     if binary is None:
         pytest.skip(
             "podman is not installed: the images were NOT built or run; "
-            "run deploy/images/install-tools.sh"
+            "run deploy/tools/install-system-tools.sh"
         )
     conf = tmp_path_factory.mktemp("podman") / "containers.conf"
     conf.write_text(CONTAINERS_CONF)

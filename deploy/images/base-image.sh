@@ -14,7 +14,7 @@
 #   podman build -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro ...
 #
 # Idempotent: does nothing when the tag exists. To rebuild, podman rmi python:3.11-slim first.
-# Needs root, podman and mmdebstrap (deploy/images/install-tools.sh) and deb.debian.org.
+# Needs root, podman and mmdebstrap (deploy/tools/install-system-tools.sh) and deb.debian.org.
 set -euo pipefail
 
 BASE_IMAGE=docker.io/library/python:3.11-slim  # the tag the Dockerfiles name
@@ -23,7 +23,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=python3,python3-venv,python3-pip,ca-certificates
 
 missing() {
-    echo "base-image: $1 is missing; run deploy/images/install-tools.sh" >&2
+    echo "base-image: $1 is missing; run deploy/tools/install-system-tools.sh" >&2
     exit 1
 }
 command -v podman >/dev/null || missing podman

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# Installs what tests/test_images.py needs to build and run the images without a Docker engine:
-# podman and buildah (build, run), runc (crun cannot run here: cgroups v1 "hybrid" and no
-# CAP_SYS_RESOURCE) and mmdebstrap (the local stand-in for python:3.11-slim, see base-image.sh).
+# Installs the system tools the tests use, from Debian: for tests/test_images.py, which builds and
+# runs the images without a Docker engine, podman and buildah (build, run), runc (crun cannot run
+# here: cgroups v1 "hybrid" and no CAP_SYS_RESOURCE) and mmdebstrap (the local stand-in for
+# python:3.11-slim, see deploy/images/base-image.sh); for bench/, the load generator wrk.
 #
 # Installs only what is missing, with apt-get, and only as root. When it cannot (not root, no
 # apt-get, apt failed) it says so loudly and exits 0, so that the rest of the suite still runs:
 # without podman the image tests skip, saying why.
 #
-#   deploy/images/install-tools.sh
+#   deploy/tools/install-system-tools.sh
 set -euo pipefail
 
-TOOLS=(podman buildah runc mmdebstrap)  # each command comes in the Debian package of its name
+TOOLS=(podman buildah runc mmdebstrap wrk)  # each command comes in the Debian package of its name
 
 missing=()
 for cmd in "${TOOLS[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "install-tools: podman, buildah, runc and mmdebstrap are installed"
+    echo "install-tools: ${TOOLS[*]} are installed"
     exit 0
 fi
 
@@ -28,6 +29,9 @@ loud() {
         echo "# The container image tests (tests/test_images.py) will be SKIPPED." >&2
     else
         echo "# The container image tests (tests/test_images.py) may FAIL." >&2
+    fi
+    if [[ " ${missing[*]} " == *" wrk "* ]]; then
+        echo "# The benchmarks (bench/) fall back to their slower Python load generator." >&2
     fi
     echo "# Install them by hand: apt-get install -y ${missing[*]}" >&2
     echo "#####################################################################" >&2
@@ -54,4 +58,5 @@ for cmd in "${TOOLS[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || loud "$cmd still missing after apt-get install"
 done
 echo "install-tools: $(podman --version), $(buildah --version | cut -d' ' -f1-3)," \
-    "$(runc --version | head -n1), mmdebstrap $(mmdebstrap --version | cut -d' ' -f2)"
+    "$(runc --version | head -n1), mmdebstrap $(mmdebstrap --version | cut -d' ' -f2)," \
+    "$(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2)"

@@ -1,0 +1,132 @@
+"""A short-lived cache of successful TokenReviews, as kube-apiserver's delegated authentication
+keeps one (``--authentication-token-webhook-cache-ttl``, 10 s for aggregated API servers).
+
+Without it, a pod that decrypts N values costs the apiserver N TokenReviews, and every pod of a
+rollout does the same at once. With it:
+
+* a token that Kubernetes accepted is trusted again, without asking, for at most
+  ``ttl_seconds`` and never past the token's own ``exp`` (read from the JWT, only to shorten);
+* only acceptances are kept: a rejected token is asked about again every time, so a token that
+  becomes valid (a clock-skewed ``nbf``) is not refused for long, and garbage cannot fill the cache;
+* concurrent requests with the same token share one TokenReview (single flight);
+* entries are keyed by SHA-256 of the token and the audiences, so the cache holds no token, and
+  bounded in number (least recently used goes first).
+
+The price is the same as kube-apiserver's: a token revoked (its pod or service account deleted)
+is still accepted until its entry expires. ``Decryptor__TokenReviewCacheSeconds=0`` turns it off.
+"""
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from decryptor.auth import Authenticator, Identity
+
+Lookup = Literal["hit", "miss", "coalesced"]
+
+
+def cache_key(token: str, audiences: Sequence[str]) -> bytes:
+    digest = hashlib.sha256(token.encode("utf-8"))
+    for audience in sorted(audiences):
+        digest.update(b"\0" + audience.encode("utf-8"))
+    return digest.digest()
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, unverified (Kubernetes has just verified it), or None."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        return float(exp)
+    return None
+
+
+class CachingAuthenticator:
+    """An :class:`Authenticator` that remembers what another one accepted."""
+
+    def __init__(
+        self,
+        inner: Authenticator,
+        *,
+        ttl_seconds: float,
+        max_entries: int,
+        audiences: Sequence[str] = (),
+        observe: Callable[[Lookup], None] = lambda _: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._inner = inner
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._audiences = tuple(audiences)
+        self._observe = observe
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._entries: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        self._in_flight: dict[bytes, asyncio.Task[Identity]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def authenticate(self, token: str) -> Identity:
+        key = cache_key(token, self._audiences)
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry[0] > self._clock():
+                self._entries.move_to_end(key)
+                self._observe("hit")
+                return entry[1]
+            del self._entries[key]
+        task = self._in_flight.get(key)
+        if task is None:
+            self._observe("miss")
+            task = asyncio.create_task(self._review(key, token))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda done: self._settle(key, done))
+        else:
+            self._observe("coalesced")
+        # shield: one caller giving up (its client went away) must not cancel the review that
+        # the other callers are waiting for.
+        return await asyncio.shield(task)
+
+    async def _review(self, key: bytes, token: str) -> Identity:
+        identity = await self._inner.authenticate(token)
+        ttl = self._ttl
+        expiry = token_expiry(token)
+        if expiry is not None:
+            ttl = min(ttl, expiry - self._wall_clock())
+        if ttl > 0:
+            self._entries[key] = (self._clock() + ttl, identity)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return identity
+
+    def _settle(self, key: bytes, task: "asyncio.Task[Identity]") -> None:
+        self._in_flight.pop(key, None)
+        if not task.cancelled():
+            # Retrieved here so that a failure nobody awaited any more is not reported as
+            # "Task exception was never retrieved".
+            task.exception()
+
+    async def can_review_tokens(self) -> bool:
+        return await self._inner.can_review_tokens()
+
+    async def close(self) -> None:
+        for task in list(self._in_flight.values()):
+            task.cancel()
+        self._entries.clear()
+        await self._inner.close()
