@@ -47,16 +47,27 @@ def main() -> None:
 @click.argument("service", type=click.Choice(["encryptor", "decryptor", "controller"]))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=9090, show_default=True, type=click.IntRange(0, 65535))
-def serve(service: Service, host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="Worker processes for the encryptor or the decryptor (default: Server__Workers, 1).",
+)
+def serve(service: Service, host: str, port: int, workers: int | None) -> None:
     """Run the encryptor, the decryptor or the controller, configured from the environment
     (Kamus's setting names)."""
     import uvicorn
 
     settings = load_settings()
     configure_logging(settings.logging.level)
+    workers = workers or settings.server.workers
+    if service == "controller" and workers > 1:
+        raise click.ClickException(
+            "the controller runs in one process; run more replicas instead (leader election)"
+        )
     try:
         # Import only the service being started: the public encryptor process must never even
-        # load the decryption endpoint.
+        # load the decryption endpoint. Built here even for several workers, so a configuration
+        # error stops the command before any worker starts.
         if service == "encryptor":
             from encryptor.app import create_app as create_encryptor
 
@@ -80,7 +91,10 @@ def serve(service: Service, host: str, port: int) -> None:
         if path is not None and not os.access(path, os.R_OK):
             raise click.ClickException(f"{name}: {path} cannot be read")
     uvicorn.run(
-        app,
+        # Several workers need an import string: each process builds its own app.
+        app if workers == 1 else f"kamus.asgi:{service}",
+        factory=workers > 1,
+        workers=workers,
         host=host,
         port=port,
         ssl_certfile=tls.tls_cert_file,
@@ -88,6 +102,9 @@ def serve(service: Service, host: str, port: int) -> None:
         ssl_ca_certs=str(tls.tls_client_ca_file) if tls.tls_client_ca_file else None,
         # A client CA means clients must present a certificate it signed (mutual TLS).
         ssl_cert_reqs=ssl.CERT_REQUIRED if tls.tls_client_ca_file else ssl.CERT_NONE,
+        # uvloop and httptools when installed (they are dependencies on Linux and macOS).
+        loop="auto",
+        http="auto",
         log_config=None,
         access_log=False,
         server_header=False,

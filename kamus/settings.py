@@ -169,6 +169,7 @@ class ServerSettings(_Section):
     retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
     max_batch_items: int = Field(500, ge=1, alias="MaxBatchItems")
     batch_concurrency: int = Field(32, ge=1, alias="BatchConcurrency")
+    workers: int = Field(1, ge=1, le=64, alias="Workers")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:

@@ -43,6 +43,24 @@ def _wait_for_url(log_file: Path, process: subprocess.Popen[bytes], timeout: flo
     raise RuntimeError(f"kamus did not start; its log:\n{log_file.read_text()}")
 
 
+def _wait_until_ready(
+    url: str, process: subprocess.Popen[bytes], verify: ssl.SSLContext | bool, timeout: float
+) -> None:
+    """Until ``url`` answers 200. With several workers the parent binds the socket and logs
+    its address, but nobody accepts until a worker has started."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = httpx.get(url, timeout=5, verify=verify).status_code
+        except httpx.ConnectError:
+            status = None
+        if status == 200:
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} answered {status}, not 200")
+        time.sleep(0.05)
+
+
 def stop(process: subprocess.Popen[bytes]) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -74,7 +92,7 @@ def kamus_serve(
         )
     try:
         url = _wait_for_url(log_file, process, timeout=30)
-        assert httpx.get(f"{url}{ready_path}", timeout=5, verify=verify).status_code == 200
+        _wait_until_ready(f"{url}{ready_path}", process, verify, timeout=30)
         yield Service(url, log_file, process)
     finally:
         stop(process)

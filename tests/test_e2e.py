@@ -137,3 +137,50 @@ def test_decryptor_without_a_way_to_kubernetes_exits_with_the_fix(tmp_path: Path
     assert b"cannot configure the Kubernetes client" in result.stderr
     assert b"Kubernetes__ProxyUrl" in result.stderr
     assert env["KeyManagement__AES__Key"].encode() not in result.stderr
+
+
+def _workers(pid: int) -> set[int]:
+    """uvicorn's worker processes under ``pid`` (multiprocessing also starts a resource
+    tracker there)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {
+        int(child)
+        for child in children
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    }
+
+
+def test_several_workers_serve_and_stop_together(kube_api: KubeApiDouble, tmp_path: Path) -> None:
+    env = {"KeyManagement__AES__Key": new_key(), "Server__Workers": "2"}
+    with deploy(kube_api, tmp_path, env) as deployment:
+        workers = {
+            service: _workers(process.pid)
+            for service, process in [
+                ("encryptor", deployment.encryptor.process),
+                ("decryptor", deployment.decryptor.process),
+            ]
+        }
+        ciphertexts = [deployment.encrypt(SECRET, "team-a", "app").text for _ in range(6)]
+        token = kube_api.issue_token("team-a", "app")
+        assert {deployment.decrypt(c, token).text for c in ciphertexts} == {SECRET}
+    assert {len(pids) for pids in workers.values()} == {2}
+    for pid in set().union(*workers.values()):  # SIGTERM to the parent ends its workers too
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
+
+
+def test_the_controller_refuses_several_workers(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kamus", "serve", "controller", "--workers", "2"],
+        env={
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "KeyManagement__AES__Key": new_key(),
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert b"run more replicas instead" in result.stderr
