@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -32,6 +32,7 @@ from kamus.metrics import Metrics
 from kamus.providers import ConfigurationError, build_key_manager
 from kamus.settings import Settings
 from kamus.web import (
+    ApiError,
     BatchItem,
     BatchItems,
     BatchResponse,
@@ -39,6 +40,7 @@ from kamus.web import (
     check_batch_size,
     create_base_app,
     key_manager_unavailable,
+    problem_responses,
 )
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,9 @@ def create_app(
 
     def _authenticator() -> Authenticator:
         if auth is None:
-            raise HTTPException(503, "the decryptor is starting", headers={"Retry-After": "1"})
+            raise ApiError(
+                503, "starting", "the decryptor is starting", headers={"Retry-After": "1"}
+            )
         return auth
 
     async def caller(
@@ -144,8 +148,9 @@ def create_app(
         if credentials is None:
             annotate(request, reason="no bearer token")
             metrics.token_reviews.labels("missing").inc()
-            raise HTTPException(
+            raise ApiError(
                 401,
+                "missing-token",
                 "send the pod's service account token as 'Authorization: Bearer <token>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
@@ -154,8 +159,9 @@ def create_app(
         except NotAuthenticated as exc:
             annotate(request, reason=exc.reason)
             metrics.token_reviews.labels("denied").inc()
-            raise HTTPException(
+            raise ApiError(
                 401,
+                "token-rejected",
                 "the bearer token was not accepted by Kubernetes; send a current service account "
                 "token of the pod",
                 headers={"WWW-Authenticate": "Bearer"},
@@ -163,8 +169,9 @@ def create_app(
         except AuthUnavailable as exc:
             annotate(request, reason=exc.reason)
             metrics.token_reviews.labels("unavailable").inc()
-            raise HTTPException(
+            raise ApiError(
                 503,
+                "kubernetes-unavailable",
                 "cannot verify the token right now because the Kubernetes API is unavailable; "
                 "retry later",
                 headers={"Retry-After": retry_after},
@@ -174,13 +181,16 @@ def create_app(
         parsed = parse_service_account_user(identity.username)
         if parsed is None:
             annotate(request, reason="caller is not a service account")
-            raise HTTPException(403, "only Kubernetes service accounts may decrypt")
+            raise ApiError(
+                403, "not-a-service-account", "only Kubernetes service accounts may decrypt"
+            )
         namespace, service_account = parsed
         annotate(request, namespace=namespace, service_account=service_account)
         if service_account == "default" and settings.decryptor.deny_default_service_account:
             annotate(request, reason="default service account")
-            raise HTTPException(
+            raise ApiError(
                 403,
+                "default-service-account",
                 "the 'default' service account may not decrypt; run the pod with a dedicated "
                 "service account",
             )
@@ -216,7 +226,7 @@ def create_app(
             plaintext = await open_value(body.data, identity)
         except DecryptionError as exc:
             annotate(request, reason=exc.reason)
-            raise HTTPException(400, undecryptable(identity)) from None
+            raise ApiError(400, "undecryptable", undecryptable(identity)) from None
         except KeyManagerUnavailable as exc:
             raise key_manager_unavailable(request, exc, settings) from None
         return Response(plaintext, media_type="text/plain; charset=utf-8")
@@ -245,12 +255,15 @@ def create_app(
         tags=["decrypt"],
         summary="Decrypt many secrets as the calling service account, with one TokenReview",
         response_model_exclude_none=True,
-        responses={
-            401: {"description": "No token, or Kubernetes did not accept it."},
-            403: {"description": "The caller is not an allowed service account."},
-            413: {"description": "Too many items, or the body is over the size limit."},
-            503: {"description": "Kubernetes or the key manager is unavailable."},
-        },
+        responses=problem_responses(
+            {
+                400: "The body is invalid.",
+                401: "No token, or Kubernetes did not accept it.",
+                403: "The caller is not an allowed service account.",
+                413: "Too many items, or the body is over the size limit.",
+                503: "Kubernetes or the key manager is unavailable; see Retry-After.",
+            }
+        ),
     )
     async def decrypt_batch(
         body: BatchDecryptRequest, request: Request, identity: Caller

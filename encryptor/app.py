@@ -6,7 +6,7 @@ This process never loads the decryption endpoint or the Kubernetes client.
 import asyncio
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -17,6 +17,7 @@ from kamus.metrics import Metrics
 from kamus.providers import build_key_manager
 from kamus.settings import Settings
 from kamus.web import (
+    ApiError,
     BatchItem,
     BatchItems,
     BatchResponse,
@@ -24,6 +25,7 @@ from kamus.web import (
     check_batch_size,
     create_base_app,
     key_manager_unavailable,
+    problem_responses,
 )
 
 ENCRYPT_PATHS = ("/api/v1/encrypt", "/encrypt")
@@ -88,8 +90,9 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             # Refused before any crypto or key creation: every pod without its own service
             # account runs as `default`, so a value for it is readable by all of them.
             annotate(request, reason="default service account")
-            raise HTTPException(
+            raise ApiError(
                 400,
+                "default-service-account",
                 f"{field}: the 'default' service account cannot be used; create a "
                 "dedicated service account for the workload and encrypt for it",
             )
@@ -107,7 +110,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         except KeyNotFoundError as exc:
             metrics.encryptions.labels(provider, "no_key").inc(len(plaintexts))
             annotate(request, reason=f"key {exc.key_name} does not exist")
-            raise HTTPException(400, f"service-account: {exc}") from None
+            raise ApiError(400, "no-key", f"service-account: {exc}") from None
         except KeyManagerUnavailable as exc:
             metrics.encryptions.labels(provider, "unavailable").inc(len(plaintexts))
             raise key_manager_unavailable(request, exc, settings) from None
@@ -144,11 +147,13 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         tags=["encrypt"],
         summary="Encrypt many secrets for one service account",
         response_model_exclude_none=True,
-        responses={
-            400: {"description": "A field is missing or invalid, or the SA is `default`."},
-            413: {"description": "Too many items, or the body is over the size limit."},
-            503: {"description": "The key manager is unavailable; see Retry-After."},
-        },
+        responses=problem_responses(
+            {
+                400: "A field is missing or invalid, or the SA is `default` or has no key.",
+                413: "Too many items, or the body is over the size limit.",
+                503: "The key manager is unavailable; see Retry-After.",
+            }
+        ),
     )
     async def encrypt_batch(body: BatchEncryptRequest, request: Request) -> BatchResponse:
         annotate(request, namespace=body.namespace, service_account=body.service_account)

@@ -1,14 +1,15 @@
 """What the encryptor and the decryptor apps share: errors, limits, health, metrics and audit."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from crypto.errors import KeyManagerUnavailable
@@ -18,6 +19,103 @@ from kamus.metrics import Metrics, MetricsMiddleware
 from kamus.settings import Settings
 
 _AUDIT_SCOPE_KEY = "kamus.audit"
+
+# -- errors ----------------------------------------------------------------------------------
+#
+# The v2 APIs answer errors as RFC 9457 problem details, each kind with a stable `type` (listed
+# in docs/errors.md) that clients can branch on. The v1 APIs keep the bodies Kamus clients know.
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:kamus:problem:"
+_PROBLEM_PATH_PREFIXES = ("/api/v2/",)
+
+# kind -> title; the title is the same for every problem of a kind (RFC 9457 3.1.3).
+PROBLEMS = {
+    "invalid-request": "The request is invalid",
+    "missing-token": "No service account token",
+    "token-rejected": "Kubernetes did not accept the token",
+    "not-a-service-account": "The caller is not a service account",
+    "default-service-account": "The default service account is not allowed",
+    "no-key": "The service account has no key",
+    "undecryptable": "The data cannot be decrypted",
+    "too-many-items": "Too many items",
+    "body-too-large": "The request body is too large",
+    "rate-limited": "Too many requests",
+    "kubernetes-unavailable": "The Kubernetes API is unavailable",
+    "key-manager-unavailable": "The key manager is unavailable",
+    "starting": "The service is starting",
+    "not-found": "Not found",
+    "method-not-allowed": "Method not allowed",
+    "error": "Error",
+}
+_KIND_BY_STATUS = {
+    400: "invalid-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "body-too-large",
+    429: "rate-limited",
+}
+
+
+class ApiError(HTTPException):
+    """An HTTP error of a known kind (a key of :data:`PROBLEMS`)."""
+
+    def __init__(
+        self, status: int, kind: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        assert kind in PROBLEMS, kind
+        super().__init__(status, detail, dict(headers) if headers else None)
+        self.kind = kind
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(
+        description=f"The kind of error, a stable URI: {PROBLEM_TYPE_PREFIX}<kind>, see "
+        "docs/errors.md.",
+        examples=[f"{PROBLEM_TYPE_PREFIX}token-rejected"],
+    )
+    title: str = Field(description="A summary of the kind of error.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What went wrong with this request, and how to fix it.")
+
+
+def problem_responses(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a v2 route: each error status as problem details."""
+    return {
+        status: {
+            "description": description,
+            "model": Problem,  # puts Problem in the components, for the $ref
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status, description in descriptions.items()
+    }
+
+
+def _wants_problem(request: Request) -> bool:
+    return request.url.path.startswith(_PROBLEM_PATH_PREFIXES)
+
+
+def error_response(
+    request: Request, status: int, detail: str, kind: str | None, headers: Mapping[str, str] | None
+) -> JSONResponse:
+    if not _wants_problem(request):
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    kind = kind or _KIND_BY_STATUS.get(status, "error")
+    problem = Problem(
+        type=PROBLEM_TYPE_PREFIX + kind, title=PROBLEMS[kind], status=status, detail=detail
+    )
+    return JSONResponse(
+        problem.model_dump(), status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(
+        request, exc.status_code, str(exc.detail), getattr(exc, "kind", None), exc.headers
+    )
 
 
 # The v2 batch APIs: values by name, answered per name (Vault's batch_input semantics).
@@ -35,8 +133,9 @@ def key_manager_unavailable(
 ) -> HTTPException:
     """The 503 for a KMS outage: the reason goes to the audit log, never to the caller."""
     annotate(request, reason=exc.reason)
-    return HTTPException(
+    return ApiError(
         503,
+        "key-manager-unavailable",
         "the key manager is unavailable; retry later",
         headers={"Retry-After": str(settings.server.retry_after_seconds)},
     )
@@ -46,8 +145,10 @@ def check_batch_size(request: Request, items: dict[str, str], settings: Settings
     limit = settings.server.max_batch_items
     if len(items) > limit:
         annotate(request, reason=f"{len(items)} items, over the limit")
-        raise HTTPException(
-            413, f"items: at most {limit} per request (Server__MaxBatchItems); split the batch"
+        raise ApiError(
+            413,
+            "too-many-items",
+            f"items: at most {limit} per request (Server__MaxBatchItems); split the batch",
         )
 
 
@@ -164,8 +265,9 @@ class BodyLimitMiddleware:
                 if received <= self.max_bytes:
                     return message
             # An HTTPException passes through FastAPI's body parsing to its exception handler.
-            raise HTTPException(
+            raise ApiError(
                 413,
+                "body-too-large",
                 f"the request body is over the {self.max_bytes}-byte limit "
                 "(Server__MaxRequestBodyBytes); send a smaller secret",
             )
@@ -177,7 +279,30 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message = describe_validation_errors(exc.errors())
     annotate(request, reason=message)
-    return JSONResponse({"detail": message}, status_code=400)
+    return error_response(request, 400, message, "invalid-request", None)
+
+
+def _tidy_openapi(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every body, but invalid input is a 400 here; and a problem
+    response's ``model`` also adds it as application/json, which it never is."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    responses.pop("422", None)
+                    for response in responses.values():
+                        if PROBLEM_MEDIA_TYPE in response.get("content", {}):
+                            response["content"].pop("application/json", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_base_app(
@@ -200,6 +325,8 @@ def create_base_app(
         strict_content_type=False,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    _tidy_openapi(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_request_body_bytes)
     app.add_middleware(AuditMiddleware, service=service, paths=frozenset(audited_paths))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
