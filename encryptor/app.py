@@ -6,7 +6,7 @@ This process never loads the decryption endpoint or the Kubernetes client.
 import asyncio
 from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -14,7 +14,8 @@ from crypto import KeyManager
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
 from kamus.identity import Namespace, ServiceAccountName, sa_id
 from kamus.metrics import Metrics
-from kamus.providers import build_key_manager
+from kamus.providers import ConfigurationError, build_key_manager
+from kamus.ratelimit import ClientRateLimiter, parse_limits, parse_networks
 from kamus.settings import Settings
 from kamus.web import (
     ApiError,
@@ -71,9 +72,22 @@ class BatchEncryptRequest(BaseModel):
     )
 
 
+def build_rate_limiter(settings: Settings, metrics: Metrics) -> ClientRateLimiter:
+    try:
+        return ClientRateLimiter(
+            parse_limits(settings.encryptor.rate_limit),
+            metrics=metrics,
+            trusted_proxies=parse_networks(settings.encryptor.trusted_proxies),
+            client_ip_header=settings.encryptor.client_ip_header,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
 def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
+    rate_limit = [Depends(build_rate_limiter(settings, metrics))]
     keys = key_manager or build_key_manager(settings, observer=metrics)
     provider = settings.key_management.provider
     app = create_base_app(
@@ -128,6 +142,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             path,
             encrypt,
             methods=["POST"],
+            dependencies=rate_limit,
             response_class=PlainTextResponse,
             summary="Encrypt a secret for a service account",
             tags=["encrypt"],
@@ -138,12 +153,14 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
                     "has no key and keys are not created here."
                 },
                 413: {"description": "The request body is over the size limit."},
+                429: {"description": "This client sent too many requests; see Retry-After."},
                 503: {"description": "The key manager is unavailable; see Retry-After."},
             },
         )
 
     @app.post(
         BATCH_PATH,
+        dependencies=rate_limit,
         tags=["encrypt"],
         summary="Encrypt many secrets for one service account",
         response_model_exclude_none=True,
@@ -151,6 +168,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             {
                 400: "A field is missing or invalid, or the SA is `default` or has no key.",
                 413: "Too many items, or the body is over the size limit.",
+                429: "This client sent too many requests; see Retry-After.",
                 503: "The key manager is unavailable; see Retry-After.",
             }
         ),

@@ -74,6 +74,11 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "kamus_rate_limited",
+            "Requests refused with 429 because their client went over Encryptor__RateLimit.",
+            registry=self.registry,
+        )
         self.token_review_cache = Counter(
             "kamus_token_review_cache",
             "TokenReview cache lookups: hit, miss (a TokenReview was sent) or coalesced (joined "

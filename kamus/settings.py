@@ -128,6 +128,15 @@ class DecryptorSettings(_Section):
     _split = field_validator("audiences", mode="before")(_split_commas)
 
 
+class EncryptorSettings(_Section):
+    # Per client address (kamus/ratelimit.py); "off" turns it off.
+    rate_limit: str = Field("20/second;600/minute", alias="RateLimit")
+    trusted_proxies: CommaList = Field(default_factory=list, alias="TrustedProxies")
+    client_ip_header: str = Field("X-Forwarded-For", alias="ClientIpHeader")
+
+    _split = field_validator("trusted_proxies", mode="before")(_split_commas)
+
+
 class ControllerSettings(_Section):
     reconciliation_interval_seconds: float = Field(
         60.0, gt=0, alias="ReconciliationIntervalInSeconds"
@@ -205,6 +214,7 @@ class Settings(BaseSettings):
         default_factory=ActiveDirectorySettings, alias="ActiveDirectory"
     )
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings, alias="Kubernetes")
+    encryptor: EncryptorSettings = Field(default_factory=EncryptorSettings, alias="Encryptor")
     decryptor: DecryptorSettings = Field(default_factory=DecryptorSettings, alias="Decryptor")
     controller: ControllerSettings = Field(default_factory=ControllerSettings, alias="Controller")
     server: ServerSettings = Field(default_factory=ServerSettings, alias="Server")

@@ -20,6 +20,7 @@ from tests.kms_doubles.gcp import CloudKmsDouble
 _SETTING_PREFIXES = (
     "keymanagement__",
     "kubernetes__",
+    "encryptor__",
     "decryptor__",
     "server__",
     "logging__",
