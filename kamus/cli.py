@@ -15,6 +15,7 @@ from kamus.client import ClientError, UsageError
 from kamus.logs import configure_logging
 from kamus.providers import ConfigurationError
 from kamus.settings import Settings
+from kamus.tls import TlsReloader
 
 Service = Literal["encryptor", "decryptor", "controller"]
 
@@ -102,6 +103,16 @@ def serve(service: Service, host: str, port: int, workers: int | None) -> None:
         ssl_ca_certs=str(tls.tls_client_ca_file) if tls.tls_client_ca_file else None,
         # A client CA means clients must present a certificate it signed (mutual TLS).
         ssl_cert_reqs=ssl.CERT_REQUIRED if tls.tls_client_ca_file else ssl.CERT_NONE,
+        ssl_context_factory=(
+            TlsReloader(
+                tls.tls_cert_file,
+                tls.tls_key_file,
+                tls.tls_client_ca_file,
+                interval_seconds=tls.tls_reload_seconds,
+            )
+            if tls.tls_cert_file and tls.tls_key_file
+            else None
+        ),
         # uvloop and httptools when installed (they are dependencies on Linux and macOS).
         loop="auto",
         http="auto",

@@ -174,6 +174,8 @@ class ServerSettings(_Section):
     tls_cert_file: Path | None = Field(None, alias="TlsCertFile")
     tls_key_file: Path | None = Field(None, alias="TlsKeyFile")
     tls_client_ca_file: Path | None = Field(None, alias="TlsClientCaFile")
+    # How often to look for renewed certificate files (kamus/tls.py); 0: read them once.
+    tls_reload_seconds: float = Field(10.0, ge=0, alias="TlsReloadSeconds")
     max_request_body_bytes: int = Field(1024 * 1024, ge=1, alias="MaxRequestBodyBytes")
     retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
     max_batch_items: int = Field(500, ge=1, alias="MaxBatchItems")

@@ -1,6 +1,8 @@
 """``kamus serve`` over TLS, and with mutual TLS, as the Helm chart's TLS option runs it."""
 
+import socket
 import ssl
+import time
 from pathlib import Path
 
 import httpx
@@ -85,3 +87,61 @@ def test_tls_misconfiguration_is_refused_clearly(
     result = CliRunner().invoke(main, ["serve", "encryptor", "--port", "0"])
     assert result.exit_code == 1
     assert message in result.output
+
+
+def served_certificate(url: str, context: ssl.SSLContext) -> bytes:
+    """The certificate the server presents on a new connection, DER."""
+    host, port = url.removeprefix("https://").split(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def wait_for_certificate(
+    url: str, context: ssl.SSLContext, expected: bytes, timeout: float = 20
+) -> None:
+    deadline = time.monotonic() + timeout
+    while served_certificate(url, context) != expected:
+        assert time.monotonic() < deadline, "the new certificate was not served"
+        time.sleep(0.1)
+
+
+def pem_to_der(pem: bytes) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem.decode())
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_renewed_certificate_is_served_without_a_restart(
+    ca: trustme.CA, tmp_path: Path, workers: str
+) -> None:
+    """As cert-manager renews into the mounted Secret: new connections get the new
+    certificate, an open connection carries on, and a half-written pair changes nothing."""
+    trusting = client_context(ca, with_cert=False)
+    env = tls_env(ca, tmp_path, Server__TlsReloadSeconds="0.2", Server__Workers=workers)
+    first = pem_to_der((tmp_path / "tls.crt").read_bytes())
+    with (
+        kamus_serve("encryptor", env, tmp_path / "log", verify=trusting) as encryptor,
+        httpx.Client(verify=trusting) as kept_open,
+    ):
+        assert kept_open.get(f"{encryptor.url}/healthz").status_code == 200
+        assert served_certificate(encryptor.url, trusting) == first
+
+        renewed = ca.issue_cert("127.0.0.1", "kamus-encryptor.kamus.svc")
+        # Half-written: the new certificate, the old key. Still the old certificate.
+        renewed.cert_chain_pems[0].write_to_path(tmp_path / "tls.crt")
+        time.sleep(1)
+        for _ in range(5):  # each worker process, whichever answers
+            assert served_certificate(encryptor.url, trusting) == first
+        # Then the key: the pair loads.
+        renewed.private_key_pem.write_to_path(tmp_path / "tls.key")
+        second = pem_to_der(renewed.cert_chain_pems[0].bytes())
+        wait_for_certificate(encryptor.url, trusting, second)
+        assert kept_open.get(f"{encryptor.url}/healthz").status_code == 200
+        log = (tmp_path / "log").read_text()
+    assert "do not load" in log
+    assert "reloaded the TLS certificate" in log
+    assert "BEGIN" not in log  # no key or certificate text in the log
