@@ -16,7 +16,15 @@ from crypto.encoding import b64_decode
 from crypto.errors import DecryptionError
 from crypto.formats import CiphertextFormat, classify
 from crypto.keyid import kamus_key_id
-from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError, create_on_first_use
+from crypto.kms import (
+    PROBE_NAME,
+    BlockingCalls,
+    Failure,
+    KeyLocks,
+    KmsError,
+    answered,
+    create_on_first_use,
+)
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
 
 if TYPE_CHECKING:
@@ -148,6 +156,13 @@ class AwsKmsKeyManager:
             log.info("scheduled the unused key %s for deletion", key_id)
         except Exception:
             log.warning("could not schedule the unused key %s for deletion", key_id, exc_info=True)
+
+    async def check(self) -> None:
+        # A blob that is no ciphertext: KMS answers InvalidCiphertextException without looking
+        # up a key, so no permission beyond kms:Decrypt is involved.
+        await answered(
+            self._calls, "Decrypt", lambda: self._client.decrypt(CiphertextBlob=PROBE_NAME.encode())
+        )
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
         fmt = classify(ciphertext)

@@ -33,7 +33,7 @@ from crypto.encoding import b64_decode
 from crypto.errors import DecryptionError, KeyManagerUnavailable, KeyNotFoundError
 from crypto.formats import CiphertextFormat, classify
 from crypto.keyid import kamus_key_id
-from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError
+from crypto.kms import PROBE_NAME, BlockingCalls, Failure, KeyLocks, KmsError, answered
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,10 @@ class AzureKeyVaultKeyManager:
             )
             self._calls.key_created()
             return key
+
+    async def check(self) -> None:
+        # A key that does not exist: 404 with keys/read, which decrypting needs too.
+        await answered(self._calls, "GetKey", lambda: self._keys.get_key(PROBE_NAME))
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
         name = kamus_key_id(sa_id)

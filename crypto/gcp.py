@@ -21,7 +21,14 @@ from crypto.encoding import b64_decode
 from crypto.errors import DecryptionError, KeyManagerUnavailable
 from crypto.formats import CiphertextFormat, classify
 from crypto.keyid import kamus_key_id
-from crypto.kms import BlockingCalls, Failure, KeyLocks, KmsError, create_on_first_use
+from crypto.kms import (
+    BlockingCalls,
+    Failure,
+    KeyLocks,
+    KmsError,
+    answered,
+    create_on_first_use,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +188,16 @@ class GoogleKmsKeyManager:
         except KmsError as exc:
             if exc.failure is not Failure.CONFLICT:
                 raise
+
+    async def check(self) -> None:
+        # locations.get: in both roles/cloudkms.cryptoKeyEncrypter and ...Decrypter, so the
+        # encryptor and the decryptor can each ask it with their own narrow grant.
+        request = {"name": self._location}
+        await answered(
+            self._calls,
+            "GetLocation",
+            lambda: self._client.get_location(request=request, **self._options),
+        )
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
         fmt = classify(ciphertext)

@@ -8,6 +8,7 @@ value and their own retry policies (jittered backoff on throttling and 5xx) run 
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +111,17 @@ class BlockingCalls:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# A name no service account can have (no colon), for readiness calls.
+PROBE_NAME = "kamus-readiness-probe"
+
+
+async def answered(calls: BlockingCalls, operation: str, call: Callable[[], object]) -> None:
+    """Make a call only to see the KMS answer it: any answer, a refusal of the request
+    included, shows the KMS is up. Raises :class:`KeyManagerUnavailable` when it is not."""
+    with contextlib.suppress(KmsError):
+        await calls(operation, call)
 
 
 class KeyLocks:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -26,6 +26,7 @@ from decryptor.auth import (
     TokenReviewAuthenticator,
 )
 from decryptor.token_cache import CachingAuthenticator
+from kamus.health import Dependency, WatchedKeyManager, readiness
 from kamus.identity import parse_service_account_user, sa_id
 from kamus.kube import create_api_client
 from kamus.metrics import Metrics
@@ -97,7 +98,16 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
-    keys = key_manager or build_key_manager(settings, observer=metrics)
+    keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)
+
+    async def apiserver_answers() -> bool:
+        try:
+            await _authenticator().ping()
+        except (AuthUnavailable, HTTPException):
+            return False
+        return True
+
+    kubernetes = Dependency("kubernetes", apiserver_answers, metrics.dependency_up)
     provider = settings.key_management.provider
     retry_after = str(settings.server.retry_after_seconds)
     auth: Authenticator | None = authenticator
@@ -157,6 +167,7 @@ def create_app(
         try:
             identity = await _authenticator().authenticate(credentials.credentials)
         except NotAuthenticated as exc:
+            kubernetes.succeeded()  # the apiserver answered
             annotate(request, reason=exc.reason)
             metrics.token_reviews.labels("denied").inc()
             raise ApiError(
@@ -167,6 +178,7 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             ) from None
         except AuthUnavailable as exc:
+            kubernetes.failed(exc.reason)
             annotate(request, reason=exc.reason)
             metrics.token_reviews.labels("unavailable").inc()
             raise ApiError(
@@ -176,6 +188,7 @@ def create_app(
                 "retry later",
                 headers={"Retry-After": retry_after},
             ) from None
+        kubernetes.succeeded()
         metrics.token_reviews.labels("authenticated").inc()
         annotate(request, user=identity.username)
         parsed = parse_service_account_user(identity.username)
@@ -301,10 +314,14 @@ def create_app(
             allowed = False
         return JSONResponse(allowed, status_code=200 if allowed else 503)
 
-    @app.get("/readyz", tags=["health"], summary="Ready to serve")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Ready to serve: the Kubernetes API and the key manager answer",
+    )
     async def readyz() -> JSONResponse:
         if auth is None:
             return JSONResponse({"status": "starting"}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        return await readiness(kubernetes, keys.dependency)
 
     return app

@@ -31,6 +31,7 @@ from kubernetes.aio.client import (
     V1SelfSubjectAccessReviewSpec,
     V1TokenReview,
     V1TokenReviewSpec,
+    VersionApi,
 )
 from kubernetes.aio.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -67,6 +68,10 @@ class Authenticator(Protocol):
         """Whether this service may create TokenReviews (Kamus's isAlive check)."""
         ...
 
+    async def ping(self) -> None:
+        """Raise :class:`AuthUnavailable` if the Kubernetes API does not answer now."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -83,6 +88,7 @@ class TokenReviewAuthenticator:
         self._api_client = api_client
         self._authn = AuthenticationV1Api(api_client)
         self._authz = AuthorizationV1Api(api_client)
+        self._version = VersionApi(api_client)
         self._audiences = list(audiences)
         self._timeout = timeout_seconds
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -148,6 +154,12 @@ class TokenReviewAuthenticator:
         self._access_review = (now, allowed)
         return allowed
 
+    async def ping(self) -> None:
+        # GET /version: readable by every authenticated client (system:public-info-viewer).
+        await self._call(
+            "GET /version", lambda: self._version.get_code(_request_timeout=self._timeout)
+        )
+
     async def close(self) -> None:
         await self._api_client.close()
 
@@ -195,6 +207,9 @@ class StaticTokenFileAuthenticator:
 
     async def can_review_tokens(self) -> bool:
         return True
+
+    async def ping(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None

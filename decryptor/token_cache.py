@@ -125,6 +125,9 @@ class CachingAuthenticator:
     async def can_review_tokens(self) -> bool:
         return await self._inner.can_review_tokens()
 
+    async def ping(self) -> None:
+        await self._inner.ping()
+
     async def close(self) -> None:
         for task in list(self._in_flight.values()):
             task.cancel()

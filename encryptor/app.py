@@ -7,11 +7,12 @@ import asyncio
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from crypto import KeyManager
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
+from kamus.health import WatchedKeyManager, readiness
 from kamus.identity import Namespace, ServiceAccountName, sa_id
 from kamus.metrics import Metrics
 from kamus.providers import ConfigurationError, build_key_manager
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     settings = settings or Settings()
     metrics = Metrics()
     rate_limit = [Depends(build_rate_limiter(settings, metrics))]
-    keys = key_manager or build_key_manager(settings, observer=metrics)
+    keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)
     provider = settings.key_management.provider
     app = create_base_app(
         service="encryptor",
@@ -187,8 +188,8 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     async def is_alive() -> bool:
         return True
 
-    @app.get("/readyz", tags=["health"], summary="Ready to serve")
-    async def readyz() -> dict[str, str]:
-        return {"status": "ready"}
+    @app.get("/readyz", tags=["health"], summary="Ready to serve: the key manager answers")
+    async def readyz() -> JSONResponse:
+        return await readiness(keys.dependency)
 
     return app

@@ -79,6 +79,12 @@ class Metrics:
             "Requests refused with 429 because their client went over Encryptor__RateLimit.",
             registry=self.registry,
         )
+        self.dependency_up = Gauge(
+            "kamus_dependency_up",
+            "Whether a dependency (kubernetes, key-manager) answered its last call (1) or not.",
+            ["dependency"],
+            registry=self.registry,
+        )
         self.token_review_cache = Counter(
             "kamus_token_review_cache",
             "TokenReview cache lookups: hit, miss (a TokenReview was sent) or coalesced (joined "

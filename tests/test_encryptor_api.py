@@ -27,6 +27,9 @@ class RecordingKeyManager:
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
         return await self.inner.decrypt(ciphertext, sa_id)
 
+    async def check(self) -> None:
+        await self.inner.check()
+
 
 @pytest.fixture
 def recorded(make_settings: SettingsFactory) -> Iterator[tuple[TestClient, RecordingKeyManager]]:

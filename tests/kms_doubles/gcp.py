@@ -226,6 +226,9 @@ class CloudKmsDouble:
             return error(401, "Request had invalid authentication credentials.")
         body = await request.json() if request.method == "POST" else {}
         query = request.query_params
+        if match := re.fullmatch(r"projects/[^/]+/locations/(?P<location>[^/]+)", path):
+            # locations.get: what the provider's readiness check asks.
+            return JSONResponse({"name": path, "locationId": match["location"]})
         if match := re.fullmatch(_RING + r"/(?P<ring>[^/]+)", path):
             return self._get_ring(path) if request.method == "GET" else error(404, "Not found")
         if match := re.fullmatch(_RING, path):

@@ -1,0 +1,121 @@
+"""Readiness that follows the dependencies: the Kubernetes API and the key manager.
+
+Real calls report their outcome: a dependency that failed (down, past its deadline, answering
+5xx or 429) makes ``/readyz`` answer 503, so that Kubernetes stops sending this replica requests
+it would only answer with 503 itself. While it is down, each ``/readyz`` (at most once a second)
+asks it again with a cheap call, since no request comes to find out that it is back; the first
+success, probe or real call, makes the replica ready again.
+"""
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from fastapi.responses import JSONResponse
+from prometheus_client import Gauge
+
+from crypto import KeyManager
+from crypto.errors import KeyManagerUnavailable
+from kamus.metrics import Metrics
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+class Dependency:
+    """One dependency's state: up until a call fails, then down until a call succeeds."""
+
+    def __init__(
+        self,
+        name: str,
+        probe: Callable[[], Awaitable[bool]],
+        up_gauge: Gauge,
+        *,
+        probe_interval_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._probe = probe
+        self._gauge = up_gauge.labels(name)
+        self._gauge.set(1)
+        self._interval = probe_interval_seconds
+        self._clock = clock
+        self._down_since: float | None = None
+        self._last_probe = float("-inf")
+
+    @property
+    def up(self) -> bool:
+        return self._down_since is None
+
+    def failed(self, reason: str) -> None:
+        if self._down_since is None:
+            self._down_since = self._clock()
+            self._gauge.set(0)
+            log.warning(
+                "%s is unavailable (%s): not ready until it answers again", self.name, reason
+            )
+
+    def succeeded(self) -> None:
+        if self._down_since is not None:
+            log.info("%s answers again after %.1fs", self.name, self._clock() - self._down_since)
+            self._down_since = None
+            self._gauge.set(1)
+
+    async def ready(self) -> bool:
+        if self.up:
+            return True
+        now = self._clock()
+        if now - self._last_probe >= self._interval:
+            self._last_probe = now
+            if await self._probe():
+                self.succeeded()
+        return self.up
+
+
+class WatchedKeyManager:
+    """A :class:`KeyManager` whose calls report to the key manager's :class:`Dependency`.
+
+    Only :class:`KeyManagerUnavailable` counts as down: a value that does not decrypt, or a key
+    that does not exist, is an answer from a working KMS."""
+
+    def __init__(self, inner: KeyManager, metrics: Metrics) -> None:
+        self._inner = inner
+        self.dependency = Dependency("key-manager", self._reachable, metrics.dependency_up)
+
+    async def _reachable(self) -> bool:
+        try:
+            await self._inner.check()
+        except KeyManagerUnavailable:
+            return False
+        return True
+
+    async def _watch(self, call: Awaitable[T]) -> T:
+        try:
+            result = await call
+        except KeyManagerUnavailable as exc:
+            self.dependency.failed(exc.reason)
+            raise
+        except Exception:
+            self.dependency.succeeded()
+            raise
+        self.dependency.succeeded()
+        return result
+
+    async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+        return await self._watch(self._inner.encrypt(plaintext, sa_id))
+
+    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+        return await self._watch(self._inner.decrypt(ciphertext, sa_id))
+
+    async def check(self) -> None:
+        await self._watch(self._inner.check())
+
+
+async def readiness(*dependencies: Dependency) -> JSONResponse:
+    """``/readyz``: 200, or 503 naming what is down (the reasons are in the log)."""
+    down = [d.name for d in dependencies if not await d.ready()]
+    if down:
+        return JSONResponse({"status": "unavailable", "unavailable": down}, status_code=503)
+    return JSONResponse({"status": "ready"})
