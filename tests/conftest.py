@@ -1,6 +1,7 @@
 """Shared fixtures: the Kubernetes API double, keys, settings and the two apps in-process."""
 
 import base64
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kamus.settings import Settings
+from tests import leaks
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
@@ -43,6 +45,24 @@ def _clean_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_in_logs() -> Iterator[None]:
+    """Fails the test if a registered secret reached any log record (tests/leaks.py). The
+    root logger goes to DEBUG for the test, so that nothing escapes the search by its level."""
+    detector = leaks.LeakDetector()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(detector)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(detector)
+        root.setLevel(level)
+    if detector.leaks:
+        pytest.fail("secrets reached the log:\n" + "\n".join(detector.leaks), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +167,9 @@ def kubeconfig(kube_api: KubeApiDouble, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def new_key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
+    key = base64.b64encode(os.urandom(32)).decode()
+    leaks.register(key)
+    return key
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from tests.k8s_double import KubeApiDouble
+from tests.leaks import found_in
 
 _LISTENING = re.compile(r"Uvicorn running on (https?://[\d.]+:\d+)")
 
@@ -96,6 +97,9 @@ def kamus_serve(
         yield Service(url, log_file, process)
     finally:
         stop(process)
+    # After a passing test only: a failing one is reported as it failed.
+    leaked = found_in(log_file.read_text(errors="replace"))
+    assert not leaked, f"secrets reached the log of kamus serve {service}: {leaked}"
 
 
 @dataclass

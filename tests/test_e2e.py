@@ -11,11 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import leaks
 from tests.conftest import new_key
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.processes import Deployment, deploy
 
 SECRET = "pa55w0rd-only-for-team-a-app"
+leaks.register(SECRET)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ the environment, reaching the KMS double through the SDK's standard endpoint set
 from collections.abc import Callable
 from pathlib import Path
 
+from tests import leaks
 from tests.k8s_double import KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
@@ -12,6 +13,7 @@ from tests.processes import Deployment, deploy
 from tests.servers import Faults
 
 SECRET = "kms-backed-secret ✓"
+leaks.register(SECRET)
 RESILIENCE = {"KeyManagement__TimeoutSeconds": "5", "KeyManagement__MaxRetries": "1"}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import leaks
 from tests.conftest import new_key
 from tests.k8s_double import KubeApiDouble
 from tests.processes import Deployment, deploy
@@ -33,6 +34,7 @@ PLAINTEXTS = {
     "api-key": 'k3y"with$pecial\nchars ✓',
     "token": "from-kamus-encrypt",
 }
+leaks.register(*PLAINTEXTS.values())
 
 
 def kamus(

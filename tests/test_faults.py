@@ -16,13 +16,15 @@ from crypto.errors import KeyManagerUnavailable
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
 from kamus.providers import build_key_manager
+from tests import leaks
 from tests.conftest import SettingsFactory
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
 
-SECRET = "s3cr3t"
+SECRET = "fault-injection-s3cr3t"
+leaks.register(SECRET)
 V1 = {"data": SECRET, "service-account": "app", "namespace": "team-a"}
 # A deadline the "slow" fault overruns, and no SDK retries, so that each case takes seconds.
 FAST = {

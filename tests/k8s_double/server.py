@@ -43,6 +43,7 @@ from tests.k8s_double.resources import (
     served,
     status_body,
 )
+from tests.leaks import register, register_token
 from tests.servers import Faults, ThreadedServer, install_faults
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -99,6 +100,7 @@ class KubeApiDouble:
         self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._key_id = secrets.token_hex(8)
         self.admin_token = secrets.token_urlsafe(32)
+        register(self.admin_token)
         self.reviewers: set[str] = {self.admin_token}
         # RBAC the admin lacks: (group, resource, verb) triples, "plural/status" for the status
         # subresource; requests and SelfSubjectAccessReviews for them are refused.
@@ -268,11 +270,13 @@ class KubeApiDouble:
             "iss": self.issuer,
             "sub": f"{SA_PREFIX}{namespace}:{service_account}",
         }
-        return jwt.encode(claims, other, algorithm="RS256", headers={"kid": self._key_id})
+        return register_token(
+            jwt.encode(claims, other, algorithm="RS256", headers={"kid": self._key_id})
+        )
 
     def _sign(self, claims: dict[str, Any]) -> str:
-        return jwt.encode(
-            claims, self._signing_key, algorithm="RS256", headers={"kid": self._key_id}
+        return register_token(
+            jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self._key_id})
         )
 
     def _verify(self, token: str, audiences: list[str]) -> tuple[dict[str, Any], list[str]]:
