@@ -99,7 +99,7 @@ class AESKeyManager:
         raise DecryptionError(f"the AES provider cannot read format {fmt}")
 
     def _open_a1(self, ciphertext: str, sa_id: str) -> bytes:
-        parts = ciphertext.split("$")
+        parts = ciphertext.split("$", 4)  # bounded: a body of '$'s must not become a list
         if len(parts) != 4:
             raise DecryptionError("a1 ciphertext has the wrong number of fields")
         kid, body = parts[2], parts[3]

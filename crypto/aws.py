@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 KMS = "aws"
 CONTEXT_KEY = "kamus:service-account"
 # Errors that mean "this ciphertext is not for this key or identity", never an outage.
+MAX_CIPHERTEXT_BLOB = 6144  # the KMS API's limit on Decrypt's CiphertextBlob
 _REJECTED = {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
 
 
@@ -181,6 +182,9 @@ class AwsKmsKeyManager:
         raise DecryptionError(f"the AWS KMS provider cannot read format {fmt}")
 
     async def _unwrap(self, blob: bytes, sa_id: str, context: dict[str, str]) -> bytes:
+        if not 1 <= len(blob) <= MAX_CIPHERTEXT_BLOB:
+            # KMS would refuse it with a ValidationException, which reads as an outage.
+            raise DecryptionError("the wrapped key is not a KMS ciphertext blob (wrong size)")
         alias = self.alias(sa_id)
         try:
             response = await self._calls(

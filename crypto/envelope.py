@@ -62,11 +62,14 @@ def seal(
 
 
 def parse(ciphertext: str, kms: str) -> Envelope:
-    parts = ciphertext.split("$")
+    parts = ciphertext.split("$", 6)  # bounded: a body of '$'s must not become a list
     if len(parts) != 6 or parts[0] + "$" + parts[1] + "$" != E1_HEADER:
         raise DecryptionError("e1 ciphertext has the wrong number of fields")
     if parts[2] != kms:
-        raise DecryptionError(f"e1 ciphertext was made by the {parts[2]!r} provider, not {kms}")
+        # Cut short: the reason reaches the audit log, and the field is the caller's text.
+        raise DecryptionError(
+            f"e1 ciphertext was made by the {parts[2][:32]!r} provider, not {kms}"
+        )
     if not _KEY_VERSION.fullmatch(parts[3]):
         raise DecryptionError("e1 ciphertext has a malformed key version")
     wrapped, sealed = b64url_decode(parts[4]), b64url_decode(parts[5])

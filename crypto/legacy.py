@@ -27,7 +27,7 @@ def derive_legacy_key(master_key: bytes, sa_id: str) -> bytes:
 
 def parse_iv_ciphertext(text: str) -> tuple[bytes, bytes]:
     """Split ``b64(iv):b64(ct)`` and check the sizes CBC needs."""
-    parts = text.split(":")
+    parts = text.split(":", 2)  # bounded: a body of ':'s must not become a list
     if len(parts) != 2:
         raise DecryptionError("legacy ciphertext is not iv:ciphertext")
     iv, body = b64_decode(parts[0]), b64_decode(parts[1])
