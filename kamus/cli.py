@@ -116,6 +116,8 @@ def serve(service: Service, host: str, port: int, workers: int | None) -> None:
         # uvloop and httptools when installed (they are dependencies on Linux and macOS).
         loop="auto",
         http="auto",
+        timeout_graceful_shutdown=settings.server.shutdown_timeout_seconds,
+        limit_concurrency=settings.server.max_connections,
         log_config=None,
         access_log=False,
         server_header=False,

@@ -181,6 +181,11 @@ class ServerSettings(_Section):
     max_batch_items: int = Field(500, ge=1, alias="MaxBatchItems")
     batch_concurrency: int = Field(32, ge=1, alias="BatchConcurrency")
     workers: int = Field(1, ge=1, le=64, alias="Workers")
+    # On SIGTERM: stop accepting, let requests in flight finish for up to this long, then exit.
+    # Under Kubernetes' default grace period (30 s), which the chart keeps.
+    shutdown_timeout_seconds: int = Field(20, ge=1, alias="ShutdownTimeoutSeconds")
+    # Connections and requests open at once per process; past it, 503 at once.
+    max_connections: int = Field(1000, ge=1, alias="MaxConnections")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:

@@ -2,9 +2,11 @@
 
 import base64
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +188,58 @@ def test_the_controller_refuses_several_workers(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert b"run more replicas instead" in result.stderr
+
+
+@pytest.mark.parametrize("deployment", ["10"], indirect=True)
+def test_sigterm_lets_requests_in_flight_finish(deployment: Deployment) -> None:
+    """As Kubernetes stops a pod: no new connections, the request in flight still answered,
+    then a clean exit."""
+    kube_api = deployment.kube_api
+    ciphertext = deployment.encrypt(SECRET, "team-a", "app").text
+    token = kube_api.issue_token("team-a", "app")
+    kube_api.faults = Faults(delay_seconds=2)
+    result: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: result.append(deployment.decrypt(ciphertext, token)))
+    before = kube_api.received
+    thread.start()
+    while kube_api.received == before:  # the TokenReview is pending at the apiserver
+        threading.Event().wait(0.01)
+    process = deployment.decryptor.process
+    process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while True:  # the listening socket closes at once
+        try:
+            httpx.get(f"{deployment.decryptor.url}/healthz", timeout=1)
+        except httpx.ConnectError:
+            break
+        assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
+        time.sleep(0.05)
+    assert thread.is_alive()  # ... while the request in flight goes on
+    thread.join(timeout=15)
+    assert result[0].status_code == 200
+    assert result[0].text == SECRET
+    # uvicorn re-raises the signal once it has shut down: the exit status of a SIGTERM.
+    assert process.wait(timeout=10) == -signal.SIGTERM
+    assert "Finished server process" in deployment.decryptor.log_file.read_text()
+
+
+def test_past_max_connections_new_requests_get_503(kube_api: KubeApiDouble, tmp_path: Path) -> None:
+    env = {"KeyManagement__AES__Key": new_key(), "Server__MaxConnections": "3"}
+    with deploy(kube_api, tmp_path, env) as deployment:
+        ciphertext = deployment.encrypt(SECRET, "team-a", "app").text
+        token = kube_api.issue_token("team-a", "app")
+        kube_api.faults = Faults(delay_seconds=2)
+        slow = [
+            threading.Thread(target=deployment.decrypt, args=(ciphertext, token)) for _ in range(3)
+        ]
+        before = kube_api.received
+        for thread in slow:
+            thread.start()
+        while kube_api.received == before:  # the requests are in flight
+            threading.Event().wait(0.01)
+        refused = httpx.get(f"{deployment.decryptor.url}/healthz", timeout=5)
+        for thread in slow:
+            thread.join(timeout=15)
+        assert refused.status_code == 503
+        kube_api.faults = Faults()
+        assert deployment.decrypt(ciphertext, token).text == SECRET
