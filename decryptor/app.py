@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
 from crypto import DecryptionError, KeyManager, classify
@@ -21,11 +21,11 @@ from crypto.errors import KeyManagerUnavailable
 from decryptor.auth import (
     Authenticator,
     AuthUnavailable,
-    NotAuthenticated,
     StaticTokenFileAuthenticator,
     TokenReviewAuthenticator,
 )
 from decryptor.token_cache import CachingAuthenticator
+from kamus.callers import TokenCheck, bearer
 from kamus.health import Dependency, WatchedKeyManager, readiness
 from kamus.identity import parse_service_account_user, sa_id
 from kamus.kube import create_api_client
@@ -47,14 +47,8 @@ from kamus.web import (
 log = logging.getLogger(__name__)
 
 DECRYPT_PATHS = ("/api/v1/decrypt", "/decrypt")
+POD_TOKEN = bearer("ServiceAccountToken", "The calling pod's Kubernetes service account token.")
 BATCH_PATH = "/api/v2/decrypt"
-
-# auto_error=False: a missing token is our 401 with a useful message, not FastAPI's 403.
-bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="ServiceAccountToken",
-    description="The calling pod's Kubernetes service account token.",
-)
 
 
 class DecryptRequest(BaseModel):
@@ -108,8 +102,14 @@ def create_app(
         return True
 
     kubernetes = Dependency("kubernetes", apiserver_answers, metrics.dependency_up)
+    tokens = TokenCheck(
+        kubernetes,
+        metrics,
+        str(settings.server.retry_after_seconds),
+        what_to_send="the pod's service account token",
+        rejected_hint="send a current service account token of the pod",
+    )
     provider = settings.key_management.provider
-    retry_after = str(settings.server.retry_after_seconds)
     auth: Authenticator | None = authenticator
 
     @asynccontextmanager
@@ -149,48 +149,13 @@ def create_app(
 
     async def caller(
         request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(POD_TOKEN)],
     ) -> str:
         """The caller's ``namespace:service-account``, proved by its token (one TokenReview).
 
         A dependency, so it runs before the body is validated: an unauthenticated caller learns
         nothing about what the API would accept."""
-        if credentials is None:
-            annotate(request, reason="no bearer token")
-            metrics.token_reviews.labels("missing").inc()
-            raise ApiError(
-                401,
-                "missing-token",
-                "send the pod's service account token as 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        try:
-            identity = await _authenticator().authenticate(credentials.credentials)
-        except NotAuthenticated as exc:
-            kubernetes.succeeded()  # the apiserver answered
-            annotate(request, reason=exc.reason)
-            metrics.token_reviews.labels("denied").inc()
-            raise ApiError(
-                401,
-                "token-rejected",
-                "the bearer token was not accepted by Kubernetes; send a current service account "
-                "token of the pod",
-                headers={"WWW-Authenticate": "Bearer"},
-            ) from None
-        except AuthUnavailable as exc:
-            kubernetes.failed(exc.reason)
-            annotate(request, reason=exc.reason)
-            metrics.token_reviews.labels("unavailable").inc()
-            raise ApiError(
-                503,
-                "kubernetes-unavailable",
-                "cannot verify the token right now because the Kubernetes API is unavailable; "
-                "retry later",
-                headers={"Retry-After": retry_after},
-            ) from None
-        kubernetes.succeeded()
-        metrics.token_reviews.labels("authenticated").inc()
-        annotate(request, user=identity.username)
+        identity = await tokens.identity(request, credentials, _authenticator())
         parsed = parse_service_account_user(identity.username)
         if parsed is None:
             annotate(request, reason="caller is not a service account")

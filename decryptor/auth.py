@@ -17,9 +17,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import aiohttp
 from kubernetes.aio.client import (
@@ -29,6 +28,8 @@ from kubernetes.aio.client import (
     V1ResourceAttributes,
     V1SelfSubjectAccessReview,
     V1SelfSubjectAccessReviewSpec,
+    V1SubjectAccessReview,
+    V1SubjectAccessReviewSpec,
     V1TokenReview,
     V1TokenReviewSpec,
     VersionApi,
@@ -36,43 +37,19 @@ from kubernetes.aio.client import (
 from kubernetes.aio.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from kamus.callers import Authenticator, AuthUnavailable, Identity, NotAuthenticated
+
+__all__ = [
+    "AuthUnavailable",
+    "Authenticator",
+    "Identity",
+    "NotAuthenticated",
+    "StaticTokenFileAuthenticator",
+    "TokenReviewAuthenticator",
+]
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Identity:
-    username: str
-
-
-class NotAuthenticated(Exception):
-    """The token does not prove an identity. ``reason`` is for the audit log."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class AuthUnavailable(Exception):
-    """Authentication could not be done right now (apiserver down, slow or refusing us)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Authenticator(Protocol):
-    async def authenticate(self, token: str) -> Identity: ...
-
-    async def can_review_tokens(self) -> bool:
-        """Whether this service may create TokenReviews (Kamus's isAlive check)."""
-        ...
-
-    async def ping(self) -> None:
-        """Raise :class:`AuthUnavailable` if the Kubernetes API does not answer now."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class TokenReviewAuthenticator:
@@ -125,11 +102,44 @@ class TokenReviewAuthenticator:
         if status is None or not status.authenticated:
             error = status.error if status is not None else None
             raise NotAuthenticated(f"TokenReview: {(error or 'not authenticated')[:200]}")
-        if status.user is None or not status.user.username:
+        user = status.user
+        if user is None or not user.username:
             raise NotAuthenticated("TokenReview: authenticated without a username")
         if self._audiences and not set(status.audiences or ()) & set(self._audiences):
             raise NotAuthenticated("TokenReview: token is not for the configured audiences")
-        return Identity(username=status.user.username)
+        return Identity(
+            username=user.username,
+            uid=user.uid or None,
+            groups=tuple(user.groups or ()),
+            extra=tuple((k, tuple(v or ())) for k, v in sorted((user.extra or {}).items())),
+        )
+
+    async def may(
+        self, identity: Identity, *, group: str, resource: str, verb: str, namespace: str
+    ) -> bool:
+        """Whether Kubernetes RBAC (or whatever authorizes the cluster) lets ``identity`` do
+        ``verb`` on ``resource`` in ``namespace``: a SubjectAccessReview, as kube-apiserver's
+        delegated authorization asks."""
+        review = V1SubjectAccessReview(
+            api_version="authorization.k8s.io/v1",
+            kind="SubjectAccessReview",
+            spec=V1SubjectAccessReviewSpec(
+                user=identity.username,
+                uid=identity.uid,
+                groups=list(identity.groups) or None,
+                extra={k: list(v) for k, v in identity.extra} or None,
+                resource_attributes=V1ResourceAttributes(
+                    group=group, resource=resource, verb=verb, namespace=namespace
+                ),
+            ),
+        )
+        result = await self._call(
+            "SubjectAccessReview",
+            lambda: self._authz.create_subject_access_review(
+                review, _request_timeout=self._timeout
+            ),
+        )
+        return bool(result.status and result.status.allowed)
 
     async def can_review_tokens(self) -> bool:
         now = time.monotonic()

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from decryptor.auth import Authenticator, Identity
+from kamus.callers import Authenticator, Identity
 
 Lookup = Literal["hit", "miss", "coalesced"]
 

@@ -1,6 +1,7 @@
 """The public encryptor: anyone may encrypt for a service account; nobody can decrypt here.
 
-This process never loads the decryption endpoint or the Kubernetes client.
+This process never loads the decryption endpoint, nor the Kubernetes client unless caller
+authentication is on (encryptor/auth.py).
 """
 
 import asyncio
@@ -12,6 +13,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from crypto import KeyManager
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
+from encryptor.auth import EncryptorCallers
+from kamus.callers import Identity
 from kamus.health import WatchedKeyManager, readiness
 from kamus.identity import Namespace, ServiceAccountName, sa_id
 from kamus.metrics import Metrics
@@ -91,6 +94,8 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     rate_limit = [Depends(build_rate_limiter(settings, metrics))]
     keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)
     provider = settings.key_management.provider
+    callers = EncryptorCallers(settings, metrics)
+    Caller = Annotated[Identity | None, Depends(callers.identity)]
     app = create_base_app(
         service="encryptor",
         title="Kamus encryptor",
@@ -98,6 +103,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         settings=settings,
         metrics=metrics,
         audited_paths=(*ENCRYPT_PATHS, BATCH_PATH),
+        lifespan=callers.lifespan,
     )
 
     def refuse_default(request: Request, service_account: str, field: str) -> None:
@@ -132,9 +138,10 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         metrics.encryptions.labels(provider, "success").inc(len(plaintexts))
         return list(ciphertexts)
 
-    async def encrypt(body: EncryptRequest, request: Request) -> PlainTextResponse:
+    async def encrypt(body: EncryptRequest, request: Request, caller: Caller) -> PlainTextResponse:
         annotate(request, namespace=body.namespace, service_account=body.service_account)
         refuse_default(request, body.service_account, "service-account")
+        await callers.authorize(request, caller, body.namespace)
         [ciphertext] = await seal(request, [body.data], sa_id(body.namespace, body.service_account))
         return PlainTextResponse(ciphertext)
 
@@ -153,6 +160,8 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
                     "description": "A field is missing or invalid, the SA is `default`, or it "
                     "has no key and keys are not created here."
                 },
+                401: {"description": "Authentication is on, and no token or a rejected one."},
+                403: {"description": "Authentication is on, and RBAC does not allow it."},
                 413: {"description": "The request body is over the size limit."},
                 429: {"description": "This client sent too many requests; see Retry-After."},
                 503: {"description": "The key manager is unavailable; see Retry-After."},
@@ -168,16 +177,21 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         responses=problem_responses(
             {
                 400: "A field is missing or invalid, or the SA is `default` or has no key.",
+                401: "Authentication is on, and no token or a rejected one.",
+                403: "Authentication is on, and RBAC does not allow it.",
                 413: "Too many items, or the body is over the size limit.",
                 429: "This client sent too many requests; see Retry-After.",
                 503: "The key manager is unavailable; see Retry-After.",
             }
         ),
     )
-    async def encrypt_batch(body: BatchEncryptRequest, request: Request) -> BatchResponse:
+    async def encrypt_batch(
+        body: BatchEncryptRequest, request: Request, caller: Caller
+    ) -> BatchResponse:
         annotate(request, namespace=body.namespace, service_account=body.service_account)
         check_batch_size(request, body.items, settings)
         refuse_default(request, body.service_account, "serviceAccount")
+        await callers.authorize(request, caller, body.namespace)
         identity = sa_id(body.namespace, body.service_account)
         ciphertexts = await seal(request, list(body.items.values()), identity)
         annotate(request, items=len(ciphertexts))
@@ -190,6 +204,6 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
 
     @app.get("/readyz", tags=["health"], summary="Ready to serve: the key manager answers")
     async def readyz() -> JSONResponse:
-        return await readiness(keys.dependency)
+        return await readiness(keys.dependency, *callers.dependencies)
 
     return app

@@ -179,6 +179,16 @@ def _write_output(text: str, output: str | None, overwrite: bool) -> None:
     click.echo(f"kamus: wrote {output}", err=True)
 
 
+def _user_token(wanted: bool, context: str | None) -> str | None:
+    if context and not wanted:
+        raise UsageError("--kube-context goes with --kubeconfig-token")
+    if not wanted:
+        return None
+    from kamus.client import kubeconfig_token
+
+    return kubeconfig_token(context)
+
+
 def client_options(command: Callable[..., None]) -> Callable[..., None]:
     """The connection options ``encrypt`` and ``seal`` share (kamus-cli's names)."""
     for option in reversed(
@@ -205,6 +215,13 @@ def client_options(command: Callable[..., None]) -> Callable[..., None]:
                 type=click.Path(exists=True, dir_okay=False),
                 help="CA certificates to trust for the server, in PEM.",
             ),
+            click.option(
+                "--kubeconfig-token",
+                is_flag=True,
+                help="Send the current kubeconfig user's token, for an encryptor with "
+                "Encryptor__Authentication=kubernetes.",
+            ),
+            click.option("--kube-context", help="The kubeconfig context for --kubeconfig-token."),
             click.option("-o", "--output", help="Write to this file instead of stdout."),
             click.option("-O", "--overwrite", is_flag=True, help="Replace --output if it exists."),
             click.option(
@@ -243,6 +260,8 @@ def encrypt(
     allow_insecure_url: bool,
     cert_fingerprint: str | None,
     ca_bundle: str | None,
+    kubeconfig_token: bool,
+    kube_context: str | None,
     output: str | None,
     overwrite: bool,
     log_level: str,
@@ -269,6 +288,7 @@ def encrypt(
             allow_insecure=allow_insecure_url,
             fingerprint=cert_fingerprint,
             ca_bundle=ca_bundle,
+            token=_user_token(kubeconfig_token, kube_context),
         ) as client:
             ciphertext = encrypt_one(client, namespace, service_account, text)
         if not quiet:
@@ -305,6 +325,8 @@ def seal(
     allow_insecure_url: bool,
     cert_fingerprint: str | None,
     ca_bundle: str | None,
+    kubeconfig_token: bool,
+    kube_context: str | None,
     output: str | None,
     overwrite: bool,
     log_level: str,
@@ -319,6 +341,7 @@ def seal(
             allow_insecure=allow_insecure_url,
             fingerprint=cert_fingerprint,
             ca_bundle=ca_bundle,
+            token=_user_token(kubeconfig_token, kube_context),
         ) as client:
             sealed = seal_documents(
                 manifest.read(),

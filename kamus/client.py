@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import os
 import random
 import re
 import ssl
@@ -97,6 +98,7 @@ class KamusClient:
         fingerprint: str | None = None,
         ca_bundle: str | None = None,
         timeout: float = 30.0,
+        token: str | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -118,6 +120,7 @@ class KamusClient:
         self._connection: http.client.HTTPConnection | None = None
         # Learned from a 404: an original Kamus has no batch API; ask it only once.
         self.batch_api = True
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
@@ -152,6 +155,7 @@ class KamusClient:
         all_headers = {
             "Content-Type": "application/json",
             "User-Agent": f"kamus-py/{__version__}",
+            **self._auth,
             **(headers or {}),
         }
         for attempt in (1, 2):  # a kept-alive connection the server closed: reconnect once
@@ -217,6 +221,33 @@ def with_retries(
             on_retry(exc, pause)
             time.sleep(pause)
             wait = min(wait * 2, 8.0)
+
+
+def kubeconfig_token(context: str | None = None) -> str:
+    """The bearer token kubectl would send for the kubeconfig's user (a token, or what its exec
+    plugin such as ``aws eks get-token`` or ``gke-gcloud-auth-plugin`` prints)."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    configuration = client.Configuration()
+    # Read KUBECONFIG now: the client's own default was read when it was first imported.
+    path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    try:
+        config.load_kube_config(path, context=context, client_configuration=configuration)
+    except (ConfigException, OSError) as exc:
+        # The type only: a kubeconfig's errors can quote its contents.
+        raise UsageError(
+            f"--kubeconfig-token: cannot load the kubeconfig ({type(exc).__name__}); check "
+            "KUBECONFIG or ~/.kube/config and --kube-context"
+        ) from None
+    header = configuration.api_key.get("BearerToken", "")  # "Bearer <token>"
+    token = header.removeprefix("Bearer ").strip()
+    if not token:
+        raise UsageError(
+            "--kubeconfig-token: the kubeconfig user has no bearer token (a client certificate "
+            "cannot be forwarded); use a token or an exec credential plugin"
+        )
+    return str(token)
 
 
 def encrypt_values(

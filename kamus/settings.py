@@ -129,12 +129,21 @@ class DecryptorSettings(_Section):
 
 
 class EncryptorSettings(_Section):
+    # "kubernetes": callers send a Kubernetes token, and RBAC must let them create KamusSecrets
+    # in the namespace they encrypt for. "none": anyone may encrypt, as in Kamus.
+    authentication: Literal["none", "kubernetes"] = Field("none", alias="Authentication")
+    audiences: CommaList = Field(default_factory=list, alias="Audiences")
     # Per client address (kamus/ratelimit.py); "off" turns it off.
     rate_limit: str = Field("20/second;600/minute", alias="RateLimit")
     trusted_proxies: CommaList = Field(default_factory=list, alias="TrustedProxies")
     client_ip_header: str = Field("X-Forwarded-For", alias="ClientIpHeader")
 
-    _split = field_validator("trusted_proxies", mode="before")(_split_commas)
+    _split = field_validator("trusted_proxies", "audiences", mode="before")(_split_commas)
+
+    @field_validator("authentication", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
 
 class ControllerSettings(_Section):

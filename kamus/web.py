@@ -36,6 +36,7 @@ PROBLEMS = {
     "token-rejected": "Kubernetes did not accept the token",
     "not-a-service-account": "The caller is not a service account",
     "default-service-account": "The default service account is not allowed",
+    "not-allowed-to-encrypt": "The caller may not encrypt for this namespace",
     "no-key": "The service account has no key",
     "undecryptable": "The data cannot be decrypted",
     "too-many-items": "Too many items",

@@ -78,6 +78,8 @@ def kube_api(_kube_api_server: KubeApiDouble) -> Iterator[KubeApiDouble]:
     double.faults = Faults()
     double.reviewers = {double.admin_token}
     double.reviews.clear()
+    double.grants.clear()
+    double.access_reviews.clear()
     double.deleted_service_accounts.clear()
     double.reset_resources()
     if not double.running:

@@ -85,6 +85,9 @@ MATRIX: dict[str, dict[str, Any]] = {
         }
     },
     "hpa": {"autoscale": {"enabled": True, "minReplicas": 3}},
+    "encryptor-authentication": {
+        "encryptor": {"authentication": "kubernetes", "audiences": ["kamus-encryptor"]}
+    },
     "network-policy-off": {"networkPolicy": {"enabled": False}},
     "single-replica-no-controller": {"replicaCount": 1, "controller": {"enabled": False}},
     "ha-controller-monitoring": {
@@ -328,6 +331,25 @@ def test_the_decryptor_may_review_tokens(rendered: dict[str, list[Manifest]]) ->
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "kamus-decryptor", "namespace": "kamus"}
     ]
+
+
+def test_encryptor_authentication_gets_a_token_and_auth_delegator(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    bindings = of_kind(rendered["defaults"], "ClusterRoleBinding")
+    assert "kamus-encryptor-auth-delegator" not in {b["metadata"]["name"] for b in bindings}
+    manifests = rendered["encryptor-authentication"]
+    binding = named(manifests, "ClusterRoleBinding", "kamus-encryptor-auth-delegator")
+    assert binding["roleRef"]["name"] == "system:auth-delegator"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kamus-encryptor", "namespace": "kamus"}
+    ]
+    assert named(manifests, "ServiceAccount", "kamus-encryptor")["automountServiceAccountToken"]
+    pod = named(manifests, "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["Encryptor__Authentication"] == "kubernetes"
+    assert env["Encryptor__Audiences"] == "kamus-encryptor"
 
 
 def test_the_controller_is_granted_everything_its_healthz_checks(

@@ -106,6 +106,11 @@ class KubeApiDouble:
         # subresource; requests and SelfSubjectAccessReviews for them are refused.
         self.denied_access: set[tuple[str, str, str]] = set()
         self.reviews: list[ReviewRecord] = []
+        # RBAC for SubjectAccessReviews: (subject, group, resource, verb, namespace), where the
+        # subject is a user name or "group:<name>" and the namespace "*" stands for a
+        # ClusterRoleBinding. See grant().
+        self.grants: set[tuple[str, str, str, str, str]] = set()
+        self.access_reviews: list[dict[str, Any]] = []  # the SubjectAccessReview specs asked
         self.received = 0  # API requests that arrived, answered or not
         self.deleted_service_accounts: set[tuple[str, str]] = set()
         self._sa_uids: dict[tuple[str, str], str] = {}
@@ -245,7 +250,13 @@ class KubeApiDouble:
         }
         return self._sign(claims)
 
-    def issue_user_token(self, username: str, *, audiences: list[str] | None = None) -> str:
+    def issue_user_token(
+        self,
+        username: str,
+        *,
+        audiences: list[str] | None = None,
+        groups: list[str] | None = None,
+    ) -> str:
         """A token for an identity that is not a service account (say, an OIDC user)."""
         now = int(time.time())
         claims = {
@@ -256,8 +267,16 @@ class KubeApiDouble:
             "iss": self.issuer,
             "jti": str(uuid.uuid4()),
             "sub": username,
+            "groups": groups or [],
         }
         return self._sign(claims)
+
+    def grant(
+        self, subject: str, *, group: str, resource: str, verb: str, namespace: str = "*"
+    ) -> None:
+        """RBAC for SubjectAccessReviews: ``subject`` (a user name, or ``group:<name>``) may
+        ``verb`` ``resource`` in ``namespace`` (``*``: in every namespace)."""
+        self.grants.add((subject, group, resource, verb, namespace))
 
     def forge_token(self, namespace: str, service_account: str) -> str:
         """A well-formed token signed by a key the apiserver does not trust."""
@@ -361,7 +380,11 @@ class KubeApiDouble:
         """What the admin's RBAC allows: TokenReviews and the API objects, but denied_access."""
         if (group, resource, verb) in self.denied_access:
             return False
-        reviews = (group, resource, verb) == ("authentication.k8s.io", "tokenreviews", "create")
+        # system:auth-delegator: TokenReviews and SubjectAccessReviews.
+        reviews = (group, resource, verb) in {
+            ("authentication.k8s.io", "tokenreviews", "create"),
+            ("authorization.k8s.io", "subjectaccessreviews", "create"),
+        }
         return reviews or served(group, resource, verb)
 
     # -- HTTP --------------------------------------------------------------------------------
@@ -418,6 +441,24 @@ class KubeApiDouble:
                 }
                 self.reviews.append(ReviewRecord(requested, True, claims["sub"]))
             return review_object("TokenReview", "authentication.k8s.io/v1", spec, status)
+
+        @app.post("/apis/authorization.k8s.io/v1/subjectaccessreviews")
+        async def subject_access_review(request: Request) -> Response:
+            denied = self._authorize(request, "subjectaccessreviews", "authorization.k8s.io")
+            if denied is not None:
+                return denied
+            body = await request.json()
+            spec = body.get("spec") or {}
+            self.access_reviews.append(spec)
+            attrs = spec.get("resourceAttributes") or {}
+            subjects = {spec.get("user")} | {f"group:{g}" for g in spec.get("groups") or ()}
+            wanted = (attrs.get("group") or "", attrs.get("resource"), attrs.get("verb"))
+            scopes = (attrs.get("namespace") or "*", "*")
+            allowed = any((s, *wanted, ns) in self.grants for s in subjects for ns in scopes)
+            status: dict[str, Any] = {"allowed": allowed}
+            if allowed:
+                status["reason"] = "RBAC: allowed by a binding the test granted"
+            return review_object("SubjectAccessReview", "authorization.k8s.io/v1", spec, status)
 
         @app.post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
         async def self_subject_access_review(request: Request) -> Response:
@@ -476,7 +517,8 @@ class KubeApiDouble:
     def _user_info(self, claims: dict[str, Any]) -> dict[str, Any]:
         k8s = claims.get("kubernetes.io")
         if k8s is None:
-            return {"username": claims["sub"], "groups": ["system:authenticated"]}
+            groups = [*claims.get("groups", []), "system:authenticated"]
+            return {"username": claims["sub"], "uid": f"uid-{claims['sub']}", "groups": groups}
         namespace = k8s["namespace"]
         return {
             "username": claims["sub"],

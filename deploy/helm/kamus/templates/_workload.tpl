@@ -46,8 +46,8 @@ spec:
         {{- end }}
     spec:
       serviceAccountName: {{ include "kamus.name" $ctx }}
-      {{- /* The encryptor never calls the apiserver: it gets no token at all. */}}
-      automountServiceAccountToken: {{ ne .component "encryptor" }}
+      {{- /* The encryptor calls the apiserver only to authenticate callers: else no token. */}}
+      automountServiceAccountToken: {{ include "kamus.needsToken" $ctx }}
       securityContext:
         {{- include "kamus.podSecurityContext" $root | nindent 8 }}
       terminationGracePeriodSeconds: 30
@@ -144,7 +144,12 @@ metadata:
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-automountServiceAccountToken: {{ ne .component "encryptor" }}
+automountServiceAccountToken: {{ include "kamus.needsToken" . }}
+{{- end -}}
+
+{{/* Whether a component talks to the apiserver: all but an encryptor without authentication. */}}
+{{- define "kamus.needsToken" -}}
+{{ or (ne .component "encryptor") (eq .root.Values.encryptor.authentication "kubernetes") }}
 {{- end -}}
 
 {{/* A PodDisruptionBudget, when there is more than one replica to keep. */}}

@@ -1,0 +1,133 @@
+"""Optional caller authentication for the encryptor (``Encryptor__Authentication=kubernetes``).
+
+Kamus's encryptor is open: anyone who reaches it may encrypt for any service account. That is
+safe for secrecy (only the workload decrypts), but it lets anyone plant values that a workload
+will trust. With authentication on, the caller sends a Kubernetes token (``kamus encrypt
+--kubeconfig-token`` sends the current kubeconfig user's), Kubernetes says who it is
+(TokenReview), and Kubernetes RBAC says whether that user may encrypt for the namespace: the
+SubjectAccessReview asks whether it may ``create`` ``kamussecrets.soluto.com`` there. Whoever may
+create a KamusSecret in a namespace can already have the controller turn values into Secrets
+there, so this adds no second permission model.
+
+The encryptor's service account then needs ``system:auth-delegator`` (the Helm chart binds it).
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials
+
+if TYPE_CHECKING:
+    from decryptor.auth import TokenReviewAuthenticator
+
+from kamus.callers import Authenticator, AuthUnavailable, Identity, TokenCheck, bearer
+from kamus.health import Dependency
+from kamus.metrics import Metrics
+from kamus.settings import Settings
+from kamus.web import ApiError, annotate
+
+USER_TOKEN = bearer(
+    "KubernetesToken",
+    "With Encryptor__Authentication=kubernetes: the caller's Kubernetes token, as kubectl "
+    "sends it (kamus encrypt --kubeconfig-token).",
+)
+# What RBAC must allow in the target namespace: creating a KamusSecret there.
+PERMISSION = {"group": "soluto.com", "resource": "kamussecrets", "verb": "create"}
+
+
+class EncryptorCallers:
+    """Who may encrypt: anyone (``none``), or what Kubernetes RBAC allows (``kubernetes``)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.enabled = settings.encryptor.authentication == "kubernetes"
+        self._settings = settings
+        self._metrics = metrics
+        self._reviews: TokenReviewAuthenticator | None = None
+        self._tokens: Authenticator | None = None
+        self.kubernetes = Dependency("kubernetes", self._apiserver_answers, metrics.dependency_up)
+        self._check = TokenCheck(
+            self.kubernetes,
+            metrics,
+            str(settings.server.retry_after_seconds),
+            what_to_send="your Kubernetes token (kamus encrypt --kubeconfig-token sends it)",
+            rejected_hint="send a current token of your Kubernetes user",
+        )
+
+    @property
+    def dependencies(self) -> list[Dependency]:
+        return [self.kubernetes] if self.enabled else []
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        if not self.enabled:
+            yield
+            return
+        # Only now: the Kubernetes client is heavy, and unused with authentication off.
+        from decryptor.auth import TokenReviewAuthenticator
+        from decryptor.token_cache import CachingAuthenticator
+        from kamus.kube import create_api_client
+
+        kube = self._settings.kubernetes
+        self._reviews = TokenReviewAuthenticator(
+            await create_api_client(kube),
+            audiences=self._settings.encryptor.audiences,
+            timeout_seconds=kube.request_timeout_seconds,
+            max_concurrency=kube.max_concurrent_requests,
+        )
+        decryptor = self._settings.decryptor
+        self._tokens = CachingAuthenticator(
+            self._reviews,
+            ttl_seconds=decryptor.token_review_cache_seconds,
+            max_entries=decryptor.token_review_cache_size,
+            audiences=self._settings.encryptor.audiences,
+            observe=lambda result: self._metrics.token_review_cache.labels(result).inc(),
+        )
+        try:
+            yield
+        finally:
+            await self._tokens.close()
+            self._reviews = self._tokens = None
+
+    async def _apiserver_answers(self) -> bool:
+        if self._reviews is None:
+            return False
+        try:
+            await self._reviews.ping()
+        except AuthUnavailable:
+            return False
+        return True
+
+    async def identity(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(USER_TOKEN)],
+    ) -> Identity | None:
+        """A dependency: the caller, or None with authentication off. It runs before the body
+        is validated, so an unauthenticated caller learns nothing from the answers."""
+        if not self.enabled:
+            return None
+        if self._tokens is None:
+            raise ApiError(
+                503, "starting", "the encryptor is starting", headers={"Retry-After": "1"}
+            )
+        return await self._check.identity(request, credentials, self._tokens)
+
+    async def authorize(self, request: Request, caller: Identity | None, namespace: str) -> None:
+        """403 unless Kubernetes lets ``caller`` create KamusSecrets in ``namespace``."""
+        if caller is None or self._reviews is None:
+            return
+        try:
+            allowed = await self._reviews.may(caller, namespace=namespace, **PERMISSION)
+        except AuthUnavailable as exc:
+            raise self._check.unavailable(request, exc) from None
+        if not allowed:
+            annotate(request, reason="RBAC does not allow creating kamussecrets there")
+            raise ApiError(
+                403,
+                "not-allowed-to-encrypt",
+                f"{caller.username} may not encrypt for namespace {namespace}: Kubernetes RBAC "
+                "must allow it to create kamussecrets.soluto.com there (a Role and RoleBinding "
+                "in that namespace; see docs/errors.md)",
+            )

@@ -1,0 +1,177 @@
+"""Encryptor__Authentication=kubernetes: who may encrypt for a namespace is what Kubernetes RBAC
+says (TokenReview, then a SubjectAccessReview for creating KamusSecrets there)."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from encryptor.app import create_app
+from kamus.cli import main
+from tests.conftest import SettingsFactory, new_key
+from tests.k8s_double import KubeApiDouble
+from tests.processes import kamus_serve
+
+V1 = {"data": "s3cr3t-value", "service-account": "app", "namespace": "team-a"}
+V2 = {"namespace": "team-a", "serviceAccount": "app", "items": {"a": "s3cr3t-value"}}
+KAMUSSECRETS = {"group": "soluto.com", "resource": "kamussecrets", "verb": "create"}
+ON = {"Encryptor__Authentication": "kubernetes", "Encryptor__RateLimit": "off"}
+
+
+@pytest.fixture
+def encryptor(
+    kube_api: KubeApiDouble, kubeconfig: Path, make_settings: SettingsFactory
+) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(**ON))) as client:
+        yield client
+
+
+def as_user(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_off_by_default_anyone_may_encrypt(make_settings: SettingsFactory) -> None:
+    with TestClient(create_app(make_settings())) as client:
+        assert client.post("/api/v1/encrypt", json=V1).status_code == 200
+        spec = client.get("/openapi.json").json()
+    assert "KubernetesToken" in spec["components"]["securitySchemes"]
+
+
+def test_importing_the_encryptor_does_not_load_the_kubernetes_client() -> None:
+    """With authentication off it never needs one, and the client costs ~30 MB of memory."""
+    probe = "import sys, encryptor.app; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "'kubernetes'" not in loaded
+    assert "'decryptor'" not in loaded
+
+
+def test_rbac_decides_who_may_encrypt_for_a_namespace(
+    encryptor: TestClient, kube_api: KubeApiDouble
+) -> None:
+    jane = kube_api.issue_user_token("jane@example.com", groups=["team-a-devs"])
+    bob = kube_api.issue_user_token("bob@example.com")
+    kube_api.grant("group:team-a-devs", namespace="team-a", **KAMUSSECRETS)
+
+    assert encryptor.post("/api/v1/encrypt", json=V1, headers=as_user(jane)).status_code == 200
+    allowed = encryptor.post("/api/v2/encrypt", json=V2, headers=as_user(jane))
+    assert allowed.status_code == 200
+    # Not in another namespace...
+    other = encryptor.post(
+        "/api/v1/encrypt", json={**V1, "namespace": "team-b"}, headers=as_user(jane)
+    )
+    assert other.status_code == 403
+    assert "jane@example.com may not encrypt for namespace team-b" in other.json()["detail"]
+    # ... and not for a user without the grant.
+    refused = encryptor.post("/api/v2/encrypt", json=V2, headers=as_user(bob))
+    assert refused.status_code == 403
+    assert refused.json()["type"] == "urn:kamus:problem:not-allowed-to-encrypt"
+
+    # The review asked exactly the question, with the identity the TokenReview returned.
+    spec = kube_api.access_reviews[0]
+    assert spec["user"] == "jane@example.com"
+    assert "team-a-devs" in spec["groups"]
+    assert spec["resourceAttributes"] == {"namespace": "team-a", **KAMUSSECRETS}
+
+
+def test_a_cluster_wide_grant_and_a_service_account_caller(
+    encryptor: TestClient, kube_api: KubeApiDouble
+) -> None:
+    """A CI job's service account, allowed by a ClusterRoleBinding."""
+    ci = kube_api.issue_token("ci", "pipeline")
+    kube_api.grant("system:serviceaccount:ci:pipeline", **KAMUSSECRETS)
+    for namespace in ("team-a", "team-b"):
+        body = {**V1, "namespace": namespace}
+        assert encryptor.post("/api/v1/encrypt", json=body, headers=as_user(ci)).status_code == 200
+
+
+def test_no_token_or_a_bad_one_is_401_before_anything_else(
+    encryptor: TestClient, kube_api: KubeApiDouble
+) -> None:
+    missing = encryptor.post("/api/v1/encrypt", json={"nonsense": True})
+    assert missing.status_code == 401  # not 400: the body is not looked at
+    assert "--kubeconfig-token" in missing.json()["detail"]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    forged = kube_api.forge_token("team-a", "app")
+    assert encryptor.post("/api/v2/encrypt", json=V2, headers=as_user(forged)).status_code == 401
+    assert kube_api.access_reviews == []
+
+
+def test_an_apiserver_outage_is_503_and_not_ready(
+    encryptor: TestClient, kube_api: KubeApiDouble
+) -> None:
+    jane = kube_api.issue_user_token("jane@example.com")
+    kube_api.stop()
+    down = encryptor.post("/api/v1/encrypt", json=V1, headers=as_user(jane))
+    assert down.status_code == 503
+    assert down.headers["retry-after"]
+    assert encryptor.get("/readyz").json()["unavailable"] == ["kubernetes"]
+
+
+def test_the_encryptor_needs_auth_delegator(encryptor: TestClient, kube_api: KubeApiDouble) -> None:
+    """Without system:auth-delegator the reviews fail: a 503 that says so in the audit log,
+    never a misleading 401 or 403 to the caller."""
+    jane = kube_api.issue_user_token("jane@example.com")
+    kube_api.denied_access.add(("authorization.k8s.io", "subjectaccessreviews", "create"))
+    response = encryptor.post("/api/v1/encrypt", json=V1, headers=as_user(jane))
+    assert response.status_code == 503
+
+
+def test_kamus_encrypt_and_seal_send_the_kubeconfig_users_token(
+    kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    """The CLI against a real encryptor process, with the token of the kubeconfig's user."""
+    jane = kube_api.issue_user_token("jane@example.com")
+    kube_api.grant("jane@example.com", namespace="team-a", **KAMUSSECRETS)
+    encryptor_kubeconfig = kube_api.write_kubeconfig(tmp_path / "encryptor.kubeconfig")
+    user_kubeconfig = kube_api.write_kubeconfig(tmp_path / "jane.kubeconfig", token=jane)
+    env = {
+        **ON,
+        "KeyManagement__AES__Key": new_key(),
+        "KUBECONFIG": str(encryptor_kubeconfig),
+    }
+    with kamus_serve("encryptor", env, tmp_path / "encryptor.log") as encryptor:
+        runner = CliRunner(env={"KUBECONFIG": str(user_kubeconfig)})
+        common = ["-u", encryptor.url, "--allow-insecure-url"]
+
+        without = runner.invoke(main, ["encrypt", "-s", "x", "-a", "app", "-n", "team-a", *common])
+        assert without.exit_code == 5
+        assert "401" in without.output
+
+        encrypted = runner.invoke(
+            main,
+            ["encrypt", "-s", "s3cr3t", "-a", "app", "-n", "team-a", "--kubeconfig-token", *common],
+        )
+        assert encrypted.exit_code == 0, encrypted.output
+        assert encrypted.stdout.startswith("kamus$")
+
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db", "namespace": "team-b"},
+            "stringData": {"password": "s3cr3t"},
+        }
+        sealed = runner.invoke(
+            main, ["seal", "-a", "app", "--kubeconfig-token", *common], input=yaml.dump(secret)
+        )
+        assert sealed.exit_code == 5  # jane may not encrypt for team-b
+        assert "may not encrypt for namespace team-b" in sealed.output
+        assert httpx.get(f"{encryptor.url}/readyz").status_code == 200
+
+
+def test_kubeconfig_token_errors_are_clear(tmp_path: Path) -> None:
+    runner = CliRunner(env={"KUBECONFIG": str(tmp_path / "missing")})
+    args = ["encrypt", "-s", "x", "-a", "app", "-n", "team-a", "-u", "https://kamus.example"]
+    result = runner.invoke(main, [*args, "--kubeconfig-token"])
+    assert result.exit_code == 2
+    assert "cannot load the kubeconfig" in result.output
+    result = runner.invoke(main, [*args, "--kube-context", "prod"])
+    assert result.exit_code == 2
+    assert "--kube-context goes with --kubeconfig-token" in result.output
