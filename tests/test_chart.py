@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "kamus"
 BIN = Path(sys.executable).parent
 HELM = BIN / "helm"
+HELM4 = BIN / "helm4"  # Helm 4, the chart must work with it too
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]  # the oldest we support and the newest shipped
 Manifest = dict[str, Any]
 
@@ -99,20 +100,28 @@ MATRIX: dict[str, dict[str, Any]] = {
 
 
 def render(
-    values: dict[str, Any] | None = None, *, chart: Path = CHART, crds: bool = False
+    values: dict[str, Any] | None = None,
+    *,
+    chart: Path = CHART,
+    crds: bool = False,
+    helm: Path = HELM,
 ) -> list[Manifest]:
-    result = render_raw(values, chart=chart, crds=crds)
+    result = render_raw(values, chart=chart, crds=crds, helm=helm)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def render_raw(
-    values: dict[str, Any] | None = None, *, chart: Path = CHART, crds: bool = False
+    values: dict[str, Any] | None = None,
+    *,
+    chart: Path = CHART,
+    crds: bool = False,
+    helm: Path = HELM,
 ) -> subprocess.CompletedProcess[str]:
     """``helm template`` of the chart as release ``kamus`` in namespace ``kamus``."""
-    if not HELM.exists():
-        pytest.fail(f"{HELM} is missing: `make test` installs it (deploy/tools/install-helm.sh)")
-    args = [str(HELM), "template", "kamus", str(chart), "--namespace", "kamus", "--values", "-"]
+    if not helm.exists():
+        pytest.fail(f"{helm} is missing: `make test` installs it (deploy/tools/install-helm.sh)")
+    args = [str(helm), "template", "kamus", str(chart), "--namespace", "kamus", "--values", "-"]
     return subprocess.run(
         [*args, *(["--include-crds"] if crds else [])],
         input=json.dumps(values or {}),
@@ -145,11 +154,30 @@ def rendered() -> dict[str, list[Manifest]]:
     return {name: render(values, crds=True) for name, values in MATRIX.items()}
 
 
-def test_helm_lint_strict_passes() -> None:
-    lint = [str(HELM), "lint", "--strict", str(CHART)]
+@pytest.mark.parametrize("helm", [HELM, HELM4], ids=["helm3", "helm4"])
+def test_helm_lint_strict_passes(helm: Path) -> None:
+    lint = [str(helm), "lint", "--strict", str(CHART)]
     result = subprocess.run(lint, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+def _without_generated_key(manifests: list[Manifest]) -> list[Manifest]:
+    """The manifests, less what differs by chance: the AES key generated on each render."""
+    return [
+        {**m, "data": "<generated>"}
+        if m["kind"] == "Secret" and "aes-key" in m.get("data", {})
+        else m
+        for m in manifests
+    ]
+
+
+def test_helm_4_renders_every_values_set_as_helm_3_does(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    for case, values in MATRIX.items():
+        with_helm4 = render(values, crds=True, helm=HELM4)
+        assert _without_generated_key(with_helm4) == _without_generated_key(rendered[case]), case
 
 
 @pytest.mark.parametrize("case", list(MATRIX))
