@@ -33,6 +33,7 @@ from kamus.metrics import Metrics
 from kamus.providers import ConfigurationError, build_key_manager
 from kamus.settings import Settings
 from kamus.web import (
+    READINESS_RESPONSES,
     ApiError,
     BatchItem,
     BatchItems,
@@ -222,6 +223,7 @@ def create_app(
                 400: {"description": "The body is invalid, or the data does not decrypt."},
                 401: {"description": "No token, or Kubernetes did not accept it."},
                 403: {"description": "The caller is not an allowed service account."},
+                413: {"description": "The request body is over the size limit."},
                 503: {"description": "Kubernetes or the key manager is unavailable."},
             },
         )
@@ -271,7 +273,22 @@ def create_app(
             annotate(request, reason="; ".join(sorted(set(reasons)))[:500])
         return BatchResponse(items=dict(zip(body.items, results, strict=True)))
 
-    @app.get("/api/v1/isAlive", tags=["health"], summary="May this service review tokens?")
+    @app.get(
+        "/api/v1/isAlive",
+        tags=["health"],
+        summary="May this service review tokens?",
+        response_model=None,
+        responses={
+            200: {
+                "description": "true: it may create TokenReviews.",
+                "content": {"application/json": {"schema": {"type": "boolean"}}},
+            },
+            503: {
+                "description": "false: it may not, or the Kubernetes API does not answer.",
+                "content": {"application/json": {"schema": {"type": "boolean"}}},
+            },
+        },
+    )
     async def is_alive() -> JSONResponse:
         try:
             allowed = await _authenticator().can_review_tokens()
@@ -283,6 +300,8 @@ def create_app(
         "/readyz",
         tags=["health"],
         summary="Ready to serve: the Kubernetes API and the key manager answer",
+        response_model=None,
+        responses=READINESS_RESPONSES,
     )
     async def readyz() -> JSONResponse:
         if auth is None:

@@ -22,6 +22,7 @@ from kamus.providers import ConfigurationError, build_key_manager
 from kamus.ratelimit import ClientRateLimiter, parse_limits, parse_networks
 from kamus.settings import Settings
 from kamus.web import (
+    READINESS_RESPONSES,
     ApiError,
     BatchItem,
     BatchItems,
@@ -95,7 +96,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)
     provider = settings.key_management.provider
     callers = EncryptorCallers(settings, metrics)
-    Caller = Annotated[Identity | None, Depends(callers.identity)]
+    Caller = Annotated[Identity | None, Depends(callers.caller)]
     app = create_base_app(
         service="encryptor",
         title="Kamus encryptor",
@@ -202,7 +203,13 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     async def is_alive() -> bool:
         return True
 
-    @app.get("/readyz", tags=["health"], summary="Ready to serve: the key manager answers")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Ready to serve: the key manager answers",
+        response_model=None,
+        responses=READINESS_RESPONSES,
+    )
     async def readyz() -> JSONResponse:
         return await readiness(keys.dependency, *callers.dependencies)
 

@@ -12,7 +12,7 @@ there, so this adds no second permission model.
 The encryptor's service account then needs ``system:auth-delegator`` (the Helm chart binds it).
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated
 
@@ -35,6 +35,10 @@ USER_TOKEN = bearer(
 )
 # What RBAC must allow in the target namespace: creating a KamusSecret there.
 PERMISSION = {"group": "soluto.com", "resource": "kamussecrets", "verb": "create"}
+
+
+async def _anyone() -> None:
+    return None
 
 
 class EncryptorCallers:
@@ -99,15 +103,19 @@ class EncryptorCallers:
             return False
         return True
 
-    async def identity(
+    @property
+    def caller(self) -> Callable[..., Awaitable[Identity | None]]:
+        """The FastAPI dependency for the caller: with authentication off, one that asks for
+        nothing, so that the OpenAPI schema does not claim a token is needed."""
+        return self._identity if self.enabled else _anyone
+
+    async def _identity(
         self,
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(USER_TOKEN)],
     ) -> Identity | None:
-        """A dependency: the caller, or None with authentication off. It runs before the body
-        is validated, so an unauthenticated caller learns nothing from the answers."""
-        if not self.enabled:
-            return None
+        """The caller. It runs before the body is validated, so an unauthenticated caller
+        learns nothing from the answers."""
         if self._tokens is None:
             raise ApiError(
                 503, "starting", "the encryptor is starting", headers={"Retry-After": "1"}

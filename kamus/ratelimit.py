@@ -78,7 +78,10 @@ class ClientRateLimiter:
         peer = request.client.host if request.client else "unknown"
         if not self._trusted or not self._is_trusted(peer):
             return peer
-        hops = [hop.strip() for hop in request.headers.get(self._header, "").split(",")]
+        # Every line of the header: some proxies add their own line rather than append to the
+        # client's, and the client's (forged) line must not be the only one read.
+        lines = request.headers.getlist(self._header)
+        hops = [hop.strip() for hop in ",".join(lines).split(",")]
         for hop in reversed([hop for hop in hops if hop]):
             if not self._is_trusted(hop):
                 return hop

@@ -120,13 +120,33 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 # The v2 batch APIs: values by name, answered per name (Vault's batch_input semantics).
-def _not_empty(items: dict[str, str]) -> dict[str, str]:
+def _valid_items(items: dict[str, str]) -> dict[str, str]:
     if not items:
         raise ValueError("send at least one item")
+    for name in items:
+        # JSON can escape lone surrogates (\ud800) that no UTF-8 text holds: such names would
+        # come back mangled, two of them under one name.
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("item names must be UTF-8 text (no lone surrogates)") from None
     return items
 
 
-BatchItems = Annotated[dict[str, str], AfterValidator(_not_empty)]
+BatchItems = Annotated[dict[str, str], AfterValidator(_valid_items)]
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready, starting or unavailable", examples=["ready"])
+    unavailable: list[str] | None = Field(
+        None, description="What does not answer: kubernetes, key-manager."
+    )
+
+
+READINESS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "Ready."},
+    503: {"model": Readiness, "description": "Starting, or a dependency does not answer."},
+}
 
 
 def key_manager_unavailable(
@@ -338,7 +358,13 @@ def create_base_app(
         async def healthz() -> dict[str, str]:
             return {"status": "ok"}
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "The Prometheus text format."}},
+    )
     async def prometheus_metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

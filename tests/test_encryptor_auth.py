@@ -40,7 +40,14 @@ def test_off_by_default_anyone_may_encrypt(make_settings: SettingsFactory) -> No
     with TestClient(create_app(make_settings())) as client:
         assert client.post("/api/v1/encrypt", json=V1).status_code == 200
         spec = client.get("/openapi.json").json()
+    # The schema does not claim a token is needed.
+    assert "securitySchemes" not in spec.get("components", {})
+
+
+def test_with_authentication_the_schema_asks_for_a_token(encryptor: TestClient) -> None:
+    spec = encryptor.get("/openapi.json").json()
     assert "KubernetesToken" in spec["components"]["securitySchemes"]
+    assert spec["paths"]["/api/v2/encrypt"]["post"]["security"] == [{"KubernetesToken": []}]
 
 
 def test_importing_the_encryptor_does_not_load_the_kubernetes_client() -> None:
