@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 from fastapi import Request
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from kamus.metrics import Metrics
 from kamus.web import ApiError, annotate
@@ -65,6 +65,9 @@ class ClientRateLimiter:
         self._metrics = metrics
         self._trusted = list(trusted_proxies)
         self._header = client_ip_header
+        # The synchronous API on purpose: memory storage never blocks, and limits' asyncio
+        # memory storage hands expiry work to a thread on every call, which measured costlier
+        # than all the rest of an encrypt request (GIL hand-offs).
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def _is_trusted(self, address: str) -> bool:
@@ -93,13 +96,13 @@ class ClientRateLimiter:
             return
         client = self.client_address(request)
         for limit in self._limits:  # all of them first: a refused request consumes nothing
-            if not await self._limiter.test(limit, client):
-                await self._refuse(request, limit, client)
+            if not self._limiter.test(limit, client):
+                self._refuse(request, limit, client)
         for limit in self._limits:
-            await self._limiter.hit(limit, client)
+            self._limiter.hit(limit, client)
 
-    async def _refuse(self, request: Request, limit: RateLimitItem, client: str) -> None:
-        stats = await self._limiter.get_window_stats(limit, client)
+    def _refuse(self, request: Request, limit: RateLimitItem, client: str) -> None:
+        stats = self._limiter.get_window_stats(limit, client)
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         self._metrics.rate_limited.inc()
         annotate(request, reason=f"rate limit {limit} reached", client=client)
