@@ -5,22 +5,28 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, NoReturn, TextIO
+from typing import TYPE_CHECKING, Literal, NoReturn, TextIO
 
 import click
-from pydantic import ValidationError
 
 from kamus import __version__
 from kamus.client import ClientError, UsageError
 from kamus.logs import configure_logging
-from kamus.providers import ConfigurationError
-from kamus.settings import Settings
-from kamus.tls import TlsReloader
+
+if TYPE_CHECKING:
+    from kamus.settings import Settings
+
+# The service modules (settings, providers, FastAPI) load only in `kamus serve`: `kamus init`
+# runs at every pod start, and importing them cost it more time than decrypting.
 
 Service = Literal["encryptor", "decryptor", "controller"]
 
 
-def load_settings() -> Settings:
+def load_settings() -> "Settings":
+    from pydantic import ValidationError
+
+    from kamus.settings import Settings
+
     try:
         return Settings()
     except ValidationError as exc:
@@ -31,6 +37,8 @@ def load_settings() -> Settings:
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:
     """The environment name of a setting from a pydantic error location."""
+    from kamus.settings import Settings
+
     parts = [str(part) for part in loc]
     field = Settings.model_fields.get(parts[0]) if parts else None
     if field is not None and field.alias:
@@ -57,6 +65,9 @@ def serve(service: Service, host: str, port: int, workers: int | None) -> None:
     """Run the encryptor, the decryptor or the controller, configured from the environment
     (Kamus's setting names)."""
     import uvicorn
+
+    from kamus.providers import ConfigurationError
+    from kamus.tls import TlsReloader
 
     settings = load_settings()
     configure_logging(settings.logging.level)

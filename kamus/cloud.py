@@ -140,6 +140,8 @@ def build_gcp(settings: Settings, observer: KmsObserver | None) -> GoogleKmsKeyM
         transport=gk.transport,
         client_options=ClientOptions(api_endpoint=gk.endpoint) if gk.endpoint else None,
     )
+    if gk.transport == "rest":
+        _size_rest_pool(client, km.max_concurrent_calls)
     return GoogleKmsKeyManager(
         client,
         blocking_calls(km, "gcp", classify_gcp_error, observer),
@@ -152,6 +154,19 @@ def build_gcp(settings: Settings, observer: KmsObserver | None) -> GoogleKmsKeyM
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
     )
+
+
+def _size_rest_pool(client: object, connections: int) -> None:
+    """Give the REST transport's requests session as many pooled connections as calls may be in
+    flight. Its default of 10 made a batch of 32 open (and discard, with a warning each) new TLS
+    connections every time. The session is not public API: without it, the default stays."""
+    import requests.adapters
+
+    session = getattr(getattr(client, "_transport", None), "_session", None)
+    if isinstance(session, requests.Session):
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=connections)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
 
 
 def build_azure(settings: Settings, observer: KmsObserver | None) -> AzureKeyVaultKeyManager:

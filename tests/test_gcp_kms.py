@@ -338,3 +338,20 @@ def test_the_default_grpc_transport_fails_as_unavailable_not_500(
     with pytest.raises(KeyManagerUnavailable) as info:
         run(manager.encrypt(b"v", "team-a:app"))
     assert info.value.reason.startswith("gcp Encrypt")
+
+
+def test_a_batch_reuses_pooled_connections(
+    gcp_kms: CloudKmsDouble, make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """32 calls at once over the REST transport: as many pooled connections, none discarded
+    (requests' default pool of 10 discarded, and logged, the rest on every batch)."""
+    manager = build(make_settings, KeyManagement__MaxConcurrentCalls="32")
+    ciphertext = run(manager.encrypt(b"v", "team-a:app"))
+
+    async def batch() -> list[bytes]:
+        return await asyncio.gather(*(manager.decrypt(ciphertext, "team-a:app") for _ in range(32)))
+
+    caplog.set_level("WARNING", logger="urllib3")
+    for _ in range(3):
+        assert run(batch()) == [b"v"] * 32
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
