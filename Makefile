@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest double clean
+.PHONY: run test lint typecheck pytest double bench clean
 
 $(STAMP): pyproject.toml deploy/tools/install-helm.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ pytest: $(STAMP)
 # The Kubernetes API double on its own (see tests/k8s_double/README.md).
 double: $(STAMP)
 	$(BIN)/python -m tests.k8s_double
+
+# The benchmarks of docs/performance.md (about 5 minutes; needs wrk for real throughput numbers).
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

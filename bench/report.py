@@ -1,0 +1,234 @@
+"""The results as a table for the terminal and as one PNG of six panels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+from bench.load import CONNECTIONS
+
+
+def _verdict(passed: bool | None) -> str:
+    return "-" if passed is None else ("PASS" if passed else "FAIL")
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measurement, result, target, verdict) for each line of the table."""
+    enc = results["encrypt_throughput"]
+    pod = results["pod_start"]
+    med = pod["median_ms"]
+    reviews = pod["token_reviews"]
+    dec = results["decrypt_throughput"]
+    mem = results["memory"]
+    lat = results["latency"]
+    cold_warm_ok = set(reviews["cold"]) == {1} and set(reviews["warm"]) == {0}
+    out = [
+        (
+            "1. encrypt throughput, kamus / bare uvicorn",
+            f"{enc['kamus']['median_rps']:.0f} / {enc['bare']['median_rps']:.0f} req/s"
+            f" = {enc['ratio']:.2f}",
+            ">= 0.6",
+            _verdict(enc["pass"]),
+        ),
+        (
+            "   reference: minimal FastAPI app / bare",
+            f"{enc['fastapi']['median_rps']:.0f} req/s = {enc['fastapi_over_bare']:.2f}"
+            f" (kamus / it = {enc['kamus_over_fastapi']:.2f})",
+            "",
+            "-",
+        ),
+        (
+            f"2. pod start, {pod['secrets']} secrets: Kamus flow / init batch",
+            f"{med['kamus']:.0f} / {med['cold']:.1f} ms = {pod['speedup']:.1f}x",
+            ">= 10x",
+            _verdict(pod["pass"]),
+        ),
+        (
+            "   ... Kamus flow against the cache (v1 client)",
+            f"{med['v1_cached']:.0f} ms, {_counts(reviews['v1_cached'])} TokenReview(s)",
+            "",
+            "-",
+        ),
+        (
+            "   ... init batch, same token again (warm)",
+            f"{med['warm']:.1f} ms = {pod['speedup_warm']:.1f}x",
+            "",
+            "-",
+        ),
+        (
+            "   ... kamus init as a new process",
+            f"{med['process']:.0f} ms = {pod['speedup_with_process_start']:.1f}x",
+            "",
+            "-",
+        ),
+        (
+            "   TokenReviews per pod start: cold, warm",
+            f"{_counts(reviews['cold'])}, {_counts(reviews['warm'])}"
+            f" (Kamus flow {_counts(reviews['kamus'])})",
+            "1, 0",
+            _verdict(cold_warm_ok),
+        ),
+        (
+            "3. decrypt throughput, cache warm / off",
+            f"{dec['warm']['median_rps']:.0f} / {dec['cold']['median_rps']:.0f} req/s"
+            f" = {dec['ratio']:.1f}x",
+            "",
+            "-",
+        ),
+        (
+            f"4. RSS after {mem['requests']} requests: encryptor, decryptor",
+            f"{mem['encryptor']['rss_mb']:.1f}, {mem['decryptor']['rss_mb']:.1f} MB",
+            "<= 80 MB",
+            _verdict(mem["pass"]),
+        ),
+    ]
+    for name in ("encrypt", "decrypt", "bare"):
+        out.append(
+            (
+                f"5. {name} latency at {lat['rate']:g} req/s: p50, p99",
+                f"{lat[name]['p50_ms']:.2f}, {lat[name]['p99_ms']:.2f} ms",
+                "",
+                "-",
+            )
+        )
+    sweep = results["worker_sweep"]
+    if "workers" in sweep:
+        workers = sweep["workers"]
+        numbers = ", ".join(f"{n}: {s['median_rps']:.0f}" for n, s in workers.items())
+        out.append(("6. encrypt req/s by --workers: median", numbers, "", "-"))
+        numbers = ", ".join(f"{n}: {s['max_rps']:.0f}" for n, s in workers.items())
+        out.append(("   best round", numbers, "", "-"))
+
+    else:
+        out.append(("6. encrypt req/s by --workers", f"skipped ({sweep['skipped']})", "", "-"))
+    return out
+
+
+def _counts(values: list[int]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else "/".join(map(str, values))
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = rows(results)
+    widths = [max(len(row[i]) for row in lines) for i in range(4)]
+    header = ("measurement", "result", "target", "")
+    rule = "  ".join("-" * w for w in widths)
+    before, after = results["load_average"]
+    text = [
+        f"\nKamus bench ({results['mode']}), {results['load_generator']}; "
+        f"load average {before} before, {after} after",
+        rule,
+    ]
+    for row in [header, *lines]:
+        text.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        if row is header:
+            text.append(rule)
+    spread = results["worker_sweep"].get("connections_per_worker", {})
+    if spread:
+        text.append(f"\nwrk's {CONNECTIONS} connections over the workers, round by round:")
+        for workers, rounds in spread.items():
+            text.append(
+                f"  --workers {workers}: " + "  ".join("/".join(map(str, r)) for r in rounds)
+            )
+    return "\n".join(text)
+
+
+def _bars(ax: Axes, values: dict[str, float], color: str, unit: str = "") -> None:
+    """Bars labelled with their values."""
+    bars = ax.bar(list(values), list(values.values()), color=color)
+    ax.bar_label(bars, labels=[f"{v:,.0f}{unit}" for v in values.values()], fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def _rounds(ax: Axes, rounds: list[list[float]]) -> None:
+    """Each round's result as a dot on its bar: the spread that the median hides."""
+    for i, values in enumerate(rounds):
+        ax.plot([i] * len(values), values, "k.", markersize=4)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    enc, dec = results["encrypt_throughput"], results["decrypt_throughput"]
+
+    ax = axes[0][0]
+    servers = {
+        "bare\nuvicorn": enc["bare"],
+        "minimal\nFastAPI": enc["fastapi"],
+        "kamus\nencrypt": enc["kamus"],
+        "decrypt\ncache warm": dec["warm"],
+        "decrypt\ncache off": dec["cold"],
+    }
+    _bars(ax, {k: v["median_rps"] for k, v in servers.items()}, "#4c72b0")
+    _rounds(ax, [v["rps"] for v in servers.values()])
+    ax.set_title(f"1, 3. Throughput (req/s), median of rounds\nencrypt/bare = {enc['ratio']:.2f}")
+
+    pod = results["pod_start"]
+    ax = axes[0][1]
+    labels = {"kamus": "Kamus flow\n20 x v1", "v1_cached": "20 x v1\ncache on"}
+    labels |= {"cold": "init batch\nnew token", "warm": "init batch\nsame token"}
+    labels |= {"process": "kamus init\nprocess"}
+    _bars(ax, {labels[k]: pod["median_ms"][k] for k in labels}, "#dd8452", " ms")
+    _rounds(ax, [[v * 1e3 for v in pod["seconds"][k]] for k in labels])
+    ax.set_title(f"2. Pod start, {pod['secrets']} secrets (ms), median\nspeedup {pod['speedup']}x")
+
+    ax = axes[0][2]
+    reviews = pod["token_reviews"]
+    names = {"kamus": "Kamus flow", "v1_cached": "20 x v1\ncache on"}
+    names |= {"cold": "init batch\nnew token", "warm": "init batch\nsame token"}
+    _bars(ax, {names[k]: reviews[k][0] for k in names}, "#55a868")
+    ax.set_title("2. TokenReviews per pod start")
+
+    lat = results["latency"]
+    ax = axes[1][0]
+    names = {"encrypt": "kamus encrypt", "decrypt": "kamus decrypt", "bare": "bare uvicorn"}
+    for offset, key in [(-0.2, "p50_ms"), (0.2, "p99_ms")]:
+        values = [lat[name][key] for name in names]
+        bars = ax.bar([i + offset for i in range(3)], values, width=0.4, label=key[:3])
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=8)
+    ax.set_xticks([0, 1, 2], list(names.values()))
+    ax.set_yscale("log")  # a single stall makes a p99 that would flatten every other bar
+    ax.legend()
+    ax.set_title(f"5. Latency at {lat['rate']:g} req/s, open loop (ms, log scale)")
+
+    mem = results["memory"]
+    ax = axes[1][1]
+    rss = {
+        "encryptor\nAES": mem["encryptor"]["rss_mb"],
+        "decryptor\nAES": mem["decryptor"]["rss_mb"],
+        "encryptor\nGoogleKms": pod["rss_mb"]["encryptor"],
+        "decryptor\nGoogleKms": pod["rss_mb"]["decryptor"],
+    }
+    _bars(ax, rss, "#c44e52", " MB")
+    ax.axhline(mem["target_mb"], color="black", linestyle="--", label="target")
+    ax.legend(loc="upper left")
+    ax.set_title(
+        f"4. RSS (MB), AES after {mem['requests']} requests,\nGoogleKms after the pod starts"
+    )
+
+    ax = axes[1][2]
+    sweep = results["worker_sweep"]
+    if "workers" in sweep:
+        workers = sweep["workers"]
+        _bars(ax, {k: w["median_rps"] for k, w in workers.items()}, "#8172b3")
+        _rounds(ax, [w["rps"] for w in workers.values()])
+        ax.set_xlabel("kamus serve --workers")
+        ax.set_title("6. Encrypt throughput by workers (req/s)")
+    else:
+        ax.axis("off")
+        ax.set_title(f"6. Worker sweep skipped ({sweep['skipped']})")
+
+    info = results["machine"]
+    fig.suptitle(
+        f"Kamus bench ({results['mode']}): {info['cores']} cores, {info['cpu']}, "
+        f"Python {info['python']}; {results['load_generator']}; "
+        f"load average {results['load_average'][0]}-{results['load_average'][1]}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
