@@ -66,6 +66,9 @@ def classify_azure_error(exc: Exception, operation: str) -> KmsError | None:
     return None
 
 
+MAX_RSA_CIPHERTEXT = 512  # bytes, for the largest Key Vault RSA key (4096 bits)
+
+
 def _identity_digest(sa_id: str) -> bytes:
     return hashlib.sha256(sa_id.encode("utf-8")).digest()
 
@@ -204,6 +207,9 @@ class AzureKeyVaultKeyManager:
         return cbc_decrypt(data_key, iv, body)
 
     async def _remote(self, operation: str, name: str, version: str, data: bytes) -> bytes:
+        if not 1 <= len(data) <= MAX_RSA_CIPHERTEXT:
+            # An RSA ciphertext is as long as the key: not worth sending a forged value's bulk.
+            raise DecryptionError("the wrapped value is not an RSA ciphertext (wrong size)")
         try:
             client = await self._version_client(name, version)
             if operation == "UnwrapKey":

@@ -54,6 +54,9 @@ def classify_gcp_error(exc: Exception, operation: str) -> KmsError | None:
     return None
 
 
+MAX_CIPHERTEXT = 65536  # Cloud KMS's limit on Decrypt's ciphertext
+
+
 def _crc(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
@@ -215,6 +218,9 @@ class GoogleKmsKeyManager:
         raise DecryptionError(f"the Google Cloud KMS provider cannot read format {fmt}")
 
     async def _unwrap(self, blob: bytes, sa_id: str, aad: bytes) -> bytes:
+        if not 1 <= len(blob) <= MAX_CIPHERTEXT:
+            # Cloud KMS would refuse it; not worth sending a forged value's megabytes.
+            raise DecryptionError("the wrapped value is not a Cloud KMS ciphertext (wrong size)")
         request = {
             "name": self.key_name(sa_id),
             "ciphertext": blob,
