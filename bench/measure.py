@@ -9,7 +9,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 
 from bench.load import Target, Throughput, closed_loop, open_loop, wrk
-from bench.services import ROOT, Service
+from bench.services import KAMUS_PYTHON, ROOT, Service
 from kamus.init import InitOptions, run_init
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
@@ -281,7 +280,7 @@ class PodStart:
         """``kamus init`` as the init container runs it: a new Python process."""
         options = self._options(decryptor, token)
         options.output_dir.mkdir()
-        command = [sys.executable, "-m", "kamus", "init", "-e", str(self.folder)]
+        command = [KAMUS_PYTHON, "-m", "kamus", "init", "-e", str(self.folder)]
         command += ["-d", str(options.output_dir), "-n", "config.json", "-f", "json"]
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
         env |= {"KAMUS_URL": decryptor.url, "TOKEN_FILE_PATH": str(options.token_file)}

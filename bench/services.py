@@ -23,6 +23,13 @@ HOST = "127.0.0.1"
 BASELINES = {"bare": "bench.bare:app", "fastapi": "bench.bare:fastapi_app"}
 
 
+# The interpreter of the kamus processes: by default this one (the development venv). To measure
+# kamus as installed without the development tools, which some libraries import when present
+# (kubernetes-validate, say): `python -m venv /tmp/kamus && /tmp/kamus/bin/pip install .` and
+# KAMUS_BENCH_PYTHON=/tmp/kamus/bin/python.
+KAMUS_PYTHON = os.environ.get("KAMUS_BENCH_PYTHON", sys.executable)
+
+
 def new_key() -> str:
     """A fresh AES master key, as ``openssl rand -base64 32`` makes."""
     return base64.b64encode(os.urandom(32)).decode()
@@ -38,8 +45,8 @@ def free_port() -> int:
 @cache
 def serve_supports_workers() -> bool:
     """Whether ``kamus serve`` takes ``--workers`` (it is being added alongside this bench)."""
-    help_text = subprocess.run(
-        [sys.executable, "-m", "kamus", "serve", "--help"],
+    help_text = subprocess.run(  # noqa: S603 - a Python interpreter of ours, not user input
+        [KAMUS_PYTHON, "-m", "kamus", "serve", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -143,7 +150,7 @@ def _command(spec: Spec, port: int) -> list[str]:
         command += ["--log-level", "warning", "--no-access-log", "--no-server-header"]
         command += ["--lifespan", "off"]
         return command + (["--workers", str(spec.workers)] if spec.workers > 1 else [])
-    command = [sys.executable, "-m", "kamus", "serve", spec.kind, *listen]
+    command = [KAMUS_PYTHON, "-m", "kamus", "serve", spec.kind, *listen]
     if serve_supports_workers():
         command += ["--workers", str(spec.workers)]
     elif spec.workers != 1:
