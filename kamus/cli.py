@@ -124,9 +124,9 @@ def serve(service: Service, host: str, port: int, workers: int | None) -> None:
             if tls.tls_cert_file and tls.tls_key_file
             else None
         ),
-        # uvloop and httptools when installed (they are dependencies on Linux and macOS).
+        # uvloop when installed; httptools (a dependency) with a deadline for the headers.
         loop="auto",
-        http="auto",
+        http=_http_protocol(),
         timeout_graceful_shutdown=settings.server.shutdown_timeout_seconds,
         limit_concurrency=settings.server.max_connections,
         log_config=None,
@@ -134,6 +134,13 @@ def serve(service: Service, host: str, port: int, workers: int | None) -> None:
         server_header=False,
         lifespan="on",
     )
+
+
+def _http_protocol() -> str:
+    """kamus/http.py's protocol where httptools is installed, else uvicorn's own choice."""
+    import importlib.util
+
+    return "kamus.http:HeaderTimeoutProtocol" if importlib.util.find_spec("httptools") else "auto"
 
 
 @main.command()

@@ -193,6 +193,8 @@ class ServerSettings(_Section):
     # On SIGTERM: stop accepting, let requests in flight finish for up to this long, then exit.
     # Under Kubernetes' default grace period (30 s), which the chart keeps.
     shutdown_timeout_seconds: int = Field(20, ge=1, alias="ShutdownTimeoutSeconds")
+    # A request's headers must arrive within this long (kamus/http.py: against slowloris).
+    header_timeout_seconds: float = Field(10.0, gt=0, alias="HeaderTimeoutSeconds")
     # Connections and requests open at once per process; past it, 503 at once.
     max_connections: int = Field(1000, ge=1, alias="MaxConnections")
 

@@ -3,6 +3,7 @@
 import base64
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 from tests import leaks
 from tests.conftest import new_key
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.processes import Deployment, deploy
+from tests.processes import Deployment, deploy, kamus_serve
 
 SECRET = "pa55w0rd-only-for-team-a-app"
 leaks.register(SECRET)
@@ -243,3 +244,21 @@ def test_past_max_connections_new_requests_get_503(kube_api: KubeApiDouble, tmp_
         assert refused.status_code == 503
         kube_api.faults = Faults()
         assert deployment.decrypt(ciphertext, token).text == SECRET
+
+
+def test_slow_headers_lose_their_connection(tmp_path: Path) -> None:
+    """A client trickling its headers (slowloris) is cut off after Server__HeaderTimeoutSeconds;
+    one that finishes them in time is served, over the same kind of connection."""
+    env = {"KeyManagement__AES__Key": new_key(), "Server__HeaderTimeoutSeconds": "1"}
+    with kamus_serve("encryptor", env, tmp_path / "encryptor.log") as encryptor:
+        host, port = encryptor.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: kamus\r\n")  # ... and no blank line
+            started = time.monotonic()
+            assert slow.recv(1024) == b""  # closed by the server
+            assert time.monotonic() - started < 8
+        with socket.create_connection((host, int(port)), timeout=10) as prompt:
+            prompt.sendall(b"GET /healthz HTTP/1.1\r\n")
+            time.sleep(0.3)
+            prompt.sendall(b"Host: kamus\r\nConnection: close\r\n\r\n")
+            assert prompt.recv(1024).startswith(b"HTTP/1.1 200")
