@@ -44,7 +44,7 @@ def free_port() -> int:
 
 @cache
 def serve_supports_workers() -> bool:
-    """Whether ``kamus serve`` takes ``--workers`` (it is being added alongside this bench)."""
+    """Whether the kamus under test (``KAMUS_BENCH_PYTHON``) has ``--workers``: old ones lack it."""
     help_text = subprocess.run(  # noqa: S603 - a Python interpreter of ours, not user input
         [KAMUS_PYTHON, "-m", "kamus", "serve", "--help"],
         capture_output=True,
