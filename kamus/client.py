@@ -240,12 +240,14 @@ def kubeconfig_token(context: str | None = None) -> str:
             f"--kubeconfig-token: cannot load the kubeconfig ({type(exc).__name__}); check "
             "KUBECONFIG or ~/.kube/config and --kube-context"
         ) from None
-    header = configuration.api_key.get("BearerToken", "")  # "Bearer <token>"
-    token = header.removeprefix("Bearer ").strip()
+    # "Bearer <token>"; for a user with a password the client puts "Basic ..." here, which must
+    # never be forwarded.
+    header = configuration.api_key.get("BearerToken") or ""
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
     if not token:
         raise UsageError(
-            "--kubeconfig-token: the kubeconfig user has no bearer token (a client certificate "
-            "cannot be forwarded); use a token or an exec credential plugin"
+            "--kubeconfig-token: the kubeconfig user has no bearer token (a client certificate or "
+            "a password cannot be forwarded); use a token or an exec credential plugin"
         )
     return str(token)
 

@@ -179,6 +179,26 @@ def test_kubeconfig_token_errors_are_clear(tmp_path: Path) -> None:
     result = runner.invoke(main, [*args, "--kubeconfig-token"])
     assert result.exit_code == 2
     assert "cannot load the kubeconfig" in result.output
+    # A user with a password (or a client certificate) has no token to forward, and the
+    # password must not be sent as one.
+    kubeconfig = tmp_path / "cert-user"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"username": "admin", "password": "x"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    result = CliRunner(env={"KUBECONFIG": str(kubeconfig)}).invoke(
+        main, [*args, "--kubeconfig-token"]
+    )
+    assert result.exit_code == 2
+    assert "has no bearer token" in result.output
     result = runner.invoke(main, [*args, "--kube-context", "prod"])
     assert result.exit_code == 2
     assert "--kube-context goes with --kubeconfig-token" in result.output
