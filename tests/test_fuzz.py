@@ -82,6 +82,8 @@ from tests.fuzz.targets import (
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
+from tests.test_vectors import E1 as E1_VECTORS
+from tests.test_vectors import LEGACY as LEGACY_VECTORS
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = targets.build_targets()
@@ -547,7 +549,7 @@ def _kamus_bodies() -> list[tuple[bytes, str, bytes]]:
     """Kamus's committed AES-CBC vectors as (the CBC key, ``iv:ct``, the plaintext): a Kamus KMS
     provider's ``env$`` value carries such a body beside its wrapped key."""
     bodies = []
-    for v in targets.LEGACY_VECTORS["vectors"]:
+    for v in LEGACY_VECTORS["vectors"]:
         iv, body = legacy.parse_iv_ciphertext(v["ciphertext"])
         plaintext = base64.b64decode(v["plaintext_b64"])
         for master in [v["key"], *v["previous_keys"]]:
@@ -560,7 +562,7 @@ def _kamus_bodies() -> list[tuple[bytes, str, bytes]]:
                     break
             except DecryptionError:
                 continue
-    assert len(bodies) == len(targets.LEGACY_VECTORS["vectors"])
+    assert len(bodies) == len(LEGACY_VECTORS["vectors"])
     return bodies
 
 
@@ -569,7 +571,7 @@ KAMUS_PLAINTEXTS = [b"kamus ok", *(plaintext for _, _, plaintext in KAMUS_BODIES
 
 
 def _e1_vectors(kms: str) -> list[dict[str, Any]]:
-    return [v for v in targets.E1_VECTORS["vectors"] if v["kms"] == kms]
+    return [v for v in E1_VECTORS["vectors"] if v["kms"] == kms]
 
 
 def _rewrapped(vector: dict[str, Any], blob: bytes) -> tuple[tuple[str, str], bytes]:

@@ -25,11 +25,9 @@ seeds.
 
 import base64
 import hashlib
-import json
 import re
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import hashes, padding
@@ -40,12 +38,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from crypto import AESKeyManager, CiphertextFormat, DecryptionError, classify, envelope, legacy
 from crypto.encoding import b64_decode, b64url_decode, b64url_encode
 from crypto.formats import PREFIX
+from tests.test_vectors import A1 as A1_VECTORS
+from tests.test_vectors import E1 as E1_VECTORS
+from tests.test_vectors import LEGACY as LEGACY_VECTORS
 
 T = TypeVar("T")
 
 IDENTITY = "fuzz-ns:fuzz-sa"
 GENERIC_MESSAGE = "the ciphertext could not be decrypted for this service account"
-VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 KMS_NAMES = ("aws", "gcp", "azure")
 KEY_VERSION = re.compile(r"[A-Za-z0-9-]{0,64}")
 
@@ -121,16 +121,6 @@ def derived(master: bytes, sa_id: str) -> bytes:
 
 
 # --- the committed vectors ----------------------------------------------------------------------
-
-
-def _load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((VECTORS / name).read_text(encoding="utf-8"))
-    return data
-
-
-A1_VECTORS = _load("aes-a1.json")
-LEGACY_VECTORS = _load("kamus-legacy-aes.json")
-E1_VECTORS = _load("envelope-e1.json")
 
 
 def _unique(items: Iterable[T]) -> list[T]:
