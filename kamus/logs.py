@@ -15,10 +15,25 @@ AUDIT_LOGGER = logging.getLogger("kamus.audit")
 _FIELDS = "kamus_fields"
 
 
+_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
+    _second = -1
+    _second_text = ""
+
+    def _time(self, created: float) -> str:
+        # One datetime per second, not per line: the audit line is a large part of the cost of
+        # an encrypt request (docs/performance.md).
+        second = int(created)
+        if second != self._second:
+            stamp = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
+            self._second, self._second_text = second, stamp.removesuffix("+00:00")
+        return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -28,7 +43,7 @@ class JsonFormatter(logging.Formatter):
             # The type and the code path only: exception messages can quote request data.
             entry["exception"] = record.exc_info[0].__name__
             entry["stack"] = "".join(traceback.format_tb(record.exc_info[2]))
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -37,6 +52,12 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The lines carry none of these; the Logging HOWTO's "Optimization" section lists these
+    # switches to skip computing them for every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # the caller's file, function and line
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

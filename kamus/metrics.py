@@ -24,6 +24,7 @@ class Metrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.latency = Histogram(
             "kamus_http_request_duration_seconds",
             "HTTP request latency by route template.",
@@ -93,6 +94,21 @@ class Metrics:
             registry=self.registry,
         )
 
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One HTTP request answered, by route template (bounded: templates, methods, codes)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            # labels() costs a locked lookup per call; a request answered in tens of
+            # microseconds (encryptor/fast.py) should not pay it twice.
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     # crypto.kms.KmsObserver, so providers report without knowing Prometheus.
     def kms_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
         self.kms_calls.labels(provider, operation, outcome).inc()
@@ -152,8 +168,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - start)
+            template = getattr(scope.get("route"), "path", "unmatched")
+            seconds = time.perf_counter() - start
+            self.metrics.observe_request(template, scope["method"], status, seconds)

@@ -233,8 +233,7 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         status = 500
-        fields: dict[str, Any] = {}
-        scope[_AUDIT_SCOPE_KEY] = fields
+        scope[_AUDIT_SCOPE_KEY] = {}
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -247,16 +246,21 @@ class AuditMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None)
             if route in self.paths:
-                client = scope.get("client")
-                audit(
-                    f"{self.service} request",
-                    service=self.service,
-                    route=route,
-                    source_ip=client[0] if client else None,
-                    status=status,
-                    outcome=_outcome(status),
-                    **fields,
-                )
+                audit_request(self.service, route, scope, status)
+
+
+def audit_request(service: str, route: str, scope: Scope, status: int) -> None:
+    """The audit line of one answered request, with the fields :func:`annotate` added."""
+    client = scope.get("client")
+    audit(
+        f"{service} request",
+        service=service,
+        route=route,
+        source_ip=client[0] if client else None,
+        status=status,
+        outcome=_outcome(status),
+        **scope.get(_AUDIT_SCOPE_KEY, {}),
+    )
 
 
 class BodyLimitMiddleware:
@@ -344,6 +348,11 @@ def create_base_app(
         version=__version__,
         # Kamus clients may omit Content-Type; the body is always JSON here.
         strict_content_type=False,
+        # FastAPI's own OpenTelemetry hooks record exception messages and validation failures,
+        # which can quote a request's secret, to whatever provider an operator configures; the
+        # audit log and /metrics are this service's telemetry. Off, they also cost nothing per
+        # request (their check read the environment three times on every request).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
