@@ -55,6 +55,7 @@ def aes_phase(plan: Plan, logs: Path, kube: KubeApiDouble) -> dict[str, Any]:
         Spec("encryptor", "encryptor", aes, n),
         Spec("bare", "bare", {}, n),
         Spec("fastapi", "fastapi", {}, n),
+        Spec("floor", "floor", {}, n),
         Spec("decryptor-warm", "decryptor", kube_env, n),
         Spec("decryptor-cold", "decryptor", no_cache, n),
         Spec("encryptor-memory", "encryptor", aes, n),
@@ -64,7 +65,7 @@ def aes_phase(plan: Plan, logs: Path, kube: KubeApiDouble) -> dict[str, Any]:
     with running(specs, logs) as services:
         say("1. encrypt throughput: kamus against the bare uvicorn app")
         results["encrypt_throughput"] = measure.encrypt_throughput(
-            plan, services["encryptor"], services["bare"], services["fastapi"]
+            plan, services["encryptor"], services["bare"], services["fastapi"], services["floor"]
         )
         say("3. decrypt throughput: TokenReview cache warm against off")
         ciphertext = measure.encrypt_one(services["encryptor"])

@@ -133,25 +133,24 @@ def cache_lookups(service: Service) -> dict[str, float]:
 
 
 def encrypt_throughput(
-    plan: Plan, kamus: Service, bare: Service, fastapi: Service
+    plan: Plan, kamus: Service, bare: Service, fastapi: Service, floor: Service
 ) -> dict[str, Any]:
     encrypt_one(kamus)
-    servers = {"kamus": kamus, "bare": bare, "fastapi": fastapi}
+    servers = {"kamus": kamus, "bare": bare, "fastapi": fastapi, "floor": floor}
     rounds = alternate(plan, {name: encrypt_target(s) for name, s in servers.items()})
     result = {name: summary(r) for name, r in rounds.items()}
-    ratio = result["kamus"]["median_rps"] / result["bare"]["median_rps"]
+    bare_rps = result["bare"]["median_rps"]
+    ratio = result["kamus"]["median_rps"] / bare_rps
     return {
         **result,
         "ratio": round(ratio, 3),
         "target": 0.6,
         "pass": ratio >= 0.6,
-        # For reference: what the framework alone keeps of the bare server, and Kamus of that.
-        "fastapi_over_bare": round(
-            result["fastapi"]["median_rps"] / result["bare"]["median_rps"], 3
-        ),
-        "kamus_over_fastapi": round(
-            ratio * result["bare"]["median_rps"] / result["fastapi"]["median_rps"], 3
-        ),
+        # For reference: what the framework alone keeps of the bare server; what the encryption
+        # work alone (no audit, metrics or rate limit) keeps; and Kamus of that.
+        "fastapi_over_bare": round(result["fastapi"]["median_rps"] / bare_rps, 3),
+        "floor_over_bare": round(result["floor"]["median_rps"] / bare_rps, 3),
+        "kamus_over_floor": round(result["kamus"]["median_rps"] / result["floor"]["median_rps"], 3),
     }
 
 

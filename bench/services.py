@@ -20,7 +20,11 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-BASELINES = {"bare": "bench.bare:app", "fastapi": "bench.bare:fastapi_app"}
+BASELINES = {
+    "bare": "bench.bare:app",
+    "fastapi": "bench.bare:fastapi_app",
+    "floor": "bench.bare:floor_app",
+}
 
 
 # The interpreter of the kamus processes: by default this one (the development venv). To measure
