@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import measure
+from bench.kms_process import KmsProcess
 from bench.load import CONNECTIONS, WRK_THREADS, wrk_version
 from bench.measure import FULL, QUICK, Plan
 from bench.report import plot, table
 from bench.services import ROOT, Spec, new_key, running, serve_supports_workers
 from tests.k8s_double import KubeApiDouble
-from tests.kms_doubles.gcp import CloudKmsDouble
 
 NO_CACHE = {"Decryptor__TokenReviewCacheSeconds": "0"}
 # One client sending thousands of requests a second is what the per-client rate limit is there
@@ -90,9 +90,8 @@ def aes_phase(plan: Plan, logs: Path, kube: KubeApiDouble) -> dict[str, Any]:
 def pod_phase(plan: Plan, logs: Path, kube: KubeApiDouble) -> dict[str, Any]:
     """Measurement 2: GoogleKms provider against the Cloud KMS double, both doubles delayed."""
     say("2. pod start with 20 secrets: Kamus's flow against kamus init's batch")
-    kms = CloudKmsDouble().start()
-    try:
-        gcp = {**kms.env(logs / "gcp-sa.json"), "KeyManagement__Provider": "GoogleKms"}
+    with KmsProcess(logs / "gcp-sa.json", measure.KMS_DELAY) as kms:
+        gcp = {**kms.env, "KeyManagement__Provider": "GoogleKms"}
         gcp |= NO_RATE_LIMIT
         kube_env = {**gcp, "KUBECONFIG": str(kube.write_kubeconfig(logs / "kubeconfig"))}
         specs = [
@@ -105,13 +104,10 @@ def pod_phase(plan: Plan, logs: Path, kube: KubeApiDouble) -> dict[str, Any]:
                 plan,
                 Path(work),
                 kube,
-                kms,
                 services["encryptor-gcp"],
                 services["decryptor-gcp-no-cache"],
                 services["decryptor-gcp"],
             )
-    finally:
-        kms.stop()
 
 
 def sweep_phase(plan: Plan, logs: Path) -> dict[str, Any]:

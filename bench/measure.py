@@ -23,7 +23,6 @@ from bench.load import Target, Throughput, closed_loop, open_loop, wrk
 from bench.services import KAMUS_PYTHON, ROOT, Service
 from kamus.init import InitOptions, run_init
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.kms_doubles.gcp import CloudKmsDouble
 
 NAMESPACE, SERVICE_ACCOUNT = "team-a", "app"
 SECRETS = 20
@@ -299,14 +298,12 @@ def pod_start(
     plan: Plan,
     work: Path,
     kube: KubeApiDouble,
-    kms: CloudKmsDouble,
     encryptor: Service,
     no_cache: Service,
     cached: Service,
 ) -> dict[str, Any]:
     pods = PodStart(work, encrypt_secrets(encryptor))
-    kube.faults = Faults(delay_seconds=TOKEN_REVIEW_DELAY)
-    kms.faults = Faults(delay_seconds=KMS_DELAY)
+    kube.faults = Faults(delay_seconds=TOKEN_REVIEW_DELAY)  # the KMS double's is set at its start
 
     def token() -> str:  # a new pod's own token
         return kube.issue_token(NAMESPACE, SERVICE_ACCOUNT)
@@ -330,7 +327,6 @@ def pod_start(
             reviews[run].append(count)
         times["process"].append(pods.init_process(cached, token()))
     kube.faults = Faults()
-    kms.faults = Faults()
     median = {name: statistics.median(values) for name, values in times.items()}
     speedup = median["kamus"] / median["cold"]
     return {
