@@ -1,11 +1,11 @@
 """``POST /api/v1/encrypt`` without the framework, for the request the encryptor mostly serves.
 
-FastAPI's routing, dependency solving, validation plumbing and middleware cost about 200 µs per
-request, where the AES encryption itself is 2 µs (bench/, docs/performance.md). This middleware
-answers a well-formed JSON encrypt request itself: it parses and validates the body with the same
-model, then runs the same rate limit and the same handler as the route, and renders its errors
-(429, 400 for ``default``, 503) with the same function. It writes the same audit line and the
-same metrics as the middleware stack.
+FastAPI's routing, dependency solving, validation plumbing and middleware were most of an
+encrypt request's time, where the AES encryption itself is a few µs (docs/performance.md). This
+middleware answers a well-formed JSON encrypt request itself: it parses and validates the body
+with the same model, then runs the same rate limit and the same handler as the route, and
+renders its errors (429, 400 for ``default``, 503) with the same function. It writes the same
+audit line and the same metrics as the middleware stack.
 
 Anything else (another route or method, a body over the limit, a body that is not a valid JSON
 encrypt request, a client that disconnects) goes to the app with the body replayed as received,
