@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
                 return await keys.encrypt(plaintext.encode("utf-8"), identity)
 
         try:
-            if len(plaintexts) == 1:  # no task to schedule: a tenth of a v1 request's time
+            if len(plaintexts) == 1:  # a v1 encrypt: no task to create and schedule
                 ciphertexts = [await keys.encrypt(plaintexts[0].encode("utf-8"), identity)]
             else:
                 ciphertexts = await asyncio.gather(*(one(p) for p in plaintexts))
