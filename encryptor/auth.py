@@ -12,6 +12,8 @@ there, so this adds no second permission model.
 The encryptor's service account then needs ``system:auth-delegator`` (the Helm chart binds it).
 """
 
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated
@@ -35,6 +37,8 @@ USER_TOKEN = bearer(
 )
 # What RBAC must allow in the target namespace: creating a KamusSecret there.
 PERMISSION = {"group": "soluto.com", "resource": "kamussecrets", "verb": "create"}
+# (caller, namespace) pairs remembered as allowed; the oldest go first.
+ALLOWED_CACHE_SIZE = 10_000
 
 
 async def _anyone() -> None:
@@ -50,6 +54,9 @@ class EncryptorCallers:
         self._metrics = metrics
         self._reviews: TokenReviewAuthenticator | None = None
         self._tokens: Authenticator | None = None
+        # Without it a `kamus seal` of 50 Secrets asked RBAC 50 times the same question.
+        self._allowed: OrderedDict[tuple[Identity, str], float] = OrderedDict()
+        self._allowed_seconds = settings.encryptor.authorization_cache_seconds
         self.kubernetes = Dependency("kubernetes", self._apiserver_answers, metrics.dependency_up)
         self._check = TokenCheck(
             self.kubernetes,
@@ -126,10 +133,20 @@ class EncryptorCallers:
         """403 unless Kubernetes lets ``caller`` create KamusSecrets in ``namespace``."""
         if caller is None or self._reviews is None:
             return
+        key = (caller, namespace)
+        now = time.monotonic()
+        if self._allowed.get(key, 0.0) > now:
+            self._allowed.move_to_end(key)
+            return
         try:
             allowed = await self._reviews.may(caller, namespace=namespace, **PERMISSION)
         except AuthUnavailable as exc:
             raise self._check.unavailable(request, exc) from None
+        if allowed and self._allowed_seconds > 0:
+            self._allowed[key] = now + self._allowed_seconds
+            self._allowed.move_to_end(key)
+            while len(self._allowed) > ALLOWED_CACHE_SIZE:
+                self._allowed.popitem(last=False)
         if not allowed:
             annotate(request, reason="RBAC does not allow creating kamussecrets there")
             raise ApiError(

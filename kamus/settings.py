@@ -133,6 +133,9 @@ class EncryptorSettings(_Section):
     # in the namespace they encrypt for. "none": anyone may encrypt, as in Kamus.
     authentication: Literal["none", "kubernetes"] = Field("none", alias="Authentication")
     audiences: CommaList = Field(default_factory=list, alias="Audiences")
+    # How long an RBAC "allowed" is trusted without a new SubjectAccessReview (0: never). As
+    # kube-apiserver's webhook authorizer caches, but shorter; a "denied" is never cached.
+    authorization_cache_seconds: float = Field(10.0, ge=0, alias="AuthorizationCacheSeconds")
     # Per client address (kamus/ratelimit.py); "off" turns it off.
     rate_limit: str = Field("20/second;600/minute", alias="RateLimit")
     trusted_proxies: CommaList = Field(default_factory=list, alias="TrustedProxies")

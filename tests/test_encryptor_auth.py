@@ -100,6 +100,38 @@ def test_a_cluster_wide_grant_and_a_service_account_caller(
         assert encryptor.post("/api/v1/encrypt", json=body, headers=as_user(ci)).status_code == 200
 
 
+def test_an_allowed_caller_is_asked_about_once_a_denied_one_every_time(
+    encryptor: TestClient, kube_api: KubeApiDouble
+) -> None:
+    """RBAC's "allowed" is kept Encryptor__AuthorizationCacheSeconds (10 s); a "denied" never,
+    so a grant made after a 403 works at once."""
+    jane = kube_api.issue_user_token("jane@example.com")
+    kube_api.grant("jane@example.com", namespace="team-a", **KAMUSSECRETS)
+    for _ in range(5):  # kamus seal: one request per Secret
+        assert encryptor.post("/api/v2/encrypt", json=V2, headers=as_user(jane)).status_code == 200
+    assert len(kube_api.access_reviews) == 1
+    team_b = {**V1, "namespace": "team-b"}  # another question: asked, and denied each time
+    for _ in range(2):
+        assert (
+            encryptor.post("/api/v1/encrypt", json=team_b, headers=as_user(jane)).status_code == 403
+        )
+    assert len(kube_api.access_reviews) == 3
+    kube_api.grant("jane@example.com", namespace="team-b", **KAMUSSECRETS)
+    assert encryptor.post("/api/v1/encrypt", json=team_b, headers=as_user(jane)).status_code == 200
+
+
+def test_the_authorization_cache_can_be_off(
+    kube_api: KubeApiDouble, kubeconfig: Path, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings(**ON, Encryptor__AuthorizationCacheSeconds="0")
+    jane = kube_api.issue_user_token("jane@example.com")
+    kube_api.grant("jane@example.com", namespace="team-a", **KAMUSSECRETS)
+    with TestClient(create_app(settings)) as client:
+        for _ in range(3):
+            assert client.post("/api/v1/encrypt", json=V1, headers=as_user(jane)).status_code == 200
+    assert len(kube_api.access_reviews) == 3
+
+
 def test_no_token_or_a_bad_one_is_401_before_anything_else(
     encryptor: TestClient, kube_api: KubeApiDouble
 ) -> None:
