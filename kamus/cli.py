@@ -145,6 +145,44 @@ def _http_protocol() -> str:
 
 @main.command()
 @click.option(
+    "--url",
+    envvar="KAMUS_HEALTHCHECK_URL",
+    default="http://127.0.0.1:9090/healthz",
+    show_default=True,
+    help="What to ask (env KAMUS_HEALTHCHECK_URL, which the images set).",
+)
+@click.option("--timeout", default=4.0, show_default=True, type=click.FloatRange(0, min_open=True))
+def healthcheck(url: str, timeout: float) -> None:
+    """Exit 0 if the service on this machine answers URL with 200: the images' HEALTHCHECK.
+
+    When the service serves TLS (Server__TlsCertFile is set), an http:// URL is asked over
+    https, and the certificate is not verified, as Kubernetes' HTTPS probes do not: the question
+    is whether the process here is alive, not who it is. A service that requires client
+    certificates (Server__TlsClientCaFile) cannot be asked this way."""
+    import urllib.error
+    import urllib.request
+
+    context = None
+    if load_settings().server.tls_cert_file is not None:
+        url = "https://" + url.removeprefix("http://") if url.startswith("http://") else url
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310 - an operator's URL
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise click.ClickException(f"{url} does not answer: {reason}") from None
+    if status != 200:
+        raise click.ClickException(f"{url} answered {status}")
+    click.echo(f"{url} answered 200")
+
+
+@main.command()
+@click.option(
     "--state-dir",
     default=".kamus-dev",
     show_default=True,

@@ -145,3 +145,38 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     assert "do not load" in log
     assert "reloaded the TLS certificate" in log
     assert "BEGIN" not in log  # no key or certificate text in the log
+
+
+def test_the_images_healthcheck_asks_over_https_when_the_service_serves_it(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    """``kamus healthcheck`` (the Dockerfiles' HEALTHCHECK) with the service's own environment:
+    an http:// URL is asked over https, and the certificate (not one the system trusts) is not
+    checked; the answer must be a 200."""
+    env = tls_env(ca, tmp_path)
+    trusting = client_context(ca, with_cert=False)
+    with kamus_serve("encryptor", env, tmp_path / "log", verify=trusting) as encryptor:
+        port = encryptor.url.rsplit(":", 1)[1]
+        url = f"http://127.0.0.1:{port}/healthz"
+        healthy = CliRunner().invoke(
+            main, ["healthcheck"], env={**env, "KAMUS_HEALTHCHECK_URL": url}
+        )
+        assert healthy.exit_code == 0, healthy.output
+        assert f"https://127.0.0.1:{port}/healthz answered 200" in healthy.output
+        missing = CliRunner().invoke(main, ["healthcheck", "--url", f"{url}-not"], env=env)
+        assert missing.exit_code == 1
+        assert "answered 404" in missing.output
+
+
+def test_the_healthcheck_over_plain_http_and_against_nothing(tmp_path: Path) -> None:
+    env = {"KeyManagement__AES__Key": new_key()}
+    with kamus_serve("encryptor", env, tmp_path / "log") as encryptor:
+        url = f"{encryptor.url}/healthz"
+        healthy = CliRunner().invoke(main, ["healthcheck", "--url", url], env=env)
+        assert healthy.exit_code == 0, healthy.output
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/healthz"
+    down = CliRunner().invoke(main, ["healthcheck", "--url", closed], env=env)
+    assert down.exit_code == 1
+    assert f"{closed} does not answer" in down.output
