@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from encryptor.models import EncryptRequest
 from kamus.metrics import Metrics
-from kamus.web import audit_request, error_response
+from kamus.web import audit_request, http_error_response
 
 Handler = Callable[[Request, EncryptRequest], Awaitable[str]]
 
@@ -129,13 +129,7 @@ class FastEncrypt:
             try:
                 response: Response = PlainTextResponse(await self.handler(request, body))
             except HTTPException as exc:
-                response = error_response(
-                    request,
-                    exc.status_code,
-                    str(exc.detail),
-                    getattr(exc, "kind", None),
-                    exc.headers,
-                )
+                response = http_error_response(request, exc)
             status = response.status_code
             await response(scope, receive, send)
         finally:

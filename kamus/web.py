@@ -112,11 +112,16 @@ def error_response(
     )
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
+def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """The answer to an HTTP error raised by a handler (an :class:`ApiError` or Starlette's)."""
     return error_response(
         request, exc.status_code, str(exc.detail), getattr(exc, "kind", None), exc.headers
     )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return http_error_response(request, exc)
 
 
 # The v2 batch APIs: values by name, answered per name (Vault's batch_input semantics).
