@@ -450,6 +450,21 @@ def test_every_parser_only_raises_decryption_error(
     assert len(outcomes) >= 3, outcomes
 
 
+def test_a_negative_vector_spelled_canonically_is_the_value_that_was_made() -> None:
+    """The "standard base64 alphabet" vector with '/' respelled '_' is the a1 value made for a:x:
+    a fuzzer found it (CI, 2026-11-27), and the oracle took it for a forgery. Such values must
+    open, for every target that reads them."""
+    respelled = "kamus$a1$mov9H8Rr$rtFbCyB8Iz6cAaIasaY6LyWg9Fb9bDW4TeUJ3cl_AJB94lwN"
+    checks = {target.name: target.check for target in TARGETS}
+    for name in ("aes", "aes-legacy-off"):
+        assert checks[name](respelled) == "opened"
+    e1_negatives = [targets._respelled(v["ciphertext"]) for v in E1_VECTORS["negative"]]
+    e1_respelled = [value for value in e1_negatives if value is not None]
+    assert e1_respelled
+    for value in e1_respelled:
+        assert checks["envelope"](value) == "opened"
+
+
 def test_seeds_reach_every_format_and_open() -> None:
     """The seeds the fuzzers start from: every format, and values that do open."""
     formats = Counter(classify(s) for s in SEEDS)
