@@ -87,11 +87,11 @@ class EncryptorCallers:
             timeout_seconds=kube.request_timeout_seconds,
             max_concurrency=kube.max_concurrent_requests,
         )
-        decryptor = self._settings.decryptor
+        encryptor = self._settings.encryptor
         self._tokens = CachingAuthenticator(
             self._reviews,
-            ttl_seconds=decryptor.token_review_cache_seconds,
-            max_entries=decryptor.token_review_cache_size,
+            ttl_seconds=encryptor.token_review_cache_seconds,
+            max_entries=encryptor.token_review_cache_size,
             audiences=self._settings.encryptor.audiences,
             observe=lambda result: self._metrics.token_review_cache.labels(result).inc(),
         )

@@ -136,6 +136,9 @@ class EncryptorSettings(_Section):
     # How long an RBAC "allowed" is trusted without a new SubjectAccessReview (0: never). As
     # kube-apiserver's webhook authorizer caches, but shorter; a "denied" is never cached.
     authorization_cache_seconds: float = Field(10.0, ge=0, alias="AuthorizationCacheSeconds")
+    # The callers' tokens, as the decryptor's Decryptor__TokenReviewCache* keep pods' tokens.
+    token_review_cache_seconds: float = Field(10.0, ge=0, alias="TokenReviewCacheSeconds")
+    token_review_cache_size: int = Field(10_000, ge=1, alias="TokenReviewCacheSize")
     # Per client address (kamus/ratelimit.py); "off" turns it off.
     rate_limit: str = Field("20/second;600/minute", alias="RateLimit")
     trusted_proxies: CommaList = Field(default_factory=list, alias="TrustedProxies")

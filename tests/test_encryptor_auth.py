@@ -132,6 +132,25 @@ def test_the_authorization_cache_can_be_off(
     assert len(kube_api.access_reviews) == 3
 
 
+def test_callers_tokens_are_cached_by_the_encryptors_own_settings(
+    kube_api: KubeApiDouble, kubeconfig: Path, make_settings: SettingsFactory
+) -> None:
+    """Encryptor__TokenReviewCache*, not the decryptor's settings, which once applied here."""
+    jane = kube_api.issue_user_token("jane@example.com")
+    kube_api.grant("jane@example.com", namespace="team-a", **KAMUSSECRETS)
+
+    def reviews_for_three_requests(**env: str) -> int:
+        before = len(kube_api.reviews)
+        with TestClient(create_app(make_settings(**ON, **env))) as client:
+            for _ in range(3):
+                response = client.post("/api/v1/encrypt", json=V1, headers=as_user(jane))
+                assert response.status_code == 200
+        return len(kube_api.reviews) - before
+
+    assert reviews_for_three_requests(Decryptor__TokenReviewCacheSeconds="0") == 1
+    assert reviews_for_three_requests(Encryptor__TokenReviewCacheSeconds="0") == 3
+
+
 def test_no_token_or_a_bad_one_is_401_before_anything_else(
     encryptor: TestClient, kube_api: KubeApiDouble
 ) -> None:
