@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from functools import cache
 from pathlib import Path
 
 import httpx
+
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -190,17 +191,6 @@ def _wait_ready(service: Service, deadline: float) -> None:
     raise RuntimeError(f"{service.name} did not start; its log ends:\n{service.log_tail()}")
 
 
-def _stop(service: Service) -> None:
-    process = service.process
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextmanager
 def running(specs: Sequence[Spec], log_dir: Path) -> Iterator[dict[str, Service]]:
     """Start every spec at once (startup is mostly imports: two cores do two at a time), wait
@@ -209,7 +199,7 @@ def running(specs: Sequence[Spec], log_dir: Path) -> Iterator[dict[str, Service]
         services = {}
         for spec in specs:
             service = _start(spec, log_dir)
-            stack.callback(_stop, service)
+            stack.callback(stop, service.process)
             services[spec.name] = service
         deadline = time.monotonic() + 120
         for service in services.values():

@@ -104,19 +104,29 @@ def test_apiserver_outage_is_503_and_recovers(deployment: Deployment) -> None:
     assert deployment.decrypt(ciphertext, token).text == SECRET
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("deployment", ["10"], indirect=True)
-def test_a_slow_tokenreview_does_not_block_other_requests(deployment: Deployment) -> None:
+def decrypt_held_at_the_apiserver(
+    deployment: Deployment, seconds: float
+) -> tuple[threading.Thread, list[httpx.Response]]:
+    """A decrypt in a thread, returned once its TokenReview is pending at the Kubernetes API
+    double, which answers it ``seconds`` late; its response lands in the list."""
     kube_api = deployment.kube_api
     ciphertext = deployment.encrypt(SECRET, "team-a", "app").text
     token = kube_api.issue_token("team-a", "app")
-    kube_api.faults = Faults(delay_seconds=3)
+    kube_api.faults = Faults(delay_seconds=seconds)
     result: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: result.append(deployment.decrypt(ciphertext, token)))
+    before = kube_api.received
     thread.start()
+    while kube_api.received == before:
+        threading.Event().wait(0.01)
+    return thread, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deployment", ["10"], indirect=True)
+def test_a_slow_tokenreview_does_not_block_other_requests(deployment: Deployment) -> None:
+    thread, result = decrypt_held_at_the_apiserver(deployment, seconds=3)
     try:
-        while kube_api.received == 0:  # the TokenReview is now pending at the apiserver
-            threading.Event().wait(0.01)
         # While it hangs, the same process keeps answering: the event loop is not blocked.
         assert httpx.get(f"{deployment.decryptor.url}/healthz", timeout=2).status_code == 200
         assert thread.is_alive()
@@ -195,16 +205,7 @@ def test_the_controller_refuses_several_workers(tmp_path: Path) -> None:
 def test_sigterm_lets_requests_in_flight_finish(deployment: Deployment) -> None:
     """As Kubernetes stops a pod: no new connections, the request in flight still answered,
     then a clean exit."""
-    kube_api = deployment.kube_api
-    ciphertext = deployment.encrypt(SECRET, "team-a", "app").text
-    token = kube_api.issue_token("team-a", "app")
-    kube_api.faults = Faults(delay_seconds=2)
-    result: list[httpx.Response] = []
-    thread = threading.Thread(target=lambda: result.append(deployment.decrypt(ciphertext, token)))
-    before = kube_api.received
-    thread.start()
-    while kube_api.received == before:  # the TokenReview is pending at the apiserver
-        threading.Event().wait(0.01)
+    thread, result = decrypt_held_at_the_apiserver(deployment, seconds=2)
     process = deployment.decryptor.process
     process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 5
