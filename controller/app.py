@@ -25,7 +25,7 @@ from kamus.kube import create_api_client
 from kamus.metrics import ControllerMetrics
 from kamus.providers import ConfigurationError, build_key_manager
 from kamus.settings import Settings
-from kamus.web import create_base_app
+from kamus.web import KamusApp, create_base_app
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def lease_namespace(settings: Settings) -> str:
     return settings.controller.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
 
 
-def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> KamusApp:
     settings = settings or Settings()
     metrics = ControllerMetrics()
     keys = key_manager or build_key_manager(settings, observer=metrics)

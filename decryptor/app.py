@@ -38,6 +38,7 @@ from kamus.web import (
     BatchItem,
     BatchItems,
     BatchResponse,
+    KamusApp,
     annotate,
     check_batch_size,
     create_base_app,
@@ -90,7 +91,7 @@ def create_app(
     settings: Settings | None = None,
     key_manager: KeyManager | None = None,
     authenticator: Authenticator | None = None,
-) -> FastAPI:
+) -> KamusApp:
     settings = settings or Settings()
     metrics = Metrics()
     keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)

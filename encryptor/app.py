@@ -7,7 +7,7 @@ authentication is on (encryptor/auth.py).
 import asyncio
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from crypto import KeyManager
@@ -27,6 +27,7 @@ from kamus.web import (
     ApiError,
     BatchItem,
     BatchResponse,
+    KamusApp,
     annotate,
     check_batch_size,
     create_base_app,
@@ -50,7 +51,7 @@ def build_rate_limiter(settings: Settings, metrics: Metrics) -> ClientRateLimite
         raise ConfigurationError(str(exc)) from None
 
 
-def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> KamusApp:
     settings = settings or Settings()
     metrics = Metrics()
     rate_limiter = build_rate_limiter(settings, metrics)
@@ -81,11 +82,12 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
                 "dedicated service account for the workload and encrypt for it",
             )
 
+    encrypted = metrics.encryptions.labels(provider, "success")
+
     async def seal(request: Request, plaintexts: list[str], identity: str) -> list[str]:
         """Encrypt values for one identity; all of them, or an HTTP error."""
-        slots = asyncio.Semaphore(settings.server.batch_concurrency)
 
-        async def one(plaintext: str) -> str:
+        async def each(slots: asyncio.Semaphore, plaintext: str) -> str:
             async with slots:
                 return await keys.encrypt(plaintext.encode("utf-8"), identity)
 
@@ -93,7 +95,8 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             if len(plaintexts) == 1:  # a v1 encrypt: no task to create and schedule
                 ciphertexts = [await keys.encrypt(plaintexts[0].encode("utf-8"), identity)]
             else:
-                ciphertexts = await asyncio.gather(*(one(p) for p in plaintexts))
+                slots = asyncio.Semaphore(settings.server.batch_concurrency)
+                ciphertexts = await asyncio.gather(*(each(slots, p) for p in plaintexts))
         except KeyNotFoundError as exc:
             metrics.encryptions.labels(provider, "no_key").inc(len(plaintexts))
             annotate(request, reason=f"key {exc.key_name} does not exist")
@@ -101,7 +104,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         except KeyManagerUnavailable as exc:
             metrics.encryptions.labels(provider, "unavailable").inc(len(plaintexts))
             raise key_manager_unavailable(request, exc, settings) from None
-        metrics.encryptions.labels(provider, "success").inc(len(plaintexts))
+        encrypted.inc(len(plaintexts))
         return list(ciphertexts)
 
     async def encrypt_one(request: Request, body: EncryptRequest, caller: Identity | None) -> str:
@@ -173,13 +176,15 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             await rate_limiter(request)  # the route's dependency
             return await encrypt_one(request, body, None)
 
-        app.add_middleware(
-            FastEncrypt,
-            paths=ENCRYPT_PATHS,
-            handler=encrypt_fast,
-            service="encryptor",
-            metrics=metrics,
-            max_body_bytes=settings.server.max_request_body_bytes,
+        app.outer_middleware.append(
+            lambda inner: FastEncrypt(
+                inner,
+                paths=ENCRYPT_PATHS,
+                handler=encrypt_fast,
+                service="encryptor",
+                metrics=metrics,
+                max_body_bytes=settings.server.max_request_body_bytes,
+            )
         )
 
     @app.get("/api/v1/isAlive", tags=["health"], summary="Kamus's liveness check")

@@ -2,10 +2,11 @@
 
 FastAPI's routing, dependency solving, validation plumbing and middleware were most of an
 encrypt request's time, where the AES encryption itself is a few µs (docs/performance.md). This
-middleware answers a well-formed JSON encrypt request itself: it parses and validates the body
-with the same model, then runs the same rate limit and the same handler as the route, and
-renders its errors (429, 400 for ``default``, 503) with the same function. It writes the same
-audit line and the same metrics as the middleware stack.
+layer, outside all of FastAPI's (``KamusApp.outer_middleware``), answers a well-formed JSON
+encrypt request itself: it parses and validates the body with the same model, then runs the same
+rate limit and the same handler as the route, and renders its errors (429, 400 for ``default``,
+503) with the same function, and an unexpected exception as FastAPI's error layer does. It writes
+the same audit line and the same metrics as the middleware stack.
 
 Anything else (another route or method, a body over the limit, a body that is not a valid JSON
 encrypt request, a client that disconnects) goes to the app with the body replayed as received,
@@ -16,7 +17,6 @@ Installed only where encrypting is cheap enough for the framework to matter: wit
 authentication off (a TokenReview costs milliseconds).
 """
 
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -114,9 +114,11 @@ class FastEncrypt:
         if not body or not _is_json(content_type):
             return None
         try:
-            # As FastAPI does: json.loads, then the model. Whatever fails here (a JSON error, a
-            # validation error, a RecursionError on deep nesting) the app answers, as before.
-            return EncryptRequest.model_validate(json.loads(body))
+            # FastAPI parses with json.loads, then validates: pydantic-core's parser does both in
+            # one pass, 2 µs sooner. Where the two parsers differ (a byte-order mark, UTF-16,
+            # nesting past 200 levels) it fails, and the app answers; the differential test
+            # compares the answers.
+            return EncryptRequest.model_validate_json(body)
         except Exception:  # the app renders every kind of bad body
             return None
 
@@ -130,6 +132,11 @@ class FastEncrypt:
                 response: Response = PlainTextResponse(await self.handler(request, body))
             except HTTPException as exc:
                 response = http_error_response(request, exc)
+            except Exception:
+                # What FastAPI's ServerErrorMiddleware answers (debug off), before the exception
+                # goes on to uvicorn, which logs it: this layer runs outside FastAPI's.
+                await PlainTextResponse("Internal Server Error", 500)(scope, receive, send)
+                raise
             status = response.status_code
             await response(scope, receive, send)
         finally:

@@ -4,18 +4,34 @@ Audit events go to the ``kamus.audit`` logger with ``log_type: audit``. Callers 
 outcomes and reasons only: never a plaintext, ciphertext, token or key.
 """
 
+import asyncio
 import json
 import logging
 import sys
+import time
 import traceback
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO, cast
+
+import pydantic_core
 
 AUDIT_LOGGER = logging.getLogger("kamus.audit")
 _FIELDS = "kamus_fields"
 
 
-_ENCODER = json.JSONEncoder(default=str)
+# json's encoder took 3 µs for an audit line, pydantic-core's 0.7 µs. It writes non-ASCII text as
+# is and refuses lone surrogates, so such a line is written again by json, which escapes both: a
+# line stays ASCII, and a name holding a bidi control or a terminal escape cannot rearrange what
+# a log viewer shows.
+_ASCII_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
+def _json_line(entry: dict[str, Any]) -> str:
+    try:
+        line = pydantic_core.to_json(entry, fallback=str)
+    except pydantic_core.PydanticSerializationError:  # a lone surrogate, which json escapes
+        return _ASCII_ENCODER.encode(entry)
+    return line.decode("ascii") if line.isascii() else _ASCII_ENCODER.encode(entry)
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,22 +48,78 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self._time(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update(getattr(record, _FIELDS, {}))
+        fields = getattr(record, _FIELDS, {})
         if record.exc_info and record.exc_info[0] is not None:
             # The type and the code path only: exception messages can quote request data.
-            entry["exception"] = record.exc_info[0].__name__
-            entry["stack"] = "".join(traceback.format_tb(record.exc_info[2]))
-        return _ENCODER.encode(entry)
+            fields = fields | {
+                "exception": record.exc_info[0].__name__,
+                "stack": "".join(traceback.format_tb(record.exc_info[2])),
+            }
+        return self.line(record.created, record.levelname, record.name, record.getMessage(), fields)
+
+    def line(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """One event's line: ``format`` for a record, and :func:`audit` without one."""
+        head = {"time": self._time(created), "level": level, "logger": logger, "message": message}
+        return _json_line(head | fields)
+
+
+class JsonLinesHandler(logging.StreamHandler[TextIO]):
+    """Writes each line at once, except on a thread running an event loop: there the lines of
+    one loop iteration are written together, at the start of the next.
+
+    A write per line was a fifth of an encrypt request's time (docs/performance.md). A line waits
+    at most one loop iteration, and a process that exits writes it (``flush`` at exit and at
+    ``close``); a process killed outright (SIGKILL, the OOM killer) loses that iteration's lines.
+    """
+
+    _max_pending = 256  # lines: a long iteration writes as it goes
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # where a flush is scheduled
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write(self.format(record))
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def write(self, line: str) -> None:
+        """Write one formatted line (``emit`` without the record, for :func:`audit`)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self.acquire()
+        try:
+            self._pending.append(line + self.terminator)
+            if loop is None or len(self._pending) >= self._max_pending:
+                self.flush()
+            elif self._flush_on is not loop:  # a loop that stopped may never run its flush
+                self._flush_on = loop
+                loop.call_soon(self.flush)
+        finally:
+            self.release()
+
+    def flush(self) -> None:
+        self.acquire()  # an RLock: emit() holds it already when it flushes
+        try:
+            self._flush_on = None
+            if self._pending:
+                lines, self._pending = "".join(self._pending), []
+                self.stream.write(lines)
+            self.stream.flush()
+        finally:
+            self.release()
 
 
 def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = JsonLinesHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -64,7 +136,44 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def audit(event: str, **fields: Any) -> None:
-    AUDIT_LOGGER.info(event, extra={_FIELDS: {"log_type": "audit", **fields}})
+    fields = {"log_type": "audit", **fields}
+    handler = _sole_handler(AUDIT_LOGGER, logging.INFO)
+    if handler is None:
+        AUDIT_LOGGER.info(event, extra={_FIELDS: fields})
+        return
+    # The line that record would have become, without making the record: a LogRecord and
+    # logging's dispatch were half of the audit line's cost, and the encryptor writes one per
+    # request (docs/performance.md). tests/test_logs.py compares both ways' lines.
+    try:
+        formatter = cast(JsonFormatter, handler.formatter)
+        handler.write(formatter.line(time.time(), "INFO", AUDIT_LOGGER.name, event, fields))
+    except Exception:
+        AUDIT_LOGGER.info(event, extra={_FIELDS: fields})  # and logging reports the failure
+
+
+def _sole_handler(logger: logging.Logger, level: int) -> JsonLinesHandler | None:
+    """The handler of :func:`configure_logging`, if a record from ``logger`` at ``level`` would
+    reach it and nothing else: no other handler, no filter (caplog, for one, adds a handler)."""
+    if not logger.isEnabledFor(level):
+        return None
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return None
+        found += current.handlers
+        current = current.parent if current.propagate else None
+    if len(found) != 1:
+        return None
+    [handler] = found
+    if (
+        type(handler) is not JsonLinesHandler
+        or type(handler.formatter) is not JsonFormatter
+        or handler.filters
+        or level < handler.level
+    ):
+        return None
+    return handler
 
 
 def log_fields(**fields: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """What the encryptor and the decryptor apps share: errors, limits, health, metrics and audit."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -335,6 +335,25 @@ def _tidy_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+class KamusApp(FastAPI):
+    """FastAPI, with room for ASGI layers outside all of its own.
+
+    ``user_middleware`` runs inside FastAPI's error, telemetry and body-limit layers, a few µs a
+    request; a layer in ``outer_middleware`` runs before them and answers its own errors
+    (encryptor/fast.py).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.outer_middleware: list[Callable[[ASGIApp], ASGIApp]] = []
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        for wrap in reversed(self.outer_middleware):
+            app = wrap(app)
+        return app
+
+
 def create_base_app(
     *,
     service: str,
@@ -345,8 +364,8 @@ def create_base_app(
     audited_paths: Iterable[str],
     lifespan: Lifespan[FastAPI] | None = None,
     plain_healthz: bool = True,
-) -> FastAPI:
-    app = FastAPI(
+) -> KamusApp:
+    app = KamusApp(
         lifespan=lifespan,
         title=title,
         description=description,
