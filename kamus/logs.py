@@ -66,12 +66,14 @@ class JsonFormatter(logging.Formatter):
 
 
 class JsonLinesHandler(logging.StreamHandler[TextIO]):
-    """Writes each line at once, except on a thread running an event loop: there the lines of
-    one loop iteration are written together, at the start of the next.
+    """Writes each log line at once, and the audit lines of one event-loop iteration together.
 
-    A write per line was a fifth of an encrypt request's time (docs/performance.md). A line waits
-    at most one loop iteration, and a process that exits writes it (``flush`` at exit and at
-    ``close``); a process killed outright (SIGKILL, the OOM killer) loses that iteration's lines.
+    A write per audit line was a fifth of an encrypt request's time (docs/performance.md), so
+    :func:`audit` hands its lines to :meth:`write_soon`: they are written at the start of the
+    loop's next iteration, or sooner with any other line (which keeps the order). Shutting down
+    logs lines (uvicorn's last is "Finished server process", just before the signal that stopped
+    it is raised again), and exit flushes; a process killed outright (SIGKILL, the OOM killer)
+    loses the audit lines of its last iteration.
     """
 
     _max_pending = 256  # lines: a long iteration writes as it goes
@@ -90,15 +92,25 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
             self.handleError(record)
 
     def write(self, line: str) -> None:
-        """Write one formatted line (``emit`` without the record, for :func:`audit`)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        """Write one formatted line now, after the lines waiting."""
         self.acquire()
         try:
             self._pending.append(line + self.terminator)
-            if loop is None or len(self._pending) >= self._max_pending:
+            self.flush()
+        finally:
+            self.release()
+
+    def write_soon(self, line: str) -> None:
+        """Write one formatted line with the others of this loop iteration (now, without one)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.write(line)
+            return
+        self.acquire()
+        try:
+            self._pending.append(line + self.terminator)
+            if len(self._pending) >= self._max_pending:
                 self.flush()
             elif self._flush_on is not loop:  # a loop that stopped may never run its flush
                 self._flush_on = loop
@@ -107,7 +119,7 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
             self.release()
 
     def flush(self) -> None:
-        self.acquire()  # an RLock: emit() holds it already when it flushes
+        self.acquire()  # an RLock: write() holds it already when it flushes
         try:
             self._flush_on = None
             if self._pending:
@@ -146,7 +158,7 @@ def audit(event: str, **fields: Any) -> None:
     # request (docs/performance.md). tests/test_logs.py compares both ways' lines.
     try:
         formatter = cast(JsonFormatter, handler.formatter)
-        handler.write(formatter.line(time.time(), "INFO", AUDIT_LOGGER.name, event, fields))
+        handler.write_soon(formatter.line(time.time(), "INFO", AUDIT_LOGGER.name, event, fields))
     except Exception:
         AUDIT_LOGGER.info(event, extra={_FIELDS: fields})  # and logging reports the failure
 

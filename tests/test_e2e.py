@@ -1,6 +1,7 @@
 """End to end: both services as real ``kamus serve`` processes, tokens from the API double."""
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -224,7 +225,12 @@ def test_sigterm_lets_requests_in_flight_finish(deployment: Deployment) -> None:
     assert result[0].text == SECRET
     # uvicorn re-raises the signal once it has shut down: the exit status of a SIGTERM.
     assert process.wait(timeout=10) == -signal.SIGTERM
-    assert "Finished server process" in deployment.decryptor.log_file.read_text()
+    lines = [json.loads(line) for line in deployment.decryptor.log_file.read_text().splitlines()]
+    # The audit line of the request in flight was written although the process ended on a signal.
+    messages = [(line["message"], line.get("status")) for line in lines]
+    assert messages.index(("decryptor request", 200)) < messages.index(
+        (f"Finished server process [{process.pid}]", None)
+    )
 
 
 def test_past_max_connections_new_requests_get_503(kube_api: KubeApiDouble, tmp_path: Path) -> None:

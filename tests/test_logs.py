@@ -132,7 +132,7 @@ def test_an_exception_is_logged_as_its_type_and_code_path_only(stream: Stream) -
     assert value not in stream.getvalue()
 
 
-def test_in_an_event_loop_the_lines_of_one_iteration_are_written_together(
+def test_in_an_event_loop_the_audit_lines_of_one_iteration_are_written_together(
     stream: Stream,
 ) -> None:
     log = logging.getLogger("kamus.test")
@@ -141,19 +141,28 @@ def test_in_an_event_loop_the_lines_of_one_iteration_are_written_together(
         seen = []
         for i in range(3):
             audit("request", i=i)
-            log.info("line %d", i)
-        seen.append(len(stream.lines()))  # nothing written yet in this iteration
+        seen.append(len(stream.lines()))  # none of them written yet in this iteration
+        log.info("a log line")  # written at once, after the audit lines waiting
+        seen.append(len(stream.lines()))
+        audit("request", i=3)
+        seen.append(len(stream.lines()))
         await asyncio.sleep(0)  # the loop runs its next iteration: the flush
         seen.append(len(stream.lines()))
         return seen
 
     with served_logging(stream):
         log.info("before the loop")  # no loop: written at once
-        assert (stream.writes, len(stream.lines())) == (1, 1)
-        assert asyncio.run(requests()) == [1, 7]
-    assert stream.writes == 2  # six lines, one write
-    messages = [line["message"] for line in stream.lines()]
-    assert messages == ["before the loop"] + [m for i in range(3) for m in ("request", f"line {i}")]
+        audit("no loop")  # nor for an audit line
+        assert (stream.writes, len(stream.lines())) == (2, 2)
+        assert asyncio.run(requests()) == [2, 6, 6, 7]
+    assert stream.writes == 4  # seven lines, four writes
+    assert [(line["message"], line.get("i")) for line in stream.lines()] == [
+        ("before the loop", None),
+        ("no loop", None),
+        *[("request", i) for i in range(3)],
+        ("a log line", None),
+        ("request", 3),
+    ]
 
 
 def left_to_a_loop_that_stops(event: str) -> None:
