@@ -234,24 +234,31 @@ def test_sigterm_lets_requests_in_flight_finish(deployment: Deployment) -> None:
 
 
 def test_past_max_connections_new_requests_get_503(kube_api: KubeApiDouble, tmp_path: Path) -> None:
+    """uvicorn's limit counts the arriving connection too: with 3, two held requests leave no
+    room for another."""
     env = {"KeyManagement__AES__Key": new_key(), "Server__MaxConnections": "3"}
     with deploy(kube_api, tmp_path, env) as deployment:
         ciphertext = deployment.encrypt(SECRET, "team-a", "app").text
-        token = kube_api.issue_token("team-a", "app")
         kube_api.faults = Faults(delay_seconds=2)
-        slow = [
-            threading.Thread(target=deployment.decrypt, args=(ciphertext, token)) for _ in range(3)
-        ]
+        answers: list[httpx.Response] = []
+
+        def held() -> None:
+            # A token each: two TokenReviews, so the apiserver's count shows both in flight.
+            answers.append(deployment.decrypt(ciphertext, kube_api.issue_token("team-a", "app")))
+
+        threads = [threading.Thread(target=held) for _ in range(2)]
         before = kube_api.received
-        for thread in slow:
+        for thread in threads:
             thread.start()
-        while kube_api.received == before:  # the requests are in flight
+        while kube_api.received < before + 2:
             threading.Event().wait(0.01)
         refused = httpx.get(f"{deployment.decryptor.url}/healthz", timeout=5)
-        for thread in slow:
+        for thread in threads:
             thread.join(timeout=15)
         assert refused.status_code == 503
+        assert [answer.text for answer in answers] == [SECRET, SECRET]  # the two were served
         kube_api.faults = Faults()
+        token = kube_api.issue_token("team-a", "app")
         assert deployment.decrypt(ciphertext, token).text == SECRET
 
 
