@@ -58,7 +58,21 @@ def test_importing_the_encryptor_does_not_load_the_kubernetes_client() -> None:
     ).stdout.split()
     # kamus/__init__.py registers the two packages without running them; no module is loaded.
     assert [m for m in loaded if m.startswith("kubernetes")] == ["kubernetes", "kubernetes.aio"]
-    assert "'decryptor" not in loaded
+    assert [m for m in loaded if m.split(".")[0] == "decryptor"] == []
+
+
+@pytest.mark.parametrize("service", ["encryptor.app", "decryptor.app", "controller.app"])
+def test_no_service_loads_the_synchronous_kubernetes_client(service: str) -> None:
+    """Imported first, before ``kamus`` (as ``uvicorn decryptor.app:...`` would): the package
+    still registers ``kubernetes`` without its ``__init__.py``, which loads the synchronous
+    client, ~16 MB no service uses."""
+    probe = f"import sys, {service}; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert service in loaded
+    synchronous = [m for m in loaded if m.startswith("kubernetes.") and m != "kubernetes.aio"]
+    assert [m for m in synchronous if not m.startswith("kubernetes.aio.")] == []
 
 
 def test_rbac_decides_who_may_encrypt_for_a_namespace(
