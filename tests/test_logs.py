@@ -49,15 +49,24 @@ def stream() -> Iterator[Stream]:
 @contextmanager
 def served_logging(stream: Stream) -> Iterator[None]:
     """``configure_logging`` as ``kamus serve`` runs it, writing to ``stream``, alone on the root
-    logger; pytest's handlers (caplog, the leak detector) are put back afterwards."""
+    logger; what it changed (pytest's handlers, such as caplog and the leak detector, and
+    logging's switches) is put back afterwards."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    uvicorn = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "uvicorn.access")]
+    saved_uvicorn = [(log.handlers[:], log.propagate) for log in uvicorn]
+    switches = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+    saved_switches = {name: getattr(logging, name) for name in switches}
     with patch("sys.stderr", stream):
         configure_logging("INFO")
     try:
         yield
     finally:
         root.handlers[:], root.level = saved
+        for log, (handlers, propagate) in zip(uvicorn, saved_uvicorn, strict=True):
+            log.handlers[:], log.propagate = handlers, propagate
+        for name, value in saved_switches.items():
+            setattr(logging, name, value)
 
 
 def without_time(line: dict[str, Any]) -> dict[str, Any]:
