@@ -206,3 +206,17 @@ def test_a_long_iteration_writes_as_it_goes_and_nothing_is_left_behind(stream: S
         [handler] = logging.getLogger().handlers
         handler.flush()  # what logging.shutdown, which runs at exit, does to every handler
     assert messages() == ["left by a loop", "in the next loop", "the last line"]
+
+
+def test_a_stream_that_fails_is_reported_by_logging_not_raised_to_the_request(
+    stream: Stream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(text: str) -> int:
+        raise OSError("no space left on device")
+
+    with served_logging(stream):
+        stream.write = broken  # type: ignore[method-assign]
+        audit("encryptor request", status=200)  # the request goes on
+    # The direct way failed, so the line went the logging way, whose handler reports it.
+    assert stream.records == 1
+    assert "--- Logging error ---" in capsys.readouterr().err
