@@ -114,6 +114,9 @@ class KubernetesSettings(_Section):
     token_auth_file: Path | None = Field(None, alias="TokenAuthFile")
     request_timeout_seconds: float = Field(5.0, gt=0, alias="RequestTimeoutSeconds")
     max_concurrent_requests: int = Field(16, ge=1, alias="MaxConcurrentRequests")
+    # Of those, how many the reviews of one client address may hold at once (tokens not in the
+    # cache): a flood from one address cannot take every slot from the other pods.
+    max_concurrent_requests_per_client: int = Field(4, ge=1, alias="MaxConcurrentRequestsPerClient")
 
 
 class DecryptorSettings(_Section):
@@ -167,6 +170,18 @@ class ControllerSettings(_Section):
     retry_period_seconds: int = Field(2, ge=1, alias="RetryPeriodSeconds")
     watch_timeout_seconds: int = Field(300, ge=1, alias="WatchTimeoutSeconds")
     identity: str | None = Field(None, alias="Identity")
+    # As the decryptor: a KamusSecret for the 'default' service account is refused.
+    deny_default_service_account: bool = Field(True, alias="DenyDefaultServiceAccount")
+    # Secret types refused on top of the built-in rules (controller/reconcile.py).
+    denied_secret_types: CommaList = Field(default_factory=list, alias="DeniedSecretTypes")
+    # Label and annotation prefixes never copied, on top of the built-in ones.
+    denied_metadata_prefixes: CommaList = Field(
+        default_factory=list, alias="DeniedMetadataPrefixes"
+    )
+
+    _split = field_validator("denied_secret_types", "denied_metadata_prefixes", mode="before")(
+        _split_commas
+    )
 
     @model_validator(mode="after")
     def _election_timing(self) -> Self:
@@ -203,6 +218,10 @@ class ServerSettings(_Section):
     header_timeout_seconds: float = Field(10.0, gt=0, alias="HeaderTimeoutSeconds")
     # Connections and requests open at once per process; past it, 503 at once.
     max_connections: int = Field(1000, ge=1, alias="MaxConnections")
+    # The whole body must arrive within this long of its headers (kamus/http.py).
+    body_timeout_seconds: float = Field(10.0, gt=0, alias="BodyTimeoutSeconds")
+    # Connections open at once from one client address; Encryptor__TrustedProxies are exempt.
+    max_connections_per_client: int = Field(100, ge=1, alias="MaxConnectionsPerClient")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:
