@@ -36,7 +36,7 @@ from kubernetes.aio.leaderelection.resourcelock.leaselock import LeaseLock
 from kubernetes.aio.watch import Watch
 
 from controller import reconcile
-from controller.reconcile import GROUP, KIND, PLURAL, VERSION, Condition
+from controller.reconcile import GROUP, KIND, PLURAL, VERSION, Condition, Policy
 from crypto import DecryptionError, KeyManager
 from crypto.errors import KeyManagerUnavailable
 from kamus.logs import audit, log_fields
@@ -147,6 +147,11 @@ class KamusSecretController:
         self._custom = CustomObjectsApi(api)
         self._keys = keys
         self._settings = settings
+        self._policy = Policy(
+            deny_default_service_account=settings.deny_default_service_account,
+            denied_types=tuple(settings.denied_secret_types),
+            denied_metadata_domains=tuple(settings.denied_metadata_prefixes),
+        )
         self._metrics = metrics
         self._lease_namespace = lease_namespace
         self.identity = settings.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
@@ -238,6 +243,7 @@ class KamusSecretController:
         on_event: Callable[[str, Mapping[str, Any]], None],
         on_list: Callable[[list[Mapping[str, Any]]], None],
         *args: str,
+        label_selector: str | None = None,
     ) -> None:
         """List, then watch from the list's resourceVersion; resume, relist or back off."""
         backoff = Backoff()
@@ -253,6 +259,7 @@ class KamusSecretController:
                         *args,
                         resource_version=version,
                         timeout_seconds=self._settings.watch_timeout_seconds,
+                        **({"label_selector": label_selector} if label_selector else {}),
                     )
                     async for event in stream:
                         backoff.reset()
@@ -297,19 +304,27 @@ class KamusSecretController:
         )
 
     async def _inform_secrets(self) -> None:
-        """Owned Secrets changed or deleted by hand are put back at once, not at the resync."""
+        """Owned Secrets changed or deleted by hand are put back at once, not at the resync.
+
+        Only the Secrets this controller wrote (by their label): listing every Secret of the
+        cluster would stream every value in it to this process. A Secret whose label is removed
+        by hand leaves the selection, which a watch reports as DELETED: it is put back too."""
 
         def on_event(kind: str, obj: Mapping[str, Any]) -> None:
             owner = reconcile.owner_of(obj)
             if owner is not None and kind in ("MODIFIED", "DELETED"):
                 self.enqueue(owner)
 
+        selector = reconcile.MANAGED_SELECTOR
         await self._inform(
             "Secret",
             self._core.list_secret_for_all_namespaces,
-            self._core.list_secret_for_all_namespaces_without_preload_content,
+            lambda: self._core.list_secret_for_all_namespaces_without_preload_content(
+                label_selector=selector
+            ),
             on_event,
             lambda items: None,
+            label_selector=selector,
         )
 
     async def _resync(self) -> None:
@@ -366,6 +381,20 @@ class KamusSecretController:
             if exc.status == 404:
                 return "gone"
             raise
+        refused = reconcile.refusal(kamus_secret, self._policy)
+        if refused is not None:  # before anything is decrypted
+            await self._set_status(kamus_secret, refused, event_type="Warning")
+            audit(
+                "controller secret",
+                service="controller",
+                action="refused",
+                namespace=namespace,
+                name=name,
+                service_account=kamus_secret.get("serviceAccount"),
+                outcome="denied",
+                reason=refused.reason,
+            )
+            return "refused"
         identity = f"{namespace}:{kamus_secret.get('serviceAccount', '')}"
         plaintexts, failed = await self._decrypt(kamus_secret, identity)
         data, invalid = reconcile.secret_values(plaintexts)
@@ -380,8 +409,8 @@ class KamusSecretController:
             )
             await self._set_status(kamus_secret, condition, event_type="Warning")
             return "decryption_failed"
-        desired = reconcile.desired_secret(kamus_secret, data)
-        action, condition = await self._apply(kamus_secret, desired)
+        desired, not_copied = reconcile.desired_secret(kamus_secret, data, self._policy)
+        action, condition = await self._apply(kamus_secret, desired, not_copied)
         await self._set_status(
             kamus_secret, condition, event_type="Normal" if condition.ready else "Warning"
         )
@@ -416,7 +445,7 @@ class KamusSecretController:
         return plaintexts, failed
 
     async def _apply(
-        self, kamus_secret: Mapping[str, Any], desired: dict[str, Any]
+        self, kamus_secret: Mapping[str, Any], desired: dict[str, Any], not_copied: list[str]
     ) -> tuple[str, Condition]:
         namespace, name = _namespaced(kamus_secret)
         try:
@@ -432,18 +461,35 @@ class KamusSecretController:
                 raise
             existing = None
         synced = Condition(True, "Synced", f"Secret {name} is up to date")
+        if not_copied:
+            synced = Condition(
+                True,
+                "ReservedMetadataNotCopied",
+                f"Secret {name} is up to date, without {', '.join(not_copied)}: labels and "
+                "annotations that other controllers act on (Kubernetes, Argo CD, Flux, Helm, "
+                "Kamus, Controller__DeniedMetadataPrefixes) are never copied",
+            )
         body = V1Secret.from_dict(desired)
         assert body is not None
         if existing is None:
             await self.call(lambda: self._core.create_namespaced_secret(namespace, body))
             return "created", synced
-        if not (reconcile.owned_by(existing, kamus_secret) or reconcile.may_adopt(kamus_secret)):
+        if not (
+            reconcile.owned_by(existing, kamus_secret) or reconcile.consents_to_adoption(existing)
+        ):
+            ignored = (
+                f" ({reconcile.ADOPT_ANNOTATION} on the KamusSecret no longer takes over a "
+                "Secret: its owner must agree)"
+                if reconcile.asks_to_adopt(kamus_secret)
+                else ""
+            )
             return "not_owned", Condition(
                 False,
                 "SecretNotOwned",
                 f"a Secret {name} exists that this KamusSecret does not own, so it was left "
-                f"alone; delete it, or annotate the KamusSecret with "
-                f"{reconcile.ADOPT_ANNOTATION}=true to take it over",
+                f"alone{ignored}; delete it, or let the controller take it over with `kubectl "
+                f"annotate secret {name} {reconcile.MANAGED_ANNOTATION}=true` (by someone "
+                "allowed to update that Secret)",
             )
         if not reconcile.differs(existing, desired):
             return "unchanged", synced

@@ -1,6 +1,21 @@
 """What a KamusSecret means: the Secret it should produce and the status it should show.
 
 Pure functions on plain dicts, so every rule is easy to read and to test.
+
+Whoever may create a KamusSecret must not gain more than the Secret it describes: the controller
+writes Secrets with its own, broad rights, so it is a confused deputy unless it refuses what
+other parts of the cluster would trust. :func:`refusal` and :func:`copied` hold those rules:
+
+* the ``default`` service account is refused, as at the decryptor;
+* Secret types under ``kubernetes.io`` and ``k8s.io`` (and their subdomains) are allowed only
+  from a short list: a ``kubernetes.io/service-account-token`` Secret would have Kubernetes mint
+  a token for any service account of the namespace, ``bootstrap.kubernetes.io/token`` would
+  join nodes. Types outside those domains stay allowed (Kamus users write ``TlsSecret``);
+* nothing Helm reads as a release (type ``helm.sh/release.v1``, label ``owner: helm``);
+* labels and annotations under domains that other controllers trust (Kubernetes itself, Argo
+  CD, Flux, Helm, Kamus) are never copied;
+* an existing Secret that no KamusSecret owns is taken over only when the Secret itself says so
+  (``kamus.soluto.com/managed: "true"``), set by someone who may update that Secret.
 """
 
 import base64
@@ -16,8 +31,41 @@ PLURAL = "kamussecrets"
 KIND = "KamusSecret"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+# Set on an existing Secret by whoever may update it: this controller may take it over.
+MANAGED_ANNOTATION = "kamus.soluto.com/managed"
+# Kamus's KamusSecret-side adoption: no longer has any effect (the Secret's owner never agreed).
 ADOPT_ANNOTATION = "kamus.soluto.com/adopt"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+# On every Secret this controller writes, so that it watches only those.
+MANAGED_BY_LABEL = "kamus.soluto.com/managed-by"
+MANAGED_BY = "kamus-controller"
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+# Under these domains (and their subdomains) only ALLOWED_KUBERNETES_TYPES may be written.
+KUBERNETES_TYPE_DOMAINS = ("kubernetes.io", "k8s.io")
+ALLOWED_KUBERNETES_TYPES = frozenset(
+    {
+        "Opaque",
+        "kubernetes.io/tls",
+        "kubernetes.io/dockerconfigjson",
+        "kubernetes.io/dockercfg",
+        "kubernetes.io/basic-auth",
+        "kubernetes.io/ssh-auth",
+    }
+)
+HELM_RELEASE_TYPE_PREFIX = "helm.sh/release"
+HELM_OWNER_LABEL = ("owner", "helm")
+# Label and annotation domains that controllers act on: Kubernetes' own, Argo CD's
+# (argocd.argoproj.io/secret-type: cluster registers a cluster), Flux's, Helm's
+# (meta.helm.sh/release-name lets a release adopt the object) and Kamus's own.
+RESERVED_METADATA_DOMAINS = (
+    "kubernetes.io",
+    "k8s.io",
+    "argocd.argoproj.io",
+    "fluxcd.io",
+    "helm.sh",
+    "kamus.soluto.com",
+)
 
 
 @dataclass(frozen=True)
@@ -55,9 +103,109 @@ def owned_by(secret: Mapping[str, Any], kamus_secret: Mapping[str, Any]) -> bool
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
-def may_adopt(kamus_secret: Mapping[str, Any]) -> bool:
+def consents_to_adoption(secret: Mapping[str, Any]) -> bool:
+    """Whether an existing Secret says this controller may take it over."""
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(MANAGED_ANNOTATION, "")).lower() == "true"
+
+
+def asks_to_adopt(kamus_secret: Mapping[str, Any]) -> bool:
     annotations = kamus_secret["metadata"].get("annotations") or {}
     return str(annotations.get(ADOPT_ANNOTATION, "")).lower() == "true"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the controller refuses to write, on top of the built-in rules."""
+
+    deny_default_service_account: bool = True
+    denied_types: tuple[str, ...] = ()  # exact types, or "domain/" for a whole domain
+    denied_metadata_domains: tuple[str, ...] = ()
+
+
+def _domain(key: str) -> str | None:
+    """The ``example.com`` of ``example.com/name``; None for a key without a prefix."""
+    prefix, slash, _ = key.partition("/")
+    return prefix.lower() if slash else None
+
+
+def _within(domain: str | None, roots: tuple[str, ...]) -> bool:
+    return domain is not None and any(
+        domain == root or domain.endswith("." + root) for root in roots
+    )
+
+
+def reserved_metadata(key: str, policy: Policy) -> bool:
+    roots = RESERVED_METADATA_DOMAINS + tuple(
+        d.strip().rstrip("/").lower() for d in policy.denied_metadata_domains
+    )
+    return _within(_domain(key), roots)
+
+
+def copied(
+    metadata: Mapping[str, str], policy: Policy, *, silent: frozenset[str] = frozenset()
+) -> tuple[dict[str, str], list[str]]:
+    """The entries that may be copied to the Secret, and the keys that may not (except
+    ``silent`` ones, which are dropped without being reported)."""
+    kept: dict[str, str] = {}
+    dropped: list[str] = []
+    for key, value in metadata.items():
+        if not reserved_metadata(key, policy):
+            kept[key] = value
+        elif key not in silent:
+            dropped.append(key)
+    return kept, sorted(dropped)
+
+
+def secret_type(kamus_secret: Mapping[str, Any]) -> str:
+    return str(kamus_secret.get("type") or "Opaque")
+
+
+def refusal(kamus_secret: Mapping[str, Any], policy: Policy) -> Condition | None:
+    """Why this KamusSecret must not become a Secret at all, or None. Checked before anything
+    is decrypted."""
+    service_account = kamus_secret.get("serviceAccount", "")
+    if service_account == "default" and policy.deny_default_service_account:
+        return Condition(
+            False,
+            "DefaultServiceAccountDenied",
+            "the 'default' service account may not be used (Controller__DenyDefaultServiceAccount"
+            "): encrypt the values for a dedicated service account and name it in "
+            "serviceAccount",
+        )
+    kind = secret_type(kamus_secret)
+    if kind.lower().startswith(HELM_RELEASE_TYPE_PREFIX):
+        return Condition(
+            False,
+            "HelmReleaseNotAllowed",
+            f"type {kind!r} is how Helm stores its releases, which a KamusSecret may not forge; "
+            "use Opaque or your own type",
+        )
+    labels = kamus_secret["metadata"].get("labels") or {}
+    if labels.get(HELM_OWNER_LABEL[0]) == HELM_OWNER_LABEL[1]:
+        return Condition(
+            False,
+            "HelmReleaseNotAllowed",
+            "the label owner=helm marks Helm's release records, which a KamusSecret may not "
+            "forge; remove that label",
+        )
+    if _within(_domain(kind), KUBERNETES_TYPE_DOMAINS) and kind not in ALLOWED_KUBERNETES_TYPES:
+        return Condition(
+            False,
+            "SecretTypeNotAllowed",
+            f"type {kind!r} is not allowed: Kubernetes acts on it (a service-account-token "
+            "Secret gets a token minted into it). Allowed Kubernetes types: "
+            f"{', '.join(sorted(ALLOWED_KUBERNETES_TYPES))}; types outside kubernetes.io and "
+            "k8s.io are allowed",
+        )
+    for denied in policy.denied_types:
+        if kind == denied or (denied.endswith("/") and kind.startswith(denied)):
+            return Condition(
+                False,
+                "SecretTypeNotAllowed",
+                f"type {kind!r} is refused by Controller__DeniedSecretTypes; use another type",
+            )
+    return None
 
 
 def encrypted_items(kamus_secret: Mapping[str, Any]) -> dict[str, str]:
@@ -91,28 +239,38 @@ def secret_values(plaintexts: Mapping[str, bytes]) -> tuple[dict[str, str], list
     return data, invalid
 
 
-def desired_secret(kamus_secret: Mapping[str, Any], data: Mapping[str, str]) -> dict[str, Any]:
+def desired_secret(
+    kamus_secret: Mapping[str, Any], data: Mapping[str, str], policy: Policy = Policy()
+) -> tuple[dict[str, Any], list[str]]:
+    """The Secret, and the labels and annotations that were not copied (reserved)."""
     meta = kamus_secret["metadata"]
+    labels, dropped_labels = copied(meta.get("labels") or {}, policy)
+    annotations: dict[str, str] = {}
+    dropped_annotations: list[str] = []
+    if kamus_secret.get("propagateAnnotations"):
+        # kubectl's own bookkeeping and Kamus's adopt annotation are about the KamusSecret.
+        annotations, dropped_annotations = copied(
+            meta.get("annotations") or {},
+            policy,
+            silent=frozenset({LAST_APPLIED, ADOPT_ANNOTATION}),
+        )
     metadata: dict[str, Any] = {
         "name": meta["name"],
         "namespace": meta["namespace"],
-        "labels": dict(meta.get("labels") or {}),
-        "annotations": {},
+        "labels": {**labels, MANAGED_BY_LABEL: MANAGED_BY},
+        "annotations": annotations,
         "ownerReferences": [owner_reference(kamus_secret)],
     }
-    if kamus_secret.get("propagateAnnotations"):
-        metadata["annotations"] = {
-            k: v
-            for k, v in (meta.get("annotations") or {}).items()
-            if k != LAST_APPLIED and k != ADOPT_ANNOTATION
-        }
-    return {
+    secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": metadata,
-        "type": kamus_secret.get("type") or "Opaque",
+        "type": secret_type(kamus_secret),
         "data": dict(data),
     }
+    not_copied = [f"label {k}" for k in dropped_labels]
+    not_copied += [f"annotation {k}" for k in dropped_annotations]
+    return secret, not_copied
 
 
 def differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:

@@ -128,7 +128,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     key = new_key()
     with ExitStack() as stack:
         kube = stack.enter_context(KubeApiDouble())
-        env = controller_env(kube, tmp, key, Controller__Identity="controller-main")
+        env = controller_env(
+            kube,
+            tmp,
+            key,
+            Controller__Identity="controller-main",
+            Controller__DeniedSecretTypes="example.com/forbidden",
+            Controller__DeniedMetadataPrefixes="example.org",
+        )
         service = stack.enter_context(kamus_serve("controller", env, tmp / "controller.log"))
         kube.wait_for_watches(2)  # KamusSecrets and Secrets
         cluster = Cluster(kube, kube.write_kubeconfig(tmp / "test.kubeconfig"), key)
@@ -139,6 +146,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+MANAGED = {"kamus.soluto.com/managed-by": "kamus-controller"}
+
+
+def warnings_for(cluster: Cluster, namespace: str) -> list[tuple[str, str]]:
+    return [
+        (e["type"], e["reason"])
+        for e in cluster.kube.events
+        if e["involvedObject"]["namespace"] == namespace
+    ]
 
 
 # 1
@@ -188,7 +206,7 @@ def test_labels_are_copied_and_annotations_only_when_asked(
         stringData={"k": cluster.encrypt("v", f"{namespace}:app")},
     )
     secret = eventually(lambda: cluster.secret(namespace, "app"))
-    assert secret["metadata"]["labels"] == {"app": "api", "tier": "backend"}
+    assert secret["metadata"]["labels"] == {"app": "api", "tier": "backend", **MANAGED}
     annotations = secret["metadata"].get("annotations", {})
     assert annotations == ({"owner": "team-a"} if propagate else {})
 
@@ -220,7 +238,7 @@ def test_an_updated_kamussecret_updates_the_secret(cluster: Cluster) -> None:
             secret
             and secret["data"] == {"password": b64(b"new")}
             and secret["type"] == "example.com/custom"
-            and secret["metadata"].get("labels") == {"rotated": "yes"}
+            and secret["metadata"].get("labels") == {"rotated": "yes", **MANAGED}
         )
 
     eventually(updated)
@@ -294,22 +312,155 @@ def test_apiserver_errors_are_retried_with_backoff_not_a_crash(cluster: Cluster)
 
 
 # 10
-def test_a_secret_it_does_not_own_is_left_alone_unless_adoption_is_asked(
+def test_a_secret_it_does_not_own_is_taken_over_only_with_the_secrets_consent(
     cluster: Cluster,
 ) -> None:
+    """Whoever may create a KamusSecret must not take over (and, through garbage collection,
+    delete) a Secret whose owner never agreed: the KamusSecret's own adopt annotation, which
+    took it over before, no longer does; the Secret's kamus.soluto.com/managed does."""
     cluster.core.create_namespaced_secret(
         "case10", k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="db"), string_data={"x": "mine"})
     )
-    cluster.apply("case10", "db", stringData={"k": cluster.encrypt("v", "case10:app")})
+    cluster.apply(
+        "case10",
+        "db",
+        metadata={"annotations": {"kamus.soluto.com/adopt": "true"}},
+        stringData={"k": cluster.encrypt("v", "case10:app")},
+    )
     ready = eventually(lambda: cluster.ready("case10", "db"))
     assert (ready["status"], ready["reason"]) == ("False", "SecretNotOwned")
-    assert "kamus.soluto.com/adopt=true" in ready["message"]
+    assert "kubectl annotate secret db kamus.soluto.com/managed=true" in ready["message"]
+    assert "no longer takes over" in ready["message"]
+    eventually(lambda: ("Warning", "SecretNotOwned") in warnings_for(cluster, "case10"))
+    time.sleep(2.5)  # past a resync: still untouched
     assert cluster.data("case10", "db") == {"x": b64(b"mine")}
-    annotation = {"metadata": {"annotations": {"kamus.soluto.com/adopt": "true"}}}
-    cluster.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, "case10", PLURAL, "db", annotation
-    )
+    owner_refs = (cluster.secret("case10", "db") or {})["metadata"].get("ownerReferences")
+    assert not owner_refs
+
+    consent = {"metadata": {"annotations": {"kamus.soluto.com/managed": "true"}}}
+    cluster.core.patch_namespaced_secret("db", "case10", consent)
     eventually(lambda: cluster.data("case10", "db") == {"k": b64(b"v")})
+    eventually(lambda: (cluster.ready("case10", "db") or {}).get("reason") == "Synced")
+
+
+def test_a_service_account_token_secret_is_never_written(cluster: Cluster) -> None:
+    """Kubernetes fills a token into such a Secret for the service account it names: a
+    KamusSecret could have minted one for any account of the namespace."""
+    cluster.apply(
+        "typed",
+        "token",
+        type="kubernetes.io/service-account-token",
+        metadata={"annotations": {"kubernetes.io/service-account.name": "deployer"}},
+        propagateAnnotations=True,
+        stringData={"k": cluster.encrypt("v", "typed:app")},
+    )
+    cluster.apply(
+        "typed",
+        "release",
+        type="helm.sh/release.v1",
+        stringData={"release": cluster.encrypt("forged", "typed:app")},
+    )
+    cluster.apply(
+        "typed",
+        "by-setting",
+        type="example.com/forbidden",
+        stringData={"k": cluster.encrypt("v", "typed:app")},
+    )
+    cluster.apply(
+        "typed", "custom", type="TlsSecret", stringData={"k": cluster.encrypt("v", "typed:app")}
+    )
+    expected = {
+        "token": "SecretTypeNotAllowed",
+        "release": "HelmReleaseNotAllowed",
+        "by-setting": "SecretTypeNotAllowed",
+    }
+    for name, reason in expected.items():
+        ready = eventually(lambda name=name: cluster.ready("typed", name))  # type: ignore[misc]
+        assert (ready["status"], ready["reason"]) == ("False", reason)
+        assert cluster.secret("typed", name) is None
+    eventually(
+        lambda: {("Warning", r) for r in expected.values()} <= set(warnings_for(cluster, "typed"))
+    )
+    assert eventually(lambda: cluster.secret("typed", "custom"))["type"] == "TlsSecret"
+
+    def denied_in_audit() -> bool:
+        denied = {
+            line["name"]
+            for line in cluster.controller.log_lines()
+            if line.get("log_type") == "audit"
+            and line.get("namespace") == "typed"
+            and line.get("outcome") == "denied"
+        }
+        return denied >= set(expected)
+
+    eventually(denied_in_audit)
+
+
+def test_labels_that_other_controllers_trust_are_not_copied(cluster: Cluster) -> None:
+    """argocd.argoproj.io/secret-type: cluster would register a cluster with Argo CD; owner:
+    helm would forge a Helm release record."""
+    cluster.apply(
+        "labels",
+        "db",
+        metadata={
+            "labels": {
+                "app": "api",
+                "argocd.argoproj.io/secret-type": "cluster",
+                "app.kubernetes.io/instance": "someone-else",
+                "example.org/team": "denied by the setting",
+            }
+        },
+        stringData={"k": cluster.encrypt("v", "labels:app")},
+    )
+    secret = eventually(lambda: cluster.secret("labels", "db"))
+    assert secret["metadata"]["labels"] == {"app": "api", **MANAGED}
+    ready = eventually(lambda: cluster.ready("labels", "db"))
+    assert (ready["status"], ready["reason"]) == ("True", "ReservedMetadataNotCopied")
+    assert "label argocd.argoproj.io/secret-type" in ready["message"]
+    assert "label example.org/team" in ready["message"]
+
+    cluster.apply(
+        "labels",
+        "helm",
+        metadata={"labels": {"owner": "helm", "name": "victim"}},
+        stringData={"release": cluster.encrypt("forged", "labels:app")},
+    )
+    ready = eventually(lambda: cluster.ready("labels", "helm"))
+    assert (ready["status"], ready["reason"]) == ("False", "HelmReleaseNotAllowed")
+    assert cluster.secret("labels", "helm") is None
+
+
+def test_the_default_service_account_is_refused_before_anything_is_decrypted(
+    cluster: Cluster,
+) -> None:
+    """As at the decryptor, which answers 403 for 'default'."""
+    cluster.apply(
+        "default-sa",
+        "db",
+        serviceAccount="default",
+        stringData={"k": cluster.encrypt("v", "default-sa:default")},
+    )
+    ready = eventually(lambda: cluster.ready("default-sa", "db"))
+    assert (ready["status"], ready["reason"]) == ("False", "DefaultServiceAccountDenied")
+    assert "Controller__DenyDefaultServiceAccount" in ready["message"]
+    assert cluster.secret("default-sa", "db") is None
+    eventually(
+        lambda: ("Warning", "DefaultServiceAccountDenied") in warnings_for(cluster, "default-sa")
+    )
+
+
+def test_it_watches_only_the_secrets_it_wrote(cluster: Cluster) -> None:
+    """Listing and watching every Secret of the cluster would send every value in it to the
+    controller: its Secret informer asks only for those carrying its label."""
+    cluster.apply("narrow", "db", stringData={"k": cluster.encrypt("v", "narrow:app")})
+    eventually(lambda: cluster.secret("narrow", "db"))
+    reads = [r for r in cluster.kube.resources.collection_reads if r[1] == "secrets"]
+    assert {verb for verb, *_ in reads} == {"list", "watch"}
+    assert {selector for *_, selector in reads} == {"kamus.soluto.com/managed-by=kamus-controller"}
+    # A Secret that loses the label by hand leaves the selection, and is put back.
+    unlabel = [{"op": "remove", "path": "/metadata/labels/kamus.soluto.com~1managed-by"}]
+    cluster.core.patch_namespaced_secret("db", "narrow", unlabel)  # a list: a JSON patch
+    eventually(lambda: cluster.secret("narrow", "db")["metadata"]["labels"] == MANAGED)  # type: ignore[index]
 
 
 def test_health_readiness_and_metrics(cluster: Cluster) -> None:

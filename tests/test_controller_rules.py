@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller import reconcile
+import pytest
+
 from controller.controller import TokenBucket
-from controller.reconcile import Condition
+from controller.reconcile import Condition, Policy
 
 
 def kamus_secret(**fields: Any) -> dict[str, Any]:
@@ -58,9 +60,16 @@ def test_string_data_wins_over_data_for_the_same_key_as_the_apiserver_merges() -
 
 
 def test_the_secret_copies_type_and_labels_and_owns_nothing_else() -> None:
-    secret = reconcile.desired_secret(kamus_secret(type="kubernetes.io/tls"), {"a": "Yg=="})
+    secret, not_copied = reconcile.desired_secret(
+        kamus_secret(type="kubernetes.io/tls"), {"a": "Yg=="}
+    )
+    assert not_copied == []
     assert secret["type"] == "kubernetes.io/tls"
-    assert secret["metadata"]["labels"] == {"app": "api"}
+    # The controller's own label: it watches only the Secrets that carry it.
+    assert secret["metadata"]["labels"] == {
+        "app": "api",
+        "kamus.soluto.com/managed-by": "kamus-controller",
+    }
     assert secret["metadata"]["annotations"] == {}
     assert secret["metadata"]["ownerReferences"] == [
         {
@@ -72,29 +81,130 @@ def test_the_secret_copies_type_and_labels_and_owns_nothing_else() -> None:
             "blockOwnerDeletion": True,
         }
     ]
-    assert reconcile.desired_secret(kamus_secret(), {})["type"] == "Opaque"
+    assert reconcile.desired_secret(kamus_secret(), {})[0]["type"] == "Opaque"
 
 
 def test_annotations_propagate_only_when_asked_and_without_kubectl_or_kamus_ones() -> None:
-    secret = reconcile.desired_secret(kamus_secret(propagateAnnotations=True), {})
+    secret, not_copied = reconcile.desired_secret(kamus_secret(propagateAnnotations=True), {})
     assert secret["metadata"]["annotations"] == {"team": "payments"}
+    assert not_copied == []  # kubectl's and Kamus's own bookkeeping go unmentioned
 
 
-def test_owner_detection_and_adoption() -> None:
+def test_owner_detection_and_consent_on_the_secret() -> None:
     ks = kamus_secret()
-    secret = reconcile.desired_secret(ks, {})
+    secret, _ = reconcile.desired_secret(ks, {})
     assert reconcile.owned_by(secret, ks)
     assert reconcile.owner_of(secret) == ("team-a", "db")
-    stranger = {"metadata": {"name": "db", "namespace": "team-a"}}
+    stranger: dict[str, Any] = {"metadata": {"name": "db", "namespace": "team-a"}}
     assert not reconcile.owned_by(stranger, ks)
     assert reconcile.owner_of(stranger) is None
-    assert reconcile.may_adopt(ks)
-    assert not reconcile.may_adopt(kamus_secret() | {"metadata": {"name": "x", "uid": "u"}})
+    # The KamusSecret asking (its adopt annotation) is not consent; only the Secret gives it.
+    assert reconcile.asks_to_adopt(ks)
+    assert not reconcile.consents_to_adoption(stranger)
+    stranger["metadata"]["annotations"] = {"kamus.soluto.com/managed": "true"}
+    assert reconcile.consents_to_adoption(stranger)
+    stranger["metadata"]["annotations"] = {"kamus.soluto.com/managed": "false"}
+    assert not reconcile.consents_to_adoption(stranger)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "Opaque",
+        "",
+        "kubernetes.io/tls",
+        "kubernetes.io/dockerconfigjson",
+        "kubernetes.io/dockercfg",
+        "kubernetes.io/basic-auth",
+        "kubernetes.io/ssh-auth",
+        "TlsSecret",  # Kamus's own tests use such custom types
+        "example.com/custom",
+        "kubernetes.io.example.com/custom",  # a domain that only starts like Kubernetes'
+    ],
+)
+def test_allowed_secret_types(kind: str) -> None:
+    assert reconcile.refusal(kamus_secret(type=kind), Policy()) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("kubernetes.io/service-account-token", "SecretTypeNotAllowed"),
+        ("bootstrap.kubernetes.io/token", "SecretTypeNotAllowed"),
+        ("Kubernetes.IO/service-account-token", "SecretTypeNotAllowed"),
+        ("kubernetes.io/some-future-type", "SecretTypeNotAllowed"),
+        ("k8s.io/anything", "SecretTypeNotAllowed"),
+        ("sub.k8s.io/anything", "SecretTypeNotAllowed"),
+        ("helm.sh/release.v1", "HelmReleaseNotAllowed"),
+    ],
+)
+def test_refused_secret_types_name_their_rule(kind: str, reason: str) -> None:
+    refused = reconcile.refusal(kamus_secret(type=kind), Policy())
+    assert refused is not None
+    assert (refused.ready, refused.reason) == (False, reason)
+    assert repr(kind) in refused.message
+
+
+def test_a_setting_refuses_more_types_exactly_or_by_domain() -> None:
+    policy = Policy(denied_types=("example.com/forbidden", "corp.example/"))
+    for kind in ("example.com/forbidden", "corp.example/x"):
+        refused = reconcile.refusal(kamus_secret(type=kind), policy)
+        assert refused is not None
+        assert refused.reason == "SecretTypeNotAllowed"
+        assert "Controller__DeniedSecretTypes" in refused.message
+    assert reconcile.refusal(kamus_secret(type="example.com/allowed"), policy) is None
+
+
+def test_helm_release_labels_are_refused() -> None:
+    ks = kamus_secret()
+    ks["metadata"]["labels"] = {"owner": "helm", "name": "victim", "status": "deployed"}
+    refused = reconcile.refusal(ks, Policy())
+    assert refused is not None
+    assert refused.reason == "HelmReleaseNotAllowed"
+
+
+def test_the_default_service_account_is_refused_unless_allowed() -> None:
+    refused = reconcile.refusal(kamus_secret(serviceAccount="default"), Policy())
+    assert refused is not None
+    assert refused.reason == "DefaultServiceAccountDenied"
+    assert "Controller__DenyDefaultServiceAccount" in refused.message
+    allowed = Policy(deny_default_service_account=False)
+    assert reconcile.refusal(kamus_secret(serviceAccount="default"), allowed) is None
+
+
+def test_labels_and_annotations_other_controllers_trust_are_never_copied() -> None:
+    trusted = {
+        "argocd.argoproj.io/secret-type": "cluster",
+        "app.kubernetes.io/instance": "other-app",
+        "kubernetes.io/service-account.name": "deployer",
+        "node.k8s.io/x": "y",
+        "kustomize.toolkit.fluxcd.io/name": "infra",
+        "meta.helm.sh/release-name": "other",
+        "kamus.soluto.com/managed-by": "kamus-controller",
+        "example.org/team": "denied-by-setting",
+    }
+    ks = kamus_secret(propagateAnnotations=True)
+    ks["metadata"]["labels"] = {"app": "api", **trusted}
+    ks["metadata"]["annotations"] = {"team": "payments", **trusted}
+    secret, not_copied = reconcile.desired_secret(
+        ks, {}, Policy(denied_metadata_domains=("example.org/",))
+    )
+    assert secret["metadata"]["labels"] == {
+        "app": "api",
+        "kamus.soluto.com/managed-by": "kamus-controller",
+    }
+    assert secret["metadata"]["annotations"] == {"team": "payments"}
+    assert not_copied == [f"label {k}" for k in sorted(trusted)] + [
+        f"annotation {k}" for k in sorted(trusted)
+    ]
+    # Without the setting, example.org is an ordinary domain.
+    secret, _ = reconcile.desired_secret(ks, {})
+    assert secret["metadata"]["labels"]["example.org/team"] == "denied-by-setting"
 
 
 def test_differs_sees_every_field_the_controller_owns() -> None:
     ks = kamus_secret()
-    desired = reconcile.desired_secret(ks, {"a": "Yg=="})
+    desired, _ = reconcile.desired_secret(ks, {"a": "Yg=="})
     same: dict[str, Any] = {
         **desired,
         "metadata": {**desired["metadata"], "resourceVersion": "7", "uid": "s"},

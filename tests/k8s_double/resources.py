@@ -421,6 +421,9 @@ class ResourceStore:
         self._watchers: set[_Watcher] = set()
         self._accepting_watches = True
         self.watches_started = 0
+        # Every list and watch: (verb, plural, namespace or None, labelSelector or None), so a
+        # test can tell what a client asked to see.
+        self.collection_reads: list[tuple[str, str, str | None, str | None]] = []
 
     # -- test controls ---------------------------------------------------------------------
 
@@ -852,6 +855,8 @@ async def _serve(
     denied = authorize(request, verb, rt.group, resource, namespace, name)
     if denied is not None:
         return denied
+    if name is None and request.method == "GET":
+        store.collection_reads.append((verb, rt.plural, namespace, query.get("labelSelector")))
     if name is None and watching:
         return _watch(store, rt, namespace, request)
     if name is None and request.method == "GET":
