@@ -1,58 +1,224 @@
-"""uvicorn's httptools protocol, with a deadline for each request's headers.
+"""uvicorn's httptools protocol, with the limits that keep slow or greedy clients from holding
+every connection slot.
 
-uvicorn closes idle kept-alive connections (``timeout_keep_alive``) but gives a client all the
-time it wants to send a request's headers: a few hundred connections trickling a byte at a time
-(slowloris) would hold every slot of ``Server__MaxConnections``. Here a request whose headers are
-not complete within ``Server__HeaderTimeoutSeconds`` of its first byte (or of the connection, for
-the first request) has its connection closed. The body is bounded separately
-(``Server__MaxRequestBodyBytes``), and the time to answer by each dependency's deadline.
+uvicorn closes idle kept-alive connections (``timeout_keep_alive``) and answers 503 past
+``limit_concurrency`` (``Server__MaxConnections``), but gives a client all the time it wants to
+send a request, and counts every connection, its own health probes' too, against that one limit.
+A few hundred connections trickling a byte at a time (slowloris) would hold every slot, and the
+kubelet, its liveness probe refused, would restart the replica. Here:
 
-``kamus serve`` names this class by import string, so that uvicorn's worker processes load it.
+- a request whose headers are not complete within ``Server__HeaderTimeoutSeconds`` of its first
+  byte (or of the connection, for the first request) has its connection closed;
+- a request whose body is not complete within ``Server__BodyTimeoutSeconds`` of its headers is
+  answered 408 (or, if its answer has begun, has its connection closed);
+- a client address with ``Server__MaxConnectionsPerClient`` connections open has any further
+  one answered 503, and such a connection does not count against ``Server__MaxConnections``.
+  In the encryptor, ``Encryptor__TrustedProxies`` are exempt: behind an ingress every client
+  shares its address;
+- ``GET /healthz``, ``/readyz`` and ``/api/v1/isAlive`` are never refused for
+  ``Server__MaxConnections``, so that a flood cannot make the probes fail.
+
+The counts are per process, as ``Server__MaxConnections`` is. The size of a body is bounded
+separately (``Server__MaxRequestBodyBytes``), and the time to answer by each dependency's
+deadline. ``kamus serve`` names these classes by import string, so that uvicorn's worker
+processes load them.
 """
 
 import asyncio
+import collections
 import functools
+import ipaddress
+import logging
 
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from kamus.settings import Settings
+from kamus.ratelimit import Network, parse_networks
+from kamus.settings import ServerSettings, Settings
+
+log = logging.getLogger("kamus.http")
+
+# What the kubelet probes (deploy/helm), exactly: a query string or an encoding is no probe.
+_PROBES = frozenset({b"/healthz", b"/readyz", b"/api/v1/isAlive"})
+_PROBE_METHODS = frozenset({b"GET", b"HEAD"})
+
+# Open connections per client address, for all the connections of this process.
+_open: collections.Counter[str] = collections.Counter()
 
 
 @functools.cache
-def header_timeout_seconds() -> float:
+def server_settings() -> ServerSettings:
     # Read once per process (a worker reads its own environment, as the apps do).
-    return Settings().server.header_timeout_seconds
+    return Settings().server
 
 
-class HeaderTimeoutProtocol(HttpToolsProtocol):
+@functools.cache
+def trusted_proxies() -> tuple[Network, ...]:
+    return tuple(parse_networks(Settings().encryptor.trusted_proxies))
+
+
+def _plain_response(status: bytes, message: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    body = message.encode()
+    lines = [b"HTTP/1.1 " + status]
+    lines += [name + b": " + value for name, value in headers]
+    lines += [
+        b"content-type: text/plain; charset=utf-8",
+        b"content-length: " + str(len(body)).encode(),
+        b"connection: close",
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+async def _over_client_cap(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer on a connection over ``Server__MaxConnectionsPerClient``."""
+    settings = server_settings()
+    message = (
+        "too many connections from this address (Server__MaxConnectionsPerClient is "
+        f"{settings.max_connections_per_client}): close idle ones, or retry later"
+    )
+    body = message.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(settings.retry_after_seconds).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class SlowClientProtocol(HttpToolsProtocol):
+    """For every service; see the module's docstring."""
+
     _header_deadline: asyncio.TimerHandle | None = None
+    _body_deadline: asyncio.TimerHandle | None = None
+    _counted_as: str | None = None
+    _over_cap = False
+
+    def _exempt(self, address: str) -> bool:
+        return False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._header_deadline = self.loop.call_later(
+            server_settings().header_timeout_seconds, self._headers_too_slow
+        )
+        address = self.client[0] if self.client else None
+        if address is None or self._exempt(address):
+            return
+        self._counted_as = address
+        _open[address] += 1
+        if _open[address] > server_settings().max_connections_per_client:
+            self._over_cap = True
+            # Refused anyway: it must not take one of Server__MaxConnections' slots from others.
+            self.connections.discard(self)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._header_deadline is None:
-            self._arm()
+            self._header_deadline = self.loop.call_later(
+                server_settings().header_timeout_seconds, self._headers_too_slow
+            )
 
     def on_headers_complete(self) -> None:
-        self._disarm()
-        super().on_headers_complete()
+        self._cancel_header_deadline()
+        probe = self.url in _PROBES and self.parser.get_method() in _PROBE_METHODS
+        # uvicorn decides its 503 in on_headers_complete, from this attribute. A connection over
+        # the per-client cap gets that cap's own 503, which says what to do.
+        exempt = probe or self._over_cap
+        self.limit_concurrency = None if exempt else self.config.limit_concurrency
+        if self._over_cap:
+            log.warning(
+                "refused a request from %s: over Server__MaxConnectionsPerClient (%d) "
+                "connections are open from that address",
+                self._counted_as,
+                server_settings().max_connections_per_client,
+            )
+            self.app = _over_client_cap
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = self.config.loaded_app
+        self._cancel_body_deadline()
+        self._body_deadline = self.loop.call_later(
+            server_settings().body_timeout_seconds, self._body_too_slow
+        )
+
+    def on_message_complete(self) -> None:
+        self._cancel_body_deadline()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._cancel_header_deadline()
+        self._cancel_body_deadline()
+        if self._counted_as is not None:
+            _open[self._counted_as] -= 1
+            if not _open[self._counted_as]:
+                del _open[self._counted_as]
+            self._counted_as = None
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
-        self._header_deadline = self.loop.call_later(header_timeout_seconds(), self._too_slow)
-
-    def _disarm(self) -> None:
+    def _cancel_header_deadline(self) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
 
-    def _too_slow(self) -> None:
+    def _cancel_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _headers_too_slow(self) -> None:
         self._header_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _body_too_slow(self) -> None:
+        self._body_deadline = None
+        if self.transport.is_closing():
+            return
+        seconds = server_settings().body_timeout_seconds
+        if self.pipeline or self.flow.read_paused:
+            # uvicorn stopped reading, not the client: a pipelined request waits for the one
+            # before it to be answered, or the app has not taken the body it was given yet.
+            self._body_deadline = self.loop.call_later(seconds, self._body_too_slow)
+            return
+        log.warning(
+            "closed a connection from %s: a request body was not complete within %gs "
+            "(Server__BodyTimeoutSeconds)",
+            self.client[0] if self.client else "unknown",
+            seconds,
+        )
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:  # else no answer can replace it
+            # What connection_lost would do, a tick early: the app, waiting for the rest of the
+            # body, is told the client left, and nothing it sends is written after the 408.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            message = (
+                f"the request body did not arrive within {seconds:g}s of its headers "
+                "(Server__BodyTimeoutSeconds): send the whole body without pausing"
+            )
+            self.transport.write(
+                _plain_response(b"408 Request Timeout", message, self.server_state.default_headers)
+            )
+        self.transport.close()
+
+
+class EncryptorProtocol(SlowClientProtocol):
+    """The encryptor's: its ``Encryptor__TrustedProxies`` are exempt from the per-client cap."""
+
+    def _exempt(self, address: str) -> bool:
+        networks = trusted_proxies()
+        if not networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
