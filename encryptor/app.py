@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     rate_limit = [Depends(rate_limiter)]
     keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)
     provider = settings.key_management.provider
-    callers = EncryptorCallers(settings, metrics)
+    callers = EncryptorCallers(settings, metrics, client_address=rate_limiter.client_address)
     Caller = Annotated[Identity | None, Depends(callers.caller)]
     app = create_base_app(
         service="encryptor",
@@ -152,7 +152,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
                 401: "Authentication is on, and no token or a rejected one.",
                 403: "Authentication is on, and RBAC does not allow it.",
                 413: "Too many items, or the body is over the size limit.",
-                429: "This client sent too many requests; see Retry-After.",
+                429: "This client sent too many values; see Retry-After.",
                 503: "The key manager is unavailable; see Retry-After.",
             }
         ),
@@ -162,6 +162,9 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     ) -> BatchResponse:
         annotate(request, namespace=body.namespace, service_account=body.service_account)
         check_batch_size(request, body.items, settings)
+        # Each item is an encryption (a KMS call): the whole count, decided now that it is known
+        # and before any, including the one value the route's dependency took as a deposit.
+        rate_limiter.charge(request, len(body.items), paid=1)
         refuse_default(request, body.service_account, "serviceAccount")
         await callers.authorize(request, caller, body.namespace)
         identity = sa_id(body.namespace, body.service_account)
@@ -173,7 +176,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     if not callers.enabled:
 
         async def encrypt_fast(request: Request, body: EncryptRequest) -> str:
-            await rate_limiter(request)  # the route's dependency
+            rate_limiter.charge(request, 1)  # the route's dependency
             return await encrypt_one(request, body, None)
 
         app.outer_middleware.append(

@@ -1,5 +1,5 @@
 """The encryptor's per-client rate limit: 429 with Retry-After, per address, proxies trusted only
-when named."""
+when named, counted in values (a batch costs its items), with the buckets on a test clock."""
 
 from collections.abc import Callable
 
@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from encryptor.app import create_app
 from kamus.providers import ConfigurationError
+from kamus.ratelimit import TokenBuckets, parse_limits
 from kamus.web import PROBLEM_MEDIA_TYPE
 from tests.conftest import SettingsFactory, audit_events
 
@@ -110,3 +111,164 @@ def test_bad_settings_stop_the_encryptor(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         create_app(make_settings(**env))
+
+
+# -- values, not requests ------------------------------------------------------------------------
+
+
+def batch(size: int) -> dict[str, object]:
+    return {**V2, "items": {f"k{i}": "s3cr3t" for i in range(size)}}
+
+
+def test_a_batch_costs_one_unit_per_item(encryptor: Encryptor) -> None:
+    with encryptor(Encryptor__RateLimit="10/minute") as client:
+        assert client.post("/api/v2/encrypt", json=batch(4)).status_code == 200
+        assert client.post("/api/v2/encrypt", json=batch(4)).status_code == 200
+        refused = client.post("/api/v2/encrypt", json=batch(4))  # 2 values left, not 4
+        assert refused.status_code == 429
+        detail = refused.json()["detail"]
+        assert "Encryptor__RateLimit is 10 per 1 minute" in detail
+        assert "each value of a batch counts (this one has 4)" in detail
+        # The 2 values missing refill in 12s (6s each); the header is whole seconds, rounded up.
+        assert 10 <= int(refused.headers["retry-after"]) <= 12
+        assert f"retry in {refused.headers['retry-after']}s" in detail
+        # The refused batch spent nothing: the 2 values left are still there.
+        assert [client.post("/api/v1/encrypt", json=V1).status_code for _ in range(3)] == [
+            200,
+            200,
+            429,
+        ]
+        assert "kamus_rate_limited_total 2.0" in client.get("/metrics").text
+
+
+def test_a_batch_over_the_limit_is_admitted_into_a_full_budget_then_waited_off(
+    encryptor: Encryptor,
+) -> None:
+    with encryptor(Encryptor__RateLimit="10/minute") as client:
+        assert client.post("/api/v2/encrypt", json=batch(15)).status_code == 200
+        refused = client.post("/api/v1/encrypt", json=V1)
+        assert refused.status_code == 429
+        # 15 values at 6s each put the budget 5 values (30s) in debt, and one more takes 6s.
+        assert 30 <= int(refused.headers["retry-after"]) <= 36
+    with encryptor(Encryptor__RateLimit="10/minute") as client:
+        assert client.post("/api/v1/encrypt", json=V1).status_code == 200
+        partly_spent = client.post("/api/v2/encrypt", json=batch(15))
+        # Not full: it waits until the budget is full again (6s), not forever.
+        assert partly_spent.status_code == 429
+        assert 1 <= int(partly_spent.headers["retry-after"]) <= 6
+
+
+def test_bad_batches_are_still_limited(encryptor: Encryptor) -> None:
+    """Each request pays one unit before its body is read: bodies that fail validation, and
+    batches over Server__MaxBatchItems, cannot be sent without bound either."""
+    with encryptor(Encryptor__RateLimit="2/minute", Server__MaxBatchItems="3") as client:
+        assert client.post("/api/v2/encrypt", json={"items": {}}).status_code in (400, 422)
+        assert client.post("/api/v2/encrypt", json=batch(4)).status_code == 413
+        assert client.post("/api/v2/encrypt", json=batch(1)).status_code == 429
+
+
+# -- the buckets, on a clock the test moves ------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def buckets(spec: str, clock: Clock, **kwargs: int) -> TokenBuckets:
+    return TokenBuckets(parse_limits(spec), clock=clock, **kwargs)
+
+
+def test_a_full_bucket_admits_its_capacity_then_refills_at_the_rate() -> None:
+    clock = Clock()
+    limiter = buckets("20/second", clock)
+    assert [limiter.take("a", 1) for _ in range(20)] == [None] * 20  # float sums must not drift
+    refused = limiter.take("a", 1)
+    assert refused is not None
+    limit, wait = refused
+    assert str(limit) == "20 per 1 second"
+    assert wait == pytest.approx(0.05)
+    clock.now += 0.5
+    assert limiter.take("a", 10) is None
+    assert limiter.take("a", 1) is not None
+
+
+def test_a_cost_over_the_capacity_goes_into_debt_only_from_full() -> None:
+    clock = Clock()
+    limiter = buckets("20/second", clock)
+    assert limiter.take("a", 100) is None  # full: admitted, 80 units in debt
+    refused = limiter.take("a", 1)
+    assert refused is not None
+    assert refused[1] == pytest.approx(4.05)  # the debt, then one unit
+    clock.now += 4.05
+    assert limiter.take("a", 1) is None
+    # Empty again (it just spent the unit it waited for): a 100 waits until it is full, not
+    # until it holds 100, which it never would.
+    refused = limiter.take("a", 100)
+    assert refused is not None
+    assert refused[1] == pytest.approx(1.0)
+    clock.now += 0.99
+    assert limiter.take("a", 100) is not None
+    clock.now += 0.01
+    assert limiter.take("a", 100) is None
+
+
+def test_a_refused_request_consumes_nothing() -> None:
+    clock = Clock()
+    limiter = buckets("10/second", clock)
+    assert limiter.take("a", 8) is None
+    for _ in range(5):
+        assert limiter.take("a", 5) is not None
+    assert limiter.take("a", 2) is None  # the 2 left, untouched by the refusals
+
+
+def test_every_limit_must_admit_and_the_longest_wait_is_named() -> None:
+    clock = Clock()
+    limiter = buckets("20/second;30/minute", clock)
+    assert limiter.take("a", 25) is None  # both full: the second's 20 goes 5 into debt
+    clock.now += 10  # the second is full again; the minute's holds 30 - 25 + 5 = 10
+    assert limiter.take("a", 10) is None
+    refused = limiter.take("a", 5)
+    assert refused is not None
+    limit, wait = refused
+    assert str(limit) == "30 per 1 minute"
+    assert wait == pytest.approx(10.0)  # 5 units of the minute's, 2s each
+
+
+def test_a_deposit_counts_toward_the_cost_and_is_given_back_on_refusal() -> None:
+    clock = Clock()
+    limiter = buckets("10/second", clock)
+    assert limiter.take("a", 1) is None  # the deposit, before the batch's size is known
+    assert limiter.take("a", 30, paid=1) is None  # decided as from full
+    assert limiter.take("b", 5) is None
+    assert limiter.take("b", 1) is None
+    assert limiter.take("b", 30, paid=1) is not None  # 5 of 10 left: not full
+    assert limiter.take("b", 5) is None  # the deposit was given back
+
+
+def test_full_buckets_are_forgotten_and_the_table_is_bounded() -> None:
+    clock = Clock()
+    limiter = buckets("1/second", clock, max_clients=8)
+    for client in "abcdefgh":
+        assert limiter.take(client, 1) is None
+    assert len(limiter) == 8
+    clock.now += 1  # all full again
+    assert limiter.take("i", 1) is None
+    assert len(limiter) == 1
+    # More clients in debt than the table holds: those nearest to full are forgotten.
+    assert limiter.take("deep", 5) is None
+    for client in "jklmnop":
+        clock.now += 0.01
+        assert limiter.take(client, 1) is None
+    assert len(limiter) <= 8
+    assert limiter.take("deep", 1) is not None  # the deepest debt is the one kept
+    assert limiter.take("i", 1) is None
+
+
+@pytest.mark.parametrize("spec", ["0/second", "20/second;0/minute"])
+def test_a_limit_of_zero_is_refused(make_settings: SettingsFactory, spec: str) -> None:
+    with pytest.raises(ConfigurationError, match="each at least 1"):
+        create_app(make_settings(Encryptor__RateLimit=spec))
