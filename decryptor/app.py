@@ -25,7 +25,7 @@ from decryptor.auth import (
     TokenReviewAuthenticator,
 )
 from decryptor.token_cache import CachingAuthenticator
-from kamus.callers import TokenCheck, bearer
+from kamus.callers import TokenCheck, bearer, peer_address
 from kamus.health import Dependency, WatchedKeyManager, readiness
 from kamus.identity import parse_service_account_user, sa_id
 from kamus.kube import create_api_client
@@ -74,6 +74,7 @@ async def build_authenticator(settings: Settings, metrics: Metrics) -> Authentic
         audiences=decryptor.audiences,
         timeout_seconds=kube.request_timeout_seconds,
         max_concurrency=kube.max_concurrent_requests,
+        max_concurrency_per_client=kube.max_concurrent_requests_per_client,
         access_review_cache_seconds=decryptor.access_review_cache_seconds,
     )
     if decryptor.token_review_cache_seconds == 0:
@@ -157,7 +158,9 @@ def create_app(
 
         A dependency, so it runs before the body is validated: an unauthenticated caller learns
         nothing about what the API would accept."""
-        identity = await tokens.identity(request, credentials, _authenticator())
+        # The peer: pods reach the decryptor directly, with no proxy to name another address.
+        client = peer_address(request)
+        identity = await tokens.identity(request, credentials, _authenticator(), client=client)
         parsed = parse_service_account_user(identity.username)
         if parsed is None:
             annotate(request, reason="caller is not a service account")

@@ -3,12 +3,14 @@
 Two authenticators share one small interface:
 
 * :class:`TokenReviewAuthenticator`, the product: asks kube-apiserver, with the official asyncio
-  client, bounded concurrency and a timeout on every call.
+  client, bounded concurrency shared fairly between client addresses (decryptor/fair_share.py)
+  and a timeout on every call.
 * :class:`StaticTokenFileAuthenticator`, for a laptop without a cluster: kube-apiserver's
   ``--token-auth-file`` CSV format. Never used by the Helm chart.
 
 Outages raise :class:`AuthUnavailable` (the caller answers 503), never :class:`NotAuthenticated`:
-an apiserver hiccup must not look like a bad token.
+an apiserver hiccup must not look like a bad token. No free slot within the deadline raises
+:class:`AuthBusy`, a kind of :class:`AuthUnavailable` that does not mean the apiserver is down.
 """
 
 import asyncio
@@ -37,9 +39,11 @@ from kubernetes.aio.client import (
 from kubernetes.aio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from kamus.callers import Authenticator, AuthUnavailable, Identity, NotAuthenticated
+from decryptor.fair_share import FairShare, NoSlot
+from kamus.callers import AuthBusy, Authenticator, AuthUnavailable, Identity, NotAuthenticated
 
 __all__ = [
+    "AuthBusy",
     "AuthUnavailable",
     "Authenticator",
     "Identity",
@@ -60,6 +64,7 @@ class TokenReviewAuthenticator:
         audiences: Sequence[str] = (),
         timeout_seconds: float = 5.0,
         max_concurrency: int = 16,
+        max_concurrency_per_client: int = 4,
         access_review_cache_seconds: float = 30.0,
     ) -> None:
         self._api_client = api_client
@@ -68,15 +73,24 @@ class TokenReviewAuthenticator:
         self._version = VersionApi(api_client)
         self._audiences = list(audiences)
         self._timeout = timeout_seconds
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = FairShare(
+            max_concurrency, max_concurrency_per_client, wait_seconds=timeout_seconds
+        )
         self._cache_seconds = access_review_cache_seconds
         self._access_review: tuple[float, bool] | None = None
 
-    async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
-        # One deadline covers waiting for a slot and the call itself.
+    async def _call(
+        self, what: str, request: Callable[[], Awaitable[T]], client: str | None = None
+    ) -> T:
+        # Waiting for a slot and the call have a deadline each: a call that waited long in the
+        # queue still gets its whole timeout, so that only the apiserver's own slowness counts
+        # as the apiserver being down.
         try:
-            async with asyncio.timeout(self._timeout), self._slots:
-                return await request()
+            async with self._slots.slot(client):
+                async with asyncio.timeout(self._timeout):
+                    return await request()
+        except NoSlot as exc:
+            raise self._busy(what, exc) from None
         except TimeoutError:
             raise AuthUnavailable(f"{what}: no answer within {self._timeout:g}s") from None
         except ApiException as exc:
@@ -88,7 +102,21 @@ class TokenReviewAuthenticator:
         except ValidationError:
             raise AuthUnavailable(f"{what}: apiserver sent a malformed response") from None
 
-    async def authenticate(self, token: str) -> Identity:
+    def _busy(self, what: str, exc: NoSlot) -> AuthBusy:
+        if exc.own_queue:
+            reason = (
+                f"{what}: this client already had {self._slots.per_client} calls to the "
+                f"apiserver waiting or in flight for {self._timeout:g}s "
+                "(Kubernetes__MaxConcurrentRequestsPerClient)"
+            )
+        else:
+            reason = (
+                f"{what}: all {self._slots.total} slots for calls to the apiserver stayed busy "
+                f"for {self._timeout:g}s (Kubernetes__MaxConcurrentRequests)"
+            )
+        return AuthBusy(reason, own_queue=exc.own_queue)
+
+    async def authenticate(self, token: str, *, client: str | None = None) -> Identity:
         review = V1TokenReview(
             api_version="authentication.k8s.io/v1",
             kind="TokenReview",
@@ -97,6 +125,7 @@ class TokenReviewAuthenticator:
         result = await self._call(
             "TokenReview",
             lambda: self._authn.create_token_review(review, _request_timeout=self._timeout),
+            client,
         )
         status = result.status
         if status is None or not status.authenticated:
@@ -115,7 +144,14 @@ class TokenReviewAuthenticator:
         )
 
     async def may(
-        self, identity: Identity, *, group: str, resource: str, verb: str, namespace: str
+        self,
+        identity: Identity,
+        *,
+        group: str,
+        resource: str,
+        verb: str,
+        namespace: str,
+        client: str | None = None,
     ) -> bool:
         """Whether Kubernetes RBAC (or whatever authorizes the cluster) lets ``identity`` do
         ``verb`` on ``resource`` in ``namespace``: a SubjectAccessReview, as kube-apiserver's
@@ -138,6 +174,7 @@ class TokenReviewAuthenticator:
             lambda: self._authz.create_subject_access_review(
                 review, _request_timeout=self._timeout
             ),
+            client,
         )
         return bool(result.status and result.status.allowed)
 
@@ -209,7 +246,7 @@ class StaticTokenFileAuthenticator:
             "not the Kubernetes API. This is for local development only."
         )
 
-    async def authenticate(self, token: str) -> Identity:
+    async def authenticate(self, token: str, *, client: str | None = None) -> Identity:
         username = self._users.get(_digest(token))
         if username is None:
             raise NotAuthenticated("token is not in the static token file")

@@ -8,7 +8,10 @@ rollout does the same at once. With it:
   ``ttl_seconds`` and never past the token's own ``exp`` (read from the JWT, only to shorten);
 * only acceptances are kept: a rejected token is asked about again every time, so a token that
   becomes valid (a clock-skewed ``nbf``) is not refused for long, and garbage cannot fill the cache;
-* concurrent requests with the same token share one TokenReview (single flight);
+* concurrent requests with the same token from the same client address share one TokenReview
+  (single flight). Not across addresses: the review waits in its client's queue for a slot
+  (decryptor/fair_share.py), and a request joining a review queued behind a flood from another
+  address would wait as long as that flood's own requests;
 * entries are keyed by SHA-256 of the token and the audiences, so the cache holds no token, and
   bounded in number (least recently used goes first).
 
@@ -17,16 +20,14 @@ is still accepted until its entry expires. ``Decryptor__TokenReviewCacheSeconds=
 """
 
 import asyncio
-import base64
-import binascii
 import hashlib
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 from kamus.callers import Authenticator, Identity
+from kamus.tokens import unverified_jwt_claims
 
 Lookup = Literal["hit", "miss", "coalesced"]
 
@@ -40,15 +41,8 @@ def cache_key(token: str, audiences: Sequence[str]) -> bytes:
 
 def token_expiry(token: str) -> float | None:
     """The ``exp`` claim of a JWT, unverified (Kubernetes has just verified it), or None."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
+    claims = unverified_jwt_claims(token)
+    exp = claims.get("exp") if claims is not None else None
     if isinstance(exp, int | float) and not isinstance(exp, bool):
         return float(exp)
     return None
@@ -76,12 +70,12 @@ class CachingAuthenticator:
         self._clock = clock
         self._wall_clock = wall_clock
         self._entries: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
-        self._in_flight: dict[bytes, asyncio.Task[Identity]] = {}
+        self._in_flight: dict[tuple[bytes, str | None], asyncio.Task[Identity]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def authenticate(self, token: str) -> Identity:
+    async def authenticate(self, token: str, *, client: str | None = None) -> Identity:
         key = cache_key(token, self._audiences)
         entry = self._entries.get(key)
         if entry is not None:
@@ -90,20 +84,21 @@ class CachingAuthenticator:
                 self._observe("hit")
                 return entry[1]
             del self._entries[key]
-        task = self._in_flight.get(key)
+        flight = (key, client)
+        task = self._in_flight.get(flight)
         if task is None:
             self._observe("miss")
-            task = asyncio.create_task(self._review(key, token))
-            self._in_flight[key] = task
-            task.add_done_callback(lambda done: self._settle(key, done))
+            task = asyncio.create_task(self._review(key, token, client))
+            self._in_flight[flight] = task
+            task.add_done_callback(lambda done: self._settle(flight, done))
         else:
             self._observe("coalesced")
         # shield: one caller giving up (its client went away) must not cancel the review that
         # the other callers are waiting for.
         return await asyncio.shield(task)
 
-    async def _review(self, key: bytes, token: str) -> Identity:
-        identity = await self._inner.authenticate(token)
+    async def _review(self, key: bytes, token: str, client: str | None) -> Identity:
+        identity = await self._inner.authenticate(token, client=client)
         ttl = self._ttl
         expiry = token_expiry(token)
         if expiry is not None:
@@ -115,8 +110,8 @@ class CachingAuthenticator:
                 self._entries.popitem(last=False)
         return identity
 
-    def _settle(self, key: bytes, task: "asyncio.Task[Identity]") -> None:
-        self._in_flight.pop(key, None)
+    def _settle(self, flight: tuple[bytes, str | None], task: "asyncio.Task[Identity]") -> None:
+        self._in_flight.pop(flight, None)
         if not task.cancelled():
             # Retrieved here so that a failure nobody awaited any more is not reported as
             # "Task exception was never retrieved".

@@ -24,7 +24,14 @@ from fastapi.security import HTTPAuthorizationCredentials
 if TYPE_CHECKING:
     from decryptor.auth import TokenReviewAuthenticator
 
-from kamus.callers import Authenticator, AuthUnavailable, Identity, TokenCheck, bearer
+from kamus.callers import (
+    Authenticator,
+    AuthUnavailable,
+    Identity,
+    TokenCheck,
+    bearer,
+    peer_address,
+)
 from kamus.health import Dependency
 from kamus.metrics import Metrics
 from kamus.settings import Settings
@@ -48,10 +55,20 @@ async def _anyone() -> None:
 class EncryptorCallers:
     """Who may encrypt: anyone (``none``), or what Kubernetes RBAC allows (``kubernetes``)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        client_address: Callable[[Request], str] = peer_address,
+    ) -> None:
         self.enabled = settings.encryptor.authentication == "kubernetes"
         self._settings = settings
         self._metrics = metrics
+        # Whose share of the apiserver calls a request takes. Give the rate limiter's
+        # client_address, which knows the trusted proxies: with the peer, an ingress in front
+        # makes all callers one client.
+        self._client_address = client_address
         self._reviews: TokenReviewAuthenticator | None = None
         self._tokens: Authenticator | None = None
         # Without it a `kamus seal` of 50 Secrets asked RBAC 50 times the same question.
@@ -86,6 +103,7 @@ class EncryptorCallers:
             audiences=self._settings.encryptor.audiences,
             timeout_seconds=kube.request_timeout_seconds,
             max_concurrency=kube.max_concurrent_requests,
+            max_concurrency_per_client=kube.max_concurrent_requests_per_client,
         )
         encryptor = self._settings.encryptor
         self._tokens = CachingAuthenticator(
@@ -127,7 +145,9 @@ class EncryptorCallers:
             raise ApiError(
                 503, "starting", "the encryptor is starting", headers={"Retry-After": "1"}
             )
-        return await self._check.identity(request, credentials, self._tokens)
+        return await self._check.identity(
+            request, credentials, self._tokens, client=self._client_address(request)
+        )
 
     async def authorize(self, request: Request, caller: Identity | None, namespace: str) -> None:
         """403 unless Kubernetes lets ``caller`` create KamusSecrets in ``namespace``."""
@@ -139,7 +159,9 @@ class EncryptorCallers:
             self._allowed.move_to_end(key)
             return
         try:
-            allowed = await self._reviews.may(caller, namespace=namespace, **PERMISSION)
+            allowed = await self._reviews.may(
+                caller, namespace=namespace, client=self._client_address(request), **PERMISSION
+            )
         except AuthUnavailable as exc:
             raise self._check.unavailable(request, exc) from None
         if allowed and self._allowed_seconds > 0:

@@ -42,8 +42,20 @@ class AuthUnavailable(Exception):
         self.reason = reason
 
 
+class AuthBusy(AuthUnavailable):
+    """No slot to ask the apiserver came free in time: this replica is busy (or this client
+    sends too much at once), which says nothing about whether the apiserver is up."""
+
+    def __init__(self, reason: str, *, own_queue: bool) -> None:
+        super().__init__(reason)
+        self.own_queue = own_queue  # the client's own share was taken, not the shared slots
+
+
 class Authenticator(Protocol):
-    async def authenticate(self, token: str) -> Identity: ...
+    async def authenticate(self, token: str, *, client: str | None = None) -> Identity:
+        """Who ``token`` belongs to. ``client`` is the caller's address: the reviews that go to
+        the apiserver are shared fairly between addresses (``None``: not a caller's request)."""
+        ...
 
     async def can_review_tokens(self) -> bool:
         """Whether this service may create TokenReviews (Kamus's isAlive check)."""
@@ -54,6 +66,11 @@ class Authenticator(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def peer_address(request: Request) -> str:
+    """The address the request came from (the TCP peer)."""
+    return request.client.host if request.client else "unknown"
 
 
 def bearer(scheme_name: str, description: str) -> HTTPBearer:
@@ -76,6 +93,8 @@ class TokenCheck:
         request: Request,
         credentials: HTTPAuthorizationCredentials | None,
         authenticator: Authenticator,
+        *,
+        client: str,
     ) -> Identity:
         if credentials is None:
             annotate(request, reason="no bearer token")
@@ -87,7 +106,7 @@ class TokenCheck:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
-            identity = await authenticator.authenticate(credentials.credentials)
+            identity = await authenticator.authenticate(credentials.credentials, client=client)
         except NotAuthenticated as exc:
             self.kubernetes.succeeded()  # the apiserver answered
             annotate(request, reason=exc.reason)
@@ -106,6 +125,8 @@ class TokenCheck:
         return identity
 
     def unavailable(self, request: Request, exc: AuthUnavailable) -> ApiError:
+        if isinstance(exc, AuthBusy):
+            return self._busy(request, exc)
         self.kubernetes.failed(exc.reason)
         annotate(request, reason=exc.reason)
         self.metrics.token_reviews.labels("unavailable").inc()
@@ -114,5 +135,24 @@ class TokenCheck:
             "kubernetes-unavailable",
             "cannot verify the token right now because the Kubernetes API is unavailable; "
             "retry later",
+            headers={"Retry-After": self.retry_after},
+        )
+
+    def _busy(self, request: Request, exc: AuthBusy) -> ApiError:
+        # Not kubernetes.failed(): a full queue here says nothing about the apiserver, and a
+        # flood of unknown tokens must not take this replica out of its Service.
+        annotate(request, reason=exc.reason)
+        self.metrics.token_reviews.labels("busy").inc()
+        if exc.own_queue:
+            advice = (
+                "too many requests from your address are waiting for their tokens to be "
+                "verified; send fewer at once and retry later"
+            )
+        else:
+            advice = "too many tokens are waiting to be verified; retry later"
+        return ApiError(
+            503,
+            "busy",
+            f"the service is busy: {advice}",
             headers={"Retry-After": self.retry_after},
         )

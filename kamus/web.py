@@ -43,6 +43,7 @@ PROBLEMS = {
     "body-too-large": "The request body is too large",
     "rate-limited": "Too many requests",
     "kubernetes-unavailable": "The Kubernetes API is unavailable",
+    "busy": "The service is busy",
     "key-manager-unavailable": "The key manager is unavailable",
     "starting": "The service is starting",
     "not-found": "Not found",

@@ -1,11 +1,16 @@
 """How the decryptor reaches Kubernetes and authenticates callers, outside the HTTP layer."""
 
+import asyncio
+import contextlib
+import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from decryptor.auth import (
+    AuthBusy,
     AuthUnavailable,
     NotAuthenticated,
     StaticTokenFileAuthenticator,
@@ -14,7 +19,8 @@ from decryptor.auth import (
 from kamus.kube import create_api_client
 from kamus.providers import ConfigurationError
 from kamus.settings import KubernetesSettings
-from tests.k8s_double import KubeApiDouble
+from tests.k8s_double import Faults, KubeApiDouble
+from tests.leaks import register
 
 
 async def review(double: KubeApiDouble, authenticator: TokenReviewAuthenticator) -> str:
@@ -104,6 +110,69 @@ async def test_requested_audiences_are_enforced(kube_api: KubeApiDouble, tmp_pat
         assert ok.username == "system:serviceaccount:a:b"
     finally:
         await authenticator.close()
+
+
+def unknown_tokens(count: int) -> list[str]:
+    """Distinct tokens the apiserver never issued (each misses any cache), cheap to make."""
+    secret = secrets.token_urlsafe(24)
+    register(secret)
+    return [f"unknown-{n}-{secret}" for n in range(count)]
+
+
+async def test_a_client_whose_share_stays_taken_is_busy_not_an_outage(
+    kube_api: KubeApiDouble, kubeconfig: Path
+) -> None:
+    client = await create_api_client(KubernetesSettings())
+    authenticator = TokenReviewAuthenticator(
+        client, max_concurrency=4, max_concurrency_per_client=1, timeout_seconds=2
+    )
+    # One review at a time for this client, each at least 0.5 s: the sixth cannot start
+    # within the 2 s it may wait, although the apiserver answers every review in time.
+    kube_api.faults = Faults(delay_seconds=0.5)
+    try:
+        results = await asyncio.gather(
+            *(authenticator.authenticate(t, client="10.0.0.1") for t in unknown_tokens(6)),
+            return_exceptions=True,
+        )
+    finally:
+        await authenticator.close()
+    assert isinstance(results[0], NotAuthenticated)  # the apiserver's verdict
+    busy = [r for r in results if isinstance(r, AuthBusy)]
+    assert len(busy) >= 2
+    assert all(b.own_queue for b in busy)
+    assert "Kubernetes__MaxConcurrentRequestsPerClient" in busy[0].reason
+    # Nothing else: a review that got its slot was never cut short by its wait for it.
+    assert all(isinstance(r, NotAuthenticated | AuthBusy) for r in results)
+
+
+async def test_a_flood_from_one_address_does_not_delay_another(
+    kube_api: KubeApiDouble, kubeconfig: Path
+) -> None:
+    client = await create_api_client(KubernetesSettings())
+    authenticator = TokenReviewAuthenticator(
+        client, max_concurrency=4, max_concurrency_per_client=2, timeout_seconds=30
+    )
+    kube_api.faults = Faults(delay_seconds=0.3)
+    flood = asyncio.gather(
+        *(authenticator.authenticate(t, client="10.0.0.66") for t in unknown_tokens(60)),
+        return_exceptions=True,
+    )
+    try:
+        await asyncio.sleep(0.2)  # the flood's first reviews are at the apiserver
+        # In one shared queue the pod would wait behind 58 reviews, 2.5 s at least.
+        start = time.monotonic()
+        identity = await authenticator.authenticate(
+            kube_api.issue_token("team-a", "app"), client="10.0.0.7"
+        )
+        waited = time.monotonic() - start
+        assert not flood.done()  # the flood was still going on
+    finally:
+        flood.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flood
+        await authenticator.close()
+    assert identity.username == "system:serviceaccount:team-a:app"
+    assert waited < 2.0
 
 
 def write(tmp_path: Path, text: str) -> Path:
