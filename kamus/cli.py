@@ -5,12 +5,13 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NoReturn, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Literal, NoReturn
 
 import click
 
 from kamus import __version__
 from kamus.client import ClientError, UsageError
+from kamus.keysecret import create_key_secret
 from kamus.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ def _setting_name(loc: tuple[int | str, ...]) -> str:
 @click.version_option(__version__, prog_name="kamus")
 def main() -> None:
     """Kamus: Kubernetes-native secret encryption."""
+
+
+main.add_command(create_key_secret)
 
 
 @main.command()
@@ -124,9 +128,9 @@ def serve(service: Service, host: str, port: int, workers: int | None) -> None:
             if tls.tls_cert_file and tls.tls_key_file
             else None
         ),
-        # uvloop when installed; httptools (a dependency) with a deadline for the headers.
+        # uvloop when installed; httptools (a dependency) with deadlines for slow clients.
         loop="auto",
-        http=_http_protocol(),
+        http=_http_protocol(service),
         timeout_graceful_shutdown=settings.server.shutdown_timeout_seconds,
         limit_concurrency=settings.server.max_connections,
         log_config=None,
@@ -136,11 +140,15 @@ def serve(service: Service, host: str, port: int, workers: int | None) -> None:
     )
 
 
-def _http_protocol() -> str:
+def _http_protocol(service: Service) -> str:
     """kamus/http.py's protocol where httptools is installed, else uvicorn's own choice."""
     import importlib.util
 
-    return "kamus.http:HeaderTimeoutProtocol" if importlib.util.find_spec("httptools") else "auto"
+    if not importlib.util.find_spec("httptools"):
+        return "auto"
+    # Only the encryptor has trusted proxies (Encryptor__TrustedProxies).
+    name = "EncryptorProtocol" if service == "encryptor" else "SlowClientProtocol"
+    return f"kamus.http:{name}"
 
 
 @main.command()
@@ -209,16 +217,20 @@ def _fail(error: ClientError) -> NoReturn:
 def _secret_text(secret: str | None, secret_file: str | None, encoding: str) -> str:
     if (secret is None) == (secret_file is None):
         raise UsageError("give exactly one of --secret and --secret-file ('-' reads stdin)")
+    from kamus.inputs import decode_text
+
     if "-" in (secret, secret_file):
-        return sys.stdin.buffer.read().decode(encoding)
+        return decode_text(sys.stdin.buffer.read(), "stdin", encoding)
     if secret is not None:
         return secret
     assert secret_file is not None
     try:
-        with open(secret_file, encoding=encoding, newline="") as handle:
-            return handle.read()
-    except (OSError, LookupError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read --secret-file {secret_file}: {exc}") from None
+        with open(secret_file, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read --secret-file {secret_file}: {exc.strerror}") from None
+    # A decoding error names the line and column, never the bytes: they are the secret.
+    return decode_text(data, secret_file, encoding)
 
 
 def _write_output(text: str, output: str | None, overwrite: bool) -> None:
@@ -235,14 +247,41 @@ def _write_output(text: str, output: str | None, overwrite: bool) -> None:
     click.echo(f"kamus: wrote {output}", err=True)
 
 
-def _user_token(wanted: bool, context: str | None) -> str | None:
-    if context and not wanted:
-        raise UsageError("--kube-context goes with --kubeconfig-token")
-    if not wanted:
-        return None
-    from kamus.client import kubeconfig_token
+def _user_token(
+    url: str,
+    from_kubeconfig: bool,
+    token_file: str | None,
+    context: str | None,
+    allow_token_over_http: bool,
+) -> str | None:
+    """The caller's token for an encryptor that authenticates callers, after refusing to send
+    one over plain http; warnings go to stderr."""
+    from kamus.client import (
+        kubeconfig_token,
+        read_token_file,
+        token_audience_warning,
+        token_transport_warning,
+    )
 
-    return kubeconfig_token(context)
+    if context and not from_kubeconfig:
+        raise UsageError("--kube-context goes with --kubeconfig-token")
+    if from_kubeconfig and token_file:
+        raise UsageError(
+            "--token-file (or $KAMUS_TOKEN_FILE) and --kubeconfig-token are mutually "
+            "exclusive: give one token"
+        )
+    if not from_kubeconfig and not token_file:
+        return None
+    # Before the token is read: an exec plugin need not mint a token that will not be sent.
+    if warning := token_transport_warning(url, allow_token_over_http):
+        click.echo(f"kamus: warning: {warning}", err=True)
+    if token_file:
+        token, apiserver = read_token_file(token_file), None
+    else:
+        token, apiserver = kubeconfig_token(context)
+    if warning := token_audience_warning(token, apiserver):
+        click.echo(f"kamus: warning: {warning}", err=True)
+    return token
 
 
 def client_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -278,6 +317,19 @@ def client_options(command: Callable[..., None]) -> Callable[..., None]:
                 "Encryptor__Authentication=kubernetes.",
             ),
             click.option("--kube-context", help="The kubeconfig context for --kubeconfig-token."),
+            click.option(
+                "--token-file",
+                envvar="KAMUS_TOKEN_FILE",
+                type=click.Path(dir_okay=False),
+                help="Send the token in this file (or $KAMUS_TOKEN_FILE), one made for the "
+                "encryptor: kubectl create token SA --audience kamus-encryptor.",
+            ),
+            click.option(
+                "--allow-token-over-http",
+                is_flag=True,
+                help="Send the token over a plain-http URL (kubectl port-forward only: it "
+                "crosses the network in clear text).",
+            ),
             click.option("-o", "--output", help="Write to this file instead of stdout."),
             click.option("-O", "--overwrite", is_flag=True, help="Replace --output if it exists."),
             click.option(
@@ -318,6 +370,8 @@ def encrypt(
     ca_bundle: str | None,
     kubeconfig_token: bool,
     kube_context: str | None,
+    token_file: str | None,
+    allow_token_over_http: bool,
     output: str | None,
     overwrite: bool,
     log_level: str,
@@ -344,7 +398,10 @@ def encrypt(
             allow_insecure=allow_insecure_url,
             fingerprint=cert_fingerprint,
             ca_bundle=ca_bundle,
-            token=_user_token(kubeconfig_token, kube_context),
+            token=_user_token(
+                kamus_url, kubeconfig_token, token_file, kube_context, allow_token_over_http
+            ),
+            allow_token_over_http=allow_token_over_http,
         ) as client:
             ciphertext = encrypt_one(client, namespace, service_account, text)
         if not quiet:
@@ -355,7 +412,7 @@ def encrypt(
 
 
 @main.command()
-@click.argument("manifest", type=click.File("r", encoding="utf-8"), default="-")
+@click.argument("manifest", type=click.File("rb"), default="-")
 @click.option(
     "-a",
     "--service-account",
@@ -373,7 +430,7 @@ def encrypt(
 )
 @client_options
 def seal(
-    manifest: TextIO,
+    manifest: BinaryIO,
     service_account: str,
     namespace: str | None,
     output_format: str,
@@ -383,24 +440,34 @@ def seal(
     ca_bundle: str | None,
     kubeconfig_token: bool,
     kube_context: str | None,
+    token_file: str | None,
+    allow_token_over_http: bool,
     output: str | None,
     overwrite: bool,
     log_level: str,
 ) -> None:
     """Turn a Secret manifest (a file, or stdin) into a KamusSecret of ciphertexts."""
     from kamus.client import KamusClient, encrypt_values
+    from kamus.inputs import decode_text
     from kamus.seal import seal_documents
 
+    name = str(getattr(manifest, "name", "-"))
+    source = "stdin" if name in ("-", "<stdin>") else name
     try:
+        text = decode_text(manifest.read(), source)
         with KamusClient(
             kamus_url,
             allow_insecure=allow_insecure_url,
             fingerprint=cert_fingerprint,
             ca_bundle=ca_bundle,
-            token=_user_token(kubeconfig_token, kube_context),
+            token=_user_token(
+                kamus_url, kubeconfig_token, token_file, kube_context, allow_token_over_http
+            ),
+            allow_token_over_http=allow_token_over_http,
         ) as client:
             sealed = seal_documents(
-                manifest.read(),
+                text,
+                source=source,
                 service_account=service_account,
                 namespace=namespace,
                 output_format=output_format.lower(),

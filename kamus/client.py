@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from kamus import __version__
+from kamus.tokens import unverified_jwt_claims
 
 T = TypeVar("T")
 
@@ -99,10 +100,13 @@ class KamusClient:
         ca_bundle: str | None = None,
         timeout: float = 30.0,
         token: str | None = None,
+        allow_token_over_http: bool = False,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"{url!r} is not an http(s) URL of a Kamus service")
+        if token:
+            token_transport_warning(url, allow_token_over_http)
         if parts.scheme == "http" and not allow_insecure:
             raise UsageError(
                 f"refusing the plain-http URL {url}: secrets would cross the network in clear. "
@@ -121,6 +125,7 @@ class KamusClient:
         # Learned from a 404: an original Kamus has no batch API; ask it only once.
         self.batch_api = True
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.retry_after: str | None = None  # of the last answer
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
@@ -163,6 +168,7 @@ class KamusClient:
             try:
                 connection.request("POST", self._base + path, body=payload, headers=all_headers)
                 response = connection.getresponse()
+                self.retry_after = response.getheader("Retry-After")
                 return response.status, response.read()
             except PinMismatch:
                 self.close()
@@ -223,9 +229,104 @@ def with_retries(
             wait = min(wait * 2, 8.0)
 
 
-def kubeconfig_token(context: str | None = None) -> str:
+_HOW_TO_BIND = (
+    "kubectl create token <sa> --audience kamus-encryptor > token, then --token-file token"
+)
+_AUDIENCE_ADVICE = (
+    f"send a token bound to the encryptor's audience instead ({_HOW_TO_BIND}; the encryptor's "
+    "Encryptor__Audiences must name that audience)"
+)
+
+
+def token_transport_warning(url: str, allow_token_over_http: bool) -> str | None:
+    """Refuse to send a token to a plain-http URL, loopback included, unless explicitly allowed;
+    then, the warning to print."""
+    if urlsplit(url).scheme != "http":
+        return None
+    if not allow_token_over_http:
+        raise UsageError(
+            f"refusing to send your token to the plain-http URL {url}: it would cross the "
+            "network in clear text, and whoever reads it could replay it against your cluster. "
+            "Use an https URL. Through kubectl port-forward only, pass --allow-token-over-http "
+            f"(and --allow-insecure-url), ideally with an audience-bound token: {_HOW_TO_BIND}"
+        )
+    return (
+        f"sending your token to {url} in clear text (--allow-token-over-http). The flag exists "
+        "for kubectl port-forward, whose tunnel to the cluster is encrypted: anywhere else, "
+        "anyone on the path can copy the token and replay it"
+    )
+
+
+def read_token_file(path: str) -> str:
+    """The token in a file (``--token-file``), surrounding whitespace removed."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise UsageError(f"--token-file: cannot read {path} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--token-file: {path} is not a text token") from None
+    if not token:
+        raise UsageError(
+            f"--token-file: {path} is empty; write a token into it, e.g. kubectl create token "
+            "<sa> --audience kamus-encryptor"
+        )
+    return token
+
+
+# What kube-apiserver answers to, by default: a token meant for it is a credential to the cluster.
+_APISERVER_AUDIENCES = {
+    "https://kubernetes.default.svc",
+    "https://kubernetes.default.svc.cluster.local",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+}
+
+
+def token_audience_warning(token: str, apiserver: str | None = None) -> str | None:
+    """Why sending this token is risky, or None when it is bound to audiences of its own.
+
+    The JWT is decoded without verifying it (the encryptor's TokenReview does that): only its
+    audiences are looked at, and they are the only claim ever printed. ``apiserver`` is the
+    kubeconfig's cluster URL, when the token came from there."""
+    claims = unverified_jwt_claims(token)
+    if claims is None:
+        return (
+            "the token is not a JWT, so whether it is bound to an audience cannot be told; if it "
+            "is your cluster credential, the encryptor could replay it against your cluster: "
+            + _AUDIENCE_ADVICE
+        )
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    audiences = [a for a in audiences if isinstance(a, str) and a]
+    if not audiences:
+        return (
+            "the token has no audience claim, so the apiserver accepts it too and the encryptor "
+            "could replay it against your cluster: " + _AUDIENCE_ADVICE
+        )
+    issuer = claims.get("iss")
+    apiservers = [*_APISERVER_AUDIENCES, apiserver, issuer if isinstance(issuer, str) else None]
+    apiserver_audiences = {a.rstrip("/") for a in apiservers if a}
+    # JSON-quoted: an audience is the token's text, and must not reach a terminal raw.
+    theirs = [a for a in audiences if a.rstrip("/") in apiserver_audiences]
+    if len(theirs) == len(audiences):
+        return (
+            f"the token's audiences {json.dumps(audiences)} are the apiserver's, so the "
+            "encryptor could replay it against your cluster: " + _AUDIENCE_ADVICE
+        )
+    if theirs:  # one audience of its own is not enough: the apiserver accepts it as well
+        return (
+            f"the token's audiences {json.dumps(audiences)} include the apiserver's "
+            f"{json.dumps(theirs)}, so the encryptor could replay it against your cluster: "
+            + _AUDIENCE_ADVICE
+        )
+    return None
+
+
+def kubeconfig_token(context: str | None = None) -> tuple[str, str]:
     """The bearer token kubectl would send for the kubeconfig's user (a token, or what its exec
-    plugin such as ``aws eks get-token`` or ``gke-gcloud-auth-plugin`` prints)."""
+    plugin such as ``aws eks get-token`` or ``gke-gcloud-auth-plugin`` prints), and the URL of
+    the cluster it is for."""
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
@@ -249,7 +350,30 @@ def kubeconfig_token(context: str | None = None) -> str:
             "--kubeconfig-token: the kubeconfig user has no bearer token (a client certificate or "
             "a password cannot be forwarded); use a token or an exec credential plugin"
         )
-    return str(token)
+    return str(token), str(configuration.host)
+
+
+# How long one encrypt call waits, in all, on the encryptor's rate limit before giving up.
+RATE_LIMIT_PATIENCE = 120.0
+
+
+def post_within_rate_limit(
+    client: KamusClient, path: str, body: Mapping[str, Any]
+) -> tuple[int, bytes]:
+    """POST, waiting and retrying while the encryptor answers 429 with a Retry-After in seconds.
+
+    The encryptor counts values: it admits a batch larger than its per-second limit when the
+    client's budget is full, and the next batch must wait off that debt (kamus/ratelimit.py).
+    """
+    deadline = time.monotonic() + RATE_LIMIT_PATIENCE
+    while True:
+        status, answer = client.post(path, body)
+        wait = client.retry_after
+        if status != 429 or wait is None or not wait.isdigit():
+            return status, answer
+        if time.monotonic() + int(wait) > deadline:
+            return status, answer  # the caller reports the server's "retry in ..."
+        time.sleep(int(wait))
 
 
 def encrypt_values(
@@ -259,7 +383,7 @@ def encrypt_values(
     Kamus that has no batch API."""
     if client.batch_api:
         body = {"namespace": namespace, "serviceAccount": service_account, "items": dict(values)}
-        status, answer = client.post("/api/v2/encrypt", body)
+        status, answer = post_within_rate_limit(client, "/api/v2/encrypt", body)
         if status == 200:
             items = json.loads(answer)["items"]
             return {name: items[name]["data"] for name in values}
@@ -274,7 +398,7 @@ def encrypt_values(
 
 def encrypt_one(client: KamusClient, namespace: str, service_account: str, value: str) -> str:
     body = {"data": value, "service-account": service_account, "namespace": namespace}
-    status, answer = client.post("/api/v1/encrypt", body)
+    status, answer = post_within_rate_limit(client, "/api/v1/encrypt", body)
     if status != 200:
         raise ServerError(status, server_message(status, answer))
     return answer.decode("utf-8")

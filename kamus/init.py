@@ -7,18 +7,22 @@ failure leaves no partial output. Secret values are never printed.
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from kamus.client import ClientError, KamusClient, NetworkError, server_message, with_retries
+from kamus.inputs import InputError, decode_text, json_document
 
 FORMATS = ("json", "cfg", "cfg-strict", "files", "custom", "env")
 TEMPLATE_FILE = "template.j2"
@@ -70,12 +74,19 @@ def collect(folders: list[Path], output_format: str) -> tuple[dict[str, Path], s
             if path.name.startswith(".") or not path.is_file():
                 continue
             if path.name == TEMPLATE_FILE and output_format == "custom":
-                template = path.read_text(encoding="utf-8")
+                template = _read_text(path)
                 continue
             if path.name in files:
                 log(f"{path.name} is in more than one folder; using {path}")
             files[path.name] = path
     return files, template
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return decode_text(path.read_bytes(), str(path))
+    except InputError as exc:
+        raise InitError(str(exc)) from None
 
 
 def interpret(plaintext: str) -> Secret:
@@ -112,11 +123,29 @@ def _decrypt_batch(
             f"decrypting {names} failed: the server answered {status}: "
             f"{server_message(status, body)}"
         )
-    items = json.loads(body)["items"]
+    items = _batch_items(body, ciphertexts)
     failed = [f"{files[n]}: {items[n].get('error')}" for n in ciphertexts if "data" not in items[n]]
     if failed:  # a failed item is what v1 answers with a 400
         raise InitError("cannot decrypt " + "; ".join(failed) + " (the server answered 400)")
     return {name: items[name]["data"] for name in ciphertexts}
+
+
+def _batch_items(body: bytes, names: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The items of a batch answer, checked: it holds plaintexts, so an error about it (cut
+    short by a proxy, say) names the place and never quotes it."""
+    source = "the decryptor's answer to /api/v2/decrypt"
+    try:
+        answer = json_document(body, source)
+    except InputError as exc:
+        raise InitError(str(exc)) from None
+    items = answer.get("items") if isinstance(answer, dict) else None
+    if not isinstance(items, dict) or not all(
+        isinstance(item := items.get(n), dict)
+        and (isinstance(item.get("data"), str) or "error" in item)
+        for n in names
+    ):
+        raise InitError(f"{source} is not a batch answer with an item for each file")
+    return items
 
 
 def _decrypt_one(client: KamusClient, headers: dict[str, str], path: Path, ciphertext: str) -> str:
@@ -138,7 +167,7 @@ def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, st
             f"cannot read the service account token {options.token_file} ({exc.strerror}); "
             "set TOKEN_FILE_PATH or mount the token"
         ) from None
-    ciphertexts = {name: path.read_text(encoding="utf-8") for name, path in files.items()}
+    ciphertexts = {name: _read_text(path) for name, path in files.items()}
     client = KamusClient(options.url, allow_insecure=True, ca_bundle=options.ca_bundle)
     headers = {"Authorization": f"Bearer {token}"}
     deadline = time.monotonic() + options.timeout
@@ -188,6 +217,29 @@ def env_quote(text: str) -> str:
     return f'"{escaped}"'
 
 
+def _template_line(exc: BaseException) -> str:
+    """Where in the template it failed: Jinja2 rewrites the traceback to the template's lines."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    lines = [frame.lineno for frame in frames if frame.filename == "<template>"]
+    return f" (line {lines[-1]})" if lines else ""
+
+
+_UNDEFINED = re.compile(r"has no (?:attribute|element) '([\w.-]+)'$|^'([\w.-]+)' is undefined$")
+
+
+def _reason(exc: BaseException, template: str) -> str:
+    if isinstance(exc, UndefinedError):
+        # The missing name only when the template spells it out (`.name` or `["name"]`), so it
+        # is the template's text; a secret's value used as a key is never printed.
+        match = _UNDEFINED.search(exc.message or "")
+        name = match and (match.group(1) or match.group(2))
+        spelled = name and any(f in template for f in (f".{name}", f'"{name}"', f"'{name}'"))
+        return f"it names {name!r}, which is not there" if spelled else "it names what is not there"
+    if isinstance(exc, SecurityError):
+        return "it calls what the sandbox forbids"
+    return f"{type(exc).__name__} while rendering it"
+
+
 def render(
     output_format: str, secrets: Mapping[str, Secret], template: str | None
 ) -> dict[str, str]:
@@ -221,11 +273,20 @@ def render(
             undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
         )
         try:
-            body = env.from_string(template).render(
-                secrets=dict(secrets), stringify_if_json=compact
-            )
-        except TemplateError as exc:
-            raise InitError(f"{TEMPLATE_FILE} does not render: {exc.message}") from None
+            compiled = env.from_string(template)
+        except TemplateSyntaxError as exc:
+            # Compiling sees only the template (a ConfigMap, not a secret): its words may be quoted.
+            raise InitError(
+                f"{TEMPLATE_FILE} does not render (line {exc.lineno}): {exc.message}"
+            ) from None
+        try:
+            body = compiled.render(secrets=dict(secrets), stringify_if_json=compact)
+        except Exception as exc:  # any failure of a user's template
+            # Never the message: rendering errors quote values ("'dict object' has no attribute
+            # '<a secret used as a key>'", a codec's character).
+            raise InitError(
+                f"{TEMPLATE_FILE} does not render{_template_line(exc)}: {_reason(exc, template)}"
+            ) from None
     else:
         raise InitError(f"unknown output format {output_format}")
     return {"": body}

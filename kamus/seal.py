@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from kamus.client import UsageError
+from kamus.inputs import yaml_documents
 
 # Server-set or tool-set metadata that must not travel into git.
 _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
@@ -22,14 +23,25 @@ def _text(value: object, where: str) -> str:
     return value
 
 
+def _mapping(value: object, where: str) -> dict[Any, Any]:
+    """A mapping field (absent is empty); anything else is refused without being quoted."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{where} must be a mapping")
+    return value
+
+
 def _secret_parts(doc: Any, index: int, namespace: str | None) -> tuple[dict[str, Any], str]:
     if not isinstance(doc, dict) or doc.get("kind") != "Secret" or doc.get("apiVersion") != "v1":
         raise UsageError(f"document {index + 1} is not a v1 Secret")
-    metadata = doc.get("metadata") or {}
+    metadata = _mapping(doc.get("metadata"), f"document {index + 1}: metadata")
     name = metadata.get("name")
-    if not name:
+    if not name or not isinstance(name, str):
         raise UsageError(f"document {index + 1}: the Secret has no metadata.name")
     ns = metadata.get("namespace")
+    if ns is not None and not isinstance(ns, str):
+        raise UsageError(f"Secret {name}: metadata.namespace must be a string")
     if ns and namespace and ns != namespace:
         raise UsageError(f"Secret {name} is in namespace {ns}, not --namespace {namespace}")
     ns = ns or namespace
@@ -39,12 +51,13 @@ def _secret_parts(doc: Any, index: int, namespace: str | None) -> tuple[dict[str
 
 
 def _metadata(metadata: Mapping[str, Any], namespace: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": metadata["name"], "namespace": namespace}
-    if metadata.get("labels"):
-        out["labels"] = dict(metadata["labels"])
+    name = metadata["name"]
+    out: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels := _mapping(metadata.get("labels"), f"{name}.metadata.labels"):
+        out["labels"] = dict(labels)
     annotations = {
         k: v
-        for k, v in (metadata.get("annotations") or {}).items()
+        for k, v in _mapping(metadata.get("annotations"), f"{name}.metadata.annotations").items()
         if k not in _DROPPED_ANNOTATIONS
     }
     if annotations:
@@ -59,12 +72,11 @@ def seal_documents(
     namespace: str | None,
     output_format: str,
     encrypt: Encrypt,
+    source: str = "the input",
 ) -> str:
-    """Seal every Secret in a (multi-document) YAML stream."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise UsageError(f"the input is not YAML: {exc}") from None
+    """Seal every Secret in a (multi-document) YAML stream read from ``source`` (a file name, for
+    errors)."""
+    docs = yaml_documents(text, source)
     if not docs:
         raise UsageError("the input holds no Secret")
     out = []
@@ -72,9 +84,13 @@ def seal_documents(
         metadata, ns = _secret_parts(doc, index, namespace)
         name = metadata["name"]
         string_data = {
-            k: _text(v, f"{name}.stringData.{k}") for k, v in (doc.get("stringData") or {}).items()
+            _text(k, f"a key of {name}.stringData"): _text(v, f"{name}.stringData.{k}")
+            for k, v in _mapping(doc.get("stringData"), f"{name}.stringData").items()
         }
-        data = {k: _text(v, f"{name}.data.{k}") for k, v in (doc.get("data") or {}).items()}
+        data = {
+            _text(k, f"a key of {name}.data"): _text(v, f"{name}.data.{k}")
+            for k, v in _mapping(doc.get("data"), f"{name}.data").items()
+        }
         if output_format == "configmap":
             out.append(_configmap(doc, metadata, ns, string_data, data, encrypt))
             continue

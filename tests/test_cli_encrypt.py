@@ -4,38 +4,49 @@ on 127.0.0.1: TLS verification, certificate pinning, kamus-cli's options, and ex
 import asyncio
 import base64
 import hashlib
+import re
 import ssl
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
 import pytest
 import trustme
 import yaml
 from click.testing import CliRunner, Result
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crypto import AESKeyManager
 from encryptor.app import create_app
 from kamus.cli import main
 from kamus.settings import Settings
+from tests.k8s_double import KubeApiDouble
 from tests.servers import ThreadedServer
 
 KEY = b"k" * 32
 
 
 class Counting:
-    """Counts the HTTP requests that reach the app (to prove a refused pin sent nothing)."""
+    """Counts the HTTP requests that reach the app (to prove a refused pin sent nothing), and
+    keeps the Authorization headers they carried."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.requests = 0
+        self.authorizations: list[str] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             self.requests += 1
+            headers = dict(scope["headers"])
+            if b"authorization" in headers:
+                self.authorizations.append(headers[b"authorization"].decode())
         await self.app(scope, receive, send)
 
 
@@ -278,8 +289,13 @@ def test_seal_to_a_configmap_for_the_init_container(https: Encryptor) -> None:
     [
         ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "is not a v1 Secret"),
         ("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n", "has no namespace"),
-        ("key: [unclosed", "not YAML"),
+        ("key: [unclosed", "stdin, line 1, column 15: not valid YAML"),
         ("", "holds no Secret"),
+        ("apiVersion: v1\nkind: Secret\nmetadata: x\n", "metadata must be a mapping"),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: x, namespace: y}\nstringData: [a]\n",
+            "x.stringData must be a mapping",
+        ),
     ],
 )
 def test_seal_refuses_what_it_cannot_seal(https: Encryptor, text: str, message: str) -> None:
@@ -311,3 +327,262 @@ def test_seal_falls_back_to_v1_per_value(kamus_encryptor: Encryptor) -> None:
     db, _ = yaml.safe_load_all(result.stdout)
     assert decrypt(db["stringData"]["username"]) == "admin"
     assert kamus_encryptor.counter.requests == 1 + 3  # one v2 try, then v1 per value
+
+
+# -- the caller's token (security issue 15, item 6) ------------------------------------------
+
+
+def make_token(**claims: object) -> str:
+    """A JWT as the CLI sees it: the encryptor verifies tokens, the CLI only reads audiences."""
+    return jwt.encode(claims, "k" * 32, algorithm="HS256")
+
+
+BOUND = make_token(aud=["kamus-encryptor"], iss="https://oidc.example", sub="ci-deployer")
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(f"  {BOUND}\n")
+    return path
+
+
+@pytest.fixture
+def user_kubeconfig(kube_api: KubeApiDouble, tmp_path: Path) -> Path:
+    """A kubeconfig whose user has a token the Kubernetes API double issued."""
+    return kube_api.write_kubeconfig(
+        tmp_path / "user.kubeconfig", token=kube_api.issue_user_token("jane@example.com")
+    )
+
+
+def kubeconfig_run(kubeconfig: Path, *args: str, stdin: str | None = None) -> Result:
+    return CliRunner(env={"KUBECONFIG": str(kubeconfig)}).invoke(main, list(args), input=stdin)
+
+
+SECRET_YAML = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: s3cr3t}\n"
+
+
+@pytest.mark.parametrize("command", ["encrypt", "seal"])
+@pytest.mark.parametrize("source", ["token-file", "kubeconfig"])
+def test_a_token_is_never_sent_over_http_with_allow_insecure_url_alone(
+    plain_http: Encryptor, token_file: Path, user_kubeconfig: Path, command: str, source: str
+) -> None:
+    """Loopback included: --allow-insecure-url covers the secret, never the credential."""
+    token_args = ["--token-file", str(token_file)] if source == "token-file" else []
+    if source == "kubeconfig":
+        token_args = ["--kubeconfig-token"]
+    if command == "encrypt":
+        args = encrypt_args(plain_http, "-s", "s3cr3t")
+    else:
+        args = ["seal", "-a", "app", "-n", "team-a", "-u", plain_http.url]
+    result = kubeconfig_run(
+        user_kubeconfig, *args, "--allow-insecure-url", *token_args, stdin=SECRET_YAML
+    )
+    assert result.exit_code == 2, result.output
+    assert "refusing to send your token to the plain-http URL" in result.stderr
+    assert "--allow-token-over-http" in result.stderr
+    assert "--token-file" in result.stderr
+    assert plain_http.counter.requests == 0
+    assert result.stdout == ""
+
+
+def test_allow_token_over_http_sends_it_with_a_warning(
+    plain_http: Encryptor, token_file: Path
+) -> None:
+    args = encrypt_args(plain_http, "-s", "v", "--allow-insecure-url", "--token-file")
+    result = run(*args, str(token_file), "--allow-token-over-http")
+    assert result.exit_code == 0, result.stderr
+    assert decrypt(result.stdout.strip()) == "v"
+    assert "in clear text" in result.stderr
+    assert "kubectl port-forward" in result.stderr
+    assert plain_http.counter.authorizations == [f"Bearer {BOUND}"]
+    assert BOUND not in result.output
+
+
+def test_token_file_sends_its_token_stripped(https: Encryptor, token_file: Path) -> None:
+    """A token bound to the encryptor's audience: sent as it is, and no warning."""
+    result = run(*encrypt_args(https, "-s", "v", "--token-file", str(token_file)))
+    assert result.exit_code == 0, result.stderr
+    assert https.counter.authorizations == [f"Bearer {BOUND}"]
+    assert "warning" not in result.stderr
+    from_env = CliRunner(env={"KAMUS_TOKEN_FILE": str(token_file)}).invoke(
+        main, encrypt_args(https, "-s", "v")
+    )
+    assert from_env.exit_code == 0, from_env.stderr
+    assert https.counter.authorizations == [f"Bearer {BOUND}"] * 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "(No such file or directory)"), ("  \n", "is empty; write a token into it")],
+    ids=["missing", "empty"],
+)
+def test_an_unusable_token_file_is_a_usage_error(
+    https: Encryptor, tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+    result = run(*encrypt_args(https, "-s", "v", "--token-file", str(path)))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("kamus: --token-file: ")
+    assert str(path) in result.stderr
+    assert message in result.stderr
+    assert https.counter.requests == 0
+
+
+def test_token_file_and_kubeconfig_token_are_mutually_exclusive(
+    https: Encryptor, token_file: Path, user_kubeconfig: Path
+) -> None:
+    args = encrypt_args(https, "-s", "v", "--kubeconfig-token")
+    given = kubeconfig_run(user_kubeconfig, *args, "--token-file", str(token_file))
+    from_env = CliRunner(
+        env={"KUBECONFIG": str(user_kubeconfig), "KAMUS_TOKEN_FILE": str(token_file)}
+    ).invoke(main, args)
+    for result in (given, from_env):
+        assert result.exit_code == 2
+        assert "--token-file (or $KAMUS_TOKEN_FILE) and --kubeconfig-token are mutually" in (
+            result.stderr
+        )
+    assert https.counter.requests == 0
+
+
+ISSUER = "https://oidc.example/issuer"
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        (make_token(iss=ISSUER, sub="system:serviceaccount:ci:deployer"), "has no audience"),
+        (make_token(aud=[ISSUER + "/"], iss=ISSUER, sub="ci"), "are the apiserver's"),
+        (make_token(aud="https://kubernetes.default.svc", iss=ISSUER), "are the apiserver's"),
+        (
+            make_token(aud=["https://kubernetes.default.svc.cluster.local"], iss=ISSUER),
+            "are the apiserver's",
+        ),
+        (
+            make_token(aud=["kamus-encryptor", "https://kubernetes.default.svc"], iss=ISSUER),
+            "include the apiserver's",
+        ),
+        ("k8s-aws-v1.aHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS8_QWN0aW9u", "not a JWT"),
+    ],
+    ids=["no-aud", "aud-is-iss", "default-svc", "cluster-local", "mixed", "not-jwt"],
+)
+def test_a_token_not_bound_to_the_encryptor_gets_a_warning(
+    https: Encryptor, tmp_path: Path, token: str, why: str
+) -> None:
+    path = tmp_path / "token"
+    path.write_text(token)
+    result = run(*encrypt_args(https, "-s", "v", "--token-file", str(path)))
+    assert result.exit_code == 0, result.stderr
+    assert "kamus: warning: the token" in result.stderr
+    assert why in result.stderr
+    assert "kubectl create token <sa> --audience kamus-encryptor" in result.stderr
+    assert "--token-file" in result.stderr
+    # Only audiences are ever shown: never the token, its subject or its issuer.
+    for never in (token, token.split(".")[-1], "deployer", 'oidc.example/issuer"'):
+        assert never not in result.output
+
+
+def test_a_kubeconfig_token_for_its_cluster_url_gets_a_warning(
+    https: Encryptor, kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    """The kubeconfig's own cluster URL is the apiserver's audience too (kubeadm, kind...)."""
+    token = make_token(aud=[kube_api.url], iss=ISSUER, sub="jane")
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", token=token)
+    result = kubeconfig_run(kubeconfig, *encrypt_args(https, "-s", "v", "--kubeconfig-token"))
+    assert result.exit_code == 0, result.stderr
+    assert f'audiences ["{kube_api.url}"] are the apiserver' in result.stderr
+    assert "--audience kamus-encryptor" in result.stderr
+    assert https.counter.authorizations == [f"Bearer {token}"]
+    assert token not in result.output
+
+
+# -- errors about the input never quote it (security issue 15, item 9) -----------------------
+
+PASSWORD_LINE = "  password: {value}\n"
+MALFORMED_AROUND_SECRET = [
+    ('"', ""),  # an unclosed quote
+    ("'", "' x"),
+    ("[", ""),  # an unclosed flow sequence
+    ("{", ", a"),
+    ("", ": x"),  # a mapping value where none may be
+    ("*", ""),  # an alias to no anchor: PyYAML names it
+    ("!", " x"),  # an unknown tag: PyYAML names it
+    ("&", " &x y"),
+    ("@", ""),
+    ("`", ""),
+    ("%", ""),
+    ("", "\t: x"),
+    ("", "\n - x"),
+    ("", "\x07"),
+]
+
+
+@given(
+    secret=st.text(alphabet=string.ascii_letters, min_size=12, max_size=40),
+    around=st.sampled_from(MALFORMED_AROUND_SECRET),
+    in_data=st.booleans(),
+    lines_before=st.integers(min_value=0, max_value=3),
+)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_seal_never_prints_the_secret_of_a_malformed_manifest(
+    https: Encryptor, secret: str, around: tuple[str, str], in_data: bool, lines_before: int
+) -> None:
+    prefix, suffix = around
+    text = (
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\n  namespace: team-a\n"
+        + "".join(f"  label{i}: x\n" for i in range(lines_before))
+        + ("data:\n" if in_data else "stringData:\n")
+        + PASSWORD_LINE.format(value=prefix + secret + suffix)
+    )
+    try:
+        list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        pass
+    else:
+        assume(False)  # well-formed after all: not what this test is about
+    args = ["seal", "-a", "app", "-u", https.url, "--ca-bundle", str(https.ca_file)]
+    result = run(*args, stdin=text)
+    assert result.exit_code == 2, result.output
+    assert secret not in result.output
+    assert result.stdout == ""
+    assert re.fullmatch(r"kamus: stdin, line \d+, column \d+: not valid YAML\n", result.stderr), (
+        result.stderr
+    )
+    assert https.counter.requests == 0
+
+
+def test_seal_names_the_line_of_a_manifest_file(https: Encryptor, tmp_path: Path) -> None:
+    manifest_file = tmp_path / "secret.yaml"
+    manifest_file.write_text("apiVersion: v1\nkind: Secret\nstringData:\n  password: *hunter22\n")
+    args = ["seal", "-a", "app", "-u", https.url, "--ca-bundle", str(https.ca_file)]
+    result = run(*args, str(manifest_file))
+    assert result.exit_code == 2
+    assert result.stderr == f"kamus: {manifest_file}, line 4, column 13: not valid YAML\n"
+
+
+@pytest.mark.parametrize("where", ["seal", "secret-file", "stdin"])
+def test_input_that_is_not_utf8_is_located_never_quoted(
+    https: Encryptor, tmp_path: Path, where: str
+) -> None:
+    """A codec's message names the offending byte, which is a byte of the secret."""
+    data = b"line one\nmot de passe: s3cr\xe9t\n"
+    path = tmp_path / "input"
+    path.write_bytes(data)
+    if where == "seal":
+        args = ["seal", "-a", "app", "-u", https.url, "--ca-bundle", str(https.ca_file)]
+        result = run(*args, str(path))
+        source = str(path)
+    elif where == "secret-file":
+        result = run(*encrypt_args(https, "-f", str(path)))
+        source = str(path)
+    else:
+        result = CliRunner().invoke(main, encrypt_args(https, "-s", "-"), input=data)
+        source = "stdin"
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"kamus: {source}, line 2, column 19: not valid utf-8 text\n"
+    assert "0xe9" not in result.output
+    assert https.counter.requests == 0

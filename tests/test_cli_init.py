@@ -372,3 +372,71 @@ def test_file_mode_is_configurable_and_no_secret_is_printed(
     for plaintext in KAMUS_SECRETS.values():
         assert plaintext not in result.output
     assert "key1" in result.stderr  # names are fine
+
+
+# -- errors never quote a secret (security issue 15, item 9) ---------------------------------
+
+
+def test_a_template_error_never_quotes_a_secret(
+    kamus: KamusDecryptor, token_file: Path, tmp_path: Path
+) -> None:
+    """Jinja2's messages quote what they could not find, and here that is a secret's value."""
+    template = 'first line\n{{ {}[secrets["key1"]] }}\n'
+    folder = configmap_mount(tmp_path / "enc", {"key1": "CT(key1)", "template.j2": template})
+    out = tmp_path / "out"
+    result = init(
+        kamus.url, token_file, "-e", str(folder), "-d", str(out), "-n", "x", "-f", "custom"
+    )
+    assert result.exit_code == 1
+    assert "template.j2 does not render (line 2): it names what is not there" in result.stderr
+    assert KAMUS_SECRETS["key1"] not in result.output
+    assert outputs(out) == {}
+    # A name the template spells out is the template's own text, and still named.
+    (folder / "..data" / "template.j2").write_text('{{ secrets["nope"] }}')
+    named = init(
+        kamus.url, token_file, "-e", str(folder), "-d", str(out), "-n", "x", "-f", "custom"
+    )
+    assert "does not render (line 1): it names 'nope', which is not there" in named.stderr
+
+
+@pytest.fixture
+def cut_short() -> Iterator[str]:
+    """A decryptor whose batch answer a proxy cut short, in the middle of a plaintext."""
+    app = FastAPI()
+
+    @app.post("/api/v2/decrypt")
+    async def batch() -> Response:
+        whole = json.dumps({"items": {"key1": {"data": KAMUS_SECRETS["key1"]}}})
+        return Response(whole[:-8], media_type="application/json")
+
+    server = ThreadedServer(app)
+    server.start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.stop()
+
+
+def test_a_malformed_decryptor_answer_is_located_never_quoted(
+    cut_short: str, token_file: Path, tmp_path: Path
+) -> None:
+    folder = configmap_mount(tmp_path / "enc", {"key1": "CT(key1)"})
+    result = init(cut_short, token_file, "-e", str(folder), "-d", str(tmp_path / "o"), "-n", "x")
+    assert result.exit_code == 1
+    start = len('{"items": {"key1": {"data": ') + 1  # where the unterminated string starts
+    assert (
+        f"the decryptor's answer to /api/v2/decrypt, line 1, column {start}: not valid JSON"
+        in result.stderr
+    )
+    assert "super-secret" not in result.output
+    assert outputs(tmp_path / "o") == {}
+
+
+def test_a_file_that_is_not_utf8_is_located_never_quoted(
+    kamus: KamusDecryptor, token_file: Path, tmp_path: Path
+) -> None:
+    folder = configmap_mount(tmp_path / "enc", {"key1": "CT(key1)"})
+    (folder / "..data" / "key1").write_bytes(b"CT(k\xe9y1)")
+    result = init(kamus.url, token_file, "-e", str(folder), "-d", str(tmp_path / "o"), "-n", "x")
+    assert result.exit_code == 1
+    assert f"{folder / 'key1'}, line 1, column 5: not valid utf-8 text" in result.stderr
+    assert "0xe9" not in result.output
+    assert kamus.paths == []  # nothing was sent

@@ -212,7 +212,8 @@ def test_kamus_encrypt_and_seal_send_the_kubeconfig_users_token(
     }
     with kamus_serve("encryptor", env, tmp_path / "encryptor.log") as encryptor:
         runner = CliRunner(env={"KUBECONFIG": str(user_kubeconfig)})
-        common = ["-u", encryptor.url, "--allow-insecure-url"]
+        # Plain http on loopback stands for kubectl port-forward, the case the flag exists for.
+        common = ["-u", encryptor.url, "--allow-insecure-url", "--allow-token-over-http"]
 
         without = runner.invoke(main, ["encrypt", "-s", "x", "-a", "app", "-n", "team-a", *common])
         assert without.exit_code == 5
