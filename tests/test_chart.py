@@ -105,8 +105,9 @@ def render(
     chart: Path = CHART,
     crds: bool = False,
     helm: Path = HELM,
+    upgrade: bool = False,
 ) -> list[Manifest]:
-    result = render_raw(values, chart=chart, crds=crds, helm=helm)
+    result = render_raw(values, chart=chart, crds=crds, helm=helm, upgrade=upgrade)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -117,13 +118,15 @@ def render_raw(
     chart: Path = CHART,
     crds: bool = False,
     helm: Path = HELM,
+    upgrade: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """``helm template`` of the chart as release ``kamus`` in namespace ``kamus``."""
+    """``helm template`` of the chart as release ``kamus`` in namespace ``kamus``; ``upgrade``
+    renders it as ``helm upgrade`` would (``.Release.IsUpgrade``)."""
     if not helm.exists():
         pytest.fail(f"{helm} is missing: `make test` installs it (deploy/tools/install-helm.sh)")
     args = [str(helm), "template", "kamus", str(chart), "--namespace", "kamus", "--values", "-"]
     return subprocess.run(
-        [*args, *(["--include-crds"] if crds else [])],
+        [*args, *(["--include-crds"] if crds else []), *(["--is-upgrade"] if upgrade else [])],
         input=json.dumps(values or {}),
         capture_output=True,
         text=True,
@@ -143,7 +146,7 @@ def named(manifests: list[Manifest], kind: str, name: str) -> Manifest:
 
 def pod_specs(manifests: Iterable[Manifest]) -> Iterator[tuple[str, Manifest]]:
     for m in manifests:
-        if m["kind"] == "Deployment":
+        if m["kind"] in ("Deployment", "Job"):
             yield m["metadata"]["name"], m["spec"]["template"]["spec"]
         elif m["kind"] == "Pod":
             yield m["metadata"]["name"], m["spec"]
@@ -162,22 +165,11 @@ def test_helm_lint_strict_passes(helm: Path) -> None:
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
 
 
-def _without_generated_key(manifests: list[Manifest]) -> list[Manifest]:
-    """The manifests, less what differs by chance: the AES key generated on each render."""
-    return [
-        {**m, "data": "<generated>"}
-        if m["kind"] == "Secret" and "aes-key" in m.get("data", {})
-        else m
-        for m in manifests
-    ]
-
-
 def test_helm_4_renders_every_values_set_as_helm_3_does(
     rendered: dict[str, list[Manifest]],
 ) -> None:
     for case, values in MATRIX.items():
-        with_helm4 = render(values, crds=True, helm=HELM4)
-        assert _without_generated_key(with_helm4) == _without_generated_key(rendered[case]), case
+        assert render(values, crds=True, helm=HELM4) == rendered[case], case
 
 
 @pytest.mark.parametrize("case", list(MATRIX))
@@ -210,12 +202,12 @@ def test_the_kinds_rendered_by_default(rendered: dict[str, list[Manifest]]) -> N
         "ConfigMap",
         "CustomResourceDefinition",
         "Deployment",
+        "Job",  # makes the AES key in the cluster: no Secret of it is rendered
         "NetworkPolicy",
         "Pod",
         "PodDisruptionBudget",
         "Role",
         "RoleBinding",
-        "Secret",
         "Service",
         "ServiceAccount",
     ]
@@ -254,34 +246,217 @@ def test_the_chart_refuses_kamus_published_key_and_bad_keys() -> None:
     assert "head -c 32 /dev/urandom | base64" in no_key.stderr
 
 
-def aes_key(manifests: list[Manifest]) -> bytes:
-    secret = named(manifests, "Secret", "kamus-keys")
-    return base64.b64decode(base64.b64decode(secret["data"]["aes-key"]))
+# A base64 run long enough to hold a 32-byte key (44 characters), or a Secret's base64 of that.
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 
 
-def test_a_generated_key_is_random_and_kept_on_uninstall() -> None:
-    first, second = render(), render()
-    assert len(aes_key(first)) == 32
-    assert aes_key(first) != aes_key(second)  # a fresh install never reuses a key
-    secret = named(first, "Secret", "kamus-keys")
+def key_material(text: str) -> list[str]:
+    """The base64 runs in ``text`` that decode to 32 bytes, or to the base64 text of 32 bytes
+    (how a Secret's data holds a key file): what a generated AES key looks like in a manifest."""
+
+    def key_sized(run: str | bytes) -> bool:
+        try:
+            raw = base64.b64decode(run, validate=True)
+        except ValueError:
+            return False
+        return len(raw) == 32 or (raw.isascii() and len(raw) > 40 and key_sized(raw.strip()))
+
+    return [run[:6] + "…" for run in BASE64_RUN.findall(text) if key_sized(run)]
+
+
+def test_key_material_finds_a_key_as_the_old_chart_rendered_it() -> None:
+    """The check below must be able to fail: it finds a key and a Secret's encoding of one."""
+    key = new_key()
+    assert len(key_material(f"key: {key}\naes-key: {base64.b64encode(key.encode()).decode()}")) == 2
+    assert key_material(f"checksum/keys: {'ab12' * 16}\nname: kamus-decryptor-auth-delegator") == []
+
+
+@pytest.mark.parametrize("helm", [HELM, HELM4], ids=["helm3", "helm4"])
+def test_default_renders_are_identical_and_hold_no_key(helm: Path) -> None:
+    """Issue 15, item 4: under GitOps (``helm template``, no ``lookup``) each render made a new
+    AES key, which every sync then put in place of the last, and which sat in the GitOps tool's
+    manifest cache and CI logs."""
+    renders = [render_raw(crds=True, helm=helm) for _ in range(3)]
+    assert [r.returncode for r in renders] == [0, 0, 0], renders[0].stderr
+    assert renders[0].stdout == renders[1].stdout == renders[2].stdout
+    assert key_material(renders[0].stdout) == []
+    manifests = [doc for doc in yaml.safe_load_all(renders[0].stdout) if doc]
+    assert not of_kind(manifests, "Secret")  # the key's Secret is made in the cluster
+
+
+def test_the_key_is_made_in_the_cluster_by_a_hook_job_with_narrow_rbac(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    manifests = rendered["defaults"]
+    hooks = {
+        (m["kind"], m["metadata"]["name"]): m["metadata"]["annotations"]
+        for m in manifests
+        if m["metadata"].get("annotations", {}).get("helm.sh/hook", "test") != "test"
+    }
+    assert set(hooks) == {
+        ("ServiceAccount", "kamus-key-secret"),
+        ("Role", "kamus-key-secret"),
+        ("RoleBinding", "kamus-key-secret"),
+        ("Job", "kamus-key-secret"),
+    }
+    for annotations in hooks.values():
+        # Argo CD runs these as PreSync hooks; Flux runs them as Helm does.
+        assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+        policies = annotations["helm.sh/hook-delete-policy"].split(",")
+        assert sorted(policies) == ["before-hook-creation", "hook-succeeded"]
+    job_weight = int(hooks["Job", "kamus-key-secret"]["helm.sh/hook-weight"])
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        assert int(hooks[kind, "kamus-key-secret"]["helm.sh/hook-weight"]) < job_weight, kind
+    # RBAC: create Secrets (RBAC cannot name what is created), read only the key's Secret.
+    assert named(manifests, "Role", "kamus-key-secret")["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["kamus-keys"],
+            "verbs": ["get"],
+        },
+    ]
+    binding = named(manifests, "RoleBinding", "kamus-key-secret")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "kamus-key-secret",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kamus-key-secret", "namespace": "kamus"}
+    ]
+    job = named(manifests, "Job", "kamus-key-secret")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "kamus-key-secret"
+    assert pod["restartPolicy"] == "Never"
+    [container] = pod["containers"]
+    assert container["image"] == "ghcr.io/kamus-py/kamus-decryptor:0.1.0"
+    assert container["command"] == key_job_command(manifests)
+    # The workloads mount the Secret the Job makes, by name.
+    for name in ("kamus-encryptor", "kamus-decryptor", "kamus-controller"):
+        spec = named(manifests, "Deployment", name)["spec"]["template"]["spec"]
+        [keys] = [v for v in spec["volumes"] if v["name"] == "keys"]
+        assert [s["secret"]["name"] for s in keys["projected"]["sources"]] == ["kamus-keys"]
+    for case in ("aes-given-key", "existing-secret", "aws-irsa", "azure-service-principal"):
+        assert not of_kind(rendered[case], "Job"), f"{case}: no key to generate"
+
+
+def key_job_command(manifests: list[Manifest]) -> list[str]:
+    """The key-secret Job's command: ``kamus create-key-secret`` for the key's Secret."""
+    job = named(manifests, "Job", "kamus-key-secret")
+    command: list[str] = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == ["kamus", "create-key-secret", "--name", "kamus-keys", "--namespace", "kamus"]
+    return command
+
+
+def test_keys_given_in_the_values_have_their_own_secret() -> None:
+    """A key you give is rendered (it is your input), never under the generated key's name, so
+    that no rendered Secret can overwrite the key the Job made."""
+    key, old = new_key(), new_key()
+    given = render({"keyManagement": {"AES": {"key": key}}})
+    secret = named(given, "Secret", "kamus-keys-from-values")
+    assert base64.b64decode(secret["data"]["aes-key"]).decode() == key
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-
-
-def test_an_upgrade_keeps_the_generated_key(tmp_path: Path) -> None:
-    """``lookup`` finds nothing under ``helm template``; simulate the cluster by making it
-    return the Secret of the first install, as it would on ``helm upgrade``."""
-    installed = named(render(), "Secret", "kamus-keys")
-    chart = tmp_path / "kamus"
-    shutil.copytree(CHART, chart)
-    helpers = chart / "templates" / "_helpers.tpl"
-    text = helpers.read_text()
-    lookup = re.compile(
-        r'lookup "v1" "Secret" \.Release\.Namespace \(include "kamus\.keySecretName" \.\)'
+    assert not of_kind(given, "Job")
+    # Old keys with a generated active key: both Secrets, in one volume.
+    rotated = render({"keyManagement": {"AES": {"previousKeys": old}}})
+    secret = named(rotated, "Secret", "kamus-keys-from-values")
+    assert secret["data"] == {"aes-previous-keys": base64.b64encode(old.encode()).decode()}
+    spec = named(rotated, "Deployment", "kamus-decryptor")["spec"]["template"]["spec"]
+    [keys] = [v for v in spec["volumes"] if v["name"] == "keys"]
+    assert keys["projected"]["sources"] == [
+        {"secret": {"name": "kamus-keys", "items": [{"key": "aes-key", "path": "aes-key"}]}},
+        {
+            "secret": {
+                "name": "kamus-keys-from-values",
+                "items": [{"key": "aes-previous-keys", "path": "aes-previous-keys"}],
+            }
+        },
+    ]
+    config = named(rotated, "ConfigMap", "kamus-config")["data"]
+    assert config["KeyManagement__AES__PreviousKeysFile"] == (
+        "/var/run/secrets/kamus/aes-previous-keys"
     )
-    assert lookup.search(text), "the lookup line the simulation replaces has changed"
-    helpers.write_text(lookup.sub(lambda _: f"fromJson {json.dumps(json.dumps(installed))}", text))
-    upgraded = named(render(chart=chart), "Secret", "kamus-keys")
-    assert upgraded["data"]["aes-key"] == installed["data"]["aes-key"]
+
+
+def legacy_settings(values: dict[str, Any]) -> dict[str, str]:
+    config: dict[str, str] = named(render(values), "ConfigMap", "kamus-config")["data"]
+    return {k: v for k, v in config.items() if "Legacy" in k or "PublicDefaultKey" in k}
+
+
+def test_kamus_values_are_read_only_when_migrating_from_kamus() -> None:
+    """Issue 15, item 7: the services read Kamus's unauthenticated values by default, so a
+    team-a AES value put into a team-b KamusSecret became a team-b Secret, even on a fresh
+    install. The chart turns legacy reading off unless migration.fromKamus says otherwise."""
+    aws = {"provider": "AwsKms", "awsKms": {"region": "eu-west-1"}}
+    assert legacy_settings({}) == {
+        "KeyManagement__AES__AllowLegacyCiphertexts": "false",
+        "KeyManagement__AES__AllowPublicDefaultKey": "false",
+    }
+    assert legacy_settings({"keyManagement": aws}) == {
+        "KeyManagement__AllowLegacyCiphertexts": "false"
+    }
+    migrating = {"migration": {"fromKamus": True}}
+    assert legacy_settings(migrating) == {
+        "KeyManagement__AES__AllowLegacyCiphertexts": "true",
+        "KeyManagement__AES__AllowPublicDefaultKey": "true",
+    }
+    assert legacy_settings({**migrating, "keyManagement": aws}) == {
+        "KeyManagement__AllowLegacyCiphertexts": "true"
+    }
+
+
+def test_kamus_published_key_is_only_an_old_key_and_only_when_migrating() -> None:
+    previous = {
+        "keyManagement": {"AES": {"previousKeys": f"{new_key()},{KAMUS_PUBLIC_DEFAULT_KEY}"}}
+    }
+    refused = render_raw(previous)
+    assert refused.returncode == 1
+    assert "published default key" in refused.stderr
+    assert "set migration.fromKamus=true" in refused.stderr
+    migrating = render({**previous, "migration": {"fromKamus": True}})
+    secret = named(migrating, "Secret", "kamus-keys-from-values")
+    assert (
+        KAMUS_PUBLIC_DEFAULT_KEY in base64.b64decode(secret["data"]["aes-previous-keys"]).decode()
+    )
+    # Never the key new values are made with, migrating or not.
+    active = {"keyManagement": {"AES": {"key": KAMUS_PUBLIC_DEFAULT_KEY}}}
+    for values in (active, {**active, "migration": {"fromKamus": True}}):
+        result = render_raw(values)
+        assert result.returncode == 1
+        assert "keyManagement.AES.previousKeys" in result.stderr
+
+
+def test_notes_warn_about_kamus_values_on_upgrade_and_when_migrating(tmp_path: Path) -> None:
+    installed = notes({}, tmp_path)
+    assert "UPGRADE NOTE" not in installed
+    assert "WARNING" not in installed
+    upgraded = notes({}, tmp_path, upgrade=True)
+    assert "!!! UPGRADE NOTE: VALUES WRITTEN BY KAMUS NO LONGER DECRYPT !!!" in upgraded
+    assert "--reuse-values --set migration.fromKamus=true" in upgraded
+    migrating = notes({"migration": {"fromKamus": True}}, tmp_path, upgrade=True)
+    assert "WARNING: migration.fromKamus=true" in migrating
+    assert "re-encrypt" in migrating.lower()
+    assert "UPGRADE NOTE" not in migrating
+    # The generated key: where it is and how to back it up, never the key.
+    assert "kubectl -n kamus get secret kamus-keys -o yaml > kamus-key-backup.yaml" in installed
+    assert "lost" in installed
+
+
+def test_the_encryptor_wants_tokens_made_for_it_by_default(tmp_path: Path) -> None:
+    """Issue 15, item 6: with authentication on, the encryptor accepted any token for the
+    apiserver, so any pod's token, or a user's kubeconfig token, could be sent (and replayed)."""
+    authenticated = {"encryptor": {"authentication": "kubernetes"}}
+    pod = named(render(authenticated), "Deployment", "kamus-encryptor")["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["Encryptor__Audiences"] == "kamus-encryptor"
+    text = notes(authenticated, tmp_path)
+    assert "kubectl create token <service account> --audience kamus-encryptor" in text
+    # Opting out: the apiserver's audience (kubeconfig tokens).
+    opted_out = {"encryptor": {"authentication": "kubernetes", "audiences": []}}
+    pod = named(render(opted_out), "Deployment", "kamus-encryptor")["spec"]["template"]
+    assert "Encryptor__Audiences" not in {e["name"] for e in pod["spec"]["containers"][0]["env"]}
 
 
 def test_the_decryptor_is_never_exposed(rendered: dict[str, list[Manifest]]) -> None:
@@ -407,7 +582,7 @@ def test_the_controller_is_granted_everything_its_healthz_checks(
 
 def test_kms_credentials_are_mounted_files(rendered: dict[str, list[Manifest]]) -> None:
     expectations = {
-        "defaults": ("KeyManagement__AES__KeyFile", "aes-key"),
+        "aes-given-key": ("KeyManagement__AES__KeyFile", "aes-key"),
         "azure-service-principal": ("ActiveDirectory__ClientSecretFile", "azure-client-secret"),
         "google-key-file": ("KeyManagement__GoogleKms__CredentialsPath", "google-credentials.json"),
         "aws-static-keys": ("AWS_SHARED_CREDENTIALS_FILE", "aws-credentials"),
@@ -416,10 +591,14 @@ def test_kms_credentials_are_mounted_files(rendered: dict[str, list[Manifest]]) 
         manifests = rendered[case]
         config = named(manifests, "ConfigMap", "kamus-config")["data"]
         assert config[setting] == f"/var/run/secrets/kamus/{key}", case
-        assert key in named(manifests, "Secret", "kamus-keys")["data"], case
+        [secret] = of_kind(manifests, "Secret")
+        assert key in secret["data"], case
         for _, spec in pod_specs(m for m in manifests if m["kind"] == "Deployment"):
             [keys] = [v for v in spec["volumes"] if v["name"] == "keys"]
-            assert keys["secret"]["secretName"] == "kamus-keys"
+            assert keys["secret"]["secretName"] == secret["metadata"]["name"], case
+            assert secret["metadata"]["name"] == (
+                "kamus-keys-from-values" if case == "aes-given-key" else "kamus-keys"
+            )
     aws_file = named(rendered["aws-static-keys"], "Secret", "kamus-keys")["data"]["aws-credentials"]
     assert base64.b64decode(aws_file).decode() == (
         "[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key = aws-secret-value\n"
@@ -549,7 +728,7 @@ def test_incomplete_settings_fail_with_what_to_set(values: dict[str, Any], messa
     assert message in result.stderr, result.stderr
 
 
-def notes(values: dict[str, Any], tmp_path: Path) -> str:
+def notes(values: dict[str, Any], tmp_path: Path, *, upgrade: bool = False) -> str:
     """NOTES.txt as ``helm install`` prints it (``helm template`` skips it): render a copy of
     the chart in which the notes are a ConfigMap value."""
     chart = tmp_path / "kamus"
@@ -561,7 +740,8 @@ def notes(values: dict[str, Any], tmp_path: Path) -> str:
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
         'data:\n  notes: |\n{{ include "test.notes" . | indent 4 }}\n'
     )
-    [config] = [m for m in render(values, chart=chart) if m["metadata"]["name"] == "notes"]
+    rendered = render(values, chart=chart, upgrade=upgrade)
+    [config] = [m for m in rendered if m["metadata"]["name"] == "notes"]
     text: str = config["data"]["notes"]
     return text
 

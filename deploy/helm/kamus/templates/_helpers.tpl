@@ -29,15 +29,60 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- printf "%s/kamus-%s:%s" $v.repository .image (default .root.Chart.AppVersion $v.version) -}}
 {{- end -}}
 
-{{/* The Secret with the key material or KMS credentials. */}}
+{{/* The Secret with the AES master key or the KMS credentials: yours (keyManagement.secretName),
+else <fullname>-keys. With the AES provider and no key in the values, the key-secret hook Job
+creates it inside the cluster (templates/key-secret-job.yaml); the chart never renders it. */}}
 {{- define "kamus.keySecretName" -}}
 {{- default (printf "%s-keys" (include "kamus.fullname" .)) .Values.keyManagement.secretName -}}
 {{- end -}}
 
-{{/* The Secret as it is in the cluster (empty under `helm template`). Kept on one line: the
-chart tests replace it to simulate an upgrade. */}}
-{{- define "kamus.existingKeySecret" -}}
-{{- lookup "v1" "Secret" .Release.Namespace (include "kamus.keySecretName" .) | toJson -}}
+{{/* Whether the hook Job makes the AES key: the AES provider, no Secret of yours, no key in the
+values. Fails when generation is off and no key is given. */}}
+{{- define "kamus.generatesKey" -}}
+{{- $km := .Values.keyManagement -}}
+{{- if and (eq $km.provider "AESKey") (not $km.secretName) (not $km.AES.key) -}}
+{{- if not $km.AES.generate -}}
+{{- fail "keyManagement.AES.key is empty and keyManagement.AES.generate is false: set a key with --set keyManagement.AES.key=$(head -c 32 /dev/urandom | base64), or name your own Secret (key aes-key) in keyManagement.secretName" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret the chart renders from AES keys given in the values (keyManagement.AES.key,
+.previousKeys). Not <fullname>-keys: that name belongs to the generated key, which a rendered
+Secret must never overwrite. */}}
+{{- define "kamus.valuesKeySecretName" -}}
+{{- printf "%s-keys-from-values" (include "kamus.fullname" .) -}}
+{{- end -}}
+
+{{/* The pods' volume of key material, mounted at /var/run/secrets/kamus. */}}
+{{- define "kamus.keyVolume" -}}
+{{- $km := .Values.keyManagement -}}
+{{- if include "kamus.generatesKey" . }}
+projected:
+  defaultMode: 0440  # group-readable: the pod's fsGroup
+  sources:
+    - secret:
+        name: {{ include "kamus.keySecretName" . }}
+        items:
+          - key: aes-key
+            path: aes-key
+    {{- if $km.AES.previousKeys }}
+    - secret:
+        name: {{ include "kamus.valuesKeySecretName" . }}
+        items:
+          - key: aes-previous-keys
+            path: aes-previous-keys
+    {{- end }}
+{{- else }}
+secret:
+  {{- if and (eq $km.provider "AESKey") (not $km.secretName) }}
+  secretName: {{ include "kamus.valuesKeySecretName" . }}
+  {{- else }}
+  secretName: {{ include "kamus.keySecretName" . }}
+  {{- end }}
+  defaultMode: 0440  # group-readable: the pod's fsGroup
+{{- end }}
 {{- end -}}
 
 {{- define "kamus.port" -}}
@@ -77,12 +122,17 @@ seccompProfile:
 the files they are mounted as. */}}
 {{- define "kamus.keyConfig" -}}
 {{- $km := .Values.keyManagement -}}
+{{- /* Kamus's values are not bound to any identity (a team-a value opens as team-b's): read
+them only while migrating from Kamus. The services default to reading them; the chart does not. */}}
+{{- $fromKamus := .Values.migration.fromKamus | toString | quote -}}
 KeyManagement__Provider: {{ $km.provider | quote }}
 {{- if eq $km.provider "AESKey" }}
 KeyManagement__AES__KeyFile: /var/run/secrets/kamus/aes-key
 {{- if $km.AES.previousKeys }}
 KeyManagement__AES__PreviousKeysFile: /var/run/secrets/kamus/aes-previous-keys
 {{- end }}
+KeyManagement__AES__AllowLegacyCiphertexts: {{ $fromKamus }}
+KeyManagement__AES__AllowPublicDefaultKey: {{ $fromKamus }}
 {{- else if eq $km.provider "AzureKeyVault" }}
 KeyManagement__KeyVault__Name: {{ required "keyManagement.azureKeyVault.keyVaultName is required" $km.azureKeyVault.keyVaultName | quote }}
 KeyManagement__KeyVault__KeyType: {{ $km.azureKeyVault.keyType | quote }}
@@ -113,6 +163,9 @@ KeyManagement__AwsKms__AutomaticKeyRotation: {{ $km.awsKms.enableAutomaticKeyRot
 # The SDK's standard credentials file, so static keys never sit in the environment.
 AWS_SHARED_CREDENTIALS_FILE: /var/run/secrets/kamus/aws-credentials
 {{- end }}
+{{- end }}
+{{- if ne $km.provider "AESKey" }}
+KeyManagement__AllowLegacyCiphertexts: {{ $fromKamus }}
 {{- end }}
 {{- end -}}
 
@@ -164,8 +217,8 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* Rolls the pods when their configuration or key material changes. The key Secret's own
-rendering is not hashed: a generated key would change the hash at every render. */}}
+{{/* Rolls the pods when their configuration or the key material given in the values changes.
+A generated key is in no manifest, so nothing here depends on it: renders stay identical. */}}
 {{- define "kamus.checksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 checksum/keys: {{ .Values.keyManagement | toJson | sha256sum }}

@@ -114,9 +114,7 @@ spec:
             sizeLimit: 16Mi
         {{- if include "kamus.needsKeySecret" $root }}
         - name: keys
-          secret:
-            secretName: {{ include "kamus.keySecretName" $root }}
-            defaultMode: 0440  # group-readable: the pod's fsGroup
+          {{- include "kamus.keyVolume" $root | trim | nindent 10 }}
         {{- end }}
         {{- if $tls }}
         - name: tls
