@@ -6,9 +6,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from controller import reconcile
 import pytest
 
+from controller import reconcile
 from controller.controller import TokenBucket
 from controller.reconcile import Condition, Policy
 
