@@ -25,8 +25,10 @@ from kubernetes.aio.client import (
     CoreV1Api,
     CoreV1Event,
     CustomObjectsApi,
+    V1DeleteOptions,
     V1Lease,
     V1ObjectMeta,
+    V1Preconditions,
     V1Secret,
 )
 from kubernetes.aio.client.exceptions import ApiException
@@ -383,11 +385,20 @@ class KamusSecretController:
             raise
         refused = reconcile.refusal(kamus_secret, self._policy)
         if refused is not None:  # before anything is decrypted
+            withdrawn = refused.reason in reconcile.WITHDRAWN_ON and await self._withdraw(
+                kamus_secret
+            )
+            if withdrawn:
+                refused = Condition(
+                    False,
+                    refused.reason,
+                    f"{refused.message}. The Secret {name} it wrote earlier was deleted",
+                )
             await self._set_status(kamus_secret, refused, event_type="Warning")
             audit(
                 "controller secret",
                 service="controller",
-                action="refused",
+                action="deleted" if withdrawn else "refused",
                 namespace=namespace,
                 name=name,
                 service_account=kamus_secret.get("serviceAccount"),
@@ -444,12 +455,19 @@ class KamusSecretController:
         await asyncio.gather(*(one(item, value) for item, value in items.items()))
         return plaintexts, failed
 
-    async def _apply(
-        self, kamus_secret: Mapping[str, Any], desired: dict[str, Any], not_copied: list[str]
-    ) -> tuple[str, Condition]:
+    async def _withdraw(self, kamus_secret: Mapping[str, Any]) -> bool:
+        """Delete the Secret of a refused KamusSecret if this KamusSecret wrote it; whether it
+        did. Anyone else's Secret of that name is left alone."""
         namespace, name = _namespaced(kamus_secret)
+        existing = await self._read_secret(namespace, name)
+        if existing is None or not reconcile.owned_by(existing, kamus_secret):
+            return False
+        await self._delete_secret(existing)
+        return True
+
+    async def _read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            existing: dict[str, Any] | None = await _json(
+            secret: dict[str, Any] = await _json(
                 await self.call(
                     lambda: self._core.read_namespaced_secret_without_preload_content(
                         name, namespace
@@ -459,7 +477,27 @@ class KamusSecretController:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            existing = None
+            return None
+        return secret
+
+    async def _delete_secret(self, existing: Mapping[str, Any]) -> None:
+        """Delete exactly the Secret that was read: one recreated meanwhile (by someone else, not
+        owned) fails the preconditions (409) and is retried from a fresh read."""
+        meta = existing["metadata"]
+        options = V1DeleteOptions(
+            preconditions=V1Preconditions(uid=meta["uid"], resource_version=meta["resourceVersion"])
+        )
+        await self.call(
+            lambda: self._core.delete_namespaced_secret(
+                meta["name"], meta["namespace"], body=options
+            )
+        )
+
+    async def _apply(
+        self, kamus_secret: Mapping[str, Any], desired: dict[str, Any], not_copied: list[str]
+    ) -> tuple[str, Condition]:
+        namespace, name = _namespaced(kamus_secret)
+        existing = await self._read_secret(namespace, name)
         synced = Condition(True, "Synced", f"Secret {name} is up to date")
         if not_copied:
             synced = Condition(
@@ -495,7 +533,7 @@ class KamusSecretController:
             return "unchanged", synced
         if existing.get("type", "Opaque") != desired["type"]:
             # A Secret's type is immutable: replace the object.
-            await self.call(lambda: self._core.delete_namespaced_secret(name, namespace))
+            await self._delete_secret(existing)
             await self.call(lambda: self._core.create_namespaced_secret(namespace, body))
             return "updated", synced
         assert body.metadata is not None

@@ -119,8 +119,8 @@ class Policy:
     """What the controller refuses to write, on top of the built-in rules."""
 
     deny_default_service_account: bool = True
-    denied_types: tuple[str, ...] = ()  # exact types, or "domain/" for a whole domain
-    denied_metadata_domains: tuple[str, ...] = ()
+    denied_types: tuple[str, ...] = ()  # exact types, or "domain/" for a domain and subdomains
+    denied_metadata_domains: tuple[str, ...] = ()  # "domain" (and subdomains), or "domain/key"
 
 
 def _domain(key: str) -> str | None:
@@ -136,10 +136,19 @@ def _within(domain: str | None, roots: tuple[str, ...]) -> bool:
 
 
 def reserved_metadata(key: str, policy: Policy) -> bool:
-    roots = RESERVED_METADATA_DOMAINS + tuple(
-        d.strip().rstrip("/").lower() for d in policy.denied_metadata_domains
-    )
-    return _within(_domain(key), roots)
+    """Under a reserved domain or one of the setting's: ``example.org`` (or ``example.org/``)
+    covers that domain and its subdomains, ``example.org/name`` that key and the keys it
+    starts."""
+    domain = _domain(key)
+    if _within(domain, RESERVED_METADATA_DOMAINS):
+        return True
+    for denied in policy.denied_metadata_domains:
+        root, _, rest = denied.strip().lower().partition("/")
+        if (rest and key.lower().startswith(f"{root}/{rest}")) or (
+            not rest and _within(domain, (root,))
+        ):
+            return True
+    return False
 
 
 def copied(
@@ -159,6 +168,12 @@ def copied(
 
 def secret_type(kamus_secret: Mapping[str, Any]) -> str:
     return str(kamus_secret.get("type") or "Opaque")
+
+
+# Refusals for which a Secret this KamusSecret wrote earlier (before these rules, or before a
+# setting changed) must not stay: a service-account-token Secret holds a live token, a forged
+# Helm release record misleads Helm. Deleted, not left "as it was".
+WITHDRAWN_ON = frozenset({"SecretTypeNotAllowed", "HelmReleaseNotAllowed"})
 
 
 def refusal(kamus_secret: Mapping[str, Any], policy: Policy) -> Condition | None:
@@ -199,7 +214,7 @@ def refusal(kamus_secret: Mapping[str, Any], policy: Policy) -> Condition | None
             "k8s.io are allowed",
         )
     for denied in policy.denied_types:
-        if kind == denied or (denied.endswith("/") and kind.startswith(denied)):
+        if kind == denied or (denied.endswith("/") and _within(_domain(kind), (denied[:-1],))):
             return Condition(
                 False,
                 "SecretTypeNotAllowed",

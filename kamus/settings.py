@@ -5,6 +5,7 @@ an existing deployment's environment keeps working. Every secret can instead be 
 (``...File``), so keys can live in a mounted Secret rather than in environment variables.
 """
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -19,6 +20,13 @@ def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+# A DNS subdomain, optionally followed by "/" and the start of a name.
+_DOMAIN_PREFIX = re.compile(
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(/[-._a-z0-9]*)?",
+    re.IGNORECASE,
+)
 
 
 class _Section(BaseModel):
@@ -182,6 +190,18 @@ class ControllerSettings(_Section):
     _split = field_validator("denied_secret_types", "denied_metadata_prefixes", mode="before")(
         _split_commas
     )
+
+    @field_validator("denied_metadata_prefixes")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not _DOMAIN_PREFIX.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not a label or annotation prefix: write a domain "
+                    "(example.org, which covers its subdomains) or a domain and name prefix "
+                    "(example.org/team)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _election_timing(self) -> Self:

@@ -449,18 +449,93 @@ def test_the_default_service_account_is_refused_before_anything_is_decrypted(
     )
 
 
-def test_it_watches_only_the_secrets_it_wrote(cluster: Cluster) -> None:
+def test_a_secret_written_before_a_type_rule_is_deleted_not_left(cluster: Cluster) -> None:
+    """A service-account-token Secret that the controller wrote before these rules holds a live
+    token: refusing the KamusSecret must not leave it in place. Another's Secret of the same
+    name would be left alone."""
+    created = cluster.apply(
+        "withdraw",
+        "token",
+        type="kubernetes.io/service-account-token",
+        stringData={"k": cluster.encrypt("v", "withdraw:app")},
+    )
+    eventually(lambda: (cluster.ready("withdraw", "token") or {}).get("status") == "False")
+    # As the controller before this fix wrote it: owned, without the label it watches.
+    owner = k8s.V1OwnerReference(
+        api_version=f"{GROUP}/{VERSION}",
+        kind="KamusSecret",
+        name="token",
+        uid=created["metadata"]["uid"],
+        controller=True,
+        block_owner_deletion=True,
+    )
+    cluster.core.create_namespaced_secret(
+        "withdraw",
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(
+                name="token",
+                owner_references=[owner],
+                annotations={"kubernetes.io/service-account.name": "deployer"},
+            ),
+            type="kubernetes.io/service-account-token",
+            string_data={"token": "minted"},
+        ),
+    )
+    eventually(lambda: cluster.secret("withdraw", "token") is None)  # at the next resync
+
+    def says_deleted() -> dict[str, Any] | None:
+        ready = cluster.ready("withdraw", "token")
+        deleted = ready and "The Secret token it wrote earlier was deleted" in ready["message"]
+        return ready if deleted else None
+
+    ready = eventually(says_deleted)
+    assert (ready["status"], ready["reason"]) == ("False", "SecretTypeNotAllowed")
+
+    cluster.core.create_namespaced_secret(
+        "withdraw",
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name="someone-elses"),
+            type="kubernetes.io/service-account-token",
+            string_data={"token": "theirs"},
+        ),
+    )
+    cluster.apply(
+        "withdraw",
+        "someone-elses",
+        type="kubernetes.io/service-account-token",
+        stringData={"k": cluster.encrypt("v", "withdraw:app")},
+    )
+    eventually(lambda: (cluster.ready("withdraw", "someone-elses") or {}).get("status") == "False")
+    time.sleep(2.5)  # past a resync
+    assert cluster.data("withdraw", "someone-elses") == {"token": b64(b"theirs")}
+
+
+def test_it_watches_only_the_secrets_it_wrote(tmp_path: Path) -> None:
     """Listing and watching every Secret of the cluster would send every value in it to the
-    controller: its Secret informer asks only for those carrying its label."""
-    cluster.apply("narrow", "db", stringData={"k": cluster.encrypt("v", "narrow:app")})
-    eventually(lambda: cluster.secret("narrow", "db"))
-    reads = [r for r in cluster.kube.resources.collection_reads if r[1] == "secrets"]
-    assert {verb for verb, *_ in reads} == {"list", "watch"}
-    assert {selector for *_, selector in reads} == {"kamus.soluto.com/managed-by=kamus-controller"}
-    # A Secret that loses the label by hand leaves the selection, and is put back.
-    unlabel = [{"op": "remove", "path": "/metadata/labels/kamus.soluto.com~1managed-by"}]
-    cluster.core.patch_namespaced_secret("db", "narrow", unlabel)  # a list: a JSON patch
-    eventually(lambda: cluster.secret("narrow", "db")["metadata"]["labels"] == MANAGED)  # type: ignore[index]
+    controller: its Secret informer asks only for those carrying its label. With the resync
+    far away, a Secret whose label is removed by hand comes back only through that watch (it
+    leaves the selection, which the watch reports as deleted)."""
+    key = new_key()
+    with KubeApiDouble() as kube, ExitStack() as stack:
+        cluster = Cluster(kube, kube.write_kubeconfig(tmp_path / "test.kubeconfig"), key)
+        stack.callback(cluster.close)
+        env = controller_env(kube, tmp_path, key, Controller__ReconciliationIntervalInSeconds="600")
+        stack.enter_context(kamus_serve("controller", env, tmp_path / "controller.log"))
+        kube.wait_for_watches(2)
+        cluster.apply("narrow", "db", stringData={"k": cluster.encrypt("v", "narrow:app")})
+        eventually(lambda: cluster.secret("narrow", "db"))
+        reads = [r for r in kube.resources.collection_reads if r[1] == "secrets"]
+        assert {verb for verb, *_ in reads} == {"list", "watch"}
+        assert {selector for *_, selector in reads} == {
+            "kamus.soluto.com/managed-by=kamus-controller"
+        }
+        unlabel = [{"op": "remove", "path": "/metadata/labels/kamus.soluto.com~1managed-by"}]
+        cluster.core.patch_namespaced_secret("db", "narrow", unlabel)  # a list: a JSON patch
+
+        def labelled_again() -> bool:
+            return (cluster.secret("narrow", "db") or {})["metadata"].get("labels") == MANAGED
+
+        eventually(labelled_again, timeout=15)
 
 
 def test_health_readiness_and_metrics(cluster: Cluster) -> None:

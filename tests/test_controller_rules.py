@@ -147,7 +147,7 @@ def test_refused_secret_types_name_their_rule(kind: str, reason: str) -> None:
 
 def test_a_setting_refuses_more_types_exactly_or_by_domain() -> None:
     policy = Policy(denied_types=("example.com/forbidden", "corp.example/"))
-    for kind in ("example.com/forbidden", "corp.example/x"):
+    for kind in ("example.com/forbidden", "corp.example/x", "sub.corp.example/x"):
         refused = reconcile.refusal(kamus_secret(type=kind), policy)
         assert refused is not None
         assert refused.reason == "SecretTypeNotAllowed"
@@ -197,6 +197,10 @@ def test_labels_and_annotations_other_controllers_trust_are_never_copied() -> No
     assert not_copied == [f"label {k}" for k in sorted(trusted)] + [
         f"annotation {k}" for k in sorted(trusted)
     ]
+    # A domain and a name prefix: that key (and those it starts), not the whole domain.
+    by_key = Policy(denied_metadata_domains=("sealedsecrets.bitnami.com/managed",))
+    assert reconcile.reserved_metadata("sealedsecrets.bitnami.com/managed", by_key)
+    assert not reconcile.reserved_metadata("sealedsecrets.bitnami.com/other", by_key)
     # Without the setting, example.org is an ordinary domain.
     secret, _ = reconcile.desired_secret(ks, {})
     assert secret["metadata"]["labels"]["example.org/team"] == "denied-by-setting"

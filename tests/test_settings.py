@@ -204,3 +204,15 @@ def test_controller_lease_duration_must_be_whole_seconds(monkeypatch: pytest.Mon
     result = CliRunner().invoke(main, ["serve", "controller"])
     assert result.exit_code == 1
     assert "LeaseDurationSeconds" in result.output
+
+
+@pytest.mark.parametrize("entry", ["/team", "example..org", "example.org team"])
+def test_a_denied_metadata_prefix_that_could_match_nothing_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    monkeypatch.setenv("KeyManagement__AES__Key", new_key())
+    monkeypatch.setenv("Controller__DeniedMetadataPrefixes", f"example.com,{entry}")
+    result = CliRunner().invoke(main, ["serve", "controller"])
+    assert result.exit_code == 1
+    assert "DeniedMetadataPrefixes" in result.output
+    assert "write a domain (example.org, which covers its subdomains)" in result.output
