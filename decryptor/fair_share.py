@@ -8,6 +8,10 @@ wait in its own queue, behind its own calls, never in front of anyone else's.
 
 A client's entry exists only while it has a call waiting or in flight, so the state is bounded
 by the calls in progress, not by how many addresses ever called.
+
+The service's own calls (its readiness check, Kamus's isAlive) have a slot of their own, outside
+``total``: a flood that takes every shared slot must not also make the replica look down, or
+keep it from finding out that the apiserver answers again.
 """
 
 import asyncio
@@ -38,6 +42,7 @@ class FairShare:
         self.per_client = min(per_client, total)
         self.wait_seconds = wait_seconds
         self._shared = asyncio.Semaphore(total)
+        self._own = asyncio.Semaphore(1)
         self._clients: dict[str, _Client] = {}
 
     def __len__(self) -> int:
@@ -46,14 +51,18 @@ class FairShare:
 
     @asynccontextmanager
     async def slot(self, client: str | None) -> AsyncIterator[None]:
-        """Hold a slot for ``client`` (``None``: the service's own calls, which take only a
-        shared slot); :class:`NoSlot` if none is free within ``wait_seconds``."""
+        """Hold a slot for ``client`` (``None``: the service's own calls, which take the slot
+        kept for them); :class:`NoSlot` if none is free within ``wait_seconds``."""
         if client is None:
-            await self._acquire(None)
+            try:
+                async with asyncio.timeout(self.wait_seconds):
+                    await self._own.acquire()
+            except TimeoutError:
+                raise NoSlot(own_queue=False) from None
             try:
                 yield
             finally:
-                self._shared.release()
+                self._own.release()
             return
         entry = self._clients.get(client)
         if entry is None:
@@ -71,18 +80,16 @@ class FairShare:
             if entry.users == 0:  # nobody holds or waits on its semaphore: a new one is equal
                 del self._clients[client]
 
-    async def _acquire(self, entry: _Client | None) -> None:
-        own_queue = entry is not None
+    async def _acquire(self, entry: _Client) -> None:
+        own_queue = True
         try:
             async with asyncio.timeout(self.wait_seconds):
-                if entry is not None:
-                    await entry.slots.acquire()
+                await entry.slots.acquire()
                 own_queue = False
                 try:
                     await self._shared.acquire()
                 except BaseException:
-                    if entry is not None:
-                        entry.slots.release()
+                    entry.slots.release()
                     raise
         except TimeoutError:
             raise NoSlot(own_queue=own_queue) from None

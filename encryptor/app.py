@@ -15,12 +15,13 @@ from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
 from encryptor.auth import EncryptorCallers
 from encryptor.fast import FastEncrypt
 from encryptor.models import BatchEncryptRequest, EncryptRequest
+from kamus.addresses import parse_networks
 from kamus.callers import Identity
 from kamus.health import WatchedKeyManager, readiness
 from kamus.identity import sa_id
 from kamus.metrics import Metrics
 from kamus.providers import ConfigurationError, build_key_manager
-from kamus.ratelimit import ClientRateLimiter, parse_limits, parse_networks
+from kamus.ratelimit import ClientRateLimiter, parse_limits
 from kamus.settings import Settings
 from kamus.web import (
     READINESS_RESPONSES,
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     rate_limit = [Depends(rate_limiter)]
     keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)
     provider = settings.key_management.provider
-    callers = EncryptorCallers(settings, metrics, client_address=rate_limiter.client_address)
+    callers = EncryptorCallers(settings, metrics, client_address=rate_limiter.client_key)
     Caller = Annotated[Identity | None, Depends(callers.caller)]
     app = create_base_app(
         service="encryptor",

@@ -13,10 +13,14 @@ kubelet, its liveness probe refused, would restart the replica. Here:
   answered 408 (or, if its answer has begun, has its connection closed);
 - a client address with ``Server__MaxConnectionsPerClient`` connections open has any further
   one answered 503, and such a connection does not count against ``Server__MaxConnections``.
-  In the encryptor, ``Encryptor__TrustedProxies`` are exempt: behind an ingress every client
-  shares its address;
-- ``GET /healthz``, ``/readyz`` and ``/api/v1/isAlive`` are never refused for
-  ``Server__MaxConnections``, so that a flood cannot make the probes fail.
+  In the encryptor, ``Encryptor__TrustedProxies`` are exempt (behind an ingress every client
+  shares its address), and an IPv6 client is counted by its /64;
+- ``GET /healthz``, ``/readyz`` and ``/api/v1/isAlive`` are never refused for either limit, so
+  that a flood cannot make the probes fail (the kubelet probes from the node's address, which
+  traffic through a node's SNAT shares).
+
+A refusal is logged at most once per ``_LOG_EVERY_SECONDS`` and kind, with the number of
+refusals since, so that a flood cannot flood the log too.
 
 The counts are per process, as ``Server__MaxConnections`` is. The size of a body is bounded
 separately (``Server__MaxRequestBodyBytes``), and the time to answer by each dependency's
@@ -27,13 +31,13 @@ processes load them.
 import asyncio
 import collections
 import functools
-import ipaddress
 import logging
+import time
 
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from kamus.ratelimit import Network, parse_networks
+from kamus.addresses import Network, client_key, is_in, parse_networks
 from kamus.settings import ServerSettings, Settings
 
 log = logging.getLogger("kamus.http")
@@ -44,6 +48,22 @@ _PROBE_METHODS = frozenset({b"GET", b"HEAD"})
 
 # Open connections per client address, for all the connections of this process.
 _open: collections.Counter[str] = collections.Counter()
+
+_LOG_EVERY_SECONDS = 10.0
+# Per kind of refusal: when it was last logged, and how many were not logged since.
+_last_logged: dict[str, float] = {}
+_unlogged: collections.Counter[str] = collections.Counter()
+
+
+def _log_refusal(kind: str, message: str, *args: object) -> None:
+    now = time.monotonic()
+    if now - _last_logged.get(kind, float("-inf")) < _LOG_EVERY_SECONDS:
+        _unlogged[kind] += 1
+        return
+    _last_logged[kind] = now
+    more = _unlogged.pop(kind, 0)
+    suffix = f" ({more} more since the last such line)" if more else ""
+    log.warning(message + suffix, *args)
 
 
 @functools.cache
@@ -103,6 +123,9 @@ class SlowClientProtocol(HttpToolsProtocol):
     def _exempt(self, address: str) -> bool:
         return False
 
+    def _client_key(self, address: str) -> str:
+        return address
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_deadline = self.loop.call_later(
@@ -111,9 +134,9 @@ class SlowClientProtocol(HttpToolsProtocol):
         address = self.client[0] if self.client else None
         if address is None or self._exempt(address):
             return
-        self._counted_as = address
-        _open[address] += 1
-        if _open[address] > server_settings().max_connections_per_client:
+        key = self._counted_as = self._client_key(address)
+        _open[key] += 1
+        if _open[key] > server_settings().max_connections_per_client:
             self._over_cap = True
             # Refused anyway: it must not take one of Server__MaxConnections' slots from others.
             self.connections.discard(self)
@@ -128,12 +151,14 @@ class SlowClientProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_header_deadline()
         probe = self.url in _PROBES and self.parser.get_method() in _PROBE_METHODS
+        refused = self._over_cap and not probe
         # uvicorn decides its 503 in on_headers_complete, from this attribute. A connection over
         # the per-client cap gets that cap's own 503, which says what to do.
-        exempt = probe or self._over_cap
+        exempt = probe or refused
         self.limit_concurrency = None if exempt else self.config.limit_concurrency
-        if self._over_cap:
-            log.warning(
+        if refused:
+            _log_refusal(
+                "per-client",
                 "refused a request from %s: over Server__MaxConnectionsPerClient (%d) "
                 "connections are open from that address",
                 self._counted_as,
@@ -188,7 +213,8 @@ class SlowClientProtocol(HttpToolsProtocol):
             # before it to be answered, or the app has not taken the body it was given yet.
             self._body_deadline = self.loop.call_later(seconds, self._body_too_slow)
             return
-        log.warning(
+        _log_refusal(
+            "body-timeout",
             "closed a connection from %s: a request body was not complete within %gs "
             "(Server__BodyTimeoutSeconds)",
             self.client[0] if self.client else "unknown",
@@ -211,14 +237,11 @@ class SlowClientProtocol(HttpToolsProtocol):
 
 
 class EncryptorProtocol(SlowClientProtocol):
-    """The encryptor's: its ``Encryptor__TrustedProxies`` are exempt from the per-client cap."""
+    """The encryptor's: its ``Encryptor__TrustedProxies`` are exempt from the per-client cap, and
+    its public clients are counted as the rate limit counts them."""
 
     def _exempt(self, address: str) -> bool:
-        networks = trusted_proxies()
-        if not networks:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in networks)
+        return is_in(address, trusted_proxies())
+
+    def _client_key(self, address: str) -> str:
+        return client_key(address)

@@ -156,17 +156,22 @@ def _decrypt_one(client: KamusClient, headers: dict[str, str], path: Path, ciphe
         raise InitError(
             f"cannot decrypt {path}: the server answered {status}: {server_message(status, body)}"
         )
-    return body.decode("utf-8")
+    try:
+        return decode_text(body, f"the decrypted value of {path}")
+    except InputError as exc:
+        raise InitError(f"{exc}: kamus init writes text values only") from None
 
 
 def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, str]:
     try:
-        token = options.token_file.read_text(encoding="utf-8").strip()
+        token = decode_text(options.token_file.read_bytes(), str(options.token_file)).strip()
     except OSError as exc:
         raise InitError(
             f"cannot read the service account token {options.token_file} ({exc.strerror}); "
             "set TOKEN_FILE_PATH or mount the token"
         ) from None
+    except InputError as exc:
+        raise InitError(f"{exc}: that is no service account token") from None
     ciphertexts = {name: _read_text(path) for name, path in files.items()}
     client = KamusClient(options.url, allow_insecure=True, ca_bundle=options.ca_bundle)
     headers = {"Authorization": f"Bearer {token}"}

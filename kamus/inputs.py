@@ -58,6 +58,11 @@ def yaml_documents(text: str, source: str) -> list[Any]:
         raise InputError(f"{source}: not valid YAML") from None
     except RecursionError:
         raise InputError(f"{source}: not valid YAML (nested too deeply)") from None
+    except (ValueError, TypeError, OverflowError):
+        # Raised while building a value (a date like 2024-02-30), with the value in the message.
+        raise InputError(
+            f"{source}: not valid YAML (a value cannot be read; quote it to make it text)"
+        ) from None
 
 
 def json_document(data: bytes, source: str) -> Any:

@@ -22,7 +22,6 @@ Behind an ingress every request comes from the ingress' address. Name the proxie
 trusted proxy. The header is ignored from any other peer, since a client can write it.
 """
 
-import ipaddress
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -30,10 +29,9 @@ from collections.abc import Callable, Sequence
 from fastapi import Request
 from limits import RateLimitItem, parse_many
 
+from kamus.addresses import Network, client_key, is_in
 from kamus.metrics import Metrics
 from kamus.web import ApiError, annotate
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Float sums of 1/N intervals drift by a few ulps: a bucket that holds exactly the cost must pass.
 _SLACK = 1e-6
@@ -58,13 +56,6 @@ def parse_limits(spec: str) -> list[RateLimitItem]:
             "'20/second;600/minute' (each at least 1), or 'off'"
         )
     return limits
-
-
-def parse_networks(items: Sequence[str]) -> list[Network]:
-    try:
-        return [ipaddress.ip_network(item, strict=False) for item in items]
-    except ValueError as exc:
-        raise ValueError(f"Encryptor__TrustedProxies: {exc}") from None
 
 
 class TokenBuckets:
@@ -161,11 +152,11 @@ class ClientRateLimiter:
         self._header = client_ip_header
 
     def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._trusted)
+        return is_in(address, self._trusted)
+
+    def client_key(self, request: Request) -> str:
+        """What the limits count this request's client as (:func:`kamus.addresses.client_key`)."""
+        return client_key(self.client_address(request))
 
     def client_address(self, request: Request) -> str:
         peer = request.client.host if request.client else "unknown"
@@ -190,11 +181,11 @@ class ClientRateLimiter:
         charged for it (see :meth:`TokenBuckets.take`), or raise the 429."""
         if not self._enabled:
             return
-        client = self.client_address(request)
-        refused = self._buckets.take(client, cost, paid)
+        address = self.client_address(request)
+        refused = self._buckets.take(client_key(address), cost, paid)
         if refused is not None:
             limit, wait = refused
-            self._refuse(request, limit, client, cost if paid else None, wait)
+            self._refuse(request, limit, address, cost if paid else None, wait)
 
     def _refuse(
         self, request: Request, limit: RateLimitItem, client: str, batch: int | None, wait: float

@@ -564,6 +564,22 @@ def test_seal_names_the_line_of_a_manifest_file(https: Encryptor, tmp_path: Path
     assert result.stderr == f"kamus: {manifest_file}, line 4, column 13: not valid YAML\n"
 
 
+def test_seal_reports_a_value_yaml_cannot_build_without_a_traceback(
+    https: Encryptor, tmp_path: Path
+) -> None:
+    """PyYAML reads 2024-02-30 as a date and fails outside its own error types, with the value
+    in the message."""
+    manifest_file = tmp_path / "secret.yaml"
+    manifest_file.write_text("apiVersion: v1\nkind: Secret\nstringData:\n  pin: 2024-02-30\n")
+    args = ["seal", "-a", "app", "-u", https.url, "--ca-bundle", str(https.ca_file)]
+    result = run(*args, str(manifest_file))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"kamus: {manifest_file}: not valid YAML (a value cannot be read; quote it to make it "
+        "text)\n"
+    )
+
+
 @pytest.mark.parametrize("where", ["seal", "secret-file", "stdin"])
 def test_input_that_is_not_utf8_is_located_never_quoted(
     https: Encryptor, tmp_path: Path, where: str

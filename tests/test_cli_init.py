@@ -34,7 +34,7 @@ class KamusDecryptor:
     """An original Kamus decryptor: ``/api/v1/decrypt`` only, plaintexts by ciphertext."""
 
     url: str = ""
-    plaintexts: dict[str, str] = field(default_factory=dict)
+    plaintexts: dict[str, str | bytes] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
     unavailable: int = 0  # answer 503 this many more times
 
@@ -52,7 +52,10 @@ class KamusDecryptor:
             data = (await request.json())["data"]
             if data not in self.plaintexts:
                 return JSONResponse({"detail": "the data cannot be decrypted"}, status_code=400)
-            return PlainTextResponse(self.plaintexts[data])
+            plaintext = self.plaintexts[data]
+            if isinstance(plaintext, bytes):
+                return Response(plaintext, media_type="text/plain")
+            return PlainTextResponse(plaintext)
 
         @app.post("/api/v2/decrypt")
         async def batch(request: Request) -> Response:
@@ -440,3 +443,26 @@ def test_a_file_that_is_not_utf8_is_located_never_quoted(
     assert f"{folder / 'key1'}, line 1, column 5: not valid utf-8 text" in result.stderr
     assert "0xe9" not in result.output
     assert kamus.paths == []  # nothing was sent
+
+
+def test_a_plaintext_or_token_that_is_not_utf8_is_located_never_quoted(
+    kamus: KamusDecryptor, token_file: Path, tmp_path: Path
+) -> None:
+    """The codec's own message names the byte, and the byte is the secret's (or the token's)."""
+    kamus.plaintexts["CT(bin)"] = b"s3\xe9cret"
+    folder = configmap_mount(tmp_path / "enc", {"bin": "CT(bin)"})
+    result = init(kamus.url, token_file, "-e", str(folder), "-d", str(tmp_path / "o"), "-n", "x")
+    assert result.exit_code == 1
+    assert "line 1, column 3: not valid utf-8 text: kamus init writes text values only" in (
+        result.stderr
+    )
+    assert "0xe9" not in result.output
+    assert "s3" not in result.output.replace(str(tmp_path), "")
+
+    token_file.write_bytes(b"eyJh\xffbG")
+    folder = configmap_mount(tmp_path / "enc2", {"key1": "CT(key1)"})
+    result = init(kamus.url, token_file, "-e", str(folder), "-d", str(tmp_path / "o2"), "-n", "x")
+    assert result.exit_code == 1
+    assert f"{token_file}, line 1, column 5: not valid utf-8 text" in result.stderr
+    assert "0xff" not in result.output
+    assert "eyJh" not in result.output

@@ -533,7 +533,8 @@ def test_it_watches_only_the_secrets_it_wrote(tmp_path: Path) -> None:
         cluster.core.patch_namespaced_secret("db", "narrow", unlabel)  # a list: a JSON patch
 
         def labelled_again() -> bool:
-            return (cluster.secret("narrow", "db") or {})["metadata"].get("labels") == MANAGED
+            secret = cluster.secret("narrow", "db") or {"metadata": {}}
+            return bool(secret["metadata"].get("labels") == MANAGED)
 
         eventually(labelled_again, timeout=15)
 

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from encryptor.app import create_app
+from kamus.addresses import client_key
 from kamus.providers import ConfigurationError
 from kamus.ratelimit import TokenBuckets, parse_limits
 from kamus.web import PROBLEM_MEDIA_TYPE
@@ -82,6 +83,33 @@ def test_behind_a_trusted_proxy_the_forwarded_client_counts(encryptor: Encryptor
         # A client cannot pick a fresh address: only the right-most untrusted hop counts.
         assert via("203.0.113.99, 198.51.100.1") == 429
         assert via("198.51.100.2, 10.9.9.9") == 429  # inner proxies are skipped
+
+
+def test_an_ipv6_client_is_counted_by_its_64_and_a_mapped_ipv4_as_itself(
+    encryptor: Encryptor,
+) -> None:
+    """One IPv6 host usually holds a whole /64: counted per address, it would have 2^64 fresh
+    budgets, each admitting a whole batch at once."""
+    env = {"Encryptor__RateLimit": "1/minute", "Encryptor__TrustedProxies": "10.0.0.0/8"}
+    with encryptor("10.1.2.3", **env) as ingress:
+
+        def via(forwarded: str) -> int:
+            headers = {"X-Forwarded-For": forwarded}
+            status: int = ingress.post("/api/v1/encrypt", json=V1, headers=headers).status_code
+            return status
+
+        assert via("2001:db8:1:2::1") == 200
+        assert via("2001:db8:1:2:ffff::99") == 429  # the same /64
+        assert via("2001:db8:1:3::1") == 200  # another /64
+        assert via("198.51.100.7") == 200
+        assert via("::ffff:198.51.100.7") == 429  # the same IPv4 client
+
+
+def test_client_keys() -> None:
+    assert client_key("192.0.2.1") == "192.0.2.1"
+    assert client_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert client_key("2001:db8::1") == "2001:db8::/64"
+    assert client_key("testclient") == "testclient"
 
 
 def test_the_header_of_an_untrusted_peer_is_ignored(encryptor: Encryptor) -> None:

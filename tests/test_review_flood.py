@@ -250,3 +250,50 @@ async def test_at_the_encryptor_each_client_behind_a_trusted_proxy_has_its_own_s
             assert answer.status_code == 200, answer.text
             assert waited < 3.0, waited
             assert [(await task).status_code for task in busy] == [401, 401]
+
+
+async def test_the_services_own_checks_do_not_wait_behind_a_flood(
+    kube_api: KubeApiDouble, kubeconfig: Path, make_settings: SettingsFactory
+) -> None:
+    """With every shared slot taken and more callers queued, Kamus's isAlive (the chart's
+    decryptor probe) must still answer, and a replica marked down must still find out that the
+    apiserver answers again: the service's own calls have a slot of their own."""
+    authenticator = TokenReviewAuthenticator(
+        await create_api_client(KubernetesSettings()),
+        max_concurrency=1,
+        max_concurrency_per_client=1,
+        timeout_seconds=1.5,
+        access_review_cache_seconds=0,
+    )
+    app = create_decryptor(make_settings(), authenticator=authenticator)
+    secret = secrets.token_urlsafe(24)
+    register(secret)
+
+    def caller(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://decryptor")
+
+    async def decrypt(address: str) -> httpx.Response:
+        async with caller(address) as client:
+            return await client.post(
+                "/api/v1/decrypt",
+                json={"data": "x"},
+                headers={"Authorization": f"Bearer unknown-{address}-{secret}"},
+            )
+
+    try:
+        # One apiserver failure marks Kubernetes down.
+        kube_api.faults = Faults(fail_status=500, remaining=1)
+        assert (await decrypt("10.0.0.99")).status_code == 503
+        kube_api.faults = Faults(delay_seconds=1.0)
+        # Three addresses: one holds the one shared slot for 1 s, two wait for it.
+        flood = [asyncio.create_task(decrypt(f"10.0.0.{n}")) for n in (1, 2, 3)]
+        await asyncio.sleep(0.2)
+        async with caller("10.0.0.9") as probe:
+            alive, ready = await asyncio.gather(probe.get("/api/v1/isAlive"), probe.get("/readyz"))
+        assert (alive.status_code, alive.json()) == (200, True)
+        assert ready.status_code == 200, ready.text
+        await asyncio.gather(*flood)
+    finally:
+        kube_api.faults = Faults()
+        await authenticator.close()
