@@ -453,6 +453,14 @@ def test_the_encryptor_wants_tokens_made_for_it_by_default(tmp_path: Path) -> No
     assert env["Encryptor__Audiences"] == "kamus-encryptor"
     text = notes(authenticated, tmp_path)
     assert "kubectl create token <service account> --audience kamus-encryptor" in text
+    # Through the notes' own port-forward, without TLS, the CLI refuses the token without it.
+    assert "kamus encrypt --token-file token --allow-token-over-http ..." in text
+    with_tls = {
+        **authenticated,
+        "tls": {"enabled": True},
+        "keyManagement": {"AES": {"key": new_key()}},
+    }
+    assert "--allow-token-over-http" not in notes(with_tls, tmp_path)
     # Opting out: the apiserver's audience (kubeconfig tokens).
     opted_out = {"encryptor": {"authentication": "kubernetes", "audiences": []}}
     pod = named(render(opted_out), "Deployment", "kamus-encryptor")["spec"]["template"]
