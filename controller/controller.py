@@ -422,8 +422,10 @@ class KamusSecretController:
             return "decryption_failed"
         desired, not_copied = reconcile.desired_secret(kamus_secret, data, self._policy)
         action, condition = await self._apply(kamus_secret, desired, not_copied)
+        # Labels left out are a refusal too, of those labels: a Warning, with the Secret written.
+        normal = condition.ready and condition.reason == "Synced"
         await self._set_status(
-            kamus_secret, condition, event_type="Normal" if condition.ready else "Warning"
+            kamus_secret, condition, event_type="Normal" if normal else "Warning"
         )
         if action in ("created", "updated"):
             audit(

@@ -418,6 +418,7 @@ def test_labels_that_other_controllers_trust_are_not_copied(cluster: Cluster) ->
     assert (ready["status"], ready["reason"]) == ("True", "ReservedMetadataNotCopied")
     assert "label argocd.argoproj.io/secret-type" in ready["message"]
     assert "label example.org/team" in ready["message"]
+    eventually(lambda: ("Warning", "ReservedMetadataNotCopied") in warnings_for(cluster, "labels"))
 
     cluster.apply(
         "labels",
