@@ -39,9 +39,22 @@ from kamus.web import ApiError, annotate
 
 USER_TOKEN = bearer(
     "KubernetesToken",
-    "With Encryptor__Authentication=kubernetes: the caller's Kubernetes token, as kubectl "
-    "sends it (kamus encrypt --kubeconfig-token).",
+    "With Encryptor__Authentication=kubernetes: the caller's Kubernetes token, best one made "
+    "for the encryptor's audience (kubectl create token SA --audience kamus-encryptor; kamus "
+    "encrypt --token-file).",
 )
+
+
+def _what_to_send(audiences: list[str]) -> str:
+    if audiences:
+        return (
+            f"a Kubernetes token made for the audience {audiences[0]} (kubectl create token "
+            f"<service account> --audience {audiences[0]} > token; kamus encrypt --token-file "
+            "token)"
+        )
+    return "your Kubernetes token (kamus encrypt --token-file, or --kubeconfig-token)"
+
+
 # What RBAC must allow in the target namespace: creating a KamusSecret there.
 PERMISSION = {"group": "soluto.com", "resource": "kamussecrets", "verb": "create"}
 # (caller, namespace) pairs remembered as allowed; the oldest go first.
@@ -79,7 +92,7 @@ class EncryptorCallers:
             self.kubernetes,
             metrics,
             str(settings.server.retry_after_seconds),
-            what_to_send="your Kubernetes token (kamus encrypt --kubeconfig-token sends it)",
+            what_to_send=_what_to_send(settings.encryptor.audiences),
             rejected_hint="send a current token of your Kubernetes user",
         )
 

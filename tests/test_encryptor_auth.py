@@ -170,11 +170,24 @@ def test_no_token_or_a_bad_one_is_401_before_anything_else(
 ) -> None:
     missing = encryptor.post("/api/v1/encrypt", json={"nonsense": True})
     assert missing.status_code == 401  # not 400: the body is not looked at
-    assert "--kubeconfig-token" in missing.json()["detail"]
+    assert "kamus encrypt --token-file, or --kubeconfig-token" in missing.json()["detail"]
     assert missing.headers["www-authenticate"] == "Bearer"
     forged = kube_api.forge_token("team-a", "app")
     assert encryptor.post("/api/v2/encrypt", json=V2, headers=as_user(forged)).status_code == 401
     assert kube_api.access_reviews == []
+
+
+def test_with_audiences_the_401_says_how_to_make_a_token_for_them(
+    kube_api: KubeApiDouble, kubeconfig: Path, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings(**ON, Encryptor__Audiences="kamus-encryptor")
+    with TestClient(create_app(settings)) as client:
+        missing = client.post("/api/v1/encrypt", json=V1)
+    assert missing.status_code == 401
+    assert (
+        "kubectl create token <service account> --audience kamus-encryptor > token; "
+        "kamus encrypt --token-file token"
+    ) in missing.json()["detail"]
 
 
 def test_an_apiserver_outage_is_503_and_not_ready(
