@@ -68,15 +68,21 @@ def test_each_client_address_has_its_own_budget(encryptor: Encryptor) -> None:
         assert second.post("/api/v1/encrypt", json=V1).status_code == 200
 
 
+def forwarded_for(ingress: TestClient) -> Callable[[str], int]:
+    """An encrypt through the trusted ``ingress`` for the client its header names: the status."""
+
+    def via(forwarded: str) -> int:
+        headers = {"X-Forwarded-For": forwarded}
+        status: int = ingress.post("/api/v1/encrypt", json=V1, headers=headers).status_code
+        return status
+
+    return via
+
+
 def test_behind_a_trusted_proxy_the_forwarded_client_counts(encryptor: Encryptor) -> None:
     env = {"Encryptor__RateLimit": "1/minute", "Encryptor__TrustedProxies": "10.0.0.0/8"}
     with encryptor("10.1.2.3", **env) as ingress:
-
-        def via(forwarded: str) -> int:
-            headers = {"X-Forwarded-For": forwarded}
-            status: int = ingress.post("/api/v1/encrypt", json=V1, headers=headers).status_code
-            return status
-
+        via = forwarded_for(ingress)
         assert via("198.51.100.1") == 200
         assert via("198.51.100.2") == 200  # another client through the same ingress
         assert via("198.51.100.1") == 429
@@ -92,12 +98,7 @@ def test_an_ipv6_client_is_counted_by_its_64_and_a_mapped_ipv4_as_itself(
     budgets, each admitting a whole batch at once."""
     env = {"Encryptor__RateLimit": "1/minute", "Encryptor__TrustedProxies": "10.0.0.0/8"}
     with encryptor("10.1.2.3", **env) as ingress:
-
-        def via(forwarded: str) -> int:
-            headers = {"X-Forwarded-For": forwarded}
-            status: int = ingress.post("/api/v1/encrypt", json=V1, headers=headers).status_code
-            return status
-
+        via = forwarded_for(ingress)
         assert via("2001:db8:1:2::1") == 200
         assert via("2001:db8:1:2:ffff::99") == 429  # the same /64
         assert via("2001:db8:1:3::1") == 200  # another /64

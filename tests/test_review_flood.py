@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from crypto import AESKeyManager
 from decryptor.app import create_app as create_decryptor
@@ -82,6 +83,30 @@ class Flood:
                 for loop in loops:
                     loop.cancel()
                 await asyncio.gather(*loops, return_exceptions=True)
+
+
+@dataclass
+class InProcess:
+    """The decryptor app called in process, as if from any address: decrypts with an unknown
+    token each (a TokenReview each, refused)."""
+
+    app: FastAPI
+    _secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    def __post_init__(self) -> None:
+        register(self._secret)
+
+    def caller(self, address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://decryptor")
+
+    async def decrypt(self, address: str) -> httpx.Response:
+        async with self.caller(address) as client:
+            return await client.post(
+                "/api/v1/decrypt",
+                json={"data": "x"},
+                headers={"Authorization": f"Bearer unknown-{address}-{self._secret}"},
+            )
 
 
 @pytest.mark.slow
@@ -163,20 +188,8 @@ async def test_every_slot_taken_by_other_addresses_is_busy_and_keeps_the_replica
         timeout_seconds=1.5,
     )
     app = create_decryptor(make_settings(), authenticator=authenticator)
-    secret = secrets.token_urlsafe(24)
-    register(secret)
-
-    def caller(address: str) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=app, client=(address, 40000))
-        return httpx.AsyncClient(transport=transport, base_url="http://decryptor")
-
-    async def decrypt(address: str) -> httpx.Response:
-        async with caller(address) as client:
-            return await client.post(
-                "/api/v1/decrypt",
-                json={"data": "x"},
-                headers={"Authorization": f"Bearer unknown-{address}-{secret}"},
-            )
+    calls = InProcess(app)
+    caller, decrypt = calls.caller, calls.decrypt
 
     # The one slot is held 1 s by each review: the third caller cannot have it within 1.5 s.
     kube_api.faults = Faults(delay_seconds=1.0)
@@ -266,20 +279,8 @@ async def test_the_services_own_checks_do_not_wait_behind_a_flood(
         access_review_cache_seconds=0,
     )
     app = create_decryptor(make_settings(), authenticator=authenticator)
-    secret = secrets.token_urlsafe(24)
-    register(secret)
-
-    def caller(address: str) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=app, client=(address, 40000))
-        return httpx.AsyncClient(transport=transport, base_url="http://decryptor")
-
-    async def decrypt(address: str) -> httpx.Response:
-        async with caller(address) as client:
-            return await client.post(
-                "/api/v1/decrypt",
-                json={"data": "x"},
-                headers={"Authorization": f"Bearer unknown-{address}-{secret}"},
-            )
+    calls = InProcess(app)
+    caller, decrypt = calls.caller, calls.decrypt
 
     try:
         # One apiserver failure marks Kubernetes down.
