@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from crypto.errors import KeyManagerUnavailable
 from kamus import __version__
+from kamus.docs_ui import add_docs
 from kamus.logs import audit
 from kamus.metrics import Metrics, MetricsMiddleware
 from kamus.settings import Settings
@@ -378,6 +379,11 @@ def create_base_app(
         # audit log and /metrics are this service's telemetry. Off, they also cost nothing per
         # request (their check read the environment three times on every request).
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        # FastAPI's pages load Swagger UI and ReDoc from a CDN, and run inline scripts: /docs is
+        # served from this package instead (kamus/docs_ui.py), ReDoc and the OAuth2 page not at all.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -402,4 +408,5 @@ def create_base_app(
     async def prometheus_metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    add_docs(app)
     return app
