@@ -1,38 +1,45 @@
 # `make run` and `make test` are all a new machine needs: each builds .venv by itself.
+# `make run` installs the product alone; `make test` adds the development tools on top.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+PRODUCT := $(VENV)/.product
+DEV := $(VENV)/.dev
 
 .PHONY: run test lint typecheck pytest double bench clean
 
-$(STAMP): pyproject.toml deploy/tools/install-helm.sh
+$(PRODUCT): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	PYTHON=$(BIN)/python deploy/tools/install-helm.sh $(BIN)
-	touch $(STAMP)
+	$(PIP) -e .
+	touch $@
 
-run: $(STAMP)
+$(DEV): $(PRODUCT) deploy/tools/install-helm.sh
+	$(PIP) -e '.[dev]'
+	PYTHON=$(BIN)/python deploy/tools/install-helm.sh $(BIN)
+	touch $@
+
+run: $(PRODUCT)
 	$(BIN)/kamus dev
 
 test: lint typecheck pytest
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(DEV)
 	$(BIN)/pytest
 
-# The Kubernetes API double on its own (see tests/k8s_double/README.md).
-double: $(STAMP)
+# The Kubernetes API double on its own (python -m tests.k8s_double --help).
+double: $(DEV)
 	$(BIN)/python -m tests.k8s_double
 
 # The benchmarks of docs/performance.md (about 5 minutes; needs wrk for real throughput numbers).
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python -m bench
 
 clean:

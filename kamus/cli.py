@@ -1,6 +1,7 @@
 """The ``kamus`` command."""
 
 import os
+import signal
 import ssl
 import sys
 from collections.abc import Callable
@@ -47,6 +48,14 @@ def _setting_name(loc: tuple[int | str, ...]) -> str:
     return "__".join(parts)
 
 
+def restore_stop_signals() -> None:
+    """Ctrl-C and SIGTERM stop a long-running command even when it was started with them
+    ignored: a script's ``make test &`` makes the shell ignore SIGINT in the job, and every
+    child inherits that. The dispositions of a normal start, which its children inherit too."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="kamus")
 def main() -> None:
@@ -56,23 +65,39 @@ def main() -> None:
 main.add_command(create_key_secret)
 
 
-@main.command()
+# As the images and the chart run them, so that two on one machine do not collide.
+DEFAULT_PORTS: dict[Service, int] = {"encryptor": 9090, "decryptor": 9091, "controller": 9092}
+
+
+@main.command(short_help="Run the encryptor, the decryptor or the controller.")
 @click.argument("service", type=click.Choice(["encryptor", "decryptor", "controller"]))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=9090, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free one). Default: 9090 for the encryptor, 9091 for the "
+    "decryptor, 9092 for the controller.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
     help="Worker processes for the encryptor or the decryptor (default: Server__Workers, 1).",
 )
-def serve(service: Service, host: str, port: int, workers: int | None) -> None:
+def serve(service: Service, host: str, port: int | None, workers: int | None) -> None:
     """Run the encryptor, the decryptor or the controller, configured from the environment
-    (Kamus's setting names)."""
+    (Kamus's setting names: README.md, Settings).
+
+    \b
+    Examples:
+      KeyManagement__AES__Key=$(openssl rand -base64 32) kamus serve encryptor
+      kamus serve decryptor --host 0.0.0.0 --workers 2
+    """
     import uvicorn
 
     from kamus.providers import ConfigurationError
     from kamus.tls import TlsReloader
 
+    restore_stop_signals()
     settings = load_settings()
     configure_logging(settings.logging.level)
     workers = workers or settings.server.workers
@@ -112,7 +137,7 @@ def serve(service: Service, host: str, port: int, workers: int | None) -> None:
         factory=workers > 1,
         workers=workers,
         host=host,
-        port=port,
+        port=DEFAULT_PORTS[service] if port is None else port,
         ssl_certfile=tls.tls_cert_file,
         ssl_keyfile=tls.tls_key_file,
         ssl_ca_certs=str(tls.tls_client_ca_file) if tls.tls_client_ca_file else None,
@@ -151,7 +176,7 @@ def _http_protocol(service: Service) -> str:
     return f"kamus.http:{name}"
 
 
-@main.command()
+@main.command(short_help="Exit 0 if the local service answers (HEALTHCHECK).")
 @click.option(
     "--url",
     envvar="KAMUS_HEALTHCHECK_URL",
@@ -159,7 +184,13 @@ def _http_protocol(service: Service) -> str:
     show_default=True,
     help="What to ask (env KAMUS_HEALTHCHECK_URL, which the images set).",
 )
-@click.option("--timeout", default=4.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option(
+    "--timeout",
+    default=4.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds to wait for the answer.",
+)
 def healthcheck(url: str, timeout: float) -> None:
     """Exit 0 if the service on this machine answers URL with 200: the images' HEALTHCHECK.
 
@@ -189,7 +220,7 @@ def healthcheck(url: str, timeout: float) -> None:
     click.echo(f"{url} answered 200")
 
 
-@main.command()
+@main.command(short_help="Run both services locally, for a try-out (make run).")
 @click.option(
     "--state-dir",
     default=".kamus-dev",
@@ -197,12 +228,26 @@ def healthcheck(url: str, timeout: float) -> None:
     type=click.Path(file_okay=False),
     help="Where the generated development key and token live (keep it out of git).",
 )
-@click.option("--encryptor-port", default=9090, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--decryptor-port", default=9091, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--encryptor-port",
+    default=9090,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The encryptor's port on 127.0.0.1.",
+)
+@click.option(
+    "--decryptor-port",
+    default=9091,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The decryptor's port on 127.0.0.1.",
+)
 def dev(state_dir: str, encryptor_port: int, decryptor_port: int) -> None:
-    """Run both services on loopback with a generated key and a static token file."""
+    """Run both services on 127.0.0.1 with a generated key and a static token file, for a
+    try-out on one machine (never in a cluster). Ctrl-C stops both."""
     from kamus.dev import run_dev
 
+    restore_stop_signals()
     sys.exit(run_dev(state_dir, encryptor_port, decryptor_port))
 
 
@@ -337,6 +382,7 @@ def client_options(command: Callable[..., None]) -> Callable[..., None]:
                 type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
                 default="info",
                 show_default=True,
+                help="How much the command says on stderr (warn or error: only problems).",
             ),
         ]
     ):
@@ -344,10 +390,15 @@ def client_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-@main.command()
+@main.command(short_help="Encrypt a secret for a service account.")
 @click.option("-s", "--secret", help="The secret; '-' reads it from stdin.")
 @click.option("-f", "--secret-file", help="A file holding the secret; '-' reads stdin.")
-@click.option("--secret-file-encoding", default="utf-8", show_default=True)
+@click.option(
+    "--secret-file-encoding",
+    default="utf-8",
+    show_default=True,
+    help="The text encoding of --secret-file or stdin (any Python codec, e.g. latin-1).",
+)
 @click.option("-a", "--service-account", required=True, help="The workload's service account.")
 @click.option("-n", "--namespace", required=True, help="The workload's namespace.")
 @click.option(
@@ -379,6 +430,13 @@ def encrypt(
     """Encrypt a secret for a service account. Prints only the ciphertext.
 
     Exit codes: 2 usage, 3 network or TLS, 4 certificate pin mismatch, 5 the server refused.
+
+    \b
+    Examples:
+      kamus encrypt -s 's3cr3t' -a my-app -n team-a -u https://kamus.example.com \\
+        --cert-fingerprint "$KAMUS_CERT_SHA256"
+      printf %s "$PASSWORD" | kamus encrypt -s - -a my-app -n team-a -u "$KAMUS_URL"
+      kamus encrypt -f tls.key -a my-app -n team-a -u "$KAMUS_URL" -o tls.key.enc
     """
     from kamus.client import KamusClient, encrypt_one
 
@@ -411,7 +469,7 @@ def encrypt(
         _fail(error)
 
 
-@main.command()
+@main.command(short_help="Turn a Secret manifest into a KamusSecret.")
 @click.argument("manifest", type=click.File("rb"), default="-")
 @click.option(
     "-a",
@@ -446,7 +504,15 @@ def seal(
     overwrite: bool,
     log_level: str,
 ) -> None:
-    """Turn a Secret manifest (a file, or stdin) into a KamusSecret of ciphertexts."""
+    """Turn a Secret manifest (a file, or stdin) into a KamusSecret of ciphertexts, or a
+    ConfigMap for the init container. The plaintext Secret never needs to reach git.
+
+    \b
+    Examples:
+      kamus seal secret.yaml -a my-app -u "$KAMUS_URL" -o kamussecret.yaml
+      kubectl create secret generic db --from-literal=password=s3cr3t --dry-run=client \\
+        -o yaml | kamus seal -a my-app -n team-a -u "$KAMUS_URL" --format configmap
+    """
     from kamus.client import KamusClient, encrypt_values
     from kamus.inputs import decode_text
     from kamus.seal import seal_documents
@@ -478,7 +544,7 @@ def seal(
         _fail(error)
 
 
-@main.command()
+@main.command(short_help="Decrypt mounted ciphertexts into files (init container).")
 @click.option(
     "-e",
     "--encrypted-folders",
@@ -501,6 +567,8 @@ def seal(
     type=click.Choice(
         ["json", "cfg", "cfg-strict", "files", "custom", "env"], case_sensitive=False
     ),
+    help="One file of all values (json, cfg, cfg-strict, env, custom: a Jinja2 template), or "
+    "one file per value (files).",
 )
 @click.option(
     "--kamus-url", envvar="KAMUS_URL", required=True, help="The decryptor's URL (or $KAMUS_URL)."
@@ -542,7 +610,13 @@ def init(
     file_mode: str,
     ca_bundle: str | None,
 ) -> None:
-    """Decrypt mounted ciphertexts into files: Kamus's init container."""
+    """Decrypt mounted ciphertexts into files: Kamus's init container.
+
+    \b
+    Examples:
+      kamus init -e /encrypted -d /secrets -n config.json --kamus-url http://kamus-decryptor
+      kamus init -e /encrypted,/more -d /secrets -f files --kamus-url "$KAMUS_URL"
+    """
     from kamus.init import DEFAULT_TOKEN_FILE, InitOptions, run_init
 
     try:

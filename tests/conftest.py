@@ -1,8 +1,10 @@
 """Shared fixtures: the Kubernetes API double, keys, settings and the two apps in-process."""
 
 import base64
+import contextlib
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +18,7 @@ from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
+from tests.processes import running_children
 
 # Settings come from the environment; tests must not inherit a developer's.
 # Cloud SDK variables are cleared too: no test may ever reach a real cloud account.
@@ -34,6 +37,18 @@ _SETTING_PREFIXES = (
     "identity_",
     "msi_",
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _nothing_left_running() -> Iterator[None]:
+    """A run leaves no process behind: each would hold ports and files, and fail later tests
+    (or later runs) in ways that point elsewhere."""
+    yield
+    left = running_children()
+    for stat in left:  # stopped, so that one leak does not also spoil the next run
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(stat.split(" ", 1)[0]), signal.SIGKILL)
+    assert not left, f"the tests left these processes running: {left}"
 
 
 @pytest.fixture(autouse=True)

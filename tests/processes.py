@@ -1,5 +1,6 @@
 """Real ``kamus`` processes for end-to-end tests, each logging to a file the test can read."""
 
+import contextlib
 import json
 import os
 import re
@@ -8,7 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +63,65 @@ def _wait_until_ready(
         time.sleep(0.05)
 
 
-def stop(process: subprocess.Popen[bytes]) -> int:
+# How long a process may take to stop on its own before it gets SIGKILL, which it cannot ignore.
+GRACE_SECONDS = 10.0
+
+
+def spawn(command: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """A process in a session of its own, so that :func:`stop` can reach whatever it starts."""
+    return subprocess.Popen(command, start_new_session=True, **options)
+
+
+def stop(
+    process: subprocess.Popen[Any],
+    how: signal.Signals = signal.SIGTERM,
+    grace: float = GRACE_SECONDS,
+) -> int:
+    """Ask ``process`` to stop with ``how``; after ``grace`` seconds, SIGKILL its session. Its
+    exit code; nothing it started is left running, even if it ignored ``how``."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(how)
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait()
+            _kill_session(process)
+    code = process.wait()
+    _kill_session(process)  # what it started and left behind
+    return code
+
+
+def _kill_session(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL the process group that ``process`` leads (one :func:`spawn` started); for a
+    process that leads none, ESRCH is all that happens."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def running_children() -> list[str]:
+    """This process's children that still run (zombies, merely not yet reaped, do not)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it ended while we looked
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        state, ppid = text[text.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == os.getpid() and state != "Z":
+            found.append(text[: text.rindex(")") + 1])
+    return found
+
+
+def ignoring_sigint(command: Sequence[str]) -> list[str]:
+    """``command`` started as a script's ``cmd &`` starts it: with SIGINT ignored, which every
+    process it starts inherits."""
+    return [
+        sys.executable,
+        "-c",
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "os.execvp(sys.argv[1], sys.argv[1:])",
+        *command,
+    ]
 
 
 @contextmanager
@@ -85,7 +137,7 @@ def kamus_serve(
     yields once ``ready_path`` answers 200."""
     base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     with log_file.open("wb") as log:
-        process = subprocess.Popen(
+        process = spawn(
             [sys.executable, "-m", "kamus", "serve", service, "--host", "127.0.0.1", "--port", "0"],
             env={**base, **env},
             stdout=log,

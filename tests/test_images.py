@@ -58,7 +58,7 @@ def _tail(text: str, lines: int = 60) -> str:
 
 def test_dockerfiles_pass_hadolint() -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
-    assert hadolint.exists(), f"{hadolint} is missing: reinstall the venv (make .venv/.installed)"
+    assert hadolint.exists(), f"{hadolint} is missing: reinstall the venv (make .venv/.dev)"
     result = subprocess.run(
         [str(hadolint), *map(str, DOCKERFILES)],
         capture_output=True,
@@ -71,7 +71,7 @@ def test_dockerfiles_pass_hadolint() -> None:
 
 def test_dockerfiles_pass_trivy_config(tmp_path: Path) -> None:
     trivy = Path(sys.executable).parent / "trivy"
-    assert trivy.exists(), f"{trivy} is missing: reinstall the venv (make .venv/.installed)"
+    assert trivy.exists(), f"{trivy} is missing: reinstall the venv (make .venv/.dev)"
     scanned = tmp_path / "dockerfiles"
     scanned.mkdir()
     for dockerfile in DOCKERFILES:

@@ -23,9 +23,11 @@ delay (slow), a status code (failing), or :meth:`stop` (unreachable).
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,8 @@ class KubeApiDouble:
 
     def __post_init__(self) -> None:
         self._workdir = Path(tempfile.mkdtemp(prefix="k8s-double-"))
+        # It outlives stop() (start() listens again), so it goes with the double itself.
+        weakref.finalize(self, shutil.rmtree, self._workdir, ignore_errors=True)
         self.ca = trustme.CA()
         self.ca_file = self._workdir / "ca.crt"
         self.ca.cert_pem.write_to_path(str(self.ca_file))

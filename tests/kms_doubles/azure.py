@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import secrets
+import shutil
 import tempfile
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -98,6 +100,8 @@ class DoubleCredential:
 class KeyVaultDouble:
     def __init__(self) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="keyvault-double-"))
+        # It outlives stop() (start_again() listens again), so it goes with the double itself.
+        weakref.finalize(self, shutil.rmtree, workdir, ignore_errors=True)
         ca = trustme.CA()
         self.ca_file = workdir / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
