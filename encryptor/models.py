@@ -24,7 +24,9 @@ def _utf8_items(items: dict[str, str]) -> dict[str, str]:
 
 
 class EncryptRequest(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+    # Only Kamus's own spelling: its Newtonsoft model required "service-account" and refused
+    # "service_account" as a missing field, and so do we.
+    model_config = ConfigDict(validate_by_name=False, validate_by_alias=True)
 
     data: Annotated[str, AfterValidator(_utf8_text)] = Field(
         description="The secret to encrypt (UTF-8 text)."
@@ -36,7 +38,7 @@ class EncryptRequest(BaseModel):
 
 
 class BatchEncryptRequest(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(validate_by_name=False, validate_by_alias=True)
 
     namespace: Namespace = Field(description="The namespace of the service account.")
     service_account: ServiceAccountName = Field(

@@ -74,6 +74,31 @@ def test_missing_field_is_400_naming_it(encryptor_client: TestClient, field: str
     assert response.json()["detail"] == f"{field}: is required"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/api/v1/encrypt",
+            {"data": "x", "service_account": "app", "namespace": "a"},
+            "service-account",
+        ),
+        (
+            "/api/v2/encrypt",
+            {"items": {"k": "x"}, "service_account": "app", "namespace": "a"},
+            "serviceAccount",
+        ),
+    ],
+)
+def test_the_python_spelling_of_the_service_account_is_a_missing_field(
+    encryptor_client: TestClient, path: str, body: dict[str, object], field: str
+) -> None:
+    """Kamus required "service-account" and refused "service_account" as missing: so do we,
+    rather than accept a spelling no Kamus client sends and no document names."""
+    response = encryptor_client.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json()["detail"] == f"{field}: is required"
+
+
 @pytest.mark.parametrize("field", ["data", "service-account", "namespace"])
 @pytest.mark.parametrize("value", [1, None, ["x"], {"a": "b"}, True])
 def test_wrong_type_is_400_naming_the_field(
