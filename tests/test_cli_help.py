@@ -1,0 +1,61 @@
+"""``kamus --help`` and each command's help: whole summaries, every option described, examples
+for the commands people type, and default ports that match the images and the chart."""
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from kamus.cli import DEFAULT_PORTS, main
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = sorted(main.commands)
+
+
+def help_text(*args: str) -> str:
+    # 80 columns: a CI log or a small terminal, where click cuts long summaries with "...".
+    result = CliRunner().invoke(main, [*args, "--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_the_command_list_shows_whole_summaries() -> None:
+    listing = help_text().split("Commands:", 1)[1]
+    assert sorted(re.findall(r"^  (\S+)", listing, re.MULTILINE)) == COMMANDS
+    assert "..." not in listing
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_says_what_it_does(name: str) -> None:
+    command = main.commands[name]
+    undescribed = [
+        param.opts[-1]
+        for param in command.params
+        if isinstance(param, click.Option) and not param.help
+    ]
+    assert undescribed == []
+
+
+@pytest.mark.parametrize("name", ["encrypt", "seal", "init", "serve"])
+def test_the_commands_people_type_show_examples(name: str) -> None:
+    text = help_text(name)
+    examples = text.split("Examples:", 1)[1].split("Options:", 1)[0]
+    lines = [line.strip() for line in examples.splitlines() if line.strip()]
+    assert any(f"kamus {name}" in line for line in lines), text
+    # \b keeps click from joining the example lines into one paragraph.
+    assert all(len(line) <= 90 for line in lines), lines
+
+
+def test_each_service_has_its_own_default_port_as_in_the_images_and_the_chart() -> None:
+    assert len(set(DEFAULT_PORTS.values())) == len(DEFAULT_PORTS)
+    for service in ("encryptor", "decryptor"):
+        dockerfile = (ROOT / f"Dockerfile.{service}").read_text()
+        port = DEFAULT_PORTS[service]
+        assert f'"--port", "{port}"]' in dockerfile
+        assert f"EXPOSE {port}\n" in dockerfile
+    for service, port in DEFAULT_PORTS.items():
+        template = (ROOT / f"deploy/helm/kamus/templates/{service}.yaml").read_text()
+        assert f'"port" {port} ' in template
+    assert "9091 for the decryptor" in help_text("serve")
