@@ -13,10 +13,11 @@ import json
 import os
 import random
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from kamus import __version__
@@ -52,6 +53,12 @@ class ServerError(ClientError):
         self.message = message
 
 
+class WrongService(ClientError):
+    """The URL answers, but not with the API of the Kamus service it was given as."""
+
+    exit_code = 5  # as the 404 it is reported instead of
+
+
 _HEX = re.compile(r"[0-9a-f]+")
 
 
@@ -71,6 +78,98 @@ def colon_hex(digest: bytes) -> str:
     return ":".join(f"{b:02X}" for b in digest)
 
 
+# -- why a connection failed ------------------------------------------------------------------
+
+FailureKind = Literal[
+    "not-tls",
+    "wrong-host",
+    "expired",
+    "untrusted",
+    "tls",
+    "unknown-host",
+    "refused",
+    "timeout",
+    "closed",
+    "not-http",
+    "other",
+]
+
+# What OpenSSL reports when the other end does not speak TLS: an HTTP server answers the
+# ClientHello with "HTTP/1.1 400" (a wrong version, or a record layer failure), or hangs up.
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNEXPECTED_EOF_WHILE_READING"}
+)
+# nginx's answer on its https port (an ingress's 443) to a plain-http request
+_PLAIN_TO_TLS_PORT = b"The plain HTTP request was sent to HTTPS port"
+_VERIFY_KINDS: dict[int, FailureKind] = {
+    9: "expired",  # X509_V_ERR_CERT_NOT_YET_VALID
+    10: "expired",  # X509_V_ERR_CERT_HAS_EXPIRED
+    62: "wrong-host",  # X509_V_ERR_HOSTNAME_MISMATCH
+    64: "wrong-host",  # X509_V_ERR_IP_ADDRESS_MISMATCH
+}
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """What went wrong, from the socket, TLS or HTTP error a client raised (unwrapped)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_KINDS.get(exc.verify_code, "untrusted")
+    if isinstance(exc, ssl.SSLError):
+        return "not-tls" if exc.reason in _NOT_TLS_REASONS else "tls"
+    if isinstance(exc, socket.gaierror):
+        return "unknown-host"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    # RemoteDisconnected is a BadStatusLine too: it is a close, the other a garbled answer.
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "closed"
+    if isinstance(exc, http.client.BadStatusLine):
+        return "not-http"
+    return "other"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The library's own words for ``exc``, short: never a request's content."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return str(exc.verify_message).rstrip(".")
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# Each: what happened. What to try. Fields: see KamusClient._network_error.
+_NETWORK_MESSAGES: dict[FailureKind | Literal["speaks-tls"], str] = {
+    "not-tls": "{url} does not speak TLS on this port ({reason}). Is it plain http? Then use "
+    "{http_url}{insecure_flag} (secrets then cross the network in clear: through kubectl "
+    "port-forward only)",
+    "speaks-tls": "{url} speaks TLS on this port: it is an https server. Use {https_url}",
+    "wrong-host": "the server's certificate is not valid for {host} ({reason}). Use a host name "
+    "the certificate was issued for in --kamus-url, or have it reissued with {host} among its "
+    "names",
+    "expired": "the server's certificate is not valid now ({reason}). Have it renewed, or "
+    "check this machine's clock",
+    "untrusted": "the server's certificate is not trusted ({reason}). Pass --ca-bundle with the "
+    "CA that issued it",
+    "tls": "the TLS connection to {url} failed ({reason}). Check that the URL's port is the "
+    "service's https port, and that it does not require client certificates",
+    "unknown-host": "cannot reach {url}: the host {host} is not known ({reason}). Check the "
+    "URL's host name, and that this machine's DNS resolves it",
+    "refused": "cannot reach {url}: nothing listens on {address} (connection refused). Check "
+    "that the service is running and the port is right (with kubectl port-forward, that it is "
+    "still running, on that local port)",
+    "timeout": "no answer from {url} within {timeout:g} s. Is a firewall dropping the packets, "
+    "or the server overloaded? Check the host and port, then try again",
+    "closed": "{url} closed the connection without answering. Check that the URL's port is "
+    "the Kamus service's, and the service's log",
+    "not-http": "{url} answered something that is not HTTP. Check the URL's scheme and port",
+    "other": "cannot reach {url} ({reason}). Check the URL, and that no firewall or proxy "
+    "stands in the way",
+}
+
+
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     pin: tuple[str, bytes] | None = None
 
@@ -84,9 +183,14 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         actual = hashlib.new(algorithm, der).digest()
         if not hmac.compare_digest(actual, expected):
             self.sock.close()
+            address = f"{self.host}:{self.port}"
             raise PinMismatch(
                 f"the server's certificate {algorithm.upper()} fingerprint is {colon_hex(actual)}, "
-                f"not the pinned {colon_hex(expected)}; nothing was sent"
+                f"not the pinned {colon_hex(expected)}; nothing was sent. If the certificate was "
+                "renewed, check the new one and pin it (openssl s_client -connect "
+                f"{address} -servername {self.host} </dev/null | openssl x509 -noout "
+                "-fingerprint -sha256); if not, something between here and the server may be "
+                "intercepting the connection"
             )
 
 
@@ -117,6 +221,7 @@ class KamusClient:
         self._scheme = parts.scheme
         self._host = parts.hostname
         self._port = parts.port
+        self._allow_insecure = allow_insecure
         self._base = parts.path.rstrip("/")
         self._timeout = timeout
         self._pin = parse_fingerprint(fingerprint) if fingerprint else None
@@ -153,45 +258,114 @@ class KamusClient:
         self.close()
 
     def post(
-        self, path: str, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+        *,
+        credentials: bool = True,
     ) -> tuple[int, bytes]:
         """POST JSON; the status and the raw answer. Network failures raise NetworkError."""
         payload = json.dumps(body).encode("utf-8")
         all_headers = {
             "Content-Type": "application/json",
             "User-Agent": f"kamus-py/{__version__}",
-            **self._auth,
+            **(self._auth if credentials else {}),
             **(headers or {}),
         }
-        for attempt in (1, 2):  # a kept-alive connection the server closed: reconnect once
+        for attempt in (1, 2):
             connection = self._connect()
             try:
                 connection.request("POST", self._base + path, body=payload, headers=all_headers)
                 response = connection.getresponse()
                 self.retry_after = response.getheader("Retry-After")
-                return response.status, response.read()
+                status, answer = response.status, response.read()
             except PinMismatch:
                 self.close()
                 raise
-            except ssl.SSLCertVerificationError as exc:
-                self.close()
-                raise NetworkError(
-                    f"the server's certificate is not trusted ({exc.verify_message}); pass "
-                    "--ca-bundle with the CA that issued it"
-                ) from None
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.close()
-                if attempt == 2:
-                    raise NetworkError(f"{self.url} closed the connection") from None
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                raise NetworkError(f"cannot reach {self.url}: {exc}") from None
+                kind = failure_kind(exc)
+                if kind == "closed" and attempt == 1:
+                    continue  # a kept-alive connection the server closed: reconnect once
+                raise self._network_error(kind, exc) from None
+            if self._scheme == "http" and status == 400 and _PLAIN_TO_TLS_PORT in answer:
+                self.close()
+                raise self._network_error("speaks-tls", None)
+            return status, answer
         raise AssertionError("unreachable")
+
+    def _network_error(
+        self, kind: FailureKind | Literal["speaks-tls"], exc: BaseException | None
+    ) -> NetworkError:
+        """Two sentences, what happened and what to try, from ``_NETWORK_MESSAGES``."""
+        if self._scheme == "http" and kind in ("closed", "not-http") and self._speaks_tls():
+            kind = "speaks-tls"
+        port = self._port or (443 if self._scheme == "https" else 80)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return NetworkError(
+            _NETWORK_MESSAGES[kind].format(
+                url=self.url,
+                host=self._host,
+                address=f"{host}:{port}",
+                reason=failure_reason(exc) if exc else "",
+                timeout=self._timeout,
+                http_url=f"http://{host}:{port}{self._base}",
+                https_url=f"https://{host}:{port}{self._base}",
+                insecure_flag="" if self._allow_insecure else " with --allow-insecure-url",
+            )
+        )
+
+    def _speaks_tls(self) -> bool:
+        """Whether this plain-http URL's port answers a TLS handshake: asked only once a request
+        failed, to tell a wrong scheme from a broken server. Only a handshake is sent."""
+        context = ssl.create_default_context()
+        # Any certificate at all shows the port speaks TLS; none is trusted with anything.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            with (
+                socket.create_connection((self._host, self._port or 80), self._timeout) as raw,
+                context.wrap_socket(raw, server_hostname=self._host),
+            ):
+                return True
+        except ssl.SSLError as exc:  # an alert is TLS too (a client certificate required...)
+            return exc.reason not in _NOT_TLS_REASONS
+        except OSError:
+            return False
 
     @property
     def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
         port = f":{self._port}" if self._port else ""
-        return f"{self._scheme}://{self._host}{port}{self._base}"
+        return f"{self._scheme}://{host}{port}{self._base}"
+
+
+# The v1 API path of each Kamus service: every Kamus and kamus-py version has it.
+_V1_PATHS = {"encryptor": "/api/v1/encrypt", "decryptor": "/api/v1/decrypt"}
+
+
+def wrong_service(client: KamusClient, expected: Literal["encryptor", "decryptor"]) -> WrongService:
+    """The error for a URL given as the Kamus ``expected`` service that answered 404 on its v1
+    API. One more request, without credentials or data, asks the other service's API, to tell
+    the other Kamus service from something else; it is made only here, on the failure path."""
+    other: Literal["encryptor", "decryptor"] = (
+        "decryptor" if expected == "encryptor" else "encryptor"
+    )
+    try:
+        status, _ = client.post(_V1_PATHS[other], {}, credentials=False)
+    except ClientError:
+        status = 404  # cannot be told: say what is sure
+    looks = (
+        f"it answers on {_V1_PATHS[other]}, so it looks like the Kamus {other}"
+        if status not in (404, 405)
+        else f"it is not a Kamus {expected}"
+    )
+    verb = _V1_PATHS[expected].rsplit("/", 1)[1]
+    return WrongService(
+        f"{client.url} has no Kamus {verb} API (it answered 404 to {_V1_PATHS[expected]}): "
+        f"{looks}. Check --kamus-url (or $KAMUS_URL): it must be the Kamus {expected}'s URL"
+    )
 
 
 def server_message(status: int, body: bytes) -> str:
@@ -399,6 +573,8 @@ def encrypt_values(
 def encrypt_one(client: KamusClient, namespace: str, service_account: str, value: str) -> str:
     body = {"data": value, "service-account": service_account, "namespace": namespace}
     status, answer = post_within_rate_limit(client, "/api/v1/encrypt", body)
+    if status == 404:
+        raise wrong_service(client, "encryptor")
     if status != 200:
         raise ServerError(status, server_message(status, answer))
     return answer.decode("utf-8")

@@ -20,8 +20,11 @@ import binascii
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 import click
+
+from kamus.client import FailureKind, failure_kind, failure_reason
 
 # The Kubernetes client loads only when the command runs: every `kamus` command, `kamus init` at
 # each pod start included, imports this module.
@@ -150,18 +153,88 @@ async def ensure_key_secret(name: str, namespace: str) -> tuple[Outcome, str]:
             return "exists", key_id(existing_key(secret.data, where))
         raise KeySecretError(f"Secret {where} kept appearing and disappearing; run again")
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise KeySecretError(
-            f"cannot reach the Kubernetes API ({type(exc).__name__}); check the apiserver and "
-            "the network policies of the namespace, then run again"
-        ) from None
+        source = _configured_by(settings.proxy_url)
+        url = str(api.configuration.host)
+        raise KeySecretError(_unreachable(exc, url, timeout, source)) from None
     finally:
         await api.close()
+
+
+def _configured_by(proxy_url: str | None) -> str:
+    """Where the apiserver's URL, CA and credentials came from (kamus/kube.py's order)."""
+    from kubernetes.aio.config.incluster_config import SERVICE_HOST_ENV_NAME
+
+    if proxy_url:
+        return "Kubernetes__ProxyUrl"
+    if os.environ.get(SERVICE_HOST_ENV_NAME):
+        return (
+            "the in-cluster configuration (KUBERNETES_SERVICE_HOST, the service account's ca.crt)"
+        )
+    return f"the kubeconfig {os.environ.get('KUBECONFIG') or '~/.kube/config'}"
+
+
+# Each: what happened. What to try. Fields: see _unreachable.
+_UNREACHABLE: dict[FailureKind, str] = {
+    "refused": "cannot reach the Kubernetes API at {url}: nothing listens on {address} "
+    "(connection refused). Check the server {source} names, and that the apiserver (or kubectl "
+    "proxy) is running, then run again",
+    "unknown-host": "cannot reach the Kubernetes API at {url}: the host {host} is not known "
+    "({reason}). Check the server {source} names, and this machine's DNS",
+    "timeout": "no answer from the Kubernetes API at {url} within {timeout:g} s. Is a network "
+    "policy or firewall dropping the packets, or the apiserver overloaded? Run again, or raise "
+    "Kubernetes__RequestTimeoutSeconds",
+    "untrusted": "the Kubernetes API's certificate at {url} is not trusted ({reason}). Check "
+    "the certificate authority {source} gives",
+    "wrong-host": "the Kubernetes API's certificate is not valid for {host} ({reason}). Check "
+    "the server {source} names: it must be a name the certificate was issued for",
+    "expired": "the Kubernetes API's certificate at {url} is not valid now ({reason}). Check "
+    "this machine's clock, or have the apiserver's certificate renewed",
+    "not-tls": "the Kubernetes API at {url} does not speak TLS on this port ({reason}). Is it "
+    "plain http (kubectl proxy)? Then check the server {source} names",
+    "tls": "the TLS connection to the Kubernetes API at {url} failed ({reason}). Check the "
+    "server, certificate authority and client certificate {source} gives",
+    "closed": "the Kubernetes API at {url} closed the connection without answering. Check that "
+    "the server {source} names is the apiserver (an https URL, unless kubectl proxy), then run "
+    "again",
+    "not-http": "the Kubernetes API at {url} answered something that is not HTTP. Check that "
+    "the server {source} names is the apiserver (an https URL, unless kubectl proxy)",
+    "other": "cannot reach the Kubernetes API at {url} ({reason}). Check the server {source} "
+    "names and the network policies of the namespace, then run again",
+}
+
+
+def _unreachable(exc: BaseException, url: str, timeout: float, source: str) -> str:
+    """What went wrong between this command and the apiserver, and what to try."""
+    import aiohttp
+
+    # aiohttp wraps the socket's and the TLS layer's own errors.
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    kind = "closed" if isinstance(exc, aiohttp.ServerDisconnectedError) else failure_kind(cause)
+    parts = urlsplit(url)
+    # Rebuilt from its parts: a proxy URL's user:password@ must not be printed.
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    address = f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    return _UNREACHABLE[kind].format(
+        url=f"{parts.scheme}://{address}{parts.path}",
+        host=parts.hostname,
+        address=address,
+        reason=failure_reason(cause),
+        timeout=timeout,
+        source=source,
+    )
 
 
 def _refused(verb: str, where: str, exc: "ApiException") -> str:
     """What the apiserver's refusal means here. Its Status message names objects, never data."""
     namespace, name = where.split("/", 1)
-    if exc.status in (401, 403):
+    if exc.status == 401:
+        return (
+            f"the apiserver did not accept this command's credentials ({exc.status} {exc.reason} "
+            f"to {verb} Secret {where}): its token or certificate has expired, or is not this "
+            "cluster's. Check the kubeconfig's user (KUBECONFIG), or in a cluster the pod's "
+            "service account token, then run again"
+        )
+    if exc.status == 403:
         grant = "create on secrets" if verb == "create" else f"get on the secret {name}"
         return (
             f"the apiserver refused to {verb} Secret {where} ({exc.status} {exc.reason}): this "
