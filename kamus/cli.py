@@ -375,6 +375,13 @@ def client_options(command: Callable[..., None]) -> Callable[..., None]:
                 help="Send the token over a plain-http URL (kubectl port-forward only: it "
                 "crosses the network in clear text).",
             ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(0, min_open=True),
+                default=30.0,
+                show_default=True,
+                help="Seconds to wait for the encryptor to connect and to answer.",
+            ),
             click.option("-o", "--output", help="Write to this file instead of stdout."),
             click.option("-O", "--overwrite", is_flag=True, help="Replace --output if it exists."),
             click.option(
@@ -423,6 +430,7 @@ def encrypt(
     kube_context: str | None,
     token_file: str | None,
     allow_token_over_http: bool,
+    timeout: float,
     output: str | None,
     overwrite: bool,
     log_level: str,
@@ -460,6 +468,7 @@ def encrypt(
                 kamus_url, kubeconfig_token, token_file, kube_context, allow_token_over_http
             ),
             allow_token_over_http=allow_token_over_http,
+            timeout=timeout,
         ) as client:
             ciphertext = encrypt_one(client, namespace, service_account, text)
         if not quiet:
@@ -500,6 +509,7 @@ def seal(
     kube_context: str | None,
     token_file: str | None,
     allow_token_over_http: bool,
+    timeout: float,
     output: str | None,
     overwrite: bool,
     log_level: str,
@@ -530,6 +540,7 @@ def seal(
                 kamus_url, kubeconfig_token, token_file, kube_context, allow_token_over_http
             ),
             allow_token_over_http=allow_token_over_http,
+            timeout=timeout,
         ) as client:
             sealed = seal_documents(
                 text,

@@ -161,7 +161,8 @@ _NETWORK_MESSAGES: dict[FailureKind | Literal["speaks-tls"], str] = {
     "that the service is running and the port is right (with kubectl port-forward, that it is "
     "still running, on that local port)",
     "timeout": "no answer from {url} within {timeout:g} s. Is a firewall dropping the packets, "
-    "or the server overloaded? Check the host and port, then try again",
+    "or the server overloaded? Check the host and port, then try again (--timeout waits "
+    "longer)",
     "closed": "{url} closed the connection without answering. Check that the URL's port is "
     "the Kamus service's, and the service's log",
     "not-http": "{url} answered something that is not HTTP. Check the URL's scheme and port",

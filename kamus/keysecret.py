@@ -247,7 +247,7 @@ def _refused(verb: str, where: str, exc: "ApiException") -> str:
     )
 
 
-@click.command("create-key-secret")
+@click.command("create-key-secret", short_help="Create the Secret holding the AES master key.")
 @click.option("--name", required=True, help="The Secret to hold the AES master key.")
 @click.option(
     "-n",

@@ -321,6 +321,22 @@ def test_asking_which_service_it_is_sends_no_credentials_and_no_secret(
     assert decryptor_app.requests[1:] == [("/api/v1/decrypt", False, len(b"{}"))]
 
 
+@pytest.mark.parametrize("command", ["encrypt", "seal"])
+def test_encrypt_and_seal_wait_as_long_as_timeout_says(
+    silent: int, command: str, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "secret.yaml"
+    manifest.write_text("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k: v}\n")
+    what = ["-s", SECRET, "-n", "team-a"] if command == "encrypt" else [str(manifest), "-n", "a"]
+    url = f"http://127.0.0.1:{silent}"
+    result = kamus(
+        command, *what, "-a", "app", "-u", url, "--allow-insecure-url", "--timeout", "0.5"
+    )
+    assert result.returncode == 3, result.stderr
+    assert_last_line(result.stderr, "kamus: ", f"no answer from {url} within 0.5 s. Is a firewall")
+    assert SECRET not in result.stdout + result.stderr
+
+
 @pytest.fixture
 def silent() -> Iterator[int]:
     """A port whose connections the kernel accepts and nobody ever answers."""
@@ -332,7 +348,7 @@ def silent() -> Iterator[int]:
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_server_that_never_answers_times_out_with_a_hint(silent: int, scheme: str) -> None:
-    """At the client's level: ``encrypt`` and ``seal`` wait 30 s, and have no option for it."""
+    """At the client's level, for any command's client."""
     url = f"{scheme}://127.0.0.1:{silent}"
     with (
         KamusClient(url, allow_insecure=True, timeout=0.5) as client,
@@ -342,7 +358,7 @@ def test_a_server_that_never_answers_times_out_with_a_hint(silent: int, scheme: 
     assert failure.value.exit_code == 3
     assert str(failure.value) == (
         f"no answer from {url} within 0.5 s. Is a firewall dropping the packets, or the server "
-        "overloaded? Check the host and port, then try again"
+        "overloaded? Check the host and port, then try again (--timeout waits longer)"
     )
 
 
