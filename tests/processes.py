@@ -67,7 +67,7 @@ def _wait_until_ready(
 GRACE_SECONDS = 10.0
 
 
-def spawn(command: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+def spawn(command: Sequence[str], **options: Any) -> subprocess.Popen[Any]:
     """A process in a session of its own, so that :func:`stop` can reach whatever it starts."""
     return subprocess.Popen(command, start_new_session=True, **options)
 

@@ -20,6 +20,7 @@ from crypto.aes import key_id
 from tests import leaks
 from tests.conftest import new_key
 from tests.k8s_double import Faults, KubeApiDouble
+from tests.processes import spawn, stop
 from tests.test_chart import key_job_command, render
 
 NAMESPACE, NAME = "kamus", "kamus-keys"
@@ -50,7 +51,7 @@ def command_env(kube: KubeApiDouble, tmp_path: Path) -> dict[str, str]:
 
 def start(env: dict[str, str], arguments: list[str]) -> subprocess.Popen[str]:
     """``kamus ARGUMENTS`` in a process of its own, as in the Job's container."""
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-m", "kamus", *arguments],
         env=env,
         stdout=subprocess.PIPE,
@@ -60,7 +61,12 @@ def start(env: dict[str, str], arguments: list[str]) -> subprocess.Popen[str]:
 
 
 def finish(run: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
-    stdout, stderr = run.communicate(timeout=60)
+    try:
+        stdout, stderr = run.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        stop(run, grace=0)  # SIGKILL: nothing left running for the next test
+        run.communicate()
+        raise
     return subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
 
 
