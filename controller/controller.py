@@ -39,7 +39,7 @@ from kubernetes.aio.watch import Watch
 
 from controller import reconcile
 from controller.reconcile import GROUP, KIND, PLURAL, VERSION, Condition, Policy
-from crypto import DecryptionError, KeyManager
+from crypto import DecryptionError, KeyManager, MalformedCiphertext
 from crypto.errors import KeyManagerUnavailable
 from kamus.logs import audit, log_fields
 from kamus.metrics import ControllerMetrics
@@ -407,17 +407,12 @@ class KamusSecretController:
             )
             return "refused"
         identity = f"{namespace}:{kamus_secret.get('serviceAccount', '')}"
-        plaintexts, failed = await self._decrypt(kamus_secret, identity)
+        plaintexts, failed, malformed = await self._decrypt(kamus_secret, identity)
         data, invalid = reconcile.secret_values(plaintexts)
         failed += invalid
-        if failed:
+        if failed or malformed:
             # All or nothing: Kamus wrote partial Secrets; here the Secret is left as it was.
-            condition = Condition(
-                False,
-                "DecryptionFailed",
-                f"cannot decrypt {', '.join(sorted(failed))} as {identity}; the Secret was left "
-                "unchanged. Re-encrypt these values for this namespace and service account.",
-            )
+            condition = reconcile.decryption_failed(identity, failed, malformed)
             await self._set_status(kamus_secret, condition, event_type="Warning")
             return "decryption_failed"
         desired, not_copied = reconcile.desired_secret(kamus_secret, data, self._policy)
@@ -442,20 +437,26 @@ class KamusSecretController:
 
     async def _decrypt(
         self, kamus_secret: Mapping[str, Any], identity: str
-    ) -> tuple[dict[str, bytes], list[str]]:
+    ) -> tuple[dict[str, bytes], list[str], dict[str, str]]:
+        """The plaintexts by item, the items that do not open, and those that are no
+        ciphertext at all (with the fact that says so)."""
         items = reconcile.encrypted_items(kamus_secret)
         plaintexts: dict[str, bytes] = {}
         failed: list[str] = []
+        malformed: dict[str, str] = {}
 
         async def one(item: str, ciphertext: str) -> None:
             try:
                 plaintexts[item] = await self._keys.decrypt(ciphertext, identity)
             except DecryptionError as exc:
                 log.info("%s: %s", item, exc.reason, extra=log_fields(identity=identity))
-                failed.append(item)
+                if isinstance(exc, MalformedCiphertext):
+                    malformed[item] = exc.fact
+                else:
+                    failed.append(item)
 
         await asyncio.gather(*(one(item, value) for item, value in items.items()))
-        return plaintexts, failed
+        return plaintexts, failed, malformed
 
     async def _withdraw(self, kamus_secret: Mapping[str, Any]) -> bool:
         """Delete the Secret of a refused KamusSecret if this KamusSecret wrote it; whether it

@@ -20,6 +20,7 @@ other parts of the cluster would trust. :func:`refusal` and :func:`copied` hold 
 
 import base64
 import binascii
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -224,12 +225,33 @@ def refusal(kamus_secret: Mapping[str, Any], policy: Policy) -> Condition | None
 
 
 def encrypted_items(kamus_secret: Mapping[str, Any]) -> dict[str, str]:
-    """Every ciphertext, keyed ``stringData.<k>`` or ``data.<k>``."""
+    """Every ciphertext, keyed ``stringData.<k>`` or ``data.<k>``.
+
+    Surrounding whitespace is never part of a ciphertext (a YAML ``|`` block ends in a newline),
+    so it is stripped here, where values enter; ASCII whitespace only, as at the decryptor."""
     items = {}
     for field in ("stringData", "data"):
         for key, value in (kamus_secret.get(field) or {}).items():
-            items[f"{field}.{key}"] = value
+            items[f"{field}.{key}"] = value.strip(string.whitespace)
     return items
+
+
+def decryption_failed(
+    identity: str, undecryptable: list[str], malformed: Mapping[str, str]
+) -> Condition:
+    """The condition for items that did not become Secret values: those that are no ciphertext
+    at all (with the fact the decryptor would tell), apart from those that do not open."""
+    problems = [
+        f"{item} is not a Kamus ciphertext ({malformed[item]})" for item in sorted(malformed)
+    ]
+    if undecryptable:
+        problems.append(f"cannot decrypt {', '.join(sorted(undecryptable))} as {identity}")
+    return Condition(
+        False,
+        "DecryptionFailed",
+        f"{'; '.join(problems)}; the Secret was left unchanged. Re-encrypt these values for this "
+        "namespace and service account.",
+    )
 
 
 def secret_values(plaintexts: Mapping[str, bytes]) -> tuple[dict[str, str], list[str]]:

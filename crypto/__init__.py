@@ -5,7 +5,7 @@ Knows nothing of HTTP, Kubernetes or settings files; the services build provider
 
 from crypto.aes import KAMUS_PUBLIC_DEFAULT_KEY, AESKeyManager, key_id
 from crypto.base import KeyManager
-from crypto.errors import DecryptionError
+from crypto.errors import DecryptionError, MalformedCiphertext
 from crypto.formats import CiphertextFormat, classify
 from crypto.keyid import kamus_key_id
 
@@ -15,6 +15,7 @@ __all__ = [
     "CiphertextFormat",
     "DecryptionError",
     "KeyManager",
+    "MalformedCiphertext",
     "classify",
     "kamus_key_id",
     "key_id",

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto.encoding import b64url_decode, b64url_encode
-from crypto.errors import DecryptionError
-from crypto.formats import PREFIX, CiphertextFormat, classify
+from crypto.errors import DecryptionError, MalformedCiphertext, shown
+from crypto.formats import PREFIX, CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.legacy import cbc_decrypt, derive_legacy_key, parse_iv_ciphertext
 
 A1_HEADER = PREFIX + "a1$"
@@ -101,21 +101,36 @@ class AESKeyManager:
             return self._open_a1(ciphertext, sa_id)
         if fmt is CiphertextFormat.LEGACY_AES_CBC:
             if not self._allow_legacy:
-                raise DecryptionError("legacy Kamus ciphertexts are switched off")
+                raise legacy_switched_off(A1_HEADER, "KeyManagement__AES__AllowLegacyCiphertexts")
             return self._open_legacy(ciphertext, sa_id)
-        raise DecryptionError(f"the AES provider cannot read format {fmt}")
+        reads = f"{A1_HEADER} values"
+        if self._allow_legacy:
+            reads += " and legacy Kamus iv:ciphertext values"
+        raise unreadable(ciphertext, "AES", reads)
 
     def _open_a1(self, ciphertext: str, sa_id: str) -> bytes:
+        # Every check before the tag's is a shape fact (MalformedCiphertext); see crypto.errors.
         parts = ciphertext.split("$", 4)  # bounded: a body of '$'s must not become a list
         if len(parts) != 4:
-            raise DecryptionError("a1 ciphertext has the wrong number of fields")
+            raise MalformedCiphertext(
+                "a1 ciphertext has the wrong number of fields",
+                "the a1 value has the wrong number of fields",
+            )
         kid, body = parts[2], parts[3]
         master = self._by_kid.get(kid)
         if master is None:
-            raise DecryptionError("a1 ciphertext names a key that is not configured")
+            named = shown(kid)
+            raise MalformedCiphertext(
+                "a1 ciphertext names a key that is not configured",
+                f"it names key id {named!r}, which is not configured here"
+                if named
+                else "its key id field is malformed",
+            )
         raw = b64url_decode(body)
         if len(raw) < NONCE_SIZE + TAG_SIZE:
-            raise DecryptionError("a1 ciphertext is too short")
+            raise MalformedCiphertext(
+                "a1 ciphertext is too short", "the a1 value is shorter than a nonce and a tag"
+            )
         aad = f"{A1_HEADER}{kid}${sa_id}".encode()
         nonce, sealed = raw[:NONCE_SIZE], raw[NONCE_SIZE:]
         try:

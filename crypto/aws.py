@@ -13,8 +13,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from crypto import envelope
 from crypto.encoding import b64_decode
-from crypto.errors import DecryptionError
-from crypto.formats import CiphertextFormat, classify
+from crypto.errors import DecryptionError, MalformedCiphertext
+from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.keyid import kamus_key_id
 from crypto.kms import (
     PROBE_NAME,
@@ -172,19 +172,25 @@ class AwsKmsKeyManager:
             data_key = await self._unwrap(sealed.wrapped_key, sa_id, {CONTEXT_KEY: sa_id})
             return envelope.open_sealed(sealed, data_key, sa_id)
         if not self._allow_legacy:
-            raise DecryptionError("legacy Kamus ciphertexts are switched off")
+            raise legacy_switched_off(envelope.E1_HEADER, "KeyManagement__AllowLegacyCiphertexts")
         if ciphertext == "":
             return b""  # Kamus answered an empty value with an empty value
         if fmt is CiphertextFormat.LEGACY_ENVELOPE:
             wrapped, iv, body = parse_legacy_envelope(ciphertext)
             # Kamus wrapped with GenerateDataKey and no encryption context.
             return cbc_decrypt(await self._unwrap(b64_decode(wrapped), sa_id, {}), iv, body)
-        raise DecryptionError(f"the AWS KMS provider cannot read format {fmt}")
+        raise unreadable(
+            ciphertext, "AWS KMS", f"{envelope.E1_HEADER}{KMS}$ values and legacy Kamus env$ values"
+        )
 
     async def _unwrap(self, blob: bytes, sa_id: str, context: dict[str, str]) -> bytes:
         if not 1 <= len(blob) <= MAX_CIPHERTEXT_BLOB:
             # KMS would refuse it with a ValidationException, which reads as an outage.
-            raise DecryptionError("the wrapped key is not a KMS ciphertext blob (wrong size)")
+            raise MalformedCiphertext(
+                "the wrapped key is not a KMS ciphertext blob (wrong size)",
+                f"its AWS KMS ciphertext blob is empty or over the {MAX_CIPHERTEXT_BLOB} bytes "
+                "AWS KMS allows",
+            )
         alias = self.alias(sa_id)
         try:
             response = await self._calls(

@@ -30,8 +30,13 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from crypto import envelope
 from crypto.encoding import b64_decode
-from crypto.errors import DecryptionError, KeyManagerUnavailable, KeyNotFoundError
-from crypto.formats import CiphertextFormat, classify
+from crypto.errors import (
+    DecryptionError,
+    KeyManagerUnavailable,
+    KeyNotFoundError,
+    MalformedCiphertext,
+)
+from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.keyid import kamus_key_id
 from crypto.kms import PROBE_NAME, BlockingCalls, Failure, KeyLocks, KmsError, answered
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
@@ -67,6 +72,15 @@ def classify_azure_error(exc: Exception, operation: str) -> KmsError | None:
 
 
 MAX_RSA_CIPHERTEXT = 512  # bytes, for the largest Key Vault RSA key (4096 bits)
+
+
+def _check_rsa_size(wrapped: bytes) -> None:
+    """An RSA ciphertext is as long as the key: not worth sending a forged value's bulk."""
+    if not 1 <= len(wrapped) <= MAX_RSA_CIPHERTEXT:
+        raise MalformedCiphertext(
+            "the wrapped value is not an RSA ciphertext (wrong size)",
+            f"its RSA ciphertext is empty or over the {MAX_RSA_CIPHERTEXT} bytes of a 4096-bit key",
+        )
 
 
 def _identity_digest(sa_id: str) -> bytes:
@@ -173,43 +187,56 @@ class AzureKeyVaultKeyManager:
         await answered(self._calls, "GetKey", lambda: self._keys.get_key(PROBE_NAME))
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+        # The value's shape is checked whole before Key Vault is asked anything.
         name = kamus_key_id(sa_id)
         fmt = classify(ciphertext)
         if fmt is CiphertextFormat.ENVELOPE_V1:
             sealed = envelope.parse(ciphertext, KMS)
             if not sealed.key_version:
-                raise DecryptionError("e1 ciphertext names no Key Vault key version")
+                raise MalformedCiphertext(
+                    "e1 ciphertext names no Key Vault key version",
+                    "the e1 value names no Key Vault key version",
+                )
+            _check_rsa_size(sealed.wrapped_key)
             blob = await self._remote("UnwrapKey", name, sealed.key_version, sealed.wrapped_key)
             data_key, digest = blob[: envelope.DATA_KEY_SIZE], blob[envelope.DATA_KEY_SIZE :]
             if not hmac.compare_digest(digest, _identity_digest(sa_id)):
                 raise DecryptionError("the wrapped data key is bound to another identity")
             return envelope.open_sealed(sealed, data_key, sa_id)
         if not self._allow_legacy:
-            raise DecryptionError("legacy Kamus ciphertexts are switched off")
+            raise legacy_switched_off(envelope.E1_HEADER, "KeyManagement__AllowLegacyCiphertexts")
         if ciphertext == "":
             return b""  # Kamus answered an empty value with an empty value
-        if fmt not in (CiphertextFormat.LEGACY_RAW, CiphertextFormat.LEGACY_ENVELOPE):
-            raise DecryptionError(f"the Azure Key Vault provider cannot read format {fmt}")
+        cbc: tuple[bytes, bytes] | None = None  # the iv and body of a legacy envelope
+        if fmt is CiphertextFormat.LEGACY_RAW:
+            wrapped = b64_decode(ciphertext)
+        elif fmt is CiphertextFormat.LEGACY_ENVELOPE:
+            # Large values: the RSA-OAEP-wrapped *base64 text* of an AES-CBC key.
+            wrapped_text, iv, body = parse_legacy_envelope(ciphertext)
+            wrapped, cbc = b64_decode(wrapped_text), (iv, body)
+        else:
+            raise unreadable(
+                ciphertext,
+                "Azure Key Vault",
+                f"{envelope.E1_HEADER}{KMS}$ values and legacy Kamus base64 and env$ values",
+            )
+        _check_rsa_size(wrapped)
         # Kamus used RSA-OAEP with the key's latest version.
         try:
             version = (await self._latest_key(name, create=False, sa_id=sa_id)).properties.version
         except KmsError as exc:
             raise DecryptionError(exc.reason) from None
-        if fmt is CiphertextFormat.LEGACY_RAW:
-            return await self._remote("Decrypt", name, version or "", b64_decode(ciphertext))
-        # Large values: the RSA-OAEP-wrapped *base64 text* of an AES-CBC key.
-        wrapped, iv, body = parse_legacy_envelope(ciphertext)
-        key_text = await self._remote("Decrypt", name, version or "", b64_decode(wrapped))
+        plaintext = await self._remote("Decrypt", name, version or "", wrapped)
+        if cbc is None:
+            return plaintext
         try:
-            data_key = b64_decode(key_text.decode("ascii"))
-        except UnicodeDecodeError:
+            data_key = b64_decode(plaintext.decode("ascii"))
+        except (UnicodeDecodeError, DecryptionError):
+            # What the key gave back, not the value's shape: the one error, or an oracle.
             raise DecryptionError("legacy envelope key is not base64") from None
-        return cbc_decrypt(data_key, iv, body)
+        return cbc_decrypt(data_key, *cbc)
 
     async def _remote(self, operation: str, name: str, version: str, data: bytes) -> bytes:
-        if not 1 <= len(data) <= MAX_RSA_CIPHERTEXT:
-            # An RSA ciphertext is as long as the key: not worth sending a forged value's bulk.
-            raise DecryptionError("the wrapped value is not an RSA ciphertext (wrong size)")
         try:
             client = await self._version_client(name, version)
             if operation == "UnwrapKey":

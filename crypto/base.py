@@ -8,7 +8,8 @@ class KeyManager(Protocol):
     """Encrypts for, and decrypts as, one ``"<namespace>:<service-account>"`` identity.
 
     ``decrypt`` raises :class:`crypto.DecryptionError` for every ciphertext that does not open for
-    ``sa_id``, whatever the cause.
+    ``sa_id``: its subclass :class:`crypto.MalformedCiphertext` when the value's shape alone says
+    so, before any key is used, and the one plain error whatever a key's verdict was.
     """
 
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str: ...

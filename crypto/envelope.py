@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crypto.encoding import b64url_decode, b64url_encode
-from crypto.errors import DecryptionError
+from crypto.errors import DecryptionError, MalformedCiphertext, shown
 from crypto.formats import PREFIX
 
 E1_HEADER = PREFIX + "e1$"
@@ -62,19 +62,32 @@ def seal(
 
 
 def parse(ciphertext: str, kms: str) -> Envelope:
+    """The fields of an e1 value, or :class:`MalformedCiphertext`: nothing here uses a key."""
     parts = ciphertext.split("$", 6)  # bounded: a body of '$'s must not become a list
     if len(parts) != 6 or parts[0] + "$" + parts[1] + "$" != E1_HEADER:
-        raise DecryptionError("e1 ciphertext has the wrong number of fields")
+        raise MalformedCiphertext(
+            "e1 ciphertext has the wrong number of fields",
+            "the e1 value has the wrong number of fields",
+        )
     if parts[2] != kms:
         # Cut short: the reason reaches the audit log, and the field is the caller's text.
-        raise DecryptionError(
-            f"e1 ciphertext was made by the {parts[2][:32]!r} provider, not {kms}"
+        maker = shown(parts[2])
+        raise MalformedCiphertext(
+            f"e1 ciphertext was made by the {parts[2][:32]!r} provider, not {kms}",
+            f"it was made with the {maker!r} key provider, and this Kamus uses {kms}"
+            if maker
+            else f"it names a malformed key provider, and this Kamus uses {kms}",
         )
     if not _KEY_VERSION.fullmatch(parts[3]):
-        raise DecryptionError("e1 ciphertext has a malformed key version")
+        raise MalformedCiphertext(
+            "e1 ciphertext has a malformed key version", "the e1 value has a malformed key version"
+        )
     wrapped, sealed = b64url_decode(parts[4]), b64url_decode(parts[5])
     if not wrapped or len(sealed) < NONCE_SIZE + TAG_SIZE:
-        raise DecryptionError("e1 ciphertext is too short")
+        raise MalformedCiphertext(
+            "e1 ciphertext is too short",
+            "the e1 value has no wrapped key or is shorter than a nonce and a tag",
+        )
     return Envelope(kms, parts[3], wrapped, sealed)
 
 

@@ -1,17 +1,48 @@
-"""The one exception every ciphertext failure raises."""
+"""The exceptions every ciphertext failure raises."""
+
+import re
 
 
 class DecryptionError(Exception):
     """A ciphertext did not open for the given identity.
 
-    Raised alike for a wrong key, tampered bytes, bad encoding or the wrong service account, so
-    that a caller learns nothing about which check failed (no padding or format oracle). ``reason``
+    Raised alike for a wrong key, tampered bytes or the wrong service account, so that a caller
+    learns nothing about which check failed once a key was used (no padding oracle). ``reason``
     says which, for the audit log only: it never holds key material or data.
     """
 
     def __init__(self, reason: str) -> None:
         super().__init__("the ciphertext could not be decrypted for this service account")
         self.reason = reason
+
+
+class MalformedCiphertext(DecryptionError):
+    """The value is not a ciphertext this Kamus reads, told from its shape before any key or KMS
+    is used: not base64, an unknown format, a missing field, a length no value of its format has,
+    a key id that is not configured.
+
+    Such a fact is the same for every identity and every key, so saying it gives no oracle; it
+    tells the user that the value was damaged (a pasted newline, a truncated copy) rather than
+    made for another service account. ``fact`` is a fixed phrase: it may name a key id or format
+    tag read from the value (see :func:`shown`), never ciphertext bytes.
+    """
+
+    def __init__(self, reason: str, fact: str | None = None) -> None:
+        super().__init__(reason)
+        self.fact = fact or reason
+
+    def __str__(self) -> str:
+        return f"this is not a Kamus ciphertext: {self.fact}"
+
+
+_SHOWABLE = re.compile(r"[A-Za-z0-9_-]{1,16}")
+
+
+def shown(field: str) -> str | None:
+    """A field read from a value (a key id, a format tag) as a message may show it, or None
+    when it does not look like one: a long or odd field may be a body pasted in the wrong
+    place, and the allowed characters need no escaping."""
+    return field if _SHOWABLE.fullmatch(field) else None
 
 
 class KeyManagerUnavailable(Exception):

@@ -6,6 +6,8 @@ alphabet has no ``$``), ``<b64>:<b64>`` and ``env$...``.
 
 from enum import StrEnum
 
+from crypto.errors import MalformedCiphertext, shown
+
 PREFIX = "kamus$"
 
 
@@ -41,3 +43,28 @@ def classify(ciphertext: str) -> CiphertextFormat:
     if ciphertext:
         return CiphertextFormat.LEGACY_RAW
     return CiphertextFormat.UNKNOWN
+
+
+def unreadable(ciphertext: str, provider: str, reads: str) -> MalformedCiphertext:
+    """The error for a value the provider does not read, said from its shape alone; ``reads``
+    names the formats it does read."""
+    fmt = classify(ciphertext)
+    if not ciphertext:
+        fact = "it is empty"
+    elif fmt is CiphertextFormat.UNKNOWN:
+        tag = shown(ciphertext[len(PREFIX) :].split("$", 1)[0])
+        fact = f"unknown format {PREFIX}{tag}" if tag else f"an unknown format after {PREFIX}"
+    else:
+        fact = f"this Kamus's {provider} provider reads only {reads}"
+    return MalformedCiphertext(f"the {provider} provider cannot read format {fmt}", fact)
+
+
+def legacy_switched_off(current: str, setting: str) -> MalformedCiphertext:
+    """A configuration fact, not a key's verdict: whether a legacy value would open is never
+    learned, so saying it gives no oracle, and the fix (encrypt it again) differs from a wrong
+    identity's."""
+    return MalformedCiphertext(
+        "legacy Kamus ciphertexts are switched off",
+        f"it is not a {current} value, and reading legacy Kamus values is switched off "
+        f"({setting}=false)",
+    )

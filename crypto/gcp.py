@@ -18,8 +18,8 @@ from google.cloud import kms
 
 from crypto import envelope
 from crypto.encoding import b64_decode
-from crypto.errors import DecryptionError, KeyManagerUnavailable
-from crypto.formats import CiphertextFormat, classify
+from crypto.errors import DecryptionError, KeyManagerUnavailable, MalformedCiphertext
+from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.keyid import kamus_key_id
 from crypto.kms import (
     BlockingCalls,
@@ -209,18 +209,26 @@ class GoogleKmsKeyManager:
             data_key = await self._unwrap(sealed.wrapped_key, sa_id, sa_id.encode("utf-8"))
             return envelope.open_sealed(sealed, data_key, sa_id)
         if not self._allow_legacy:
-            raise DecryptionError("legacy Kamus ciphertexts are switched off")
+            raise legacy_switched_off(envelope.E1_HEADER, "KeyManagement__AllowLegacyCiphertexts")
         if ciphertext == "":
             return b""  # Kamus answered an empty value with an empty value
         if fmt is CiphertextFormat.LEGACY_RAW:
             # Kamus encrypted the UTF-8 value itself under the key, without AAD.
             return await self._unwrap(b64_decode(ciphertext), sa_id, b"")
-        raise DecryptionError(f"the Google Cloud KMS provider cannot read format {fmt}")
+        raise unreadable(
+            ciphertext,
+            "Google Cloud KMS",
+            f"{envelope.E1_HEADER}{KMS}$ values and legacy Kamus base64 values",
+        )
 
     async def _unwrap(self, blob: bytes, sa_id: str, aad: bytes) -> bytes:
         if not 1 <= len(blob) <= MAX_CIPHERTEXT:
             # Cloud KMS would refuse it; not worth sending a forged value's megabytes.
-            raise DecryptionError("the wrapped value is not a Cloud KMS ciphertext (wrong size)")
+            raise MalformedCiphertext(
+                "the wrapped value is not a Cloud KMS ciphertext (wrong size)",
+                f"its Cloud KMS ciphertext is empty or over the {MAX_CIPHERTEXT} bytes Cloud KMS "
+                "allows",
+            )
         request = {
             "name": self.key_name(sa_id),
             "ciphertext": blob,

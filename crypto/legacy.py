@@ -7,7 +7,9 @@ the key was HKDF-SHA256 *expand only* of the master key, with the identity as ``
 
 We only ever read this format. CBC without a MAC cannot tell a wrong key from a right one for
 sure, so a plaintext is accepted only if its padding is valid and it is valid UTF-8 (Kamus only
-ever encrypted .NET strings).
+ever encrypted .NET strings). Parsing may say what is wrong with a value's shape
+(:class:`MalformedCiphertext`); everything :func:`cbc_decrypt` finds is the one
+:class:`DecryptionError`, or the padding check would be a padding oracle.
 """
 
 from cryptography.hazmat.primitives import hashes, padding
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from crypto.encoding import b64_decode
-from crypto.errors import DecryptionError
+from crypto.errors import DecryptionError, MalformedCiphertext
 
 AES_BLOCK = 16
 
@@ -29,10 +31,16 @@ def parse_iv_ciphertext(text: str) -> tuple[bytes, bytes]:
     """Split ``b64(iv):b64(ct)`` and check the sizes CBC needs."""
     parts = text.split(":", 2)  # bounded: a body of ':'s must not become a list
     if len(parts) != 2:
-        raise DecryptionError("legacy ciphertext is not iv:ciphertext")
+        raise MalformedCiphertext(
+            "legacy ciphertext is not iv:ciphertext", "the legacy value is not iv:ciphertext"
+        )
     iv, body = b64_decode(parts[0]), b64_decode(parts[1])
     if len(iv) != AES_BLOCK or not body or len(body) % AES_BLOCK:
-        raise DecryptionError("legacy ciphertext has a bad iv or length")
+        # Sizes CBC fixes, known before any key: unlike the padding, they are no oracle.
+        raise MalformedCiphertext(
+            "legacy ciphertext has a bad iv or length",
+            "the legacy value's iv is not 16 bytes or its body not whole 16-byte blocks",
+        )
     return iv, body
 
 
@@ -56,9 +64,11 @@ def parse_legacy_envelope(text: str) -> tuple[str, bytes, bytes]:
     The wrapped key is returned as the base64 text Kamus wrote; what it wraps depends on the KMS.
     """
     if not text.startswith("env$"):
-        raise DecryptionError("not a legacy envelope")
+        raise MalformedCiphertext("not a legacy envelope", "it is not a legacy env$ value")
     wrapped, separator, iv_ciphertext = text[4:].rpartition("$")
     if not separator or not wrapped:
-        raise DecryptionError("legacy envelope has no wrapped key")
+        raise MalformedCiphertext(
+            "legacy envelope has no wrapped key", "the legacy env$ value has no wrapped key"
+        )
     iv, body = parse_iv_ciphertext(iv_ciphertext)
     return wrapped, iv, body

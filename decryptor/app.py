@@ -7,6 +7,7 @@ for another service account simply does not decrypt.
 
 import asyncio
 import logging
+import string
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
-from crypto import DecryptionError, KeyManager, classify
+from crypto import DecryptionError, KeyManager, MalformedCiphertext, classify
 from crypto.errors import KeyManagerUnavailable
 from decryptor.auth import (
     Authenticator,
@@ -51,6 +52,14 @@ log = logging.getLogger(__name__)
 DECRYPT_PATHS = ("/api/v1/decrypt", "/decrypt")
 POD_TOKEN = bearer("ServiceAccountToken", "The calling pod's Kubernetes service account token.")
 BATCH_PATH = "/api/v2/decrypt"
+
+
+def entered(ciphertext: str) -> str:
+    """A ciphertext as it enters: surrounding whitespace is never part of one (a file's last
+    newline, a YAML block's), and crypto/ stays strict. ASCII whitespace only, the set files,
+    shells and editors add: no format holds anything else, and a value wrapped in Unicode
+    spaces came from rich text that may have changed its inside too, so it is refused."""
+    return ciphertext.strip(string.whitespace)
 
 
 class DecryptRequest(BaseModel):
@@ -181,7 +190,11 @@ def create_app(
 
     Caller = Annotated[str, Depends(caller)]
 
-    def undecryptable(identity: str) -> str:
+    def undecryptable(identity: str, exc: DecryptionError) -> str:
+        """What the caller is told: a shape fact as it is, anything a key decided as one
+        message (crypto.errors says why)."""
+        if isinstance(exc, MalformedCiphertext):
+            return str(exc)
         return (
             f"the data cannot be decrypted as {identity}; check that it was encrypted for this "
             "namespace and service account with this Kamus's key"
@@ -204,12 +217,13 @@ def create_app(
         return plaintext
 
     async def decrypt(body: DecryptRequest, request: Request, identity: Caller) -> Response:
-        annotate(request, format=str(classify(body.data)))
+        ciphertext = entered(body.data)
+        annotate(request, format=str(classify(ciphertext)))
         try:
-            plaintext = await open_value(body.data, identity)
+            plaintext = await open_value(ciphertext, identity)
         except DecryptionError as exc:
             annotate(request, reason=exc.reason)
-            raise ApiError(400, "undecryptable", undecryptable(identity)) from None
+            raise ApiError(400, "undecryptable", undecryptable(identity, exc)) from None
         except KeyManagerUnavailable as exc:
             raise key_manager_unavailable(request, exc, settings) from None
         return Response(plaintext, media_type="text/plain; charset=utf-8")
@@ -259,10 +273,10 @@ def create_app(
         async def one(ciphertext: str) -> BatchItem:
             async with slots:
                 try:
-                    plaintext = await open_value(ciphertext, identity)
+                    plaintext = await open_value(entered(ciphertext), identity)
                 except DecryptionError as exc:
                     reasons.append(exc.reason)
-                    return BatchItem(error=undecryptable(identity))
+                    return BatchItem(error=undecryptable(identity, exc))
             try:
                 return BatchItem(data=plaintext.decode("utf-8"))
             except UnicodeDecodeError:

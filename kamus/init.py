@@ -8,6 +8,7 @@ failure leaves no partial output. Secret values are never printed.
 import json
 import os
 import re
+import string
 import sys
 import tempfile
 import time
@@ -21,7 +22,14 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from kamus.client import ClientError, KamusClient, NetworkError, server_message, with_retries
+from kamus.client import (
+    ClientError,
+    KamusClient,
+    NetworkError,
+    server_message,
+    with_retries,
+    wrong_service,
+)
 from kamus.inputs import InputError, decode_text, json_document
 
 FORMATS = ("json", "cfg", "cfg-strict", "files", "custom", "env")
@@ -152,6 +160,9 @@ def _decrypt_one(client: KamusClient, headers: dict[str, str], path: Path, ciphe
     status, body = client.post("/api/v1/decrypt", {"data": ciphertext}, headers)
     if status == 503:
         raise _Unavailable(server_message(status, body))
+    if status == 404:
+        # Asked only once the batch API was found missing (404 or 405): not a decryptor at all.
+        raise wrong_service(client, "decryptor")
     if status != 200:
         raise InitError(
             f"cannot decrypt {path}: the server answered {status}: {server_message(status, body)}"
@@ -172,7 +183,9 @@ def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, st
         ) from None
     except InputError as exc:
         raise InitError(f"{exc}: that is no service account token") from None
-    ciphertexts = {name: _read_text(path) for name, path in files.items()}
+    # Surrounding whitespace is never part of a ciphertext (`kamus encrypt > file` ends the file
+    # with a newline); ASCII whitespace only, as at the decryptor.
+    ciphertexts = {name: _read_text(path).strip(string.whitespace) for name, path in files.items()}
     client = KamusClient(options.url, allow_insecure=True, ca_bundle=options.ca_bundle)
     headers = {"Authorization": f"Bearer {token}"}
     deadline = time.monotonic() + options.timeout

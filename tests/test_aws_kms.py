@@ -169,7 +169,7 @@ def test_legacy_reading_can_be_switched_off(
     create_kamus_key(aws_kms, alias)
     legacy = kamus_aws_ciphertext(aws_kms, alias, "old")
     manager = build(make_settings, KeyManagement__AllowLegacyCiphertexts="false")
-    with pytest.raises(DecryptionError, match="could not be decrypted"):
+    with pytest.raises(DecryptionError, match="reading legacy Kamus values is switched off"):
         run(manager.decrypt(legacy, "team-a:app"))
 
 

@@ -67,8 +67,10 @@ def test_each_item_fails_or_succeeds_on_its_own(
     )
     items = response.json()["items"]
     assert items["ok"] == {"data": "fine"}
+    # A value made for another identity and one that is no ciphertext at all are told apart.
+    assert items["theirs"]["error"].startswith("the data cannot be decrypted as team-a:app")
+    assert items["junk"]["error"].startswith("this is not a Kamus ciphertext: ")
     for name in ("theirs", "junk"):
-        assert items[name]["error"].startswith("the data cannot be decrypted as team-a:app")
         assert "data" not in items[name]
     assert "not yours" not in response.text
 

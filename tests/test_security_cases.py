@@ -66,8 +66,14 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def undecryptable(namespace: str, service_account: str) -> str:
-    """How every decryption failure starts, whatever its cause (no oracle)."""
+    """How every decryption failure a key decides starts, whatever its cause (no oracle)."""
     return f"the data cannot be decrypted as {namespace}:{service_account};"
+
+
+# How a value starts that its shape alone refuses, before any key is used.
+MALFORMED = "this is not a Kamus ciphertext: "
+# Mutations that keep the shape: only a key can refuse them, with the one message.
+WELL_SHAPED = ("last bit flipped", "another value's body", "another value's wrapped key")
 
 
 # -- both services in-process, for each provider ---------------------------------------------
@@ -167,12 +173,14 @@ def test_no_other_identity_decrypts_for_any_provider(kamus: Kamus) -> None:
     assert kamus.decrypt(ciphertext, *OWNER).text == SECRET
     for other in OTHERS:
         # Before the other identity has a key of its own (KMS providers create one on its first
-        # encrypt), and after: refused either way, with the answer garbage gets.
+        # encrypt), and after: refused either way, with the answer a forgery of the right shape
+        # gets (a value that is no ciphertext at all is told so: see MALFORMED).
         assert_refused(kamus.decrypt(ciphertext, *other), *other)
         own = kamus.encrypt(OTHER_SECRET, *other)
         refused = kamus.decrypt(ciphertext, *other)
         assert_refused(refused, *other)
-        assert refused.json() == kamus.decrypt("garbage", *other).json()
+        forged = mutations(ciphertext, own)["last bit flipped"]
+        assert refused.json() == kamus.decrypt(forged, *other).json()
         # A v2 batch fails that one item only; the caller's own value still opens.
         items = kamus.decrypt_batch({"own": own, "stolen": ciphertext}, *other)
         assert items["own"] == {"data": OTHER_SECRET}
@@ -254,18 +262,23 @@ def test_tampered_and_truncated_ciphertexts_are_400_for_any_provider(kamus: Kamu
     other = kamus.encrypt(OTHER_SECRET, *OWNER)
     cases = mutations(ciphertext, other)
     assert len(cases) >= 10
+
+    def answers(name: str) -> tuple[str, ...]:
+        refused = (undecryptable(*OWNER),)
+        return refused if name in WELL_SHAPED else (*refused, MALFORMED)
+
     for name, tampered in cases.items():
         assert tampered != ciphertext
         response = kamus.decrypt(tampered, *OWNER)
         assert response.status_code == 400, f"{name}: {response.status_code} {response.text}"
-        assert response.json()["detail"].startswith(undecryptable(*OWNER)), name
+        assert response.json()["detail"].startswith(answers(name)), name
         assert SECRET not in response.text
         assert OTHER_SECRET not in response.text
     items = kamus.decrypt_batch({**cases, "intact": ciphertext}, *OWNER)
     assert items.pop("intact") == {"data": SECRET}
     for name, item in items.items():
         assert set(item) == {"error"}, name
-        assert item["error"].startswith(undecryptable(*OWNER)), name
+        assert item["error"].startswith(answers(name)), name
 
 
 # -- limits, audiences, expiry and the TokenReview cache (local AES) -------------------------

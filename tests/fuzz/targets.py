@@ -5,8 +5,10 @@ target's ``check(text)`` runs one parser, or the AES provider's whole ``decrypt`
 and returns a short label of what happened. It raises (and so fails the fuzzer) when the contract
 breaks:
 
-* nothing but :class:`crypto.DecryptionError` escapes, always with the generic message and a
-  reason for the audit log;
+* nothing but :class:`crypto.DecryptionError` escapes, always with a reason for the audit log,
+  and with the generic message unless it is a :class:`crypto.MalformedCiphertext`: a fact of the
+  value's shape, never raised once a key was used (CBC, GCM, an unwrapped key) and the same
+  answer for every identity, so that it cannot be an oracle;
 * an authenticated value (a1, e1, and a Kamus raw value under a KMS key) opens only if it is
   exactly one of the values made here or committed under ``tests/vectors`` (or, against a KMS
   double, made by that KMS), for its own identity, to its own plaintext: a mutation never opens,
@@ -35,7 +37,15 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
-from crypto import AESKeyManager, CiphertextFormat, DecryptionError, classify, envelope, legacy
+from crypto import (
+    AESKeyManager,
+    CiphertextFormat,
+    DecryptionError,
+    MalformedCiphertext,
+    classify,
+    envelope,
+    legacy,
+)
 from crypto.encoding import b64_decode, b64url_decode, b64url_encode
 from crypto.formats import PREFIX
 from tests.test_vectors import A1 as A1_VECTORS
@@ -46,6 +56,9 @@ T = TypeVar("T")
 
 IDENTITY = "fuzz-ns:fuzz-sa"
 GENERIC_MESSAGE = "the ciphertext could not be decrypted for this service account"
+MALFORMED_PREFIX = "this is not a Kamus ciphertext: "
+# Another identity to ask: a shape fact must not depend on who asks.
+OTHER_IDENTITY = "fuzz-other:someone-else"
 KMS_NAMES = ("aws", "gcp", "azure")
 KEY_VERSION = re.compile(r"[A-Za-z0-9-]{0,64}")
 
@@ -257,8 +270,14 @@ class Target:
     check: Check
 
 
-def rejected_label(error: DecryptionError) -> str:
-    if str(error) != GENERIC_MESSAGE:
+def rejected_label(error: DecryptionError, *, after_key: bool = False) -> str:
+    """``after_key``: raised where a key was used, where only the generic message may be."""
+    if isinstance(error, MalformedCiphertext):
+        if after_key:
+            raise AssertionError(f"a failure after a key was used told apart: {error}")
+        if not str(error).startswith(MALFORMED_PREFIX) or not error.fact:
+            raise AssertionError(f"a MalformedCiphertext without its fact: {error}")
+    elif str(error) != GENERIC_MESSAGE:
         raise AssertionError(f"a DecryptionError with a specific message: {error}")
     if not error.reason:
         raise AssertionError("a DecryptionError without a reason for the audit log")
@@ -337,7 +356,7 @@ def check_envelope(text: str) -> str:
             try:
                 plaintext = envelope.open_sealed(sealed, data_key, sa_id)
             except DecryptionError as error:
-                rejected_label(error)
+                rejected_label(error, after_key=True)
                 continue
             # The wrapped key is not associated data (the KMS authenticates it), so with the
             # data key in hand any wrapped key opens; everything else must be as it was made.
@@ -376,7 +395,7 @@ def check_legacy(text: str) -> str:
                 legacy.cbc_decrypt(key, iv, body).decode("utf-8")
                 label = "opened"
             except DecryptionError as error:
-                rejected_label(error)
+                rejected_label(error, after_key=True)
     return label
 
 
@@ -401,6 +420,16 @@ def decrypt_check(
     def check(text: str, sa_id: str) -> str:
         try:
             plaintext = decrypt(text, sa_id)
+        except MalformedCiphertext as error:
+            try:
+                decrypt(text, OTHER_IDENTITY)
+            except DecryptionError as other:
+                if str(other) != str(error):
+                    msg = f"a shape fact that depends on the identity: {error}"
+                    raise AssertionError(msg) from None
+            else:
+                raise AssertionError(f"malformed for {sa_id}, yet it opened for another") from None
+            return rejected_label(error)
         except DecryptionError as error:
             return rejected_label(error)
         fmt = classify(text)
