@@ -28,6 +28,7 @@ _SETTING_PREFIXES = (
     "encryptor__",
     "decryptor__",
     "server__",
+    "controller__",
     "logging__",
     "activedirectory__",
     "aws_",

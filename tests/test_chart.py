@@ -19,6 +19,7 @@ import yaml
 
 from controller.app import NEEDED
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY
+from kamus import __version__
 from tests.conftest import new_key
 from tests.k8s_double import KubeApiDouble
 from tests.processes import deploy
@@ -331,7 +332,7 @@ def test_the_key_is_made_in_the_cluster_by_a_hook_job_with_narrow_rbac(
     assert pod["serviceAccountName"] == "kamus-key-secret"
     assert pod["restartPolicy"] == "Never"
     [container] = pod["containers"]
-    assert container["image"] == "ghcr.io/kamus-py/kamus-decryptor:0.1.0"
+    assert container["image"] == f"ghcr.io/kamus-py/kamus-decryptor:{__version__}"
     assert container["command"] == key_job_command(manifests)
     # The workloads mount the Secret the Job makes, by name.
     for name in ("kamus-encryptor", "kamus-decryptor", "kamus-controller"):
@@ -583,7 +584,7 @@ def test_the_controller_is_granted_everything_its_healthz_checks(
     deployment = named(manifests, "Deployment", "kamus-controller")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["kamus", "serve", "controller"]
-    assert container["image"].endswith("/kamus-decryptor:0.1.0")  # no third image
+    assert container["image"].endswith(f"/kamus-decryptor:{__version__}")  # no third image
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["Controller__ReconciliationIntervalInSeconds"] == "60"
 
