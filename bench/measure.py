@@ -21,7 +21,7 @@ import httpx
 
 from bench.load import Target, Throughput, closed_loop, open_loop, wrk
 from bench.services import KAMUS_PYTHON, ROOT, Service
-from kamus.init import InitOptions, run_init
+from kamus.cli.init import InitOptions, run_init
 from tests.k8s_double import Faults, KubeApiDouble
 
 NAMESPACE, SERVICE_ACCOUNT = "team-a", "app"

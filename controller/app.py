@@ -21,11 +21,11 @@ from kubernetes.aio.client.exceptions import ApiException
 from controller.controller import KamusSecretController
 from controller.reconcile import GROUP, PLURAL
 from crypto import KeyManager
-from kamus.kube import create_api_client
-from kamus.metrics import ControllerMetrics
-from kamus.providers import ConfigurationError, build_key_manager
-from kamus.settings import Settings
-from kamus.web import KamusApp, create_base_app
+from kamus.server.kube import create_api_client
+from kamus.server.metrics import ControllerMetrics
+from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.settings import Settings
+from kamus.server.web import KamusApp, create_base_app
 
 log = logging.getLogger(__name__)
 

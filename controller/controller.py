@@ -41,9 +41,9 @@ from controller import reconcile
 from controller.reconcile import GROUP, KIND, PLURAL, VERSION, Condition, Policy
 from crypto import DecryptionError, KeyManager, MalformedCiphertext
 from crypto.errors import KeyManagerUnavailable
-from kamus.logs import audit, log_fields
-from kamus.metrics import ControllerMetrics
-from kamus.settings import ControllerSettings
+from kamus.server.logs import audit, log_fields
+from kamus.server.metrics import ControllerMetrics
+from kamus.server.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

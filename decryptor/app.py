@@ -19,21 +19,21 @@ from pydantic import BaseModel, Field
 
 from crypto import DecryptionError, KeyManager, MalformedCiphertext, classify
 from crypto.errors import KeyManagerUnavailable
-from decryptor.auth import (
+from kamus.server.health import Dependency, WatchedKeyManager, readiness
+from kamus.server.identity import parse_service_account_user, sa_id
+from kamus.server.kube import create_api_client
+from kamus.server.kubeauth.cache import CachingAuthenticator
+from kamus.server.kubeauth.callers import TokenCheck, bearer, peer_address
+from kamus.server.kubeauth.reviews import (
     Authenticator,
     AuthUnavailable,
     StaticTokenFileAuthenticator,
     TokenReviewAuthenticator,
 )
-from decryptor.token_cache import CachingAuthenticator
-from kamus.callers import TokenCheck, bearer, peer_address
-from kamus.health import Dependency, WatchedKeyManager, readiness
-from kamus.identity import parse_service_account_user, sa_id
-from kamus.kube import create_api_client
-from kamus.metrics import Metrics
-from kamus.providers import ConfigurationError, build_key_manager
-from kamus.settings import Settings
-from kamus.web import (
+from kamus.server.metrics import Metrics
+from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.settings import Settings
+from kamus.server.web import (
     READINESS_RESPONSES,
     ApiError,
     BatchItem,

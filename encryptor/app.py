@@ -15,15 +15,15 @@ from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
 from encryptor.auth import EncryptorCallers
 from encryptor.fast import FastEncrypt
 from encryptor.models import BatchEncryptRequest, EncryptRequest
-from kamus.addresses import parse_networks
-from kamus.callers import Identity
-from kamus.health import WatchedKeyManager, readiness
-from kamus.identity import sa_id
-from kamus.metrics import Metrics
-from kamus.providers import ConfigurationError, build_key_manager
-from kamus.ratelimit import ClientRateLimiter, parse_limits
-from kamus.settings import Settings
-from kamus.web import (
+from kamus.server.addresses import parse_networks
+from kamus.server.health import WatchedKeyManager, readiness
+from kamus.server.identity import sa_id
+from kamus.server.kubeauth.callers import Identity
+from kamus.server.metrics import Metrics
+from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.ratelimit import ClientRateLimiter, parse_limits
+from kamus.server.settings import Settings
+from kamus.server.web import (
     READINESS_RESPONSES,
     ApiError,
     BatchItem,

@@ -12,8 +12,6 @@ there, so this adds no second permission model.
 The encryptor's service account then needs ``system:auth-delegator`` (the Helm chart binds it).
 """
 
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated
@@ -22,9 +20,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 if TYPE_CHECKING:
-    from decryptor.auth import TokenReviewAuthenticator
+    from kamus.server.kubeauth.reviews import TokenReviewAuthenticator
 
-from kamus.callers import (
+from kamus.server.health import Dependency
+from kamus.server.kubeauth.cache import TtlCache
+from kamus.server.kubeauth.callers import (
     Authenticator,
     AuthUnavailable,
     Identity,
@@ -32,10 +32,9 @@ from kamus.callers import (
     bearer,
     peer_address,
 )
-from kamus.health import Dependency
-from kamus.metrics import Metrics
-from kamus.settings import Settings
-from kamus.web import ApiError, annotate
+from kamus.server.metrics import Metrics
+from kamus.server.settings import Settings
+from kamus.server.web import ApiError, annotate
 
 USER_TOKEN = bearer(
     "KubernetesToken",
@@ -85,7 +84,7 @@ class EncryptorCallers:
         self._reviews: TokenReviewAuthenticator | None = None
         self._tokens: Authenticator | None = None
         # Without it a `kamus seal` of 50 Secrets asked RBAC 50 times the same question.
-        self._allowed: OrderedDict[tuple[Identity, str], float] = OrderedDict()
+        self._allowed: TtlCache[tuple[Identity, str], bool] = TtlCache(ALLOWED_CACHE_SIZE)
         self._allowed_seconds = settings.encryptor.authorization_cache_seconds
         self.kubernetes = Dependency("kubernetes", self._apiserver_answers, metrics.dependency_up)
         self._check = TokenCheck(
@@ -106,9 +105,9 @@ class EncryptorCallers:
             yield
             return
         # Only now: the Kubernetes client is heavy, and unused with authentication off.
-        from decryptor.auth import TokenReviewAuthenticator
-        from decryptor.token_cache import CachingAuthenticator
-        from kamus.kube import create_api_client
+        from kamus.server.kube import create_api_client
+        from kamus.server.kubeauth.cache import CachingAuthenticator
+        from kamus.server.kubeauth.reviews import TokenReviewAuthenticator
 
         kube = self._settings.kubernetes
         self._reviews = TokenReviewAuthenticator(
@@ -167,9 +166,7 @@ class EncryptorCallers:
         if caller is None or self._reviews is None:
             return
         key = (caller, namespace)
-        now = time.monotonic()
-        if self._allowed.get(key, 0.0) > now:
-            self._allowed.move_to_end(key)
+        if self._allowed.get(key):
             return
         try:
             allowed = await self._reviews.may(
@@ -177,11 +174,6 @@ class EncryptorCallers:
             )
         except AuthUnavailable as exc:
             raise self._check.unavailable(request, exc) from None
-        if allowed and self._allowed_seconds > 0:
-            self._allowed[key] = now + self._allowed_seconds
-            self._allowed.move_to_end(key)
-            while len(self._allowed) > ALLOWED_CACHE_SIZE:
-                self._allowed.popitem(last=False)
         if not allowed:
             annotate(request, reason="RBAC does not allow creating kamussecrets there")
             raise ApiError(
@@ -191,3 +183,4 @@ class EncryptorCallers:
                 "must allow it to create kamussecrets.soluto.com there (a Role and RoleBinding "
                 "in that namespace; see docs/errors.md)",
             )
+        self._allowed.put(key, True, self._allowed_seconds)

@@ -26,8 +26,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from encryptor.models import EncryptRequest
-from kamus.metrics import Metrics
-from kamus.web import audit_request, http_error_response
+from kamus.server.metrics import Metrics
+from kamus.server.web import audit_request, http_error_response
 
 Handler = Callable[[Request, EncryptRequest], Awaitable[str]]
 

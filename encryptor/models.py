@@ -4,8 +4,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from kamus.identity import Namespace, ServiceAccountName
-from kamus.web import BatchItems
+from kamus.server.identity import Namespace, ServiceAccountName
+from kamus.server.web import BatchItems
 
 
 def _utf8_text(value: str) -> str:

@@ -1,4 +1,5 @@
-"""The ``kamus`` command and the runtime the services share (settings, logs, metrics, clients)."""
+"""Kamus in Python: the ``kamus`` command (``kamus.cli``) and the runtime the services share
+(``kamus.server``)."""
 
 import importlib.util
 import sys

@@ -1,3 +1,3 @@
-from kamus.cli import main
+from kamus.cli.main import main
 
 main()

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import pytest
 from fastapi.testclient import TestClient
 
-from kamus.settings import Settings
+from kamus.server.settings import Settings
 from tests import leaks
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble

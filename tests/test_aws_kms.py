@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from crypto import DecryptionError
 from crypto.aws import AwsKmsKeyManager
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
-from kamus.metrics import Metrics
-from kamus.providers import ConfigurationError, build_key_manager
+from kamus.server.metrics import Metrics
+from kamus.server.providers import ConfigurationError, build_key_manager
 from tests.conftest import SettingsFactory
 from tests.kms_doubles.aws import THROTTLED, AwsKmsDouble, failing
 from tests.servers import Faults

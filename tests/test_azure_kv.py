@@ -16,8 +16,8 @@ from crypto import DecryptionError
 from crypto.azure import AzureKeyVaultKeyManager
 from crypto.encoding import b64url_encode
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
-from kamus.metrics import Metrics
-from kamus.providers import ConfigurationError, build_key_manager
+from kamus.server.metrics import Metrics
+from kamus.server.providers import ConfigurationError, build_key_manager
 from tests.conftest import SettingsFactory
 from tests.kms_doubles.azure import KeyVaultDouble, throttled
 from tests.servers import Faults

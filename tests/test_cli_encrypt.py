@@ -24,8 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crypto import AESKeyManager
 from encryptor.app import create_app
-from kamus.cli import main
-from kamus.settings import Settings
+from kamus.cli.main import main
+from kamus.server.settings import Settings
 from tests.k8s_double import KubeApiDouble
 from tests.servers import ThreadedServer
 

@@ -8,7 +8,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from kamus.cli import DEFAULT_PORTS, main
+from kamus.cli.main import main
+from kamus.server import asgi
+from kamus.server.services import SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = sorted(main.commands)
@@ -49,13 +51,22 @@ def test_the_commands_people_type_show_examples(name: str) -> None:
 
 
 def test_each_service_has_its_own_default_port_as_in_the_images_and_the_chart() -> None:
-    assert len(set(DEFAULT_PORTS.values())) == len(DEFAULT_PORTS)
+    ports = {service.name: service.default_port for service in SERVICES.values()}
+    assert len(set(ports.values())) == len(ports)
     for service in ("encryptor", "decryptor"):
         dockerfile = (ROOT / f"Dockerfile.{service}").read_text()
-        port = DEFAULT_PORTS[service]
+        port = ports[service]
         assert f'"--port", "{port}"]' in dockerfile
         assert f"EXPOSE {port}\n" in dockerfile
-    for service, port in DEFAULT_PORTS.items():
+    for service, port in ports.items():
         template = (ROOT / f"deploy/helm/kamus/templates/{service}.yaml").read_text()
         assert f'"port" {port} ' in template
     assert "9091 for the decryptor" in help_text("serve")
+
+
+def test_kamus_serve_and_the_worker_factories_start_the_same_registry() -> None:
+    """``kamus serve --workers N`` hands uvicorn ``kamus.server.asgi:<name>``: one factory for
+    each service that may run several workers, and none for one that may not."""
+    assert set(main.commands["serve"].params[0].type.choices) == set(SERVICES)  # type: ignore[attr-defined]
+    for name, service in SERVICES.items():
+        assert hasattr(asgi, name) == service.multi_worker, name

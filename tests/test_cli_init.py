@@ -15,8 +15,8 @@ from click.testing import CliRunner, Result
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from kamus.cli import main
-from kamus.init import env_name
+from kamus.cli.init import env_name
+from kamus.cli.main import main
 from tests.servers import ThreadedServer
 
 TOKEN = "pod-token"

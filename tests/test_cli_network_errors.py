@@ -24,8 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from crypto import AESKeyManager
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
-from kamus.client import KamusClient, NetworkError, wrong_service
-from kamus.settings import Settings
+from kamus.cli.client import KamusClient, NetworkError, wrong_service
+from kamus.server.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.k8s_double import KubeApiDouble
 from tests.servers import ThreadedServer
@@ -376,7 +376,7 @@ def test_a_server_that_never_answers_times_out_with_a_hint(silent: int, scheme: 
 def test_init_given_another_service_is_told_which(
     request: pytest.FixtureRequest, target: str, looks: str, ca_file: str
 ) -> None:
-    """What kamus/init.py raises when /api/v1/decrypt answers 404."""
+    """What kamus/cli/init.py raises when /api/v1/decrypt answers 404."""
     server: Target = request.getfixturevalue(target)
     with KamusClient(server.url, allow_insecure=True, ca_bundle=ca_file) as client:
         status, _ = client.post("/api/v1/decrypt", {"data": "x"}, {"Authorization": "Bearer t"})

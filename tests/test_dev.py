@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kamus.dev import DevError, _Child, _wait_ready
+from kamus.cli.dev import DevError, _Child, _wait_ready
 from tests.processes import ignoring_sigint, spawn, stop
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from controller.app import create_app as create_controller
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
-from kamus.settings import Settings
+from kamus.server.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.servers import ThreadedServer
 

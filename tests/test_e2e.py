@@ -252,7 +252,7 @@ def test_past_max_connections_new_requests_get_503(kube_api: KubeApiDouble, tmp_
             thread.start()
         while kube_api.received < before + 2:
             threading.Event().wait(0.01)
-        # Not /healthz: the probes are exempt (kamus/http.py).
+        # Not /healthz: the probes are exempt (kamus/server/http.py).
         refused = httpx.get(f"{deployment.decryptor.url}/metrics", timeout=5)
         for thread in threads:
             thread.join(timeout=15)

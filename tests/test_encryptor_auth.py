@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from encryptor.app import create_app
-from kamus.cli import main
+from kamus.cli.main import main
 from tests.conftest import SettingsFactory, new_key
 from tests.k8s_double import KubeApiDouble
 from tests.processes import kamus_serve

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from decryptor.fair_share import FairShare, NoSlot
+from kamus.server.kubeauth.fair_share import FairShare, NoSlot
 
 
 class Holders:

@@ -23,8 +23,8 @@ from starlette.types import Message
 from crypto.aes import AESKeyManager
 from encryptor.app import create_app
 from encryptor.fast import FastEncrypt
-from kamus.settings import Settings
-from kamus.web import KamusApp
+from kamus.server.settings import Settings
+from kamus.server.web import KamusApp
 from tests import leaks
 from tests.conftest import SettingsFactory
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from crypto.errors import KeyManagerUnavailable
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
-from kamus.providers import build_key_manager
+from kamus.server.providers import build_key_manager
 from tests import leaks
 from tests.conftest import SettingsFactory
 from tests.k8s_double import Faults, KubeApiDouble

@@ -64,7 +64,7 @@ from crypto import (
 )
 from crypto.aws import CONTEXT_KEY, MAX_CIPHERTEXT_BLOB
 from crypto.encoding import b64_decode, b64url_decode, b64url_encode
-from kamus.providers import build_key_manager
+from kamus.server.providers import build_key_manager
 from tests.conftest import SettingsFactory
 from tests.fuzz import targets
 from tests.fuzz.atheris_parsers import write_seeds

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from crypto import DecryptionError
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
 from crypto.gcp import GoogleKmsKeyManager
-from kamus.cloud import parse_rotation_period
-from kamus.metrics import Metrics
-from kamus.providers import ConfigurationError, build_key_manager
+from kamus.server.cloud import parse_rotation_period
+from kamus.server.metrics import Metrics
+from kamus.server.providers import ConfigurationError, build_key_manager
 from tests.conftest import SettingsFactory
 from tests.kms_doubles.gcp import CloudKmsDouble, error_body
 from tests.servers import Faults

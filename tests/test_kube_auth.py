@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from decryptor.auth import (
+from kamus.server.kube import create_api_client
+from kamus.server.kubeauth.reviews import (
     AuthBusy,
     AuthUnavailable,
     NotAuthenticated,
     StaticTokenFileAuthenticator,
     TokenReviewAuthenticator,
 )
-from kamus.kube import create_api_client
-from kamus.providers import ConfigurationError
-from kamus.settings import KubernetesSettings
+from kamus.server.providers import ConfigurationError
+from kamus.server.settings import KubernetesSettings
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.leaks import register
 

@@ -1,5 +1,5 @@
-"""kamus/logs.py: the JSON lines the services write, the audit line written without a LogRecord,
-and the handler that writes a loop iteration's lines together."""
+"""kamus/server/logs.py: the JSON lines the services write, the audit line written without a
+LogRecord, and the handler that writes a loop iteration's lines together."""
 
 import asyncio
 import io
@@ -12,7 +12,7 @@ from unittest.mock import patch
 
 import pytest
 
-from kamus.logs import AUDIT_LOGGER, JsonLinesHandler, audit, configure_logging, log_fields
+from kamus.server.logs import AUDIT_LOGGER, JsonLinesHandler, audit, configure_logging, log_fields
 
 
 class Stream(io.StringIO):

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
-from kamus.web import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX, PROBLEMS, Problem
+from kamus.server.web import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX, PROBLEMS, Problem
 from tests.conftest import SettingsFactory
 from tests.k8s_double import KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble

@@ -7,10 +7,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from encryptor.app import create_app
-from kamus.addresses import client_key
-from kamus.providers import ConfigurationError
-from kamus.ratelimit import TokenBuckets, parse_limits
-from kamus.web import PROBLEM_MEDIA_TYPE
+from kamus.server.addresses import client_key
+from kamus.server.providers import ConfigurationError
+from kamus.server.ratelimit import TokenBuckets, parse_limits
+from kamus.server.web import PROBLEM_MEDIA_TYPE
 from tests.conftest import SettingsFactory, audit_events
 
 V1 = {"data": "s3cr3t", "service-account": "app", "namespace": "team-a"}

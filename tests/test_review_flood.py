@@ -18,11 +18,11 @@ from fastapi import FastAPI
 
 from crypto import AESKeyManager
 from decryptor.app import create_app as create_decryptor
-from decryptor.auth import TokenReviewAuthenticator
 from encryptor.app import create_app as create_encryptor
-from kamus.identity import sa_id
-from kamus.kube import create_api_client
-from kamus.settings import KubernetesSettings
+from kamus.server.identity import sa_id
+from kamus.server.kube import create_api_client
+from kamus.server.kubeauth.reviews import TokenReviewAuthenticator
+from kamus.server.settings import KubernetesSettings
 from tests.conftest import SettingsFactory, new_key
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.leaks import register

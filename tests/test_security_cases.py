@@ -36,12 +36,12 @@ from fastapi.testclient import TestClient
 
 from crypto import AESKeyManager
 from decryptor.app import create_app as create_decryptor
-from decryptor.auth import TokenReviewAuthenticator
-from decryptor.token_cache import CachingAuthenticator, Lookup
 from encryptor.app import create_app as create_encryptor
-from kamus.cli import main
-from kamus.kube import create_api_client
-from kamus.settings import KubernetesSettings, Settings
+from kamus.cli.main import main
+from kamus.server.kube import create_api_client
+from kamus.server.kubeauth.cache import CachingAuthenticator, Lookup
+from kamus.server.kubeauth.reviews import TokenReviewAuthenticator
+from kamus.server.settings import KubernetesSettings, Settings
 from tests import leaks
 from tests.conftest import SettingsFactory, new_key
 from tests.k8s_double import Faults, KubeApiDouble

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY, AESKeyManager
-from kamus.cli import main
-from kamus.providers import ConfigurationError, build_key_manager
-from kamus.settings import Settings
+from kamus.cli.main import main
+from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.settings import Settings
 from tests.conftest import new_key
 
 

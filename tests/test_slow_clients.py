@@ -1,5 +1,5 @@
-"""Slow and greedy clients against real ``kamus serve`` processes (kamus/http.py): a body must
-arrive within Server__BodyTimeoutSeconds, one address may hold only
+"""Slow and greedy clients against real ``kamus serve`` processes (kamus/server/http.py): a body
+must arrive within Server__BodyTimeoutSeconds, one address may hold only
 Server__MaxConnectionsPerClient connections (Encryptor__TrustedProxies excepted), and the health
 probes answer while a flood fills Server__MaxConnections.
 

@@ -10,7 +10,7 @@ import pytest
 import trustme
 from click.testing import CliRunner
 
-from kamus.cli import main
+from kamus.cli.main import main
 from tests.conftest import new_key
 from tests.processes import kamus_serve
 

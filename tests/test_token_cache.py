@@ -11,10 +11,20 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from decryptor.auth import AuthUnavailable, NotAuthenticated, TokenReviewAuthenticator
-from decryptor.token_cache import CachingAuthenticator, Lookup, cache_key, token_expiry
-from kamus.kube import create_api_client
-from kamus.settings import KubernetesSettings
+from kamus.server.kube import create_api_client
+from kamus.server.kubeauth.cache import (
+    CachingAuthenticator,
+    Lookup,
+    TtlCache,
+    cache_key,
+    token_expiry,
+)
+from kamus.server.kubeauth.reviews import (
+    AuthUnavailable,
+    NotAuthenticated,
+    TokenReviewAuthenticator,
+)
+from kamus.server.settings import KubernetesSettings
 from tests.conftest import SettingsFactory
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.leaks import register
@@ -301,3 +311,22 @@ def test_the_cache_can_be_turned_off(
             )
             assert answer.status_code == 400  # authenticated; "x" is not a ciphertext
     assert len(kube_api.reviews) == 3
+
+
+def test_the_ttl_cache_forgets_at_the_deadline_and_drops_the_least_recently_used() -> None:
+    now = [0.0]
+    cache: TtlCache[str, int] = TtlCache(max_entries=2, clock=lambda: now[0])
+    cache.put("a", 1, ttl_seconds=10)
+    cache.put("b", 2, ttl_seconds=5)
+    cache.put("never", 3, ttl_seconds=0)  # nothing to keep
+    assert cache.get("a") == 1  # now the most recently used
+    cache.put("c", 3, ttl_seconds=10)  # over the bound: "b" goes, not "a"
+    assert (cache.get("b"), cache.get("a"), cache.get("c"), cache.get("never")) == (
+        None,
+        1,
+        3,
+        None,
+    )
+    now[0] = 10.0
+    assert cache.get("a") is None  # at its deadline
+    assert len(cache) == 1

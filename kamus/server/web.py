@@ -14,10 +14,10 @@ from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from crypto.errors import KeyManagerUnavailable
 from kamus import __version__
-from kamus.docs_ui import add_docs
-from kamus.logs import audit
-from kamus.metrics import Metrics, MetricsMiddleware
-from kamus.settings import Settings
+from kamus.server.docs_ui import add_docs
+from kamus.server.logs import audit
+from kamus.server.metrics import Metrics, MetricsMiddleware
+from kamus.server.settings import Settings
 
 _AUDIT_SCOPE_KEY = "kamus.audit"
 
@@ -380,7 +380,8 @@ def create_base_app(
         # request (their check read the environment three times on every request).
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         # FastAPI's pages load Swagger UI and ReDoc from a CDN, and run inline scripts: /docs is
-        # served from this package instead (kamus/docs_ui.py), ReDoc and the OAuth2 page not at all.
+        # served from this package instead (kamus/server/docs_ui.py), ReDoc and the OAuth2 page
+        # not at all.
         docs_url=None,
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,

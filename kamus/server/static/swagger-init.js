@@ -1,4 +1,4 @@
-// Starts Swagger UI on /docs (kamus/docs_ui.py). A file, not an inline script, so that the page's
+// Starts Swagger UI on /docs (kamus/server/docs_ui.py). A file, not an inline script, so that the page's
 // Content-Security-Policy can refuse every inline script. The options are FastAPI's defaults, with
 // the online validator off: its badge is an image from validator.swagger.io, another origin.
 "use strict";

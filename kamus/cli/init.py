@@ -22,7 +22,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from kamus.client import (
+from kamus.cli.client import (
     ClientError,
     KamusClient,
     NetworkError,
@@ -30,7 +30,7 @@ from kamus.client import (
     with_retries,
     wrong_service,
 )
-from kamus.inputs import InputError, decode_text, json_document
+from kamus.cli.inputs import InputError, decode_text, json_document
 
 FORMATS = ("json", "cfg", "cfg-strict", "files", "custom", "env")
 TEMPLATE_FILE = "template.j2"

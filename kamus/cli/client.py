@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from kamus import __version__
-from kamus.tokens import unverified_jwt_claims
+from kamus.server.tokens import unverified_jwt_claims
 
 T = TypeVar("T")
 
@@ -538,7 +538,7 @@ def post_within_rate_limit(
     """POST, waiting and retrying while the encryptor answers 429 with a Retry-After in seconds.
 
     The encryptor counts values: it admits a batch larger than its per-second limit when the
-    client's budget is full, and the next batch must wait off that debt (kamus/ratelimit.py).
+    client's budget is full, and the next batch must wait off that debt (kamus/server/ratelimit.py).
     """
     deadline = time.monotonic() + RATE_LIMIT_PATIENCE
     while True:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from kamus.client import FailureKind, failure_kind, failure_reason
+from kamus.cli.client import FailureKind, failure_kind, failure_reason
 
 # The Kubernetes client loads only when the command runs: every `kamus` command, `kamus init` at
 # each pod start included, imports this module.
@@ -119,9 +119,9 @@ async def ensure_key_secret(name: str, namespace: str) -> tuple[Outcome, str]:
     from kubernetes.aio.client.exceptions import ApiException
 
     from crypto.aes import key_id
-    from kamus.cli import load_settings
-    from kamus.kube import create_api_client
-    from kamus.providers import ConfigurationError
+    from kamus.cli.main import load_settings
+    from kamus.server.kube import create_api_client
+    from kamus.server.providers import ConfigurationError
 
     settings = load_settings().kubernetes
     where = f"{namespace}/{name}"
@@ -161,7 +161,7 @@ async def ensure_key_secret(name: str, namespace: str) -> tuple[Outcome, str]:
 
 
 def _configured_by(proxy_url: str | None) -> str:
-    """Where the apiserver's URL, CA and credentials came from (kamus/kube.py's order)."""
+    """Where the apiserver's URL, CA and credentials came from (kamus/server/kube.py's order)."""
     from kubernetes.aio.config.incluster_config import SERVICE_HOST_ENV_NAME
 
     if proxy_url:

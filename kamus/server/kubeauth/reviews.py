@@ -3,8 +3,8 @@
 Two authenticators share one small interface:
 
 * :class:`TokenReviewAuthenticator`, the product: asks kube-apiserver, with the official asyncio
-  client, bounded concurrency shared fairly between client addresses (decryptor/fair_share.py)
-  and a timeout on every call.
+  client, bounded concurrency shared fairly between client addresses (fair_share.py) and a
+  timeout on every call.
 * :class:`StaticTokenFileAuthenticator`, for a laptop without a cluster: kube-apiserver's
   ``--token-auth-file`` CSV format. Never used by the Helm chart.
 
@@ -39,8 +39,14 @@ from kubernetes.aio.client import (
 from kubernetes.aio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from decryptor.fair_share import FairShare, NoSlot
-from kamus.callers import AuthBusy, Authenticator, AuthUnavailable, Identity, NotAuthenticated
+from kamus.server.kubeauth.callers import (
+    AuthBusy,
+    Authenticator,
+    AuthUnavailable,
+    Identity,
+    NotAuthenticated,
+)
+from kamus.server.kubeauth.fair_share import FairShare, NoSlot
 
 __all__ = [
     "AuthBusy",

@@ -6,28 +6,27 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import click
 
 from kamus import __version__
-from kamus.client import ClientError, UsageError
-from kamus.keysecret import create_key_secret
-from kamus.logs import configure_logging
+from kamus.cli.client import ClientError, UsageError
+from kamus.cli.keysecret import create_key_secret
+from kamus.server.logs import configure_logging
+from kamus.server.services import NAMES, SERVICES, Service, ServiceName
 
 if TYPE_CHECKING:
-    from kamus.settings import Settings
+    from kamus.server.settings import Settings
 
 # The service modules (settings, providers, FastAPI) load only in `kamus serve`: `kamus init`
 # runs at every pod start, and importing them cost it more time than decrypting.
-
-Service = Literal["encryptor", "decryptor", "controller"]
 
 
 def load_settings() -> "Settings":
     from pydantic import ValidationError
 
-    from kamus.settings import Settings
+    from kamus.server.settings import Settings
 
     try:
         return Settings()
@@ -39,7 +38,7 @@ def load_settings() -> "Settings":
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:
     """The environment name of a setting from a pydantic error location."""
-    from kamus.settings import Settings
+    from kamus.server.settings import Settings
 
     parts = [str(part) for part in loc]
     field = Settings.model_fields.get(parts[0]) if parts else None
@@ -65,12 +64,8 @@ def main() -> None:
 main.add_command(create_key_secret)
 
 
-# As the images and the chart run them, so that two on one machine do not collide.
-DEFAULT_PORTS: dict[Service, int] = {"encryptor": 9090, "decryptor": 9091, "controller": 9092}
-
-
 @main.command(short_help="Run the encryptor, the decryptor or the controller.")
-@click.argument("service", type=click.Choice(["encryptor", "decryptor", "controller"]))
+@click.argument("service", type=click.Choice(NAMES))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -83,7 +78,7 @@ DEFAULT_PORTS: dict[Service, int] = {"encryptor": 9090, "decryptor": 9091, "cont
     type=click.IntRange(1, 64),
     help="Worker processes for the encryptor or the decryptor (default: Server__Workers, 1).",
 )
-def serve(service: Service, host: str, port: int | None, workers: int | None) -> None:
+def serve(service: ServiceName, host: str, port: int | None, workers: int | None) -> None:
     """Run the encryptor, the decryptor or the controller, configured from the environment
     (Kamus's setting names: README.md, Settings).
 
@@ -94,33 +89,22 @@ def serve(service: Service, host: str, port: int | None, workers: int | None) ->
     """
     import uvicorn
 
-    from kamus.providers import ConfigurationError
-    from kamus.tls import TlsReloader
+    from kamus.server.providers import ConfigurationError
+    from kamus.server.tls import TlsReloader
 
     restore_stop_signals()
     settings = load_settings()
     configure_logging(settings.logging.level)
     workers = workers or settings.server.workers
-    if service == "controller" and workers > 1:
+    spec = SERVICES[service]
+    if workers > 1 and not spec.multi_worker:
         raise click.ClickException(
-            "the controller runs in one process; run more replicas instead (leader election)"
+            f"the {service} runs in one process; run more replicas instead (leader election)"
         )
     try:
-        # Import only the service being started: the public encryptor process must never even
-        # load the decryption endpoint. Built here even for several workers, so a configuration
-        # error stops the command before any worker starts.
-        if service == "encryptor":
-            from encryptor.app import create_app as create_encryptor
-
-            app = create_encryptor(settings)
-        elif service == "decryptor":
-            from decryptor.app import create_app as create_decryptor
-
-            app = create_decryptor(settings)
-        else:
-            from controller.app import create_app as create_controller
-
-            app = create_controller(settings)
+        # Built here even for several workers, so that a configuration error stops the command
+        # before any worker starts.
+        app = spec.create_app(settings)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     tls = settings.server
@@ -133,11 +117,11 @@ def serve(service: Service, host: str, port: int | None, workers: int | None) ->
             raise click.ClickException(f"{name}: {path} cannot be read")
     uvicorn.run(
         # Several workers need an import string: each process builds its own app.
-        app if workers == 1 else f"kamus.asgi:{service}",
+        app if workers == 1 else f"kamus.server.asgi:{service}",
         factory=workers > 1,
         workers=workers,
         host=host,
-        port=DEFAULT_PORTS[service] if port is None else port,
+        port=spec.default_port if port is None else port,
         ssl_certfile=tls.tls_cert_file,
         ssl_keyfile=tls.tls_key_file,
         ssl_ca_certs=str(tls.tls_client_ca_file) if tls.tls_client_ca_file else None,
@@ -155,7 +139,7 @@ def serve(service: Service, host: str, port: int | None, workers: int | None) ->
         ),
         # uvloop when installed; httptools (a dependency) with deadlines for slow clients.
         loop="auto",
-        http=_http_protocol(service),
+        http=_http_protocol(spec),
         timeout_graceful_shutdown=settings.server.shutdown_timeout_seconds,
         limit_concurrency=settings.server.max_connections,
         log_config=None,
@@ -165,15 +149,13 @@ def serve(service: Service, host: str, port: int | None, workers: int | None) ->
     )
 
 
-def _http_protocol(service: Service) -> str:
-    """kamus/http.py's protocol where httptools is installed, else uvicorn's own choice."""
+def _http_protocol(spec: Service) -> str:
+    """kamus/server/http.py's protocol where httptools is installed, else uvicorn's own choice."""
     import importlib.util
 
     if not importlib.util.find_spec("httptools"):
         return "auto"
-    # Only the encryptor has trusted proxies (Encryptor__TrustedProxies).
-    name = "EncryptorProtocol" if service == "encryptor" else "SlowClientProtocol"
-    return f"kamus.http:{name}"
+    return f"kamus.server.http:{spec.http_protocol}"
 
 
 @main.command(short_help="Exit 0 if the local service answers (HEALTHCHECK).")
@@ -245,7 +227,7 @@ def healthcheck(url: str, timeout: float) -> None:
 def dev(state_dir: str, encryptor_port: int, decryptor_port: int) -> None:
     """Run both services on 127.0.0.1 with a generated key and a static token file, for a
     try-out on one machine (never in a cluster). Ctrl-C stops both."""
-    from kamus.dev import run_dev
+    from kamus.cli.dev import run_dev
 
     restore_stop_signals()
     sys.exit(run_dev(state_dir, encryptor_port, decryptor_port))
@@ -262,7 +244,7 @@ def _fail(error: ClientError) -> NoReturn:
 def _secret_text(secret: str | None, secret_file: str | None, encoding: str) -> str:
     if (secret is None) == (secret_file is None):
         raise UsageError("give exactly one of --secret and --secret-file ('-' reads stdin)")
-    from kamus.inputs import decode_text
+    from kamus.cli.inputs import decode_text
 
     if "-" in (secret, secret_file):
         return decode_text(sys.stdin.buffer.read(), "stdin", encoding)
@@ -301,7 +283,7 @@ def _user_token(
 ) -> str | None:
     """The caller's token for an encryptor that authenticates callers, after refusing to send
     one over plain http; warnings go to stderr."""
-    from kamus.client import (
+    from kamus.cli.client import (
         kubeconfig_token,
         read_token_file,
         token_audience_warning,
@@ -446,7 +428,7 @@ def encrypt(
       printf %s "$PASSWORD" | kamus encrypt -s - -a my-app -n team-a -u "$KAMUS_URL"
       kamus encrypt -f tls.key -a my-app -n team-a -u "$KAMUS_URL" -o tls.key.enc
     """
-    from kamus.client import KamusClient, encrypt_one
+    from kamus.cli.client import KamusClient, encrypt_one
 
     quiet = log_level.lower() in ("warn", "error")
     try:
@@ -523,9 +505,9 @@ def seal(
       kubectl create secret generic db --from-literal=password=s3cr3t --dry-run=client \\
         -o yaml | kamus seal -a my-app -n team-a -u "$KAMUS_URL" --format configmap
     """
-    from kamus.client import KamusClient, encrypt_values
-    from kamus.inputs import decode_text
-    from kamus.seal import seal_documents
+    from kamus.cli.client import KamusClient, encrypt_values
+    from kamus.cli.inputs import decode_text
+    from kamus.cli.seal import seal_documents
 
     name = str(getattr(manifest, "name", "-"))
     source = "stdin" if name in ("-", "<stdin>") else name
@@ -628,7 +610,7 @@ def init(
       kamus init -e /encrypted -d /secrets -n config.json --kamus-url http://kamus-decryptor
       kamus init -e /encrypted,/more -d /secrets -f files --kamus-url "$KAMUS_URL"
     """
-    from kamus.init import DEFAULT_TOKEN_FILE, InitOptions, run_init
+    from kamus.cli.init import DEFAULT_TOKEN_FILE, InitOptions, run_init
 
     try:
         try:

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY, AESKeyManager, KeyManager
 from crypto.aes import KEY_SIZES
 from crypto.kms import KmsObserver
-from kamus.settings import AESSettings, Settings, read_secret
+from kamus.server.settings import AESSettings, Settings, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -
     if km.provider == "AESKey":
         return _build_aes(km.aes)
     # Imported here: an AES deployment never loads the cloud SDKs.
-    from kamus import cloud
+    from kamus.server import cloud
 
     builders: dict[str, Callable[[Settings, KmsObserver | None], KeyManager]] = {
         "AwsKms": cloud.build_aws,

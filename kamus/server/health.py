@@ -17,7 +17,7 @@ from prometheus_client import Gauge
 
 from crypto import KeyManager
 from crypto.errors import KeyManagerUnavailable
-from kamus.metrics import Metrics
+from kamus.server.metrics import Metrics
 
 T = TypeVar("T")
 

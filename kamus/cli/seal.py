@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from kamus.client import UsageError
-from kamus.inputs import yaml_documents
+from kamus.cli.client import UsageError
+from kamus.cli.inputs import yaml_documents
 
 # Server-set or tool-set metadata that must not travel into git.
 _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)

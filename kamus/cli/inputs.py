@@ -10,7 +10,7 @@ dropped.
 import json
 from typing import Any
 
-from kamus.client import UsageError
+from kamus.cli.client import UsageError
 
 
 class InputError(UsageError):

@@ -37,10 +37,10 @@ import time
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from kamus.addresses import Network, client_key, is_in, parse_networks
-from kamus.settings import ServerSettings, Settings
+from kamus.server.addresses import Network, client_key, is_in, parse_networks
+from kamus.server.settings import ServerSettings, Settings
 
-log = logging.getLogger("kamus.http")
+log = logging.getLogger("kamus.server.http")
 
 # What the kubelet probes (deploy/helm), exactly: a query string or an encoding is no probe.
 _PROBES = frozenset({b"/healthz", b"/readyz", b"/api/v1/isAlive"})

@@ -10,8 +10,8 @@ rollout does the same at once. With it:
   becomes valid (a clock-skewed ``nbf``) is not refused for long, and garbage cannot fill the cache;
 * concurrent requests with the same token from the same client address share one TokenReview
   (single flight). Not across addresses: the review waits in its client's queue for a slot
-  (decryptor/fair_share.py), and a request joining a review queued behind a flood from another
-  address would wait as long as that flood's own requests;
+  (fair_share.py), and a request joining a review queued behind a flood from another address
+  would wait as long as that flood's own requests;
 * entries are keyed by SHA-256 of the token and the audiences, so the cache holds no token, and
   bounded in number (least recently used goes first).
 
@@ -23,13 +23,51 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Hashable, Sequence
+from typing import Generic, Literal, TypeVar
 
-from kamus.callers import Authenticator, Identity
-from kamus.tokens import unverified_jwt_claims
+from kamus.server.kubeauth.callers import Authenticator, Identity
+from kamus.server.tokens import unverified_jwt_claims
 
 Lookup = Literal["hit", "miss", "coalesced"]
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """Answers kept until their own deadline, at most ``max_entries`` of them: the least
+    recently used goes first. Used for the accepted tokens here and for the encryptor's RBAC
+    answers (encryptor/auth.py)."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: K, value: V, ttl_seconds: float) -> None:
+        """Keep ``value`` for ``ttl_seconds`` from now; nothing if that is not in the future."""
+        if ttl_seconds <= 0:
+            return
+        self._entries[key] = (self._clock() + ttl_seconds, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def cache_key(token: str, audiences: Sequence[str]) -> bytes:
@@ -64,12 +102,10 @@ class CachingAuthenticator:
     ) -> None:
         self._inner = inner
         self._ttl = ttl_seconds
-        self._max_entries = max_entries
         self._audiences = tuple(audiences)
         self._observe = observe
-        self._clock = clock
         self._wall_clock = wall_clock
-        self._entries: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        self._entries: TtlCache[bytes, Identity] = TtlCache(max_entries, clock)
         self._in_flight: dict[tuple[bytes, str | None], asyncio.Task[Identity]] = {}
 
     def __len__(self) -> int:
@@ -77,13 +113,10 @@ class CachingAuthenticator:
 
     async def authenticate(self, token: str, *, client: str | None = None) -> Identity:
         key = cache_key(token, self._audiences)
-        entry = self._entries.get(key)
-        if entry is not None:
-            if entry[0] > self._clock():
-                self._entries.move_to_end(key)
-                self._observe("hit")
-                return entry[1]
-            del self._entries[key]
+        cached = self._entries.get(key)
+        if cached is not None:
+            self._observe("hit")
+            return cached
         flight = (key, client)
         task = self._in_flight.get(flight)
         if task is None:
@@ -103,11 +136,7 @@ class CachingAuthenticator:
         expiry = token_expiry(token)
         if expiry is not None:
             ttl = min(ttl, expiry - self._wall_clock())
-        if ttl > 0:
-            self._entries[key] = (self._clock() + ttl, identity)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+        self._entries.put(key, identity, ttl)
         return identity
 
     def _settle(self, flight: tuple[bytes, str | None], task: "asyncio.Task[Identity]") -> None:

@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from fastapi import Request
 from limits import RateLimitItem, parse_many
 
-from kamus.addresses import Network, client_key, is_in
-from kamus.metrics import Metrics
-from kamus.web import ApiError, annotate
+from kamus.server.addresses import Network, client_key, is_in
+from kamus.server.metrics import Metrics
+from kamus.server.web import ApiError, annotate
 
 # Float sums of 1/N intervals drift by a few ulps: a bucket that holds exactly the cost must pass.
 _SLACK = 1e-6
@@ -155,7 +155,8 @@ class ClientRateLimiter:
         return is_in(address, self._trusted)
 
     def client_key(self, request: Request) -> str:
-        """What the limits count this request's client as (:func:`kamus.addresses.client_key`)."""
+        """What the limits count this request's client as
+        (:func:`kamus.server.addresses.client_key`)."""
         return client_key(self.client_address(request))
 
     def client_address(self, request: Request) -> str:

@@ -17,8 +17,8 @@ from kubernetes.aio.config.incluster_config import (
     InClusterConfigLoader,
 )
 
-from kamus.providers import ConfigurationError
-from kamus.settings import KubernetesSettings
+from kamus.server.providers import ConfigurationError
+from kamus.server.settings import KubernetesSettings
 
 
 async def create_api_client(

@@ -2,7 +2,7 @@
 the decryptor, and the users at the encryptor when ``Encryptor__Authentication=kubernetes``.
 
 The types here are light on purpose: the encryptor imports them, and must not load the
-Kubernetes client (decryptor/auth.py) unless its authentication is on.
+Kubernetes client (kamus/server/kubeauth/reviews.py) unless its authentication is on.
 """
 
 from dataclasses import dataclass
@@ -11,9 +11,9 @@ from typing import Protocol
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from kamus.health import Dependency
-from kamus.metrics import Metrics
-from kamus.web import ApiError, annotate
+from kamus.server.health import Dependency
+from kamus.server.metrics import Metrics
+from kamus.server.web import ApiError, annotate
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ class EncryptorSettings(_Section):
     # The callers' tokens, as the decryptor's Decryptor__TokenReviewCache* keep pods' tokens.
     token_review_cache_seconds: float = Field(10.0, ge=0, alias="TokenReviewCacheSeconds")
     token_review_cache_size: int = Field(10_000, ge=1, alias="TokenReviewCacheSize")
-    # Per client address (kamus/ratelimit.py); "off" turns it off.
+    # Per client address (kamus/server/ratelimit.py); "off" turns it off.
     rate_limit: str = Field("20/second;600/minute", alias="RateLimit")
     trusted_proxies: CommaList = Field(default_factory=list, alias="TrustedProxies")
     client_ip_header: str = Field("X-Forwarded-For", alias="ClientIpHeader")
@@ -224,7 +224,7 @@ class ServerSettings(_Section):
     tls_cert_file: Path | None = Field(None, alias="TlsCertFile")
     tls_key_file: Path | None = Field(None, alias="TlsKeyFile")
     tls_client_ca_file: Path | None = Field(None, alias="TlsClientCaFile")
-    # How often to look for renewed certificate files (kamus/tls.py); 0: read them once.
+    # How often to look for renewed certificate files (kamus/server/tls.py); 0: read them once.
     tls_reload_seconds: float = Field(10.0, ge=0, alias="TlsReloadSeconds")
     max_request_body_bytes: int = Field(1024 * 1024, ge=1, alias="MaxRequestBodyBytes")
     retry_after_seconds: int = Field(5, ge=1, alias="RetryAfterSeconds")
@@ -234,11 +234,11 @@ class ServerSettings(_Section):
     # On SIGTERM: stop accepting, let requests in flight finish for up to this long, then exit.
     # Under Kubernetes' default grace period (30 s), which the chart keeps.
     shutdown_timeout_seconds: int = Field(20, ge=1, alias="ShutdownTimeoutSeconds")
-    # A request's headers must arrive within this long (kamus/http.py: against slowloris).
+    # A request's headers must arrive within this long (kamus/server/http.py: against slowloris).
     header_timeout_seconds: float = Field(10.0, gt=0, alias="HeaderTimeoutSeconds")
     # Connections and requests open at once per process; past it, 503 at once.
     max_connections: int = Field(1000, ge=1, alias="MaxConnections")
-    # The whole body must arrive within this long of its headers (kamus/http.py).
+    # The whole body must arrive within this long of its headers (kamus/server/http.py).
     body_timeout_seconds: float = Field(10.0, gt=0, alias="BodyTimeoutSeconds")
     # Connections open at once from one client address; Encryptor__TrustedProxies are exempt.
     max_connections_per_client: int = Field(100, ge=1, alias="MaxConnectionsPerClient")

@@ -1,0 +1,3 @@
+"""The runtime the services share: settings, logs and audit, metrics, health, rate limits, the
+HTTP protocol and TLS, the Kubernetes client and caller authentication, building key providers
+from settings, the FastAPI skeleton, and the registry of services."""

@@ -1,0 +1,42 @@
+"""The registry of services: what ``kamus serve`` and the ASGI factories (kamus/server/asgi.py)
+start, by name. Each service's package is imported only when it is started, so the public
+encryptor's process never even loads the decryption endpoint."""
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
+
+# Only for types: `kamus init` reads this registry's names at every pod start.
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from kamus.server.settings import Settings
+
+ServiceName = Literal["encryptor", "decryptor", "controller"]
+NAMES: tuple[ServiceName, ...] = get_args(ServiceName)
+
+
+class _AppModule(Protocol):
+    def create_app(self, settings: "Settings") -> "FastAPI": ...
+
+
+@dataclass(frozen=True)
+class Service:
+    name: ServiceName
+    module: str  # holds create_app(settings)
+    default_port: int  # as the images and the chart run it, so that two on a machine differ
+    # The controller elects a leader among replicas; two workers in one pod would only contend.
+    multi_worker: bool
+    # The encryptor alone trusts proxies (Encryptor__TrustedProxies) for the client address.
+    http_protocol: str
+
+    def create_app(self, settings: "Settings") -> "FastAPI":
+        module: _AppModule = importlib.import_module(self.module)
+        return module.create_app(settings)
+
+
+SERVICES: dict[ServiceName, Service] = {
+    "encryptor": Service("encryptor", "encryptor.app", 9090, True, "EncryptorProtocol"),
+    "decryptor": Service("decryptor", "decryptor.app", 9091, True, "SlowClientProtocol"),
+    "controller": Service("controller", "controller.app", 9092, False, "SlowClientProtocol"),
+}
