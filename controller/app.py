@@ -25,7 +25,7 @@ from kamus.server.kube import create_api_client
 from kamus.server.metrics import ControllerMetrics
 from kamus.server.providers import ConfigurationError, build_key_manager
 from kamus.server.settings import Settings
-from kamus.server.web import KamusApp, create_base_app
+from kamus.server.web.app import KamusApp, create_base_app
 
 log = logging.getLogger(__name__)
 

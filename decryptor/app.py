@@ -33,19 +33,17 @@ from kamus.server.kubeauth.reviews import (
 from kamus.server.metrics import Metrics
 from kamus.server.providers import ConfigurationError, build_key_manager
 from kamus.server.settings import Settings
-from kamus.server.web import (
+from kamus.server.web.api import (
     READINESS_RESPONSES,
-    ApiError,
     BatchItem,
     BatchItems,
     BatchResponse,
-    KamusApp,
-    annotate,
     check_batch_size,
-    create_base_app,
     key_manager_unavailable,
-    problem_responses,
 )
+from kamus.server.web.app import KamusApp, create_base_app
+from kamus.server.web.middleware import annotate
+from kamus.server.web.problems import ApiError, problem_responses
 
 log = logging.getLogger(__name__)
 

@@ -23,18 +23,16 @@ from kamus.server.metrics import Metrics
 from kamus.server.providers import ConfigurationError, build_key_manager
 from kamus.server.ratelimit import ClientRateLimiter, parse_limits
 from kamus.server.settings import Settings
-from kamus.server.web import (
+from kamus.server.web.api import (
     READINESS_RESPONSES,
-    ApiError,
     BatchItem,
     BatchResponse,
-    KamusApp,
-    annotate,
     check_batch_size,
-    create_base_app,
     key_manager_unavailable,
-    problem_responses,
 )
+from kamus.server.web.app import KamusApp, create_base_app
+from kamus.server.web.middleware import annotate
+from kamus.server.web.problems import ApiError, problem_responses
 
 ENCRYPT_PATHS = ("/api/v1/encrypt", "/encrypt")
 BATCH_PATH = "/api/v2/encrypt"

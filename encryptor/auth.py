@@ -34,7 +34,8 @@ from kamus.server.kubeauth.callers import (
 )
 from kamus.server.metrics import Metrics
 from kamus.server.settings import Settings
-from kamus.server.web import ApiError, annotate
+from kamus.server.web.middleware import annotate
+from kamus.server.web.problems import ApiError
 
 USER_TOKEN = bearer(
     "KubernetesToken",

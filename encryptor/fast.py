@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from encryptor.models import EncryptRequest
 from kamus.server.metrics import Metrics
-from kamus.server.web import audit_request, http_error_response
+from kamus.server.web.middleware import audit_request
+from kamus.server.web.problems import http_error_response
 
 Handler = Callable[[Request, EncryptRequest], Awaitable[str]]
 

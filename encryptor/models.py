@@ -5,7 +5,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from kamus.server.identity import Namespace, ServiceAccountName
-from kamus.server.web import BatchItems
+from kamus.server.web.api import BatchItems
 
 
 def _utf8_text(value: str) -> str:

@@ -24,7 +24,7 @@ from crypto.aes import AESKeyManager
 from encryptor.app import create_app
 from encryptor.fast import FastEncrypt
 from kamus.server.settings import Settings
-from kamus.server.web import KamusApp
+from kamus.server.web.app import KamusApp
 from tests import leaks
 from tests.conftest import SettingsFactory
 

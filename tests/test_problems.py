@@ -11,7 +11,13 @@ from fastapi.testclient import TestClient
 
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
-from kamus.server.web import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX, PROBLEMS, Problem
+from kamus.server.web.problems import (
+    PROBLEM_MEDIA_TYPE,
+    PROBLEM_TYPE_PREFIX,
+    PROBLEMS,
+    Problem,
+    ProblemKind,
+)
 from tests.conftest import SettingsFactory
 from tests.k8s_double import KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
@@ -34,7 +40,7 @@ def decryptor(make_settings: SettingsFactory, kubeconfig: Path) -> Iterator[Test
         yield client
 
 
-def problem(response: httpx.Response, status: int, kind: str) -> Problem:
+def problem(response: httpx.Response, status: int, kind: ProblemKind) -> Problem:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
     body = Problem.model_validate(response.json())

@@ -10,7 +10,7 @@ from encryptor.app import create_app
 from kamus.server.addresses import client_key
 from kamus.server.providers import ConfigurationError
 from kamus.server.ratelimit import TokenBuckets, parse_limits
-from kamus.server.web import PROBLEM_MEDIA_TYPE
+from kamus.server.web.problems import PROBLEM_MEDIA_TYPE
 from tests.conftest import SettingsFactory, audit_events
 
 V1 = {"data": "s3cr3t", "service-account": "app", "namespace": "team-a"}

@@ -53,7 +53,7 @@ from crypto import AESKeyManager
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
 from kamus.server.settings import Settings
-from kamus.server.web import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX, PROBLEMS
+from kamus.server.web.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX, PROBLEMS
 from tests.conftest import _SETTING_PREFIXES, SettingsFactory, new_key
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.processes import kamus_serve

@@ -1,7 +1,5 @@
 """Prometheus metrics, one registry per app so tests can build many apps in one process."""
 
-import time
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -9,7 +7,6 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The *_created series double the output and no dashboard uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -143,31 +140,3 @@ class ControllerMetrics(Metrics):
             "1 while this process holds the leader lease and reconciles.",
             registry=self.registry,
         )
-
-
-class MetricsMiddleware:
-    """Counts and times every HTTP request, labelled by route template (bounded cardinality)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        start = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            template = getattr(scope.get("route"), "path", "unmatched")
-            seconds = time.perf_counter() - start
-            self.metrics.observe_request(template, scope["method"], status, seconds)

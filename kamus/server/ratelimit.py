@@ -31,7 +31,8 @@ from limits import RateLimitItem, parse_many
 
 from kamus.server.addresses import Network, client_key, is_in
 from kamus.server.metrics import Metrics
-from kamus.server.web import ApiError, annotate
+from kamus.server.web.middleware import annotate
+from kamus.server.web.problems import ApiError
 
 # Float sums of 1/N intervals drift by a few ulps: a bucket that holds exactly the cost must pass.
 _SLACK = 1e-6

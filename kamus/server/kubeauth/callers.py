@@ -13,7 +13,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kamus.server.health import Dependency
 from kamus.server.metrics import Metrics
-from kamus.server.web import ApiError, annotate
+from kamus.server.web.middleware import annotate
+from kamus.server.web.problems import ApiError
 
 
 @dataclass(frozen=True)
