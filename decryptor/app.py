@@ -10,9 +10,10 @@ import logging
 import string
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
@@ -95,6 +96,254 @@ async def build_authenticator(settings: Settings, metrics: Metrics) -> Authentic
     )
 
 
+@dataclass
+class Decryptor:
+    """What the decryptor's handlers share, on ``app.state.decryptor``."""
+
+    settings: Settings
+    metrics: Metrics
+    keys: WatchedKeyManager
+    tokens: TokenCheck = field(init=False)
+    kubernetes: Dependency = field(init=False)
+    # Given by a test (which closes it), else built at start-up by the lifespan.
+    given_authenticator: Authenticator | None = None
+    auth: Authenticator | None = None
+
+    def __post_init__(self) -> None:
+        self.auth = self.given_authenticator
+        self.kubernetes = Dependency(
+            "kubernetes", self._apiserver_answers, self.metrics.dependency_up
+        )
+        self.tokens = TokenCheck(
+            self.kubernetes,
+            self.metrics,
+            str(self.settings.server.retry_after_seconds),
+            what_to_send="the pod's service account token",
+            rejected_hint="send a current service account token of the pod",
+        )
+
+    def authenticator(self) -> Authenticator:
+        if self.auth is None:
+            raise ApiError(
+                503, "starting", "the decryptor is starting", headers={"Retry-After": "1"}
+            )
+        return self.auth
+
+    async def _apiserver_answers(self) -> bool:
+        try:
+            await self.authenticator().ping()
+        except (AuthUnavailable, HTTPException):
+            return False
+        return True
+
+    async def open_value(self, ciphertext: str, identity: str) -> bytes:
+        """Decrypt one value, counted by format and outcome."""
+        provider = self.settings.key_management.provider
+        fmt = classify(ciphertext)
+        decryptions = self.metrics.decryptions
+        try:
+            plaintext = await self.keys.decrypt(ciphertext, identity)
+        except DecryptionError:
+            decryptions.labels(provider, str(fmt), "failure").inc()
+            raise
+        except KeyManagerUnavailable:
+            decryptions.labels(provider, str(fmt), "unavailable").inc()
+            raise
+        decryptions.labels(provider, str(fmt), "success").inc()
+        if fmt.is_legacy:
+            self.metrics.legacy_decryptions.labels(provider, str(fmt)).inc()
+        return plaintext
+
+
+def _decryptor(request: Request) -> Decryptor:
+    state: Decryptor = request.app.state.decryptor
+    return state
+
+
+State = Annotated[Decryptor, Depends(_decryptor)]
+
+
+async def caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(POD_TOKEN)],
+    state: State,
+) -> str:
+    """The caller's ``namespace:service-account``, proved by its token (one TokenReview).
+
+    A dependency, so it runs before the body is validated: an unauthenticated caller learns
+    nothing about what the API would accept."""
+    # The peer: pods reach the decryptor directly, with no proxy to name another address.
+    client = peer_address(request)
+    identity = await state.tokens.identity(
+        request, credentials, state.authenticator(), client=client
+    )
+    parsed = parse_service_account_user(identity.username)
+    if parsed is None:
+        annotate(request, reason="caller is not a service account")
+        raise ApiError(403, "not-a-service-account", "only Kubernetes service accounts may decrypt")
+    namespace, service_account = parsed
+    annotate(request, namespace=namespace, service_account=service_account)
+    if service_account == "default" and state.settings.decryptor.deny_default_service_account:
+        annotate(request, reason="default service account")
+        raise ApiError(
+            403,
+            "default-service-account",
+            "the 'default' service account may not decrypt; run the pod with a dedicated "
+            "service account",
+        )
+    return sa_id(namespace, service_account)
+
+
+Caller = Annotated[str, Depends(caller)]
+
+
+def undecryptable(identity: str, exc: DecryptionError) -> str:
+    """What the caller is told: a shape fact as it is, anything a key decided as one message
+    (crypto.errors says why)."""
+    if isinstance(exc, MalformedCiphertext):
+        return str(exc)
+    return (
+        f"the data cannot be decrypted as {identity}; check that it was encrypted for this "
+        "namespace and service account with this Kamus's key"
+    )
+
+
+router = APIRouter()
+
+
+async def decrypt(
+    body: DecryptRequest, request: Request, identity: Caller, state: State
+) -> Response:
+    ciphertext = entered(body.data)
+    annotate(request, format=str(classify(ciphertext)))
+    try:
+        plaintext = await state.open_value(ciphertext, identity)
+    except DecryptionError as exc:
+        annotate(request, reason=exc.reason)
+        raise ApiError(400, "undecryptable", undecryptable(identity, exc)) from None
+    except KeyManagerUnavailable as exc:
+        raise key_manager_unavailable(request, exc, state.settings) from None
+    return Response(plaintext, media_type="text/plain; charset=utf-8")
+
+
+for _path in DECRYPT_PATHS:
+    router.add_api_route(
+        _path,
+        decrypt,
+        methods=["POST"],
+        response_class=PlainTextResponse,
+        summary="Decrypt a secret as the calling service account",
+        tags=["decrypt"],
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "The plaintext."},
+            400: {"description": "The body is invalid, or the data does not decrypt."},
+            401: {"description": "No token, or Kubernetes did not accept it."},
+            403: {"description": "The caller is not an allowed service account."},
+            413: {"description": "The request body is over the size limit."},
+            503: {"description": "Kubernetes or the key manager is unavailable."},
+        },
+    )
+
+
+@router.post(
+    BATCH_PATH,
+    tags=["decrypt"],
+    summary="Decrypt many secrets as the calling service account, with one TokenReview",
+    response_model_exclude_none=True,
+    responses=problem_responses(
+        {
+            400: "The body is invalid.",
+            401: "No token, or Kubernetes did not accept it.",
+            403: "The caller is not an allowed service account.",
+            413: "Too many items, or the body is over the size limit.",
+            503: "Kubernetes or the key manager is unavailable; see Retry-After.",
+        }
+    ),
+)
+async def decrypt_batch(
+    body: BatchDecryptRequest, request: Request, identity: Caller, state: State
+) -> BatchResponse:
+    check_batch_size(request, body.items, state.settings)
+    slots = asyncio.Semaphore(state.settings.server.batch_concurrency)
+    reasons: list[str] = []
+
+    async def one(ciphertext: str) -> BatchItem:
+        async with slots:
+            try:
+                plaintext = await state.open_value(entered(ciphertext), identity)
+            except DecryptionError as exc:
+                reasons.append(exc.reason)
+                return BatchItem(error=undecryptable(identity, exc))
+        try:
+            return BatchItem(data=plaintext.decode("utf-8"))
+        except UnicodeDecodeError:
+            return BatchItem(error="the plaintext is not UTF-8 text; use /api/v1/decrypt")
+
+    try:
+        results = await asyncio.gather(*(one(v) for v in body.items.values()))
+    except KeyManagerUnavailable as exc:
+        raise key_manager_unavailable(request, exc, state.settings) from None
+    annotate(request, items=len(results), failed=len(reasons))
+    if reasons:
+        annotate(request, reason="; ".join(sorted(set(reasons)))[:500])
+    return BatchResponse(items=dict(zip(body.items, results, strict=True)))
+
+
+@router.get(
+    "/api/v1/isAlive",
+    tags=["health"],
+    summary="May this service review tokens?",
+    response_model=None,
+    responses={
+        200: {
+            "description": "true: it may create TokenReviews.",
+            "content": {"application/json": {"schema": {"type": "boolean"}}},
+        },
+        503: {
+            "description": "false: it may not, or the Kubernetes API does not answer.",
+            "content": {"application/json": {"schema": {"type": "boolean"}}},
+        },
+    },
+)
+async def is_alive(state: State) -> JSONResponse:
+    try:
+        allowed = await state.authenticator().can_review_tokens()
+    except AuthUnavailable:
+        allowed = False
+    return JSONResponse(allowed, status_code=200 if allowed else 503)
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    summary="Ready to serve: the Kubernetes API and the key manager answer",
+    response_model=None,
+    responses=READINESS_RESPONSES,
+)
+async def readyz(state: State) -> JSONResponse:
+    if state.auth is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    return await readiness(state.kubernetes, state.keys.dependency)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: Decryptor = app.state.decryptor
+    if state.given_authenticator is not None:  # the caller's, and the caller closes it
+        yield
+        return
+    try:
+        state.auth = await build_authenticator(state.settings, state.metrics)
+    except ConfigurationError as exc:
+        log.error("the decryptor cannot start: %s", exc)
+        raise
+    try:
+        yield
+    finally:
+        await state.auth.close()
+        state.auth = None
+
+
 def create_app(
     settings: Settings | None = None,
     key_manager: KeyManager | None = None,
@@ -103,42 +352,6 @@ def create_app(
     settings = settings or Settings()
     metrics = Metrics()
     keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)
-
-    async def apiserver_answers() -> bool:
-        try:
-            await _authenticator().ping()
-        except (AuthUnavailable, HTTPException):
-            return False
-        return True
-
-    kubernetes = Dependency("kubernetes", apiserver_answers, metrics.dependency_up)
-    tokens = TokenCheck(
-        kubernetes,
-        metrics,
-        str(settings.server.retry_after_seconds),
-        what_to_send="the pod's service account token",
-        rejected_hint="send a current service account token of the pod",
-    )
-    provider = settings.key_management.provider
-    auth: Authenticator | None = authenticator
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal auth
-        if authenticator is not None:  # the caller's, and the caller closes it
-            yield
-            return
-        try:
-            auth = await build_authenticator(settings, metrics)
-        except ConfigurationError as exc:
-            log.error("the decryptor cannot start: %s", exc)
-            raise
-        try:
-            yield
-        finally:
-            await auth.close()
-            auth = None
-
     app = create_base_app(
         service="decryptor",
         title="Kamus decryptor",
@@ -149,179 +362,6 @@ def create_app(
         audited_paths=(*DECRYPT_PATHS, BATCH_PATH),
         lifespan=lifespan,
     )
-
-    def _authenticator() -> Authenticator:
-        if auth is None:
-            raise ApiError(
-                503, "starting", "the decryptor is starting", headers={"Retry-After": "1"}
-            )
-        return auth
-
-    async def caller(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(POD_TOKEN)],
-    ) -> str:
-        """The caller's ``namespace:service-account``, proved by its token (one TokenReview).
-
-        A dependency, so it runs before the body is validated: an unauthenticated caller learns
-        nothing about what the API would accept."""
-        # The peer: pods reach the decryptor directly, with no proxy to name another address.
-        client = peer_address(request)
-        identity = await tokens.identity(request, credentials, _authenticator(), client=client)
-        parsed = parse_service_account_user(identity.username)
-        if parsed is None:
-            annotate(request, reason="caller is not a service account")
-            raise ApiError(
-                403, "not-a-service-account", "only Kubernetes service accounts may decrypt"
-            )
-        namespace, service_account = parsed
-        annotate(request, namespace=namespace, service_account=service_account)
-        if service_account == "default" and settings.decryptor.deny_default_service_account:
-            annotate(request, reason="default service account")
-            raise ApiError(
-                403,
-                "default-service-account",
-                "the 'default' service account may not decrypt; run the pod with a dedicated "
-                "service account",
-            )
-        return sa_id(namespace, service_account)
-
-    Caller = Annotated[str, Depends(caller)]
-
-    def undecryptable(identity: str, exc: DecryptionError) -> str:
-        """What the caller is told: a shape fact as it is, anything a key decided as one
-        message (crypto.errors says why)."""
-        if isinstance(exc, MalformedCiphertext):
-            return str(exc)
-        return (
-            f"the data cannot be decrypted as {identity}; check that it was encrypted for this "
-            "namespace and service account with this Kamus's key"
-        )
-
-    async def open_value(ciphertext: str, identity: str) -> bytes:
-        """Decrypt one value, counted by format and outcome."""
-        fmt = str(classify(ciphertext))
-        try:
-            plaintext = await keys.decrypt(ciphertext, identity)
-        except DecryptionError:
-            metrics.decryptions.labels(provider, fmt, "failure").inc()
-            raise
-        except KeyManagerUnavailable:
-            metrics.decryptions.labels(provider, fmt, "unavailable").inc()
-            raise
-        metrics.decryptions.labels(provider, fmt, "success").inc()
-        if classify(ciphertext).is_legacy:
-            metrics.legacy_decryptions.labels(provider, fmt).inc()
-        return plaintext
-
-    async def decrypt(body: DecryptRequest, request: Request, identity: Caller) -> Response:
-        ciphertext = entered(body.data)
-        annotate(request, format=str(classify(ciphertext)))
-        try:
-            plaintext = await open_value(ciphertext, identity)
-        except DecryptionError as exc:
-            annotate(request, reason=exc.reason)
-            raise ApiError(400, "undecryptable", undecryptable(identity, exc)) from None
-        except KeyManagerUnavailable as exc:
-            raise key_manager_unavailable(request, exc, settings) from None
-        return Response(plaintext, media_type="text/plain; charset=utf-8")
-
-    for path in DECRYPT_PATHS:
-        app.add_api_route(
-            path,
-            decrypt,
-            methods=["POST"],
-            response_class=PlainTextResponse,
-            summary="Decrypt a secret as the calling service account",
-            tags=["decrypt"],
-            responses={
-                200: {"content": {"text/plain": {}}, "description": "The plaintext."},
-                400: {"description": "The body is invalid, or the data does not decrypt."},
-                401: {"description": "No token, or Kubernetes did not accept it."},
-                403: {"description": "The caller is not an allowed service account."},
-                413: {"description": "The request body is over the size limit."},
-                503: {"description": "Kubernetes or the key manager is unavailable."},
-            },
-        )
-
-    batch_slots = settings.server.batch_concurrency
-
-    @app.post(
-        BATCH_PATH,
-        tags=["decrypt"],
-        summary="Decrypt many secrets as the calling service account, with one TokenReview",
-        response_model_exclude_none=True,
-        responses=problem_responses(
-            {
-                400: "The body is invalid.",
-                401: "No token, or Kubernetes did not accept it.",
-                403: "The caller is not an allowed service account.",
-                413: "Too many items, or the body is over the size limit.",
-                503: "Kubernetes or the key manager is unavailable; see Retry-After.",
-            }
-        ),
-    )
-    async def decrypt_batch(
-        body: BatchDecryptRequest, request: Request, identity: Caller
-    ) -> BatchResponse:
-        check_batch_size(request, body.items, settings)
-        slots = asyncio.Semaphore(batch_slots)
-        reasons: list[str] = []
-
-        async def one(ciphertext: str) -> BatchItem:
-            async with slots:
-                try:
-                    plaintext = await open_value(entered(ciphertext), identity)
-                except DecryptionError as exc:
-                    reasons.append(exc.reason)
-                    return BatchItem(error=undecryptable(identity, exc))
-            try:
-                return BatchItem(data=plaintext.decode("utf-8"))
-            except UnicodeDecodeError:
-                return BatchItem(error="the plaintext is not UTF-8 text; use /api/v1/decrypt")
-
-        try:
-            results = await asyncio.gather(*(one(v) for v in body.items.values()))
-        except KeyManagerUnavailable as exc:
-            raise key_manager_unavailable(request, exc, settings) from None
-        annotate(request, items=len(results), failed=len(reasons))
-        if reasons:
-            annotate(request, reason="; ".join(sorted(set(reasons)))[:500])
-        return BatchResponse(items=dict(zip(body.items, results, strict=True)))
-
-    @app.get(
-        "/api/v1/isAlive",
-        tags=["health"],
-        summary="May this service review tokens?",
-        response_model=None,
-        responses={
-            200: {
-                "description": "true: it may create TokenReviews.",
-                "content": {"application/json": {"schema": {"type": "boolean"}}},
-            },
-            503: {
-                "description": "false: it may not, or the Kubernetes API does not answer.",
-                "content": {"application/json": {"schema": {"type": "boolean"}}},
-            },
-        },
-    )
-    async def is_alive() -> JSONResponse:
-        try:
-            allowed = await _authenticator().can_review_tokens()
-        except AuthUnavailable:
-            allowed = False
-        return JSONResponse(allowed, status_code=200 if allowed else 503)
-
-    @app.get(
-        "/readyz",
-        tags=["health"],
-        summary="Ready to serve: the Kubernetes API and the key manager answer",
-        response_model=None,
-        responses=READINESS_RESPONSES,
-    )
-    async def readyz() -> JSONResponse:
-        if auth is None:
-            return JSONResponse({"status": "starting"}, status_code=503)
-        return await readiness(kubernetes, keys.dependency)
-
+    app.state.decryptor = Decryptor(settings, metrics, keys, given_authenticator=authenticator)
+    app.include_router(router)
     return app

@@ -5,14 +5,16 @@ authentication is on (encryptor/auth.py).
 """
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
 from crypto import KeyManager
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
-from encryptor.auth import EncryptorCallers
+from encryptor.auth import USER_TOKEN, EncryptorCallers
 from encryptor.fast import FastEncrypt
 from encryptor.models import BatchEncryptRequest, EncryptRequest
 from kamus.server.addresses import parse_networks
@@ -50,15 +52,190 @@ def build_rate_limiter(settings: Settings, metrics: Metrics) -> ClientRateLimite
         raise ConfigurationError(str(exc)) from None
 
 
+@dataclass
+class Encryptor:
+    """What the encryptor's handlers share, on ``app.state.encryptor``."""
+
+    settings: Settings
+    metrics: Metrics
+    keys: WatchedKeyManager
+    rate_limiter: ClientRateLimiter
+    callers: EncryptorCallers
+
+    async def seal(self, request: Request, plaintexts: list[str], identity: str) -> list[str]:
+        """Encrypt values for one identity; all of them, or an HTTP error."""
+        provider = self.settings.key_management.provider
+        encryptions = self.metrics.encryptions
+
+        async def each(slots: asyncio.Semaphore, plaintext: str) -> str:
+            async with slots:
+                return await self.keys.encrypt(plaintext.encode("utf-8"), identity)
+
+        try:
+            if len(plaintexts) == 1:  # a v1 encrypt: no task to create and schedule
+                ciphertexts = [await self.keys.encrypt(plaintexts[0].encode("utf-8"), identity)]
+            else:
+                slots = asyncio.Semaphore(self.settings.server.batch_concurrency)
+                ciphertexts = await asyncio.gather(*(each(slots, p) for p in plaintexts))
+        except KeyNotFoundError as exc:
+            encryptions.labels(provider, "no_key").inc(len(plaintexts))
+            annotate(request, reason=f"key {exc.key_name} does not exist")
+            raise ApiError(400, "no-key", f"service-account: {exc}") from None
+        except KeyManagerUnavailable as exc:
+            encryptions.labels(provider, "unavailable").inc(len(plaintexts))
+            raise key_manager_unavailable(request, exc, self.settings) from None
+        encryptions.labels(provider, "success").inc(len(plaintexts))
+        return list(ciphertexts)
+
+    async def encrypt_one(
+        self, request: Request, body: EncryptRequest, caller: Identity | None
+    ) -> str:
+        annotate(request, namespace=body.namespace, service_account=body.service_account)
+        refuse_default(request, body.service_account, "service-account")
+        await self.callers.authorize(request, caller, body.namespace)
+        identity = sa_id(body.namespace, body.service_account)
+        [ciphertext] = await self.seal(request, [body.data], identity)
+        return ciphertext
+
+    async def encrypt_fast(self, request: Request, body: EncryptRequest) -> str:
+        """encryptor/fast.py's handler: the route's rate limit, then :meth:`encrypt_one`."""
+        self.rate_limiter.charge(request, 1)
+        return await self.encrypt_one(request, body, None)
+
+
+def refuse_default(request: Request, service_account: str, field: str) -> None:
+    if service_account == "default":
+        # Refused before any crypto or key creation: every pod without its own service account
+        # runs as `default`, so a value for it is readable by all of them.
+        annotate(request, reason="default service account")
+        raise ApiError(
+            400,
+            "default-service-account",
+            f"{field}: the 'default' service account cannot be used; create a dedicated "
+            "service account for the workload and encrypt for it",
+        )
+
+
+def _encryptor(request: Request) -> Encryptor:
+    state: Encryptor = request.app.state.encryptor
+    return state
+
+
+State = Annotated[Encryptor, Depends(_encryptor)]
+
+
+async def rate_limited(request: Request, state: State) -> None:
+    """One value of the client's budget, before the body is read or the caller checked (so
+    that bad bodies and bad tokens are limited too). A batch pays the rest in its handler."""
+    state.rate_limiter.charge(request, 1)
+
+
+async def authenticated(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(USER_TOKEN)],
+    state: State,
+) -> None:
+    """With Encryptor__Authentication=kubernetes only: the caller, as Kubernetes says. A
+    dependency of the routes, so it runs before the body is validated."""
+    request.state.caller = await state.callers.identity(request, credentials)
+
+
+def caller(request: Request) -> Identity | None:
+    """Who :func:`authenticated` found, or None with authentication off."""
+    identity: Identity | None = getattr(request.state, "caller", None)
+    return identity
+
+
+Caller = Annotated[Identity | None, Depends(caller)]
+
+# The encrypt routes; create_app adds the rate limit, and the caller check when it is on, to
+# each: included with the router, they show in the OpenAPI document only when they apply.
+encrypting = APIRouter(tags=["encrypt"])
+health = APIRouter(tags=["health"])
+
+
+async def encrypt(
+    body: EncryptRequest, request: Request, caller: Caller, state: State
+) -> PlainTextResponse:
+    return PlainTextResponse(await state.encrypt_one(request, body, caller))
+
+
+for _path in ENCRYPT_PATHS:
+    encrypting.add_api_route(
+        _path,
+        encrypt,
+        methods=["POST"],
+        response_class=PlainTextResponse,
+        summary="Encrypt a secret for a service account",
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "The ciphertext."},
+            400: {
+                "description": "A field is missing or invalid, the SA is `default`, or it has no "
+                "key and keys are not created here."
+            },
+            401: {"description": "Authentication is on, and no token or a rejected one."},
+            403: {"description": "Authentication is on, and RBAC does not allow it."},
+            413: {"description": "The request body is over the size limit."},
+            429: {"description": "This client sent too many requests; see Retry-After."},
+            503: {"description": "The key manager is unavailable; see Retry-After."},
+        },
+    )
+
+
+@encrypting.post(
+    BATCH_PATH,
+    summary="Encrypt many secrets for one service account",
+    response_model_exclude_none=True,
+    responses=problem_responses(
+        {
+            400: "A field is missing or invalid, or the SA is `default` or has no key.",
+            401: "Authentication is on, and no token or a rejected one.",
+            403: "Authentication is on, and RBAC does not allow it.",
+            413: "Too many items, or the body is over the size limit.",
+            429: "This client sent too many values; see Retry-After.",
+            503: "The key manager is unavailable; see Retry-After.",
+        }
+    ),
+)
+async def encrypt_batch(
+    body: BatchEncryptRequest, request: Request, caller: Caller, state: State
+) -> BatchResponse:
+    annotate(request, namespace=body.namespace, service_account=body.service_account)
+    check_batch_size(request, body.items, state.settings)
+    # Each item is an encryption (a KMS call): the whole count, decided now that it is known and
+    # before any, including the one value the route's dependency took as a deposit.
+    state.rate_limiter.charge(request, len(body.items), paid=1)
+    refuse_default(request, body.service_account, "serviceAccount")
+    await state.callers.authorize(request, caller, body.namespace)
+    identity = sa_id(body.namespace, body.service_account)
+    ciphertexts = await state.seal(request, list(body.items.values()), identity)
+    annotate(request, items=len(ciphertexts))
+    items = {name: BatchItem(data=c) for name, c in zip(body.items, ciphertexts, strict=True)}
+    return BatchResponse(items=items)
+
+
+@health.get("/api/v1/isAlive", summary="Kamus's liveness check")
+async def is_alive() -> bool:
+    return True
+
+
+@health.get(
+    "/readyz",
+    summary="Ready to serve: the key manager answers",
+    response_model=None,
+    responses=READINESS_RESPONSES,
+)
+async def readyz(state: State) -> JSONResponse:
+    return await readiness(state.keys.dependency, *state.callers.dependencies)
+
+
 def create_app(settings: Settings | None = None, key_manager: KeyManager | None = None) -> KamusApp:
     settings = settings or Settings()
     metrics = Metrics()
     rate_limiter = build_rate_limiter(settings, metrics)
-    rate_limit = [Depends(rate_limiter)]
     keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)
-    provider = settings.key_management.provider
     callers = EncryptorCallers(settings, metrics, client_address=rate_limiter.client_key)
-    Caller = Annotated[Identity | None, Depends(callers.caller)]
+    state = Encryptor(settings, metrics, keys, rate_limiter, callers)
     app = create_base_app(
         service="encryptor",
         title="Kamus encryptor",
@@ -68,139 +245,19 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         audited_paths=(*ENCRYPT_PATHS, BATCH_PATH),
         lifespan=callers.lifespan,
     )
-
-    def refuse_default(request: Request, service_account: str, field: str) -> None:
-        if service_account == "default":
-            # Refused before any crypto or key creation: every pod without its own service
-            # account runs as `default`, so a value for it is readable by all of them.
-            annotate(request, reason="default service account")
-            raise ApiError(
-                400,
-                "default-service-account",
-                f"{field}: the 'default' service account cannot be used; create a "
-                "dedicated service account for the workload and encrypt for it",
-            )
-
-    encrypted = metrics.encryptions.labels(provider, "success")
-
-    async def seal(request: Request, plaintexts: list[str], identity: str) -> list[str]:
-        """Encrypt values for one identity; all of them, or an HTTP error."""
-
-        async def each(slots: asyncio.Semaphore, plaintext: str) -> str:
-            async with slots:
-                return await keys.encrypt(plaintext.encode("utf-8"), identity)
-
-        try:
-            if len(plaintexts) == 1:  # a v1 encrypt: no task to create and schedule
-                ciphertexts = [await keys.encrypt(plaintexts[0].encode("utf-8"), identity)]
-            else:
-                slots = asyncio.Semaphore(settings.server.batch_concurrency)
-                ciphertexts = await asyncio.gather(*(each(slots, p) for p in plaintexts))
-        except KeyNotFoundError as exc:
-            metrics.encryptions.labels(provider, "no_key").inc(len(plaintexts))
-            annotate(request, reason=f"key {exc.key_name} does not exist")
-            raise ApiError(400, "no-key", f"service-account: {exc}") from None
-        except KeyManagerUnavailable as exc:
-            metrics.encryptions.labels(provider, "unavailable").inc(len(plaintexts))
-            raise key_manager_unavailable(request, exc, settings) from None
-        encrypted.inc(len(plaintexts))
-        return list(ciphertexts)
-
-    async def encrypt_one(request: Request, body: EncryptRequest, caller: Identity | None) -> str:
-        annotate(request, namespace=body.namespace, service_account=body.service_account)
-        refuse_default(request, body.service_account, "service-account")
-        await callers.authorize(request, caller, body.namespace)
-        [ciphertext] = await seal(request, [body.data], sa_id(body.namespace, body.service_account))
-        return ciphertext
-
-    async def encrypt(body: EncryptRequest, request: Request, caller: Caller) -> PlainTextResponse:
-        return PlainTextResponse(await encrypt_one(request, body, caller))
-
-    for path in ENCRYPT_PATHS:
-        app.add_api_route(
-            path,
-            encrypt,
-            methods=["POST"],
-            dependencies=rate_limit,
-            response_class=PlainTextResponse,
-            summary="Encrypt a secret for a service account",
-            tags=["encrypt"],
-            responses={
-                200: {"content": {"text/plain": {}}, "description": "The ciphertext."},
-                400: {
-                    "description": "A field is missing or invalid, the SA is `default`, or it "
-                    "has no key and keys are not created here."
-                },
-                401: {"description": "Authentication is on, and no token or a rejected one."},
-                403: {"description": "Authentication is on, and RBAC does not allow it."},
-                413: {"description": "The request body is over the size limit."},
-                429: {"description": "This client sent too many requests; see Retry-After."},
-                503: {"description": "The key manager is unavailable; see Retry-After."},
-            },
-        )
-
-    @app.post(
-        BATCH_PATH,
-        dependencies=rate_limit,
-        tags=["encrypt"],
-        summary="Encrypt many secrets for one service account",
-        response_model_exclude_none=True,
-        responses=problem_responses(
-            {
-                400: "A field is missing or invalid, or the SA is `default` or has no key.",
-                401: "Authentication is on, and no token or a rejected one.",
-                403: "Authentication is on, and RBAC does not allow it.",
-                413: "Too many items, or the body is over the size limit.",
-                429: "This client sent too many values; see Retry-After.",
-                503: "The key manager is unavailable; see Retry-After.",
-            }
-        ),
-    )
-    async def encrypt_batch(
-        body: BatchEncryptRequest, request: Request, caller: Caller
-    ) -> BatchResponse:
-        annotate(request, namespace=body.namespace, service_account=body.service_account)
-        check_batch_size(request, body.items, settings)
-        # Each item is an encryption (a KMS call): the whole count, decided now that it is known
-        # and before any, including the one value the route's dependency took as a deposit.
-        rate_limiter.charge(request, len(body.items), paid=1)
-        refuse_default(request, body.service_account, "serviceAccount")
-        await callers.authorize(request, caller, body.namespace)
-        identity = sa_id(body.namespace, body.service_account)
-        ciphertexts = await seal(request, list(body.items.values()), identity)
-        annotate(request, items=len(ciphertexts))
-        items = {name: BatchItem(data=c) for name, c in zip(body.items, ciphertexts, strict=True)}
-        return BatchResponse(items=items)
-
+    app.state.encryptor = state
+    checks = [Depends(rate_limited), *([Depends(authenticated)] if callers.enabled else [])]
+    app.include_router(encrypting, dependencies=checks)
+    app.include_router(health)
     if not callers.enabled:
-
-        async def encrypt_fast(request: Request, body: EncryptRequest) -> str:
-            rate_limiter.charge(request, 1)  # the route's dependency
-            return await encrypt_one(request, body, None)
-
         app.outer_middleware.append(
             lambda inner: FastEncrypt(
                 inner,
                 paths=ENCRYPT_PATHS,
-                handler=encrypt_fast,
+                handler=state.encrypt_fast,
                 service="encryptor",
                 metrics=metrics,
                 max_body_bytes=settings.server.max_request_body_bytes,
             )
         )
-
-    @app.get("/api/v1/isAlive", tags=["health"], summary="Kamus's liveness check")
-    async def is_alive() -> bool:
-        return True
-
-    @app.get(
-        "/readyz",
-        tags=["health"],
-        summary="Ready to serve: the key manager answers",
-        response_model=None,
-        responses=READINESS_RESPONSES,
-    )
-    async def readyz() -> JSONResponse:
-        return await readiness(keys.dependency, *callers.dependencies)
-
     return app

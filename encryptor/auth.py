@@ -12,11 +12,11 @@ there, so this adds no second permission model.
 The encryptor's service account then needs ``system:auth-delegator`` (the Helm chart binds it).
 """
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 if TYPE_CHECKING:
@@ -59,10 +59,6 @@ def _what_to_send(audiences: list[str]) -> str:
 PERMISSION = {"group": "soluto.com", "resource": "kamussecrets", "verb": "create"}
 # (caller, namespace) pairs remembered as allowed; the oldest go first.
 ALLOWED_CACHE_SIZE = 10_000
-
-
-async def _anyone() -> None:
-    return None
 
 
 class EncryptorCallers:
@@ -141,19 +137,11 @@ class EncryptorCallers:
             return False
         return True
 
-    @property
-    def caller(self) -> Callable[..., Awaitable[Identity | None]]:
-        """The FastAPI dependency for the caller: with authentication off, one that asks for
-        nothing, so that the OpenAPI schema does not claim a token is needed."""
-        return self._identity if self.enabled else _anyone
-
-    async def _identity(
-        self,
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(USER_TOKEN)],
-    ) -> Identity | None:
-        """The caller. It runs before the body is validated, so an unauthenticated caller
-        learns nothing from the answers."""
+    async def identity(
+        self, request: Request, credentials: HTTPAuthorizationCredentials | None
+    ) -> Identity:
+        """The caller, as Kubernetes says (encryptor/app.py's ``authenticated`` dependency runs
+        it before the body is validated, so an unauthenticated caller learns nothing)."""
         if self._tokens is None:
             raise ApiError(
                 503, "starting", "the encryptor is starting", headers={"Retry-After": "1"}
