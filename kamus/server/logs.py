@@ -68,7 +68,7 @@ class JsonFormatter(logging.Formatter):
 class JsonLinesHandler(logging.StreamHandler[TextIO]):
     """Writes each log line at once, and the audit lines of one event-loop iteration together.
 
-    A write per audit line was a fifth of an encrypt request's time (docs/performance.md), so
+    A write per audit line would be a large share of an encrypt request's time, so
     :func:`audit` hands its lines to :meth:`write_soon`: they are written at the start of the
     loop's next iteration, or sooner with any other line (which keeps the order). Shutting down
     logs lines (uvicorn's last is "Finished server process", just before the signal that stopped
@@ -154,8 +154,8 @@ def audit(event: str, **fields: Any) -> None:
         AUDIT_LOGGER.info(event, extra={_FIELDS: fields})
         return
     # The line that record would have become, without making the record: a LogRecord and
-    # logging's dispatch were half of the audit line's cost, and the encryptor writes one per
-    # request (docs/performance.md). tests/test_logs.py compares both ways' lines.
+    # logging's dispatch would double the audit line's cost, and the encryptor writes one per
+    # request. tests/test_logs.py compares both ways' lines.
     try:
         formatter = cast(JsonFormatter, handler.formatter)
         handler.write_soon(formatter.line(time.time(), "INFO", AUDIT_LOGGER.name, event, fields))
