@@ -329,7 +329,7 @@ def test_seal_falls_back_to_v1_per_value(kamus_encryptor: Encryptor) -> None:
     assert kamus_encryptor.counter.requests == 1 + 3  # one v2 try, then v1 per value
 
 
-# -- the caller's token (security issue 15, item 6) ------------------------------------------
+# -- the caller's token ------------------------------------------------------------------------
 
 
 def make_token(**claims: object) -> str:
@@ -498,7 +498,7 @@ def test_a_kubeconfig_token_for_its_cluster_url_gets_a_warning(
     assert token not in result.output
 
 
-# -- errors about the input never quote it (security issue 15, item 9) -----------------------
+# -- errors about the input never quote it -----------------------------------------------------
 
 PASSWORD_LINE = "  password: {value}\n"
 MALFORMED_AROUND_SECRET = [

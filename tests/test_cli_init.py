@@ -377,7 +377,7 @@ def test_file_mode_is_configurable_and_no_secret_is_printed(
     assert "key1" in result.stderr  # names are fine
 
 
-# -- errors never quote a secret (security issue 15, item 9) ---------------------------------
+# -- errors never quote a secret ---------------------------------------------------------------
 
 
 def test_a_template_error_never_quotes_a_secret(

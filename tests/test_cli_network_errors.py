@@ -1,4 +1,4 @@
-"""What the ``kamus`` commands say when they cannot talk to their server (issue 16, item 4): one
+"""What the ``kamus`` commands say when they cannot talk to their server: one
 sentence on what happened, one on what to try, and the exit code. The real command, in a process
 of its own, against real servers on 127.0.0.1; never a secret or a token in what it prints."""
 

@@ -1,5 +1,5 @@
 """/docs works offline: every service serves Swagger UI from its own origin, under a strict CSP,
-and the page asks nothing of another origin (issue 16)."""
+and the page asks nothing of another origin."""
 
 import importlib.util
 import re

@@ -1,5 +1,5 @@
 """``kamus create-key-secret``, the command the chart's hook Job runs to make the AES master key
-inside the cluster (issue 15, item 4). A real ``kamus`` process against the Kubernetes API double,
+inside the cluster. A real ``kamus`` process against the Kubernetes API double,
 with only the RBAC the chart's Role grants: ``create`` and ``get`` on Secrets. Any update, patch,
 delete, list or watch would be refused, so a test that passes proves none was needed."""
 

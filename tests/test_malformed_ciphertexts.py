@@ -1,4 +1,4 @@
-"""Whitespace around ciphertexts, and a value that is no ciphertext told apart (issue 16, item 5).
+"""Whitespace around ciphertexts, and a value that is no ciphertext told apart.
 
 Surrounding ASCII whitespace is stripped where values enter (``kamus init``, the decryptor's v1 and
 v2 requests, the controller), never in crypto/. A value refused from its shape alone, before any

@@ -1,5 +1,5 @@
-"""The security cases of issue 8 that no other test showed in full. docs/threat-model.md maps
-every case to its tests, here and elsewhere.
+"""The threat model's security cases that no other test showed in full. docs/threat-model.md
+maps every case to its tests, here and elsewhere.
 
 Shown here:
 

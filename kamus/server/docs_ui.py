@@ -1,7 +1,7 @@
 """Swagger UI at ``/docs``, served from this package under a strict Content-Security-Policy.
 
 The services often run in clusters with no way out to the internet, where FastAPI's page, which
-loads Swagger UI from a CDN, is blank (issue 16). Swagger UI's JS and CSS come from the
+loads Swagger UI from a CDN, is blank. Swagger UI's JS and CSS come from the
 fastapi-offline package, which ships swagger-ui-dist's files; only their folder is looked up here,
 nothing is imported or read until a browser asks, so a service that nobody browses pays nothing.
 """
