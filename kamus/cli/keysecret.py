@@ -119,7 +119,7 @@ async def ensure_key_secret(name: str, namespace: str) -> tuple[Outcome, str]:
     from kubernetes.aio.client.exceptions import ApiException
 
     from crypto.aes import key_id
-    from kamus.cli.main import load_settings
+    from kamus.cli.settings import load_settings
     from kamus.server.kube import create_api_client
     from kamus.server.providers import ConfigurationError
 

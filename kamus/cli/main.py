@@ -6,45 +6,19 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NoReturn
+from typing import BinaryIO, NoReturn
 
 import click
 
 from kamus import __version__
 from kamus.cli.client import ClientError, UsageError
 from kamus.cli.keysecret import create_key_secret
+from kamus.cli.settings import load_settings
 from kamus.server.logs import configure_logging
 from kamus.server.services import NAMES, SERVICES, Service, ServiceName
 
-if TYPE_CHECKING:
-    from kamus.server.settings import Settings
-
 # The service modules (settings, providers, FastAPI) load only in `kamus serve`: `kamus init`
 # runs at every pod start, and importing them cost it more time than decrypting.
-
-
-def load_settings() -> "Settings":
-    from pydantic import ValidationError
-
-    from kamus.server.settings import Settings
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        # Never str(exc): pydantic quotes the offending input, which may be a secret.
-        problems = "; ".join(f"{_setting_name(err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise click.ClickException(f"invalid settings: {problems}") from None
-
-
-def _setting_name(loc: tuple[int | str, ...]) -> str:
-    """The environment name of a setting from a pydantic error location."""
-    from kamus.server.settings import Settings
-
-    parts = [str(part) for part in loc]
-    field = Settings.model_fields.get(parts[0]) if parts else None
-    if field is not None and field.alias:
-        parts[0] = field.alias
-    return "__".join(parts)
 
 
 def restore_stop_signals() -> None:
