@@ -1,8 +1,17 @@
 """The KamusSecret controller: ``soluto.com/v1alpha2`` KamusSecret → native Secret.
 
-``reconcile`` decides (pure functions: what the Secret and the status should be), ``controller``
-acts (watches, a work queue, leader election, the Kubernetes calls), ``app`` serves health and
-metrics and runs it under ``kamus serve controller``.
+Where each concern lives:
+
+* ``objects``: the typed KamusSecret and Secret, and the one place the apiserver's JSON gets
+  those types;
+* ``reconcile``: the rules, as pure functions (what the Secret and the status should be, what is
+  refused);
+* ``controller``: one KamusSecret reconciled (refuse, decrypt, write the Secret, the status and
+  an Event);
+* ``runner``: when to reconcile: leading, watching, queueing and the workers, put together from
+  ``lease`` (leader election), ``informer`` (list and watch), ``workqueue`` and ``pacing``
+  (rate limit and backoff), which know nothing of KamusSecrets;
+* ``app``: ``kamus serve controller``, with its health and metrics endpoints.
 
 ``kamus`` is imported first, whatever imports this package: it keeps ``import kubernetes...``
 from loading the synchronous client (kamus/__init__.py).

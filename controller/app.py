@@ -18,8 +18,8 @@ from kubernetes.aio.client import (
 )
 from kubernetes.aio.client.exceptions import ApiException
 
-from controller.controller import KamusSecretController
 from controller.reconcile import GROUP, PLURAL
+from controller.runner import ControllerRunner
 from crypto import KeyManager
 from kamus.server.kube import create_api_client
 from kamus.server.metrics import ControllerMetrics
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
             log.error("the controller cannot start: %s", exc)
             raise
         leases_in = lease_namespace(settings)
-        controller = KamusSecretController(
+        controller = ControllerRunner(
             api, keys, settings.controller, metrics, lease_namespace=leases_in
         )
         task = asyncio.create_task(controller.run())
@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     @app.get("/readyz", tags=["health"], summary="Running (leading or standing by)")
     async def readyz() -> JSONResponse:
         controller = state.get("controller")
-        if not isinstance(controller, KamusSecretController):
+        if not isinstance(controller, ControllerRunner):
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse(
             {"status": "ready", "leader": controller.leading, "identity": controller.identity}

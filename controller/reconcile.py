@@ -1,6 +1,7 @@
 """What a KamusSecret means: the Secret it should produce and the status it should show.
 
-Pure functions on plain dicts, so every rule is easy to read and to test.
+Pure functions on the typed objects of objects.py (what the apiserver sends is plain JSON), so
+every rule is easy to read and to test, apart from the runtime that acts on them.
 
 Whoever may create a KamusSecret must not gain more than the Secret it describes: the controller
 writes Secrets with its own, broad rights, so it is a confused deputy unless it refuses what
@@ -24,7 +25,16 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+
+from controller.objects import (
+    KamusSecret,
+    Key,
+    OwnerReference,
+    Secret,
+    SecretMetadata,
+    StatusCondition,
+    StatusPatch,
+)
 
 GROUP = "soluto.com"
 VERSION = "v1alpha2"
@@ -76,7 +86,7 @@ class Condition:
     message: str
 
 
-def owner_reference(kamus_secret: Mapping[str, Any]) -> dict[str, Any]:
+def owner_reference(kamus_secret: KamusSecret) -> OwnerReference:
     meta = kamus_secret["metadata"]
     return {
         "apiVersion": API_VERSION,
@@ -88,7 +98,7 @@ def owner_reference(kamus_secret: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def owner_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+def owner_of(obj: Secret) -> Key | None:
     """The (namespace, name) of the KamusSecret controlling ``obj``, if one does."""
     meta = obj.get("metadata") or {}
     for ref in meta.get("ownerReferences") or ():
@@ -98,19 +108,19 @@ def owner_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def owned_by(secret: Mapping[str, Any], kamus_secret: Mapping[str, Any]) -> bool:
+def owned_by(secret: Secret, kamus_secret: KamusSecret) -> bool:
     uid = kamus_secret["metadata"]["uid"]
     refs = (secret.get("metadata") or {}).get("ownerReferences") or ()
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
-def consents_to_adoption(secret: Mapping[str, Any]) -> bool:
+def consents_to_adoption(secret: Secret) -> bool:
     """Whether an existing Secret says this controller may take it over."""
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
     return str(annotations.get(MANAGED_ANNOTATION, "")).lower() == "true"
 
 
-def asks_to_adopt(kamus_secret: Mapping[str, Any]) -> bool:
+def asks_to_adopt(kamus_secret: KamusSecret) -> bool:
     annotations = kamus_secret["metadata"].get("annotations") or {}
     return str(annotations.get(ADOPT_ANNOTATION, "")).lower() == "true"
 
@@ -167,7 +177,7 @@ def copied(
     return kept, sorted(dropped)
 
 
-def secret_type(kamus_secret: Mapping[str, Any]) -> str:
+def secret_type(kamus_secret: KamusSecret) -> str:
     return str(kamus_secret.get("type") or "Opaque")
 
 
@@ -177,7 +187,7 @@ def secret_type(kamus_secret: Mapping[str, Any]) -> str:
 WITHDRAWN_ON = frozenset({"SecretTypeNotAllowed", "HelmReleaseNotAllowed"})
 
 
-def refusal(kamus_secret: Mapping[str, Any], policy: Policy) -> Condition | None:
+def refusal(kamus_secret: KamusSecret, policy: Policy) -> Condition | None:
     """Why this KamusSecret must not become a Secret at all, or None. Checked before anything
     is decrypted."""
     service_account = kamus_secret.get("serviceAccount", "")
@@ -224,14 +234,15 @@ def refusal(kamus_secret: Mapping[str, Any], policy: Policy) -> Condition | None
     return None
 
 
-def encrypted_items(kamus_secret: Mapping[str, Any]) -> dict[str, str]:
+def encrypted_items(kamus_secret: KamusSecret) -> dict[str, str]:
     """Every ciphertext, keyed ``stringData.<k>`` or ``data.<k>``.
 
     Surrounding whitespace is never part of a ciphertext (a YAML ``|`` block ends in a newline),
     so it is stripped here, where values enter; ASCII whitespace only, as at the decryptor."""
     items = {}
-    for field in ("stringData", "data"):
-        for key, value in (kamus_secret.get(field) or {}).items():
+    fields = (("stringData", kamus_secret.get("stringData")), ("data", kamus_secret.get("data")))
+    for field, values in fields:
+        for key, value in (values or {}).items():
             items[f"{field}.{key}"] = value.strip(string.whitespace)
     return items
 
@@ -277,8 +288,8 @@ def secret_values(plaintexts: Mapping[str, bytes]) -> tuple[dict[str, str], list
 
 
 def desired_secret(
-    kamus_secret: Mapping[str, Any], data: Mapping[str, str], policy: Policy = Policy()
-) -> tuple[dict[str, Any], list[str]]:
+    kamus_secret: KamusSecret, data: Mapping[str, str], policy: Policy = Policy()
+) -> tuple[Secret, list[str]]:
     """The Secret, and the labels and annotations that were not copied (reserved)."""
     meta = kamus_secret["metadata"]
     labels, dropped_labels = copied(meta.get("labels") or {}, policy)
@@ -291,14 +302,14 @@ def desired_secret(
             policy,
             silent=frozenset({LAST_APPLIED, ADOPT_ANNOTATION}),
         )
-    metadata: dict[str, Any] = {
+    metadata: SecretMetadata = {
         "name": meta["name"],
         "namespace": meta["namespace"],
         "labels": {**labels, MANAGED_BY_LABEL: MANAGED_BY},
         "annotations": annotations,
         "ownerReferences": [owner_reference(kamus_secret)],
     }
-    secret = {
+    secret: Secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": metadata,
@@ -310,7 +321,7 @@ def desired_secret(
     return secret, not_copied
 
 
-def differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+def differs(existing: Secret, desired: Secret) -> bool:
     """Whether the existing Secret must be rewritten (labels, annotations, type, data, owner)."""
     have, want = existing.get("metadata") or {}, desired["metadata"]
     return bool(
@@ -323,8 +334,8 @@ def differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
 
 
 def status_patch(
-    kamus_secret: Mapping[str, Any], condition: Condition, now: datetime | None = None
-) -> dict[str, Any] | None:
+    kamus_secret: KamusSecret, condition: Condition, now: datetime | None = None
+) -> StatusPatch | None:
     """The status to write, or None when it already says this (no write, no watch event)."""
     generation = kamus_secret["metadata"].get("generation")
     status = kamus_secret.get("status") or {}
@@ -345,7 +356,7 @@ def status_patch(
         and current.get("lastTransitionTime")
         else (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     )
-    ready = {
+    ready: StatusCondition = {
         "type": "Ready",
         "status": wanted_status,
         "reason": condition.reason,

@@ -4,17 +4,18 @@ import asyncio
 import base64
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from controller import reconcile
-from controller.controller import TokenBucket
+from controller.objects import KamusSecret, Secret
+from controller.pacing import TokenBucket
 from controller.reconcile import Condition, Policy
 
 
-def kamus_secret(**fields: Any) -> dict[str, Any]:
-    return {
+def kamus_secret(**fields: Any) -> KamusSecret:
+    ks = {
         "apiVersion": "soluto.com/v1alpha2",
         "kind": "KamusSecret",
         "metadata": {
@@ -32,6 +33,7 @@ def kamus_secret(**fields: Any) -> dict[str, Any]:
         "serviceAccount": "app",
         **fields,
     }
+    return cast(KamusSecret, ks)
 
 
 def b64(data: bytes) -> str:
@@ -95,7 +97,7 @@ def test_owner_detection_and_consent_on_the_secret() -> None:
     secret, _ = reconcile.desired_secret(ks, {})
     assert reconcile.owned_by(secret, ks)
     assert reconcile.owner_of(secret) == ("team-a", "db")
-    stranger: dict[str, Any] = {"metadata": {"name": "db", "namespace": "team-a"}}
+    stranger: Secret = {"metadata": {"name": "db", "namespace": "team-a"}}
     assert not reconcile.owned_by(stranger, ks)
     assert reconcile.owner_of(stranger) is None
     # The KamusSecret asking (its adopt annotation) is not consent; only the Secret gives it.
@@ -209,7 +211,7 @@ def test_labels_and_annotations_other_controllers_trust_are_never_copied() -> No
 def test_differs_sees_every_field_the_controller_owns() -> None:
     ks = kamus_secret()
     desired, _ = reconcile.desired_secret(ks, {"a": "Yg=="})
-    same: dict[str, Any] = {
+    same: Secret = {
         **desired,
         "metadata": {**desired["metadata"], "resourceVersion": "7", "uid": "s"},
     }
@@ -222,7 +224,7 @@ def test_differs_sees_every_field_the_controller_owns() -> None:
         {"metadata": {**same["metadata"], "ownerReferences": []}},
     ]
     for change in changes:
-        assert reconcile.differs({**same, **change}, desired)
+        assert reconcile.differs(cast(Secret, {**same, **change}), desired)
 
 
 def test_status_is_written_only_when_it_changes() -> None:
