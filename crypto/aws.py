@@ -23,7 +23,9 @@ from crypto.kms import (
     KeyLocks,
     KmsError,
     answered,
-    create_on_first_use,
+    ensure_key,
+    found,
+    owner,
 )
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
 
@@ -84,12 +86,18 @@ class AwsKmsKeyManager:
 
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
         alias = self.alias(sa_id)
-        response = await create_on_first_use(
-            lambda: self._generate_data_key(alias, sa_id),
-            lambda: self._create_key(alias, sa_id),
-            key_name=alias,
-            allowed=self._create_keys,
-        )
+        response = await found(lambda: self._generate_data_key(alias, sa_id))
+        if response is None:
+            await ensure_key(
+                self._locks,
+                alias,
+                allowed=self._create_keys,
+                look=lambda: self._calls(
+                    "DescribeKey", lambda: self._client.describe_key(KeyId=alias)
+                ),
+                create=lambda: self._create_key(alias, sa_id),
+            )
+            response = await self._generate_data_key(alias, sa_id)
         return envelope.seal(
             response["Plaintext"],
             plaintext,
@@ -108,45 +116,38 @@ class AwsKmsKeyManager:
         )
 
     async def _create_key(self, alias: str, sa_id: str) -> None:
-        """Create the CMK and its alias once, even when replicas race to do it."""
-        async with self._locks(alias):
-            try:
-                await self._calls("DescribeKey", lambda: self._client.describe_key(KeyId=alias))
-                return  # another request or replica created it meanwhile
-            except KmsError as missing:
-                if missing.failure is not Failure.NOT_FOUND:
-                    raise
-            namespace, _, name = sa_id.partition(":")
-            created = await self._calls(
-                "CreateKey",
-                lambda: self._client.create_key(
-                    Description=f"Kamus key for service account {sa_id}",
-                    KeyUsage="ENCRYPT_DECRYPT",
-                    KeySpec="SYMMETRIC_DEFAULT",
-                    Tags=[
-                        {"TagKey": "kamus:namespace", "TagValue": namespace},
-                        {"TagKey": "kamus:service-account", "TagValue": name},
-                    ],
-                ),
-            )
-            key_id = created["KeyMetadata"]["KeyId"]
-            try:
-                if self._rotation:
-                    await self._calls(
-                        "EnableKeyRotation", lambda: self._client.enable_key_rotation(KeyId=key_id)
-                    )
+        """The CMK and its alias; when replicas race, the alias goes to one key only."""
+        namespace, name = owner(sa_id)
+        created = await self._calls(
+            "CreateKey",
+            lambda: self._client.create_key(
+                Description=f"Kamus key for service account {sa_id}",
+                KeyUsage="ENCRYPT_DECRYPT",
+                KeySpec="SYMMETRIC_DEFAULT",
+                Tags=[
+                    {"TagKey": "kamus:namespace", "TagValue": namespace},
+                    {"TagKey": "kamus:service-account", "TagValue": name},
+                ],
+            ),
+        )
+        key_id = created["KeyMetadata"]["KeyId"]
+        try:
+            if self._rotation:
                 await self._calls(
-                    "CreateAlias",
-                    lambda: self._client.create_alias(AliasName=alias, TargetKeyId=key_id),
+                    "EnableKeyRotation", lambda: self._client.enable_key_rotation(KeyId=key_id)
                 )
-            except Exception as exc:
-                # Another replica's key won the alias (a conflict), or we failed half-way (an
-                # error, a timeout): either way our key must not linger unused.
-                await self._discard(key_id)
-                if isinstance(exc, KmsError) and exc.failure is Failure.CONFLICT:
-                    return
-                raise
-            self._calls.key_created()
+            await self._calls(
+                "CreateAlias",
+                lambda: self._client.create_alias(AliasName=alias, TargetKeyId=key_id),
+            )
+        except Exception as exc:
+            # Another replica's key won the alias (a conflict), or we failed half-way (an
+            # error, a timeout): either way our key must not linger unused.
+            await self._discard(key_id)
+            if isinstance(exc, KmsError) and exc.failure is Failure.CONFLICT:
+                return
+            raise
+        self._calls.key_created()
 
     async def _discard(self, key_id: str) -> None:
         try:

@@ -33,12 +33,21 @@ from crypto.encoding import b64_decode
 from crypto.errors import (
     DecryptionError,
     KeyManagerUnavailable,
-    KeyNotFoundError,
     MalformedCiphertext,
 )
 from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.keyid import kamus_key_id
-from crypto.kms import PROBE_NAME, BlockingCalls, Failure, KeyLocks, KmsError, answered
+from crypto.kms import (
+    PROBE_NAME,
+    BlockingCalls,
+    Failure,
+    KeyLocks,
+    KmsError,
+    answered,
+    ensure_key,
+    found,
+    owner,
+)
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
 
 log = logging.getLogger(__name__)
@@ -137,7 +146,18 @@ class AzureKeyVaultKeyManager:
         self._versions: OrderedDict[tuple[str, str], CryptographyClient] = OrderedDict()
 
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
-        key = await self._latest_key(kamus_key_id(sa_id), create=True, sa_id=sa_id)
+        name = kamus_key_id(sa_id)
+        key = await found(lambda: self._latest_key(name))
+        if key is None:
+            # Creating an existing name adds a version in Key Vault: look again first.
+            key = await ensure_key(
+                self._locks,
+                name,
+                allowed=self._create_keys,
+                look=lambda: self._get_key(name),
+                create=lambda: self._create_key(name, sa_id),
+            )
+            self._latest[name] = (time.monotonic(), key)
         version = key.properties.version or ""
         data_key = envelope.new_data_key()
         wrapped = _wrap_locally(key, data_key + _identity_digest(sa_id))
@@ -145,42 +165,31 @@ class AzureKeyVaultKeyManager:
             data_key, plaintext, sa_id, kms=KMS, key_version=version, wrapped=wrapped
         )
 
-    async def _latest_key(self, name: str, *, create: bool, sa_id: str) -> KeyVaultKey:
+    async def _latest_key(self, name: str) -> KeyVaultKey:
         cached = self._latest.get(name)
         if cached and time.monotonic() - cached[0] < KEY_REFRESH_SECONDS:
             return cached[1]
-        try:
-            key = await self._calls("GetKey", lambda: self._keys.get_key(name))
-        except KmsError as exc:
-            if exc.failure is not Failure.NOT_FOUND or not create:
-                raise
-            if not self._create_keys:
-                raise KeyNotFoundError(name) from None
-            key = await self._create_key(name, sa_id)
+        key = await self._get_key(name)
         self._latest[name] = (time.monotonic(), key)
         return key
 
+    async def _get_key(self, name: str) -> KeyVaultKey:
+        key: KeyVaultKey = await self._calls("GetKey", lambda: self._keys.get_key(name))
+        return key
+
     async def _create_key(self, name: str, sa_id: str) -> KeyVaultKey:
-        """Create the key once per process. Creating an existing name adds a version in Key
-        Vault, so the lock and the second look keep concurrent first encrypts to one key."""
-        async with self._locks(name):
-            try:
-                return await self._calls("GetKey", lambda: self._keys.get_key(name))
-            except KmsError as exc:
-                if exc.failure is not Failure.NOT_FOUND:
-                    raise
-            namespace, _, service_account = sa_id.partition(":")
-            key = await self._calls(
-                "CreateKey",
-                lambda: self._keys.create_rsa_key(
-                    name,
-                    size=self._key_size,
-                    hardware_protected=self._hsm,
-                    tags={"kamus-namespace": namespace, "kamus-service-account": service_account},
-                ),
-            )
-            self._calls.key_created()
-            return key
+        namespace, service_account = owner(sa_id)
+        key: KeyVaultKey = await self._calls(
+            "CreateKey",
+            lambda: self._keys.create_rsa_key(
+                name,
+                size=self._key_size,
+                hardware_protected=self._hsm,
+                tags={"kamus-namespace": namespace, "kamus-service-account": service_account},
+            ),
+        )
+        self._calls.key_created()
+        return key
 
     async def check(self) -> None:
         # A key that does not exist: 404 with keys/read, which decrypting needs too.
@@ -223,7 +232,7 @@ class AzureKeyVaultKeyManager:
         _check_rsa_size(wrapped)
         # Kamus used RSA-OAEP with the key's latest version.
         try:
-            version = (await self._latest_key(name, create=False, sa_id=sa_id)).properties.version
+            version = (await self._latest_key(name)).properties.version
         except KmsError as exc:
             raise DecryptionError(exc.reason) from None
         plaintext = await self._remote("Decrypt", name, version or "", wrapped)

@@ -27,7 +27,9 @@ from crypto.kms import (
     KeyLocks,
     KmsError,
     answered,
-    create_on_first_use,
+    ensure_key,
+    found,
+    owner,
 )
 
 log = logging.getLogger(__name__)
@@ -104,12 +106,17 @@ class GoogleKmsKeyManager:
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
         name = self.key_name(sa_id)
         data_key = envelope.new_data_key()
-        wrapped = await create_on_first_use(
-            lambda: self._wrap(name, data_key, sa_id),
-            lambda: self._create_key(name, sa_id),
-            key_name=name,
-            allowed=self._create_keys,
-        )
+        wrapped = await found(lambda: self._wrap(name, data_key, sa_id))
+        if wrapped is None:
+            await ensure_key(
+                self._locks,
+                name,
+                allowed=self._create_keys,
+                # Creating an existing name fails with a conflict: no need to look first.
+                look=None,
+                create=lambda: self._create_key(name, sa_id),
+            )
+            wrapped = await self._wrap(name, data_key, sa_id)
         return envelope.seal(
             data_key,
             plaintext,
@@ -140,46 +147,45 @@ class GoogleKmsKeyManager:
         return response
 
     async def _create_key(self, name: str, sa_id: str) -> None:
-        async with self._locks(name):
-            namespace, _, service_account = sa_id.partition(":")
-            key: dict[str, Any] = {
-                "purpose": kms.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT,
-                "version_template": {
-                    "protection_level": self._protection,
-                    "algorithm": SYMMETRIC,
-                },
-                # Label values allow lowercase letters, digits, '-' and '_' only.
-                "labels": {
-                    "managed-by": "kamus",
-                    "kamus-namespace": namespace,
-                    "kamus-service-account": service_account.replace(".", "_")[:63],
-                },
-            }
-            if self._rotation is not None:
-                key["rotation_period"] = self._rotation
-                key["next_rotation_time"] = datetime.now(UTC) + self._rotation
-            request = {
-                "parent": self._key_ring,
-                "crypto_key_id": name.rsplit("/", 1)[-1],
-                "crypto_key": key,
-            }
+        namespace, service_account = owner(sa_id)
+        key: dict[str, Any] = {
+            "purpose": kms.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT,
+            "version_template": {
+                "protection_level": self._protection,
+                "algorithm": SYMMETRIC,
+            },
+            # Label values allow lowercase letters, digits, '-' and '_' only.
+            "labels": {
+                "managed-by": "kamus",
+                "kamus-namespace": namespace,
+                "kamus-service-account": service_account.replace(".", "_")[:63],
+            },
+        }
+        if self._rotation is not None:
+            key["rotation_period"] = self._rotation
+            key["next_rotation_time"] = datetime.now(UTC) + self._rotation
+        request = {
+            "parent": self._key_ring,
+            "crypto_key_id": name.rsplit("/", 1)[-1],
+            "crypto_key": key,
+        }
 
-            def create() -> Any:
-                return self._client.create_crypto_key(request=request, **self._options)
+        def create() -> Any:
+            return self._client.create_crypto_key(request=request, **self._options)
 
+        try:
             try:
-                try:
-                    await self._calls("CreateCryptoKey", create)
-                except KmsError as missing_ring:
-                    if missing_ring.failure is not Failure.NOT_FOUND:
-                        raise
-                    await self._create_key_ring()
-                    await self._calls("CreateCryptoKey", create)
-            except KmsError as exists:
-                if exists.failure is not Failure.CONFLICT:
+                await self._calls("CreateCryptoKey", create)
+            except KmsError as missing_ring:
+                if missing_ring.failure is not Failure.NOT_FOUND:
                     raise
-                return  # another request or replica created it: the same key, by name
-            self._calls.key_created()
+                await self._create_key_ring()
+                await self._calls("CreateCryptoKey", create)
+        except KmsError as exists:
+            if exists.failure is not Failure.CONFLICT:
+                raise
+            return  # another request or replica created it: the same key, by name
+        self._calls.key_created()
 
     async def _create_key_ring(self) -> None:
         request = {"parent": self._location, "key_ring_id": self._key_ring_id}

@@ -1,5 +1,5 @@
 """What the cloud providers share: blocking SDK calls off the event loop, under one deadline,
-observed for metrics.
+observed for metrics; and creating a service account's key once (:func:`ensure_key`).
 
 The SDKs (boto3, google-cloud-kms, azure-keyvault-keys) are synchronous; each call runs in a worker
 thread. A semaphore bounds the calls in flight, so a slow KMS cannot pile up threads, and the
@@ -134,22 +134,41 @@ class KeyLocks:
         return self._locks.setdefault(name, asyncio.Lock())
 
 
-async def create_on_first_use(
-    attempt: Callable[[], Awaitable[T]],
-    create: Callable[[], Awaitable[None]],
-    *,
-    key_name: str,
-    allowed: bool,
-) -> T:
-    """``attempt()``; if the key is missing, create it (when ``allowed``) and attempt again.
-
-    Callers validate the request first, so only real identities ever get a key."""
+async def found(call: Callable[[], Awaitable[T]]) -> T | None:
+    """``call()``, or None when the KMS answers that the key is missing."""
     try:
-        return await attempt()
+        return await call()
     except KmsError as exc:
         if exc.failure is not Failure.NOT_FOUND:
             raise
+        return None
+
+
+async def ensure_key(
+    locks: KeyLocks,
+    name: str,
+    *,
+    allowed: bool,
+    look: Callable[[], Awaitable[T]] | None,
+    create: Callable[[], Awaitable[T]],
+) -> T:
+    """The key ``name``, which the caller just found missing: created here, once.
+
+    Raises :class:`KeyNotFoundError` when creating keys is not ``allowed``. The rest runs under the
+    name's lock, so that concurrent first encrypts in a process create one key: ``look`` again
+    first, as another request or replica may have created it meanwhile, and ``create`` only if
+    the KMS still answers "not found". ``look`` is None for a KMS that refuses to create an
+    existing name: its ``create`` takes "already exists" as done. Callers validate the request
+    first, so only real identities ever get a key.
+    """
     if not allowed:
-        raise KeyNotFoundError(key_name)
-    await create()
-    return await attempt()
+        raise KeyNotFoundError(name)
+    async with locks(name):
+        existing = await found(look) if look is not None else None
+        return existing if existing is not None else await create()
+
+
+def owner(sa_id: str) -> tuple[str, str]:
+    """The namespace and service account a key is tagged with, from ``"<ns>:<sa>"``."""
+    namespace, _, service_account = sa_id.partition(":")
+    return namespace, service_account

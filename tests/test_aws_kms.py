@@ -5,7 +5,6 @@ import base64
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import padding
@@ -14,12 +13,13 @@ from fastapi.testclient import TestClient
 
 from crypto import DecryptionError
 from crypto.aws import AwsKmsKeyManager
-from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
+from crypto.errors import KeyManagerUnavailable
 from kamus.server.metrics import Metrics
 from kamus.server.providers import ConfigurationError, build_key_manager
 from tests.conftest import SettingsFactory
 from tests.kms_doubles.aws import THROTTLED, AwsKmsDouble, failing
 from tests.servers import Faults
+from tests.support.aio import run
 
 AWS = {"KeyManagement__Provider": "AwsKms", "KeyManagement__AwsKms__Region": "us-east-1"}
 
@@ -41,10 +41,6 @@ def observed(
     manager = build_key_manager(make_settings(**{**AWS, **env}), observer=metrics)
     assert isinstance(manager, AwsKmsKeyManager)
     return manager
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
 
 
 def aliases(kms: AwsKmsDouble) -> dict[str, str]:
@@ -95,17 +91,6 @@ def test_one_kms_call_per_encrypt_and_per_decrypt(
     ciphertext = run(manager.encrypt(os.urandom(3 * 1024 * 1024), "team-a:app"))  # no size limit
     run(manager.decrypt(ciphertext, "team-a:app"))
     assert aws_kms.requests == ["TrentService.GenerateDataKey", "TrentService.Decrypt"]
-
-
-@pytest.mark.parametrize("other", ["team-a:web", "team-b:app"])
-def test_other_identities_cannot_decrypt(
-    aws_kms: AwsKmsDouble, make_settings: SettingsFactory, other: str
-) -> None:
-    manager = build(make_settings)
-    ciphertext = run(manager.encrypt(b"s3cr3t", "team-a:app"))
-    run(manager.encrypt(b"x", other))  # the other identity has a key of its own
-    with pytest.raises(DecryptionError):
-        run(manager.decrypt(ciphertext, other))
 
 
 def test_the_encryption_context_binds_the_identity_inside_kms(
@@ -183,20 +168,6 @@ def test_malformed_values_fail_as_decryption_errors(
         run(build(make_settings).decrypt(data, "team-a:app"))
 
 
-def test_concurrent_first_encrypts_create_one_key(
-    aws_kms: AwsKmsDouble, make_settings: SettingsFactory
-) -> None:
-    manager = build(make_settings)
-
-    async def many() -> list[str]:
-        return await asyncio.gather(*(manager.encrypt(b"v", "team-a:app") for _ in range(8)))
-
-    values = run(many())
-    assert key_states(aws_kms) == ["Enabled"]
-    assert len(aliases(aws_kms)) == 1
-    assert {v.split("$")[3] for v in values} == set(aliases(aws_kms).values())
-
-
 def test_two_replicas_racing_leave_one_key_and_alias(
     aws_kms: AwsKmsDouble, make_settings: SettingsFactory
 ) -> None:
@@ -215,18 +186,6 @@ def test_two_replicas_racing_leave_one_key_and_alias(
     assert key_states(aws_kms) == ["Enabled", "PendingDeletion"]
     assert run(second.decrypt(one, "team-a:app")) == b"one"
     assert run(first.decrypt(two, "team-a:app")) == b"two"
-
-
-def test_create_keys_false_refuses_instead_of_creating(
-    aws_kms: AwsKmsDouble, make_settings: SettingsFactory
-) -> None:
-    manager = build(make_settings, KeyManagement__CreateKeys="false")
-    with pytest.raises(KeyNotFoundError, match="CreateKeys=false"):
-        run(manager.encrypt(b"v", "team-a:app"))
-    assert key_states(aws_kms) == []
-    create_kamus_key(aws_kms, expected_alias("team-a:app"))  # pre-provisioned by an admin
-    ciphertext = run(manager.encrypt(b"v", "team-a:app"))
-    assert run(manager.decrypt(ciphertext, "team-a:app")) == b"v"
 
 
 def test_automatic_rotation_is_enabled_on_new_keys(
