@@ -21,9 +21,10 @@ from kubernetes.aio.client.exceptions import ApiException
 from controller.reconcile import GROUP, PLURAL
 from controller.runner import ControllerRunner
 from crypto import KeyManager
+from kamus.server.errors import ConfigurationError
 from kamus.server.kube import create_api_client
 from kamus.server.metrics import ControllerMetrics
-from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.providers import build_key_manager
 from kamus.server.settings import Settings
 from kamus.server.web.app import KamusApp, create_base_app
 

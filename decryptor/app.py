@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from crypto import DecryptionError, KeyManager, MalformedCiphertext, classify
 from crypto.errors import KeyManagerUnavailable
+from kamus.server.errors import ConfigurationError
 from kamus.server.health import Dependency, WatchedKeyManager, readiness
 from kamus.server.identity import parse_service_account_user, sa_id
 from kamus.server.kube import create_api_client
@@ -32,7 +33,7 @@ from kamus.server.kubeauth.reviews import (
     TokenReviewAuthenticator,
 )
 from kamus.server.metrics import Metrics
-from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.providers import build_key_manager
 from kamus.server.settings import Settings
 from kamus.server.web.api import (
     READINESS_RESPONSES,

@@ -18,11 +18,12 @@ from encryptor.auth import USER_TOKEN, EncryptorCallers
 from encryptor.fast import FastEncrypt
 from encryptor.models import BatchEncryptRequest, EncryptRequest
 from kamus.server.addresses import parse_networks
+from kamus.server.errors import ConfigurationError
 from kamus.server.health import WatchedKeyManager, readiness
 from kamus.server.identity import sa_id
 from kamus.server.kubeauth.callers import Identity
 from kamus.server.metrics import Metrics
-from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.providers import build_key_manager
 from kamus.server.ratelimit import ClientRateLimiter, parse_limits
 from kamus.server.settings import Settings
 from kamus.server.web.api import (

@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from crypto import DecryptionError
 from crypto.aws import AwsKmsKeyManager
 from crypto.errors import KeyManagerUnavailable
+from kamus.server.errors import ConfigurationError
 from kamus.server.metrics import Metrics
-from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.providers import build_key_manager
 from tests.conftest import SettingsFactory
 from tests.kms_doubles.aws import THROTTLED, AwsKmsDouble, failing
 from tests.servers import Faults

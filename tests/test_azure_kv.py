@@ -15,8 +15,9 @@ from crypto import DecryptionError
 from crypto.azure import AzureKeyVaultKeyManager
 from crypto.encoding import b64url_encode
 from crypto.errors import KeyManagerUnavailable
+from kamus.server.errors import ConfigurationError
 from kamus.server.metrics import Metrics
-from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.providers import build_key_manager
 from tests.conftest import SettingsFactory
 from tests.kms_doubles.azure import KeyVaultDouble, throttled
 from tests.servers import Faults

@@ -14,8 +14,9 @@ from crypto import DecryptionError
 from crypto.errors import KeyManagerUnavailable
 from crypto.gcp import GoogleKmsKeyManager
 from kamus.server.cloud import parse_rotation_period
+from kamus.server.errors import ConfigurationError
 from kamus.server.metrics import Metrics
-from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.providers import build_key_manager
 from tests.conftest import SettingsFactory
 from tests.kms_doubles.gcp import CloudKmsDouble, error_body
 from tests.servers import Faults

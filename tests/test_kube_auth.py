@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kamus.server.errors import ConfigurationError
 from kamus.server.kube import create_api_client
 from kamus.server.kubeauth.reviews import (
     AuthBusy,
@@ -17,7 +18,6 @@ from kamus.server.kubeauth.reviews import (
     StaticTokenFileAuthenticator,
     TokenReviewAuthenticator,
 )
-from kamus.server.providers import ConfigurationError
 from kamus.server.settings import KubernetesSettings
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.leaks import register

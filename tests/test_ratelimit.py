@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from encryptor.app import create_app
 from kamus.server.addresses import client_key
-from kamus.server.providers import ConfigurationError
+from kamus.server.errors import ConfigurationError
 from kamus.server.ratelimit import TokenBuckets, parse_limits
 from kamus.server.web.problems import PROBLEM_MEDIA_TYPE
 from tests.conftest import SettingsFactory, audit_events

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY, AESKeyManager
 from kamus.cli.main import main
-from kamus.server.providers import ConfigurationError, build_key_manager
+from kamus.server.errors import ConfigurationError
+from kamus.server.providers import build_key_manager
 from kamus.server.settings import Settings
 from tests.conftest import new_key
 

@@ -120,8 +120,8 @@ async def ensure_key_secret(name: str, namespace: str) -> tuple[Outcome, str]:
 
     from crypto.aes import key_id
     from kamus.cli.settings import load_settings
+    from kamus.server.errors import ConfigurationError
     from kamus.server.kube import create_api_client
-    from kamus.server.providers import ConfigurationError
 
     settings = load_settings().kubernetes
     where = f"{namespace}/{name}"

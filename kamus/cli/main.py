@@ -63,7 +63,7 @@ def serve(service: ServiceName, host: str, port: int | None, workers: int | None
     """
     import uvicorn
 
-    from kamus.server.providers import ConfigurationError
+    from kamus.server.errors import ConfigurationError
     from kamus.server.tls import TlsReloader
 
     restore_stop_signals()

@@ -9,8 +9,8 @@ from crypto.aws import AwsKmsKeyManager, classify_aws_error
 from crypto.azure import AzureKeyVaultKeyManager, classify_azure_error
 from crypto.gcp import GoogleKmsKeyManager, classify_gcp_error
 from crypto.kms import BlockingCalls, Classifier, KmsObserver
-from kamus.server.providers import ConfigurationError, secret_setting
-from kamus.server.settings import KeyManagementSettings, Settings
+from kamus.server.errors import ConfigurationError
+from kamus.server.settings import KeyManagementSettings, Settings, secret_setting
 
 
 def ca_bundle() -> str | None:

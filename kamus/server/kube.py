@@ -17,7 +17,7 @@ from kubernetes.aio.config.incluster_config import (
     InClusterConfigLoader,
 )
 
-from kamus.server.providers import ConfigurationError
+from kamus.server.errors import ConfigurationError
 from kamus.server.settings import KubernetesSettings
 
 

@@ -4,20 +4,14 @@ import base64
 import binascii
 import logging
 from collections.abc import Callable
-from pathlib import Path
-
-from pydantic import SecretStr
 
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY, AESKeyManager, KeyManager
 from crypto.aes import KEY_SIZES
 from crypto.kms import KmsObserver
-from kamus.server.settings import AESSettings, Settings, read_secret
+from kamus.server.errors import ConfigurationError
+from kamus.server.settings import AESSettings, Settings, secret_setting
 
 log = logging.getLogger(__name__)
-
-
-class ConfigurationError(Exception):
-    """The service cannot start as configured; the message says what to set."""
 
 
 def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -> KeyManager:
@@ -33,14 +27,6 @@ def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -
         "AzureKeyVault": cloud.build_azure,
     }
     return builders[km.provider](settings, observer)
-
-
-def secret_setting(value: SecretStr | None, file: Path | None, name: str) -> str | None:
-    """A secret from its variable or its file, as a start-up error if misconfigured."""
-    try:
-        return read_secret(value, file, name)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
 
 
 def _decode_key(text: str, name: str) -> bytes:

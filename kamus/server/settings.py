@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kamus.server.errors import ConfigurationError
+
 Provider = Literal["AESKey", "AzureKeyVault", "GoogleKms", "AwsKms"]
 CommaList = Annotated[list[str], NoDecode]
 
@@ -43,6 +45,14 @@ def read_secret(value: SecretStr | None, file: Path | None, name: str) -> str | 
         except OSError as exc:
             raise ValueError(f"{name}File {file} cannot be read: {exc.strerror}") from exc
     return value.get_secret_value().strip() if value is not None else None
+
+
+def secret_setting(value: SecretStr | None, file: Path | None, name: str) -> str | None:
+    """A secret from its variable or its file, as a start-up error if misconfigured."""
+    try:
+        return read_secret(value, file, name)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 class AESSettings(_Section):
