@@ -13,8 +13,8 @@ Where each concern lives:
   (rate limit and backoff), which know nothing of KamusSecrets;
 * ``app``: ``kamus serve controller``, with its health and metrics endpoints.
 
-``kamus`` is imported first, whatever imports this package: it keeps ``import kubernetes...``
-from loading the synchronous client (kamus/__init__.py).
+Its modules import ``kubernetes``: kamus/kubernetes_alone.py runs first, so that they load the
+asyncio client alone.
 """
 
-import kamus  # noqa: F401
+import kamus.kubernetes_alone  # noqa: F401 - before any kubernetes import

@@ -1,8 +1,7 @@
 """The internal decryptor: plaintext only for the service account a value was encrypted for.
 
-``kamus`` is imported first, whatever imports this package: it keeps ``import kubernetes...``
-from loading the synchronous client (kamus/__init__.py), which a process that imported
-``kubernetes`` before it would hold in memory for nothing.
+Whatever imports this package first (say, ``uvicorn decryptor.app:...``), kamus/kubernetes_alone.py
+runs before any ``kubernetes`` module, so that the synchronous client never loads.
 """
 
-import kamus  # noqa: F401
+import kamus.kubernetes_alone  # noqa: F401 - before any kubernetes import

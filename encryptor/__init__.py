@@ -1,7 +1,7 @@
 """The public encryptor: anyone may encrypt for a service account; nobody can decrypt here.
 
-``kamus`` is imported first, whatever imports this package: it keeps ``import kubernetes...``
-from loading the synchronous client (kamus/__init__.py).
+Whatever imports this package first (say, ``uvicorn encryptor.app:...``), kamus/kubernetes_alone.py
+runs before any ``kubernetes`` module, so that the synchronous client never loads.
 """
 
-import kamus  # noqa: F401
+import kamus.kubernetes_alone  # noqa: F401 - before any kubernetes import

@@ -56,7 +56,7 @@ def test_importing_the_encryptor_does_not_load_the_kubernetes_client() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
-    # kamus/__init__.py registers the two packages without running them; no module is loaded.
+    # kamus/kubernetes_alone.py registers the two packages without running them: no module.
     assert [m for m in loaded if m.startswith("kubernetes")] == ["kubernetes", "kubernetes.aio"]
     assert [m for m in loaded if m.split(".")[0] == "decryptor"] == []
 
