@@ -4,9 +4,10 @@ load the asyncio client alone.
 ``kubernetes/__init__.py`` imports the synchronous client, config, dynamic, watch, stream, utils,
 leaderelection and informer modules, which the services (asyncio only) never use;
 ``kubernetes/aio/__init__.py`` likewise imports dynamic (with kubernetes-validate and jsonschema
-when installed), stream, utils (PyYAML), watch and leaderelection. In all, about 50 MB of RSS. The decryptor
-runs within a memory budget (docs/performance.md), so the two packages are registered here
-without running their ``__init__.py``; every submodule stays importable by its full name.
+when installed), stream, utils (PyYAML), watch and leaderelection. In all, about 50 MB of RSS.
+The decryptor runs within a memory budget (docs/performance.md), so the two packages are
+registered here without running their ``__init__.py``; every submodule stays importable by its
+full name.
 
 The packages whose modules import ``kubernetes`` import this one in their ``__init__.py``
 (``kamus.server``, ``kamus.cli``, ``controller``), which Python runs before any of their modules.
