@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.kms_doubles.gcp import CloudKmsDouble
-from tests.servers import Faults
+from tests.support.servers import Faults
 
 START_SECONDS = 30
 

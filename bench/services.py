@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import stop
+from tests.support.processes import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

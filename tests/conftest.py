@@ -1,43 +1,24 @@
 """Shared fixtures: the Kubernetes API double, keys, settings and the two apps in-process."""
 
-import base64
 import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pytest
 from fastapi.testclient import TestClient
 
 from kamus.server.settings import Settings
-from tests import leaks
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
-from tests.processes import running_children
-
-# Settings come from the environment; tests must not inherit a developer's.
-# Cloud SDK variables are cleared too: no test may ever reach a real cloud account.
-_SETTING_PREFIXES = (
-    "keymanagement__",
-    "kubernetes__",
-    "encryptor__",
-    "decryptor__",
-    "server__",
-    "controller__",
-    "logging__",
-    "activedirectory__",
-    "aws_",
-    "google_",
-    "gce_",
-    "azure_",
-    "identity_",
-    "msi_",
-)
+from tests.support import leaks
+from tests.support.processes import running_children
+from tests.support.settings import SETTING_PREFIXES, SettingsFactory, new_key
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -55,7 +36,7 @@ def _nothing_left_running() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _clean_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.lower().startswith(_SETTING_PREFIXES) or name == "KUBECONFIG":
+        if name.lower().startswith(SETTING_PREFIXES) or name == "KUBECONFIG":
             monkeypatch.delenv(name)
     # Nor read a developer's own cloud configuration files.
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
@@ -65,7 +46,7 @@ def _clean_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_secret_in_logs() -> Iterator[None]:
-    """Fails the test if a registered secret reached any log record (tests/leaks.py). The
+    """Fails the test if a registered secret reached any log record (tests/support/leaks.py). The
     root logger goes to DEBUG for the test, so that nothing escapes the search by its level."""
     detector = leaks.LeakDetector()
     root = logging.getLogger()
@@ -184,18 +165,9 @@ def kubeconfig(kube_api: KubeApiDouble, tmp_path: Path, monkeypatch: pytest.Monk
     return path
 
 
-def new_key() -> str:
-    key = base64.b64encode(os.urandom(32)).decode()
-    leaks.register(key)
-    return key
-
-
 @pytest.fixture
 def aes_key() -> str:
     return new_key()
-
-
-SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
@@ -227,8 +199,3 @@ def decryptor_client(make_settings: SettingsFactory, kubeconfig: Path) -> Iterat
 
     with TestClient(create_app(make_settings())) as client:
         yield client
-
-
-def audit_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    """The structured fields of every audit line captured so far."""
-    return [getattr(r, "kamus_fields", {}) for r in caplog.records if r.name == "kamus.audit"]

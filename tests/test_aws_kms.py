@@ -17,12 +17,11 @@ from crypto.errors import KeyManagerUnavailable
 from kamus.server.errors import ConfigurationError
 from kamus.server.metrics import Metrics
 from kamus.server.providers import build_key_manager
-from tests.conftest import SettingsFactory
 from tests.kms_doubles.aws import THROTTLED, AwsKmsDouble, failing
-from tests.servers import Faults
 from tests.support.aio import run
-
-AWS = {"KeyManagement__Provider": "AwsKms", "KeyManagement__AwsKms__Region": "us-east-1"}
+from tests.support.kms import AWS, FAST
+from tests.support.servers import Faults
+from tests.support.settings import SettingsFactory
 
 
 def expected_alias(sa_id: str, prefix: str = "") -> str:
@@ -223,9 +222,6 @@ def test_a_key_missing_right_after_creation_is_a_503_not_a_500(
         response = client.post("/api/v1/encrypt", json=body)
     assert response.status_code == 503
     assert len(aliases(aws_kms)) == 1
-
-
-FAST = {"KeyManagement__TimeoutSeconds": "10", "KeyManagement__MaxRetries": "2"}
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from tests.kms_doubles.azure import KeyVaultDouble, throttled
-from tests.servers import Faults
+from tests.support.servers import Faults
 
 SCOPE = "https://vault.azure.net/.default"
 

@@ -18,10 +18,10 @@ from crypto.errors import KeyManagerUnavailable
 from kamus.server.errors import ConfigurationError
 from kamus.server.metrics import Metrics
 from kamus.server.providers import build_key_manager
-from tests.conftest import SettingsFactory
 from tests.kms_doubles.azure import KeyVaultDouble, throttled
-from tests.servers import Faults
 from tests.support.aio import run
+from tests.support.servers import Faults
+from tests.support.settings import SettingsFactory
 
 FAST = {"KeyManagement__TimeoutSeconds": "10", "KeyManagement__MaxRetries": "1"}
 

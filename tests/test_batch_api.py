@@ -11,8 +11,8 @@ from crypto import AESKeyManager
 from crypto.errors import KeyManagerUnavailable
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
-from tests.conftest import SettingsFactory, audit_events
 from tests.k8s_double import KubeApiDouble
+from tests.support.settings import SettingsFactory, audit_events
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.bare import app as bare_app
 from bench.load import Target, closed_loop, open_loop
-from tests.servers import ThreadedServer
+from tests.support.servers import ThreadedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,9 +20,9 @@ import yaml
 from controller.app import NEEDED
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY
 from kamus import __version__
-from tests.conftest import new_key
 from tests.k8s_double import KubeApiDouble
-from tests.processes import deploy
+from tests.support.processes import deploy
+from tests.support.settings import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "kamus"

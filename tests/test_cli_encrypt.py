@@ -27,7 +27,7 @@ from encryptor.app import create_app
 from kamus.cli.main import main
 from kamus.server.settings import Settings
 from tests.k8s_double import KubeApiDouble
-from tests.servers import ThreadedServer
+from tests.support.servers import ThreadedServer
 
 KEY = b"k" * 32
 

@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from kamus.cli.init import env_name
 from kamus.cli.main import main
-from tests.servers import ThreadedServer
+from tests.support.mounts import configmap_mount
+from tests.support.servers import ThreadedServer
 
 TOKEN = "pod-token"
 # Kamus's own init-container fixtures (init-container/tests), as plaintexts by file name.
@@ -73,19 +74,6 @@ def kamus() -> Iterator[KamusDecryptor]:
     stub.url = f"http://127.0.0.1:{server.port}"
     yield stub
     server.stop()
-
-
-def configmap_mount(folder: Path, files: dict[str, str]) -> Path:
-    """A folder laid out as kubelet mounts a ConfigMap: hidden timestamped data, ``..data``, and
-    one symlink per key."""
-    data = folder / "..2026_11_26_10_00_00.123456789"
-    data.mkdir(parents=True)
-    for name, content in files.items():
-        (data / name).write_text(content)
-    (folder / "..data").symlink_to(data.name)
-    for name in files:
-        (folder / name).symlink_to(f"..data/{name}")
-    return folder
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
 from kamus.cli.client import KamusClient, NetworkError, wrong_service
 from kamus.server.settings import Settings
-from tests.conftest import SettingsFactory
 from tests.k8s_double import KubeApiDouble
-from tests.servers import ThreadedServer
+from tests.support.servers import ThreadedServer
+from tests.support.settings import SettingsFactory
 
 SECRET = "s3cr3t-" + os.urandom(8).hex()
 TOKEN = jwt.encode({"aud": ["kamus-encryptor"], "sub": "ci"}, os.urandom(32), algorithm="HS256")

@@ -18,9 +18,9 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from crypto import AESKeyManager
-from tests.conftest import new_key
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.processes import Service, kamus_serve
+from tests.support.processes import Service, kamus_serve
+from tests.support.settings import new_key
 
 T = TypeVar("T")
 GROUP, VERSION, PLURAL = "soluto.com", "v1alpha2", "kamussecrets"

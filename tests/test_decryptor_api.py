@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from crypto import AESKeyManager
 from decryptor.app import create_app
-from tests.conftest import SettingsFactory, audit_events
 from tests.k8s_double import Faults, KubeApiDouble
+from tests.support.settings import SettingsFactory, audit_events
 
 DECRYPT = "/api/v1/decrypt"
 

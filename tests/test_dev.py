@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from kamus.cli.dev import DevError, _Child, _wait_ready
-from tests.processes import ignoring_sigint, spawn, stop
+from tests.support.processes import ignoring_sigint, spawn, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 

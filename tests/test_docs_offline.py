@@ -17,8 +17,8 @@ from controller.app import create_app as create_controller
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
 from kamus.server.settings import Settings
-from tests.conftest import SettingsFactory
-from tests.servers import ThreadedServer
+from tests.support.servers import ThreadedServer
+from tests.support.settings import SettingsFactory
 
 ORIGIN = "http://testserver"
 DOCS = ORIGIN + "/docs"

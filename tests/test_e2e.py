@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import leaks
-from tests.conftest import new_key
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.processes import Deployment, deploy, kamus_serve
+from tests.support import leaks
+from tests.support.processes import Deployment, deploy, kamus_serve
+from tests.support.settings import new_key
 
 SECRET = "pa55w0rd-only-for-team-a-app"
 leaks.register(SECRET)

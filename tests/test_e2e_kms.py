@@ -5,13 +5,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from tests import leaks
 from tests.k8s_double import KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
-from tests.processes import Deployment, deploy
-from tests.servers import Faults
+from tests.support import leaks
+from tests.support.processes import Deployment, deploy
+from tests.support.servers import Faults
 
 SECRET = "kms-backed-secret ✓"
 leaks.register(SECRET)

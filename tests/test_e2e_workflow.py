@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import leaks
-from tests.conftest import new_key
 from tests.k8s_double import KubeApiDouble
-from tests.processes import Deployment, deploy
-from tests.test_cli_init import configmap_mount
+from tests.support import leaks
+from tests.support.mounts import configmap_mount
+from tests.support.processes import Deployment, deploy
+from tests.support.settings import new_key
 
 SECRET_YAML = """\
 apiVersion: v1

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from crypto import AESKeyManager
 from encryptor.app import create_app
-from tests.conftest import SettingsFactory, audit_events
+from tests.support.settings import SettingsFactory, audit_events
 
 GOOD = {"data": "s3cr3t", "service-account": "app", "namespace": "team-a"}
 

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from encryptor.app import create_app
 from kamus.cli.main import main
-from tests.conftest import SettingsFactory, new_key
 from tests.k8s_double import KubeApiDouble
-from tests.processes import kamus_serve
+from tests.support.processes import kamus_serve
+from tests.support.settings import SettingsFactory, new_key
 
 V1 = {"data": "s3cr3t-value", "service-account": "app", "namespace": "team-a"}
 V2 = {"namespace": "team-a", "serviceAccount": "app", "items": {"a": "s3cr3t-value"}}

@@ -23,11 +23,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import new_key
 from tests.k8s_double import KubeApiDouble
-from tests.processes import Deployment, deploy, kamus_serve
+from tests.support.mounts import configmap_mount
+from tests.support.processes import Deployment, deploy, kamus_serve
+from tests.support.settings import new_key
 from tests.test_chart import KUBERNETES_VERSIONS, named, render
-from tests.test_cli_init import configmap_mount
 from tests.test_controller import GROUP, PLURAL, VERSION, Cluster, controller_env, eventually
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,8 +25,8 @@ from encryptor.app import create_app
 from encryptor.fast import FastEncrypt
 from kamus.server.settings import Settings
 from kamus.server.web.app import KamusApp
-from tests import leaks
-from tests.conftest import SettingsFactory
+from tests.support import leaks
+from tests.support.settings import SettingsFactory
 
 MAX_BODY = 600  # small, so that generated bodies cross it
 PATHS = ["/api/v1/encrypt", "/encrypt"]

@@ -16,12 +16,12 @@ from crypto.errors import KeyManagerUnavailable
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
 from kamus.server.providers import build_key_manager
-from tests import leaks
-from tests.conftest import SettingsFactory
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
+from tests.support import leaks
+from tests.support.settings import SettingsFactory
 
 SECRET = "fault-injection-s3cr3t"
 leaks.register(SECRET)

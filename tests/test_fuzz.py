@@ -65,7 +65,6 @@ from crypto import (
 from crypto.aws import CONTEXT_KEY, MAX_CIPHERTEXT_BLOB
 from crypto.encoding import b64_decode, b64url_decode, b64url_encode
 from kamus.server.providers import build_key_manager
-from tests.conftest import SettingsFactory
 from tests.fuzz import targets
 from tests.fuzz.atheris_parsers import write_seeds
 from tests.fuzz.targets import (
@@ -82,8 +81,9 @@ from tests.fuzz.targets import (
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
-from tests.test_vectors import E1 as E1_VECTORS
-from tests.test_vectors import LEGACY as LEGACY_VECTORS
+from tests.support.settings import SettingsFactory
+from tests.support.vectors import E1 as E1_VECTORS
+from tests.support.vectors import LEGACY as LEGACY_VECTORS
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = targets.build_targets()

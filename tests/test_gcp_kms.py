@@ -17,10 +17,10 @@ from kamus.server.cloud import parse_rotation_period
 from kamus.server.errors import ConfigurationError
 from kamus.server.metrics import Metrics
 from kamus.server.providers import build_key_manager
-from tests.conftest import SettingsFactory
 from tests.kms_doubles.gcp import CloudKmsDouble, error_body
-from tests.servers import Faults
 from tests.support.aio import run
+from tests.support.servers import Faults
+from tests.support.settings import SettingsFactory
 
 GCP = {"KeyManagement__Provider": "GoogleKms", "KeyManagement__GoogleKms__ProjectId": "proj"}
 RING = "projects/proj/locations/global/keyRings/kamus"

@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import new_key
 from tests.k8s_double import KubeApiDouble
+from tests.support.settings import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("encryptor", "decryptor")

@@ -19,11 +19,11 @@ from crypto.encoding import b64url_decode, b64url_encode
 from crypto.errors import KeyNotFoundError
 from kamus.server.metrics import Metrics
 from kamus.server.providers import build_key_manager
-from tests.conftest import SettingsFactory
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
 from tests.support.aio import run
+from tests.support.settings import SettingsFactory
 
 GENERIC = "the ciphertext could not be decrypted for this service account"
 NOT_KAMUS = "this is not a Kamus ciphertext: "

@@ -17,10 +17,10 @@ from kubernetes import config as k8s_config
 
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY
 from crypto.aes import key_id
-from tests import leaks
-from tests.conftest import new_key
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.processes import spawn, stop
+from tests.support import leaks
+from tests.support.processes import spawn, stop
+from tests.support.settings import new_key
 from tests.test_chart import key_job_command, render
 
 NAMESPACE, NAME = "kamus", "kamus-keys"

@@ -20,7 +20,7 @@ from kamus.server.kubeauth.reviews import (
 )
 from kamus.server.settings import KubernetesSettings
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.leaks import register
+from tests.support.leaks import register
 
 
 async def review(double: KubeApiDouble, authenticator: TokenReviewAuthenticator) -> str:

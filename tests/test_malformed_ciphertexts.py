@@ -27,10 +27,10 @@ from encryptor.app import create_app as create_encryptor
 from tests import test_controller as controller_tests
 from tests import test_e2e_workflow as workflow
 from tests import test_security_cases as security
-from tests.conftest import SettingsFactory, audit_events
 from tests.k8s_double import KubeApiDouble
-from tests.servers import ThreadedServer
-from tests.test_cli_init import configmap_mount
+from tests.support.mounts import configmap_mount
+from tests.support.servers import ThreadedServer
+from tests.support.settings import SettingsFactory, audit_events
 from tests.test_controller import Cluster, eventually
 from tests.test_decryptor_api import encrypt
 from tests.test_security_cases import OWNER, Kamus, bearer, mutations, undecryptable

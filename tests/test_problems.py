@@ -18,10 +18,10 @@ from kamus.server.web.problems import (
     Problem,
     ProblemKind,
 )
-from tests.conftest import SettingsFactory
 from tests.k8s_double import KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
-from tests.test_aws_kms import AWS, FAST
+from tests.support.kms import AWS, FAST
+from tests.support.settings import SettingsFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 ENCRYPT = {"namespace": "team-a", "serviceAccount": "app", "items": {"a": "x"}}

@@ -11,7 +11,7 @@ from kamus.server.addresses import client_key
 from kamus.server.errors import ConfigurationError
 from kamus.server.ratelimit import TokenBuckets, parse_limits
 from kamus.server.web.problems import PROBLEM_MEDIA_TYPE
-from tests.conftest import SettingsFactory, audit_events
+from tests.support.settings import SettingsFactory, audit_events
 
 V1 = {"data": "s3cr3t", "service-account": "app", "namespace": "team-a"}
 V2 = {"namespace": "team-a", "serviceAccount": "app", "items": {"a": "s3cr3t"}}

@@ -17,9 +17,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from crypto import AESKeyManager
-from tests import leaks
-from tests.conftest import new_key
-from tests.processes import Service, kamus_serve
+from tests.support import leaks
+from tests.support.processes import Service, kamus_serve
+from tests.support.settings import new_key
 
 SECRET = "rate-limited-s3cr3t"
 leaks.register(SECRET)

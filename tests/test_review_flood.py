@@ -23,10 +23,10 @@ from kamus.server.identity import sa_id
 from kamus.server.kube import create_api_client
 from kamus.server.kubeauth.reviews import TokenReviewAuthenticator
 from kamus.server.settings import KubernetesSettings
-from tests.conftest import SettingsFactory, new_key
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.leaks import register
-from tests.processes import kamus_serve
+from tests.support.leaks import register
+from tests.support.processes import kamus_serve
+from tests.support.settings import SettingsFactory, new_key
 
 SECRET = "flood-survivor-s3cr3t"
 ATTACKER, POD, PROBE = "127.0.0.2", "127.0.0.3", "127.0.0.1"

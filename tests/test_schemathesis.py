@@ -54,9 +54,9 @@ from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
 from kamus.server.settings import Settings
 from kamus.server.web.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX, PROBLEMS
-from tests.conftest import _SETTING_PREFIXES, SettingsFactory, new_key
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.processes import kamus_serve
+from tests.support.processes import kamus_serve
+from tests.support.settings import SETTING_PREFIXES, SettingsFactory, new_key
 
 # -- the schemas under test --------------------------------------------------------------------
 
@@ -67,7 +67,7 @@ def _openapi(create_app: Callable[[Settings], FastAPI]) -> dict[str, Any]:
     Built at collection, when the environment is still the developer's, so from a clean one; no
     setting shapes the document.
     """
-    env = {k: v for k, v in os.environ.items() if not k.lower().startswith(_SETTING_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith(SETTING_PREFIXES)}
     with mock.patch.dict(os.environ, {**env, "KeyManagement__AES__Key": new_key()}, clear=True):
         return create_app(Settings()).openapi()
 

@@ -42,13 +42,13 @@ from kamus.server.kube import create_api_client
 from kamus.server.kubeauth.cache import CachingAuthenticator, Lookup
 from kamus.server.kubeauth.reviews import TokenReviewAuthenticator
 from kamus.server.settings import KubernetesSettings, Settings
-from tests import leaks
-from tests.conftest import SettingsFactory, new_key
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
-from tests.processes import kamus_serve
+from tests.support import leaks
+from tests.support.processes import kamus_serve
+from tests.support.settings import SettingsFactory, new_key
 from tests.test_cli_encrypt import Encryptor, serve
 
 SECRET = "security-case-s3cr3t"

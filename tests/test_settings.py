@@ -14,7 +14,7 @@ from kamus.cli.main import main
 from kamus.server.errors import ConfigurationError
 from kamus.server.providers import build_key_manager
 from kamus.server.settings import Settings
-from tests.conftest import new_key
+from tests.support.settings import new_key
 
 
 def build(monkeypatch: pytest.MonkeyPatch, **env: str) -> AESKeyManager:

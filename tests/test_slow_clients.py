@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import leaks
-from tests.conftest import new_key
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.processes import Deployment, Service, deploy, kamus_serve
+from tests.support import leaks
+from tests.support.processes import Deployment, Service, deploy, kamus_serve
+from tests.support.settings import new_key
 
 SECRET = "slow-clients-secret-for-team-a"
 leaks.register(SECRET)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 
-from tests import leaks
-from tests.conftest import new_key
 from tests.k8s_double import KubeApiDouble
-from tests.processes import Deployment, deploy
+from tests.support import leaks
+from tests.support.processes import Deployment, deploy
+from tests.support.settings import new_key
 
 SOAK_SECONDS = float(os.environ.get("KAMUS_SOAK_SECONDS", "20"))
 RATE = 60  # requests per second, per service

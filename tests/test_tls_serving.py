@@ -11,8 +11,8 @@ import trustme
 from click.testing import CliRunner
 
 from kamus.cli.main import main
-from tests.conftest import new_key
-from tests.processes import kamus_serve
+from tests.support.processes import kamus_serve
+from tests.support.settings import new_key
 
 
 @pytest.fixture(scope="module")

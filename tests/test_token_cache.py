@@ -25,9 +25,9 @@ from kamus.server.kubeauth.reviews import (
     TokenReviewAuthenticator,
 )
 from kamus.server.settings import KubernetesSettings
-from tests.conftest import SettingsFactory
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.leaks import register
+from tests.support.leaks import register
+from tests.support.settings import SettingsFactory
 
 USER = "system:serviceaccount:team-a:app"
 

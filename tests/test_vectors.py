@@ -6,9 +6,6 @@ vector is checked twice: with the real provider, and with a few lines written fr
 """
 
 import base64
-import json
-from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, padding
@@ -24,19 +21,7 @@ from crypto import (
     classify,
     envelope,
 )
-
-VECTORS = Path(__file__).parent / "vectors"
-Vector = dict[str, Any]
-
-
-def load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((VECTORS / name).read_text(encoding="utf-8"))
-    return data
-
-
-A1 = load("aes-a1.json")
-LEGACY = load("kamus-legacy-aes.json")
-E1 = load("envelope-e1.json")
+from tests.support.vectors import A1, E1, LEGACY, Vector
 
 
 def manager(v: Vector) -> AESKeyManager:

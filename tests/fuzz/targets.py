@@ -48,9 +48,9 @@ from crypto import (
 )
 from crypto.encoding import b64_decode, b64url_decode, b64url_encode
 from crypto.formats import PREFIX
-from tests.test_vectors import A1 as A1_VECTORS
-from tests.test_vectors import E1 as E1_VECTORS
-from tests.test_vectors import LEGACY as LEGACY_VECTORS
+from tests.support.vectors import A1 as A1_VECTORS
+from tests.support.vectors import E1 as E1_VECTORS
+from tests.support.vectors import LEGACY as LEGACY_VECTORS
 
 T = TypeVar("T")
 

@@ -45,8 +45,8 @@ from tests.k8s_double.resources import (
     served,
     status_body,
 )
-from tests.leaks import register, register_token
-from tests.servers import Faults, ThreadedServer, install_faults
+from tests.support.leaks import register, register_token
+from tests.support.servers import Faults, ThreadedServer, install_faults
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SA_PREFIX = "system:serviceaccount:"

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from moto.server import ThreadedMotoServer
 
-from tests.servers import Faults, ThreadedServer, install_faults
+from tests.support.servers import Faults, ThreadedServer, install_faults
 
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from tests.servers import Faults, ThreadedServer, install_faults
+from tests.support.servers import Faults, ThreadedServer, install_faults
 
 RESOURCE = "https://vault.azure.net"
 DEFAULT_KEY_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]

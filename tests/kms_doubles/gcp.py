@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from tests.servers import Faults, ThreadedServer, install_faults
+from tests.support.servers import Faults, ThreadedServer, install_faults
 
 PROTECTION = {0: "PROTECTION_LEVEL_UNSPECIFIED", 1: "SOFTWARE", 2: "HSM"}
 PURPOSE = {1: "ENCRYPT_DECRYPT"}

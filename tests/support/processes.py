@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from tests.k8s_double import KubeApiDouble
-from tests.leaks import found_in
+from tests.support.leaks import found_in
 
 _LISTENING = re.compile(r"Uvicorn running on (https?://[\d.]+:\d+)")
 
