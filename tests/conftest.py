@@ -17,6 +17,12 @@ from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
 from tests.support import leaks
+
+# Fixtures of tests/support/apps.py, for every test that drives both services in-process.
+from tests.support.apps import kamus, provider  # noqa: F401
+
+# ... and of tests/support/cluster.py, for the tests that drive a controller process.
+from tests.support.cluster import cluster  # noqa: F401
 from tests.support.processes import running_children
 from tests.support.settings import SETTING_PREFIXES, SettingsFactory, new_key
 

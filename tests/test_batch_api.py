@@ -12,6 +12,7 @@ from crypto.errors import KeyManagerUnavailable
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
 from tests.k8s_double import KubeApiDouble
+from tests.support.apps import bearer
 from tests.support.settings import SettingsFactory, audit_events
 
 
@@ -25,10 +26,6 @@ def encryptor(make_settings: SettingsFactory) -> Iterator[TestClient]:
 def decryptor(make_settings: SettingsFactory, kubeconfig: Path) -> Iterator[TestClient]:
     with TestClient(create_decryptor(make_settings(Server__MaxBatchItems="3"))) as client:
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def seal(encryptor: TestClient, items: dict[str, str], sa: str = "app") -> dict[str, str]:

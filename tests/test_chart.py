@@ -21,16 +21,23 @@ from controller.app import NEEDED
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY
 from kamus import __version__
 from tests.k8s_double import KubeApiDouble
+from tests.support.chart import (
+    BIN,
+    CHART,
+    HELM,
+    HELM4,
+    KUBERNETES_VERSIONS,
+    Manifest,
+    key_job_command,
+    named,
+    of_kind,
+    render,
+    render_raw,
+)
 from tests.support.processes import deploy
 from tests.support.settings import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
-CHART = ROOT / "deploy" / "helm" / "kamus"
-BIN = Path(sys.executable).parent
-HELM = BIN / "helm"
-HELM4 = BIN / "helm4"  # Helm 4, the chart must work with it too
-KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]  # the oldest we support and the newest shipped
-Manifest = dict[str, Any]
 
 # Values sets covering each provider and option (the matrix of the issue).
 MATRIX: dict[str, dict[str, Any]] = {
@@ -98,51 +105,6 @@ MATRIX: dict[str, dict[str, Any]] = {
         "decryptor": {"audiences": ["kamus-decryptor"]},
     },
 }
-
-
-def render(
-    values: dict[str, Any] | None = None,
-    *,
-    chart: Path = CHART,
-    crds: bool = False,
-    helm: Path = HELM,
-    upgrade: bool = False,
-) -> list[Manifest]:
-    result = render_raw(values, chart=chart, crds=crds, helm=helm, upgrade=upgrade)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def render_raw(
-    values: dict[str, Any] | None = None,
-    *,
-    chart: Path = CHART,
-    crds: bool = False,
-    helm: Path = HELM,
-    upgrade: bool = False,
-) -> subprocess.CompletedProcess[str]:
-    """``helm template`` of the chart as release ``kamus`` in namespace ``kamus``; ``upgrade``
-    renders it as ``helm upgrade`` would (``.Release.IsUpgrade``)."""
-    if not helm.exists():
-        pytest.fail(f"{helm} is missing: `make test` installs it (deploy/tools/install-helm.sh)")
-    args = [str(helm), "template", "kamus", str(chart), "--namespace", "kamus", "--values", "-"]
-    return subprocess.run(
-        [*args, *(["--include-crds"] if crds else []), *(["--is-upgrade"] if upgrade else [])],
-        input=json.dumps(values or {}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def of_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:
-    return [m for m in manifests if m["kind"] == kind]
-
-
-def named(manifests: list[Manifest], kind: str, name: str) -> Manifest:
-    [found] = [m for m in of_kind(manifests, kind) if m["metadata"]["name"] == name]
-    return found
 
 
 def pod_specs(manifests: Iterable[Manifest]) -> Iterator[tuple[str, Manifest]]:
@@ -341,14 +303,6 @@ def test_the_key_is_made_in_the_cluster_by_a_hook_job_with_narrow_rbac(
         assert [s["secret"]["name"] for s in keys["projected"]["sources"]] == ["kamus-keys"]
     for case in ("aes-given-key", "existing-secret", "aws-irsa", "azure-service-principal"):
         assert not of_kind(rendered[case], "Job"), f"{case}: no key to generate"
-
-
-def key_job_command(manifests: list[Manifest]) -> list[str]:
-    """The key-secret Job's command: ``kamus create-key-secret`` for the key's Secret."""
-    job = named(manifests, "Job", "kamus-key-secret")
-    command: list[str] = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command == ["kamus", "create-key-secret", "--name", "kamus-keys", "--namespace", "kamus"]
-    return command
 
 
 def test_keys_given_in_the_values_have_their_own_secret() -> None:

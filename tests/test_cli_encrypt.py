@@ -5,82 +5,31 @@ import asyncio
 import base64
 import hashlib
 import re
-import ssl
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
 import pytest
-import trustme
 import yaml
 from click.testing import CliRunner, Result
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crypto import AESKeyManager
 from encryptor.app import create_app
 from kamus.cli.main import main
 from kamus.server.settings import Settings
 from tests.k8s_double import KubeApiDouble
-from tests.support.servers import ThreadedServer
+from tests.support.servers import Encryptor, serve
 
 KEY = b"k" * 32
 
 
-class Counting:
-    """Counts the HTTP requests that reach the app (to prove a refused pin sent nothing), and
-    keeps the Authorization headers they carried."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.requests = 0
-        self.authorizations: list[str] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.requests += 1
-            headers = dict(scope["headers"])
-            if b"authorization" in headers:
-                self.authorizations.append(headers[b"authorization"].decode())
-        await self.app(scope, receive, send)
-
-
-@dataclass
-class Encryptor:
-    url: str
-    counter: Counting
-    ca_file: Path | None = None
-    der: bytes = b""
-
-
 def decrypt(ciphertext: str, sa_id: str = "team-a:app") -> str:
     return asyncio.run(AESKeyManager(KEY).decrypt(ciphertext, sa_id)).decode()
-
-
-def serve(app: ASGIApp, tmp_path: Path, tls: bool) -> Iterator[Encryptor]:
-    counter = Counting(app)
-    server = ThreadedServer(counter)
-    encryptor = Encryptor("", counter)
-    if tls:
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1")
-        pem = tmp_path / "server.pem"
-        cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
-        server.ssl_certfile = str(pem)
-        encryptor.ca_file = tmp_path / "ca.pem"
-        ca.cert_pem.write_to_path(str(encryptor.ca_file))
-        encryptor.der = ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
-    server.start()
-    encryptor.url = f"{'https' if tls else 'http'}://127.0.0.1:{server.port}"
-    try:
-        yield encryptor
-    finally:
-        server.stop()
 
 
 @pytest.fixture

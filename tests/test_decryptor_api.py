@@ -1,6 +1,5 @@
 """The decryptor's HTTP contract, against the Kubernetes API double through the real client."""
 
-import asyncio
 import base64
 import json
 import os
@@ -12,16 +11,12 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from fastapi.testclient import TestClient
 
-from crypto import AESKeyManager
 from decryptor.app import create_app
 from tests.k8s_double import Faults, KubeApiDouble
-from tests.support.settings import SettingsFactory, audit_events
+from tests.support.apps import bearer
+from tests.support.settings import SettingsFactory, aes_encrypt, audit_events
 
 DECRYPT = "/api/v1/decrypt"
-
-
-def encrypt(key_b64: str, plaintext: str, sa_id: str) -> str:
-    return asyncio.run(AESKeyManager(base64.b64decode(key_b64)).encrypt(plaintext.encode(), sa_id))
 
 
 def kamus_legacy(key_b64: str, plaintext: str) -> str:
@@ -34,15 +29,11 @@ def kamus_legacy(key_b64: str, plaintext: str) -> str:
     return f"{base64.b64encode(iv).decode()}:{base64.b64encode(body).decode()}"
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.mark.parametrize("path", ["/api/v1/decrypt", "/decrypt"])
 def test_round_trip_as_the_right_service_account(
     decryptor_client: TestClient, kube_api: KubeApiDouble, aes_key: str, path: str
 ) -> None:
-    ciphertext = encrypt(aes_key, "s3cr3t ✓", "team-a:app")
+    ciphertext = aes_encrypt(aes_key, "s3cr3t ✓", "team-a:app")
     token = kube_api.issue_token("team-a", "app")
     response = decryptor_client.post(path, json={"data": ciphertext}, headers=bearer(token))
     assert response.status_code == 200, response.text
@@ -55,7 +46,7 @@ def test_bearer_scheme_is_case_insensitive(
     decryptor_client: TestClient, kube_api: KubeApiDouble, aes_key: str
 ) -> None:
     headers = {"Authorization": "bearer " + kube_api.issue_token("team-a", "app")}
-    body = {"data": encrypt(aes_key, "x", "team-a:app")}
+    body = {"data": aes_encrypt(aes_key, "x", "team-a:app")}
     assert decryptor_client.post(DECRYPT, json=body, headers=headers).status_code == 200
 
 
@@ -69,7 +60,7 @@ def test_other_identities_cannot_decrypt(
     other_namespace: str,
     other_sa: str,
 ) -> None:
-    ciphertext = encrypt(aes_key, "s3cr3t", "team-a:app")
+    ciphertext = aes_encrypt(aes_key, "s3cr3t", "team-a:app")
     token = kube_api.issue_token(other_namespace, other_sa)
     response = decryptor_client.post(DECRYPT, json={"data": ciphertext}, headers=bearer(token))
     assert response.status_code == 400
@@ -192,7 +183,7 @@ def test_tokens_kubernetes_rejects_are_401(
 ) -> None:
     assert callable(make_token)
     token = make_token(kube_api)
-    body = {"data": encrypt(aes_key, "s3cr3t", "team-a:app")}
+    body = {"data": aes_encrypt(aes_key, "s3cr3t", "team-a:app")}
     response = decryptor_client.post(DECRYPT, json=body, headers=bearer(token))
     assert response.status_code == 401
     assert "not accepted by Kubernetes" in response.json()["detail"]
@@ -205,7 +196,7 @@ def test_token_of_a_deleted_service_account_is_401(
 ) -> None:
     token = kube_api.issue_token("team-a", "app")
     kube_api.deleted_service_accounts.add(("team-a", "app"))
-    body = {"data": encrypt(aes_key, "s3cr3t", "team-a:app")}
+    body = {"data": aes_encrypt(aes_key, "s3cr3t", "team-a:app")}
     assert decryptor_client.post(DECRYPT, json=body, headers=bearer(token)).status_code == 401
 
 
@@ -213,7 +204,7 @@ def test_a_user_that_is_not_a_service_account_is_403(
     decryptor_client: TestClient, kube_api: KubeApiDouble, aes_key: str
 ) -> None:
     token = kube_api.issue_user_token("jane@example.com")
-    body = {"data": encrypt(aes_key, "s3cr3t", "team-a:app")}
+    body = {"data": aes_encrypt(aes_key, "s3cr3t", "team-a:app")}
     response = decryptor_client.post(DECRYPT, json=body, headers=bearer(token))
     assert response.status_code == 403
     assert "only Kubernetes service accounts" in response.json()["detail"]
@@ -230,7 +221,7 @@ def test_a_user_named_like_a_service_account_with_extra_parts_is_403(
 def test_default_service_account_is_403(
     decryptor_client: TestClient, kube_api: KubeApiDouble, aes_key: str
 ) -> None:
-    body = {"data": encrypt(aes_key, "s3cr3t", "team-a:default")}
+    body = {"data": aes_encrypt(aes_key, "s3cr3t", "team-a:default")}
     token = kube_api.issue_token("team-a", "default")
     response = decryptor_client.post(DECRYPT, json=body, headers=bearer(token))
     assert response.status_code == 403
@@ -242,7 +233,7 @@ def test_default_service_account_may_decrypt_when_allowed(
 ) -> None:
     settings = make_settings(Decryptor__DenyDefaultServiceAccount="false")
     with TestClient(create_app(settings)) as client:
-        body = {"data": encrypt(aes_key, "s3cr3t", "team-a:default")}
+        body = {"data": aes_encrypt(aes_key, "s3cr3t", "team-a:default")}
         token = kube_api.issue_token("team-a", "default")
         response = client.post(DECRYPT, json=body, headers=bearer(token))
         assert response.status_code == 200
@@ -276,7 +267,7 @@ def fast_timeout_client(make_settings: SettingsFactory, kubeconfig: Path) -> Ite
 
 
 def _assert_unavailable(client: TestClient, token: str, aes_key: str) -> None:
-    body = {"data": encrypt(aes_key, "s3cr3t", "team-a:app")}
+    body = {"data": aes_encrypt(aes_key, "s3cr3t", "team-a:app")}
     response = client.post(DECRYPT, json=body, headers=bearer(token))
     assert response.status_code == 503
     assert response.headers["retry-after"] == "7"
@@ -308,7 +299,7 @@ def test_unreachable_apiserver_is_503(
     kube_api.stop()
     _assert_unavailable(fast_timeout_client, token, aes_key)
     kube_api.start()
-    body = {"data": encrypt(aes_key, "back", "team-a:app")}
+    body = {"data": aes_encrypt(aes_key, "back", "team-a:app")}
     response = fast_timeout_client.post(DECRYPT, json=body, headers=bearer(token))
     assert response.text == "back"
 
@@ -326,7 +317,7 @@ def test_configured_audiences_are_sent_and_enforced(
 ) -> None:
     settings = make_settings(Decryptor__Audiences="kamus, kamus-decryptor")
     with TestClient(create_app(settings)) as client:
-        body = {"data": encrypt(aes_key, "s3cr3t", "team-a:app")}
+        body = {"data": aes_encrypt(aes_key, "s3cr3t", "team-a:app")}
         good = kube_api.issue_token("team-a", "app", audiences=["kamus"])
         assert client.post(DECRYPT, json=body, headers=bearer(good)).text == "s3cr3t"
         assert kube_api.reviews[-1].audiences == ["kamus", "kamus-decryptor"]
@@ -369,7 +360,7 @@ def test_decryption_metrics_by_format_and_outcome(
 ) -> None:
     token = kube_api.issue_token("team-a", "app")
     decryptor_client.post(
-        DECRYPT, json={"data": encrypt(aes_key, "x", "team-a:app")}, headers=bearer(token)
+        DECRYPT, json={"data": aes_encrypt(aes_key, "x", "team-a:app")}, headers=bearer(token)
     )
     decryptor_client.post(DECRYPT, json={"data": "junk"}, headers=bearer(token))
     decryptor_client.post(DECRYPT, json={"data": "junk"})
@@ -393,7 +384,7 @@ def test_audit_lines_carry_identity_and_outcome_never_token_or_data(
 ) -> None:
     caplog.set_level("INFO")
     token = kube_api.issue_token("team-a", "app")
-    ciphertext = encrypt(aes_key, "s3cr3t", "team-a:app")
+    ciphertext = aes_encrypt(aes_key, "s3cr3t", "team-a:app")
     decryptor_client.post(DECRYPT, json={"data": ciphertext}, headers=bearer(token))
     decryptor_client.post(DECRYPT, json={"data": ciphertext}, headers=bearer("bad"))
     other = kube_api.issue_token("team-b", "app")

@@ -15,7 +15,7 @@ import yaml
 from tests.k8s_double import KubeApiDouble
 from tests.support import leaks
 from tests.support.mounts import configmap_mount
-from tests.support.processes import Deployment, deploy
+from tests.support.processes import Deployment, deploy, run_kamus
 from tests.support.settings import new_key
 
 SECRET_YAML = """\
@@ -37,20 +37,6 @@ PLAINTEXTS = {
 leaks.register(*PLAINTEXTS.values())
 
 
-def kamus(
-    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kamus", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={"PATH": os.environ["PATH"], **(env or {})},
-    )
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("workflow")
@@ -65,7 +51,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 def mount(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What a developer commits and kubelet mounts: sealed values in a ConfigMap."""
     url = deployment.encryptor.url
-    encrypted = kamus(
+    encrypted = run_kamus(
         "encrypt",
         "-s",
         PLAINTEXTS["token"],
@@ -79,7 +65,7 @@ def mount(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> P
     )
     assert encrypted.returncode == 0, encrypted.stderr
     manifest = SECRET_YAML.format(api_key=base64.b64encode(PLAINTEXTS["api-key"].encode()).decode())
-    sealed = kamus(
+    sealed = run_kamus(
         "seal",
         "-a",
         "app",
@@ -104,7 +90,7 @@ def init(
     token_file = out.parent / f"{out.name}.token"
     token_file.write_text(token)
     env = {"KAMUS_URL": deployment.decryptor.url, "TOKEN_FILE_PATH": str(token_file)}
-    return kamus("init", "-e", str(mount), "-d", str(out), *args, env=env)
+    return run_kamus("init", "-e", str(mount), "-d", str(out), *args, env=env)
 
 
 EXPECTED_JSON = {**PLAINTEXTS, "config.json": {"db": {"host": "db.internal", "port": 5432}}}
@@ -194,7 +180,7 @@ def test_another_service_account_is_refused_clearly(
 
 def test_a_sealed_kamussecret_opens_for_its_service_account(deployment: Deployment) -> None:
     manifest = SECRET_YAML.format(api_key=base64.b64encode(b"\x00binary\xff").decode())
-    sealed = kamus(
+    sealed = run_kamus(
         "seal", "-a", "app", "-u", deployment.encryptor.url, "--allow-insecure-url", stdin=manifest
     )
     assert sealed.returncode == 0, sealed.stderr

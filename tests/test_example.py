@@ -24,11 +24,11 @@ import pytest
 import yaml
 
 from tests.k8s_double import KubeApiDouble
+from tests.support.chart import KUBERNETES_VERSIONS, named, render
+from tests.support.cluster import GROUP, PLURAL, VERSION, Cluster, controller_env, eventually
 from tests.support.mounts import configmap_mount
 from tests.support.processes import Deployment, deploy, kamus_serve
 from tests.support.settings import new_key
-from tests.test_chart import KUBERNETES_VERSIONS, named, render
-from tests.test_controller import GROUP, PLURAL, VERSION, Cluster, controller_env, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example"

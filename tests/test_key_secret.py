@@ -19,9 +19,9 @@ from crypto import KAMUS_PUBLIC_DEFAULT_KEY
 from crypto.aes import key_id
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.support import leaks
+from tests.support.chart import key_job_command, render
 from tests.support.processes import spawn, stop
 from tests.support.settings import new_key
-from tests.test_chart import key_job_command, render
 
 NAMESPACE, NAME = "kamus", "kamus-keys"
 # What the chart's Role does not grant, on Secrets.

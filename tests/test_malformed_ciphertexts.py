@@ -24,31 +24,29 @@ from crypto.encoding import b64url_encode
 from crypto.envelope import parse as parse_e1
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
-from tests import test_controller as controller_tests
-from tests import test_e2e_workflow as workflow
-from tests import test_security_cases as security
 from tests.k8s_double import KubeApiDouble
+from tests.support import cluster as controller_tests
+from tests.support import leaks
+from tests.support.apps import MALFORMED, OWNER, Kamus, bearer, mutations, undecryptable
+from tests.support.cluster import Cluster, eventually
 from tests.support.mounts import configmap_mount
+from tests.support.processes import run_kamus
 from tests.support.servers import ThreadedServer
-from tests.support.settings import SettingsFactory, audit_events
-from tests.test_controller import Cluster, eventually
-from tests.test_decryptor_api import encrypt
-from tests.test_security_cases import OWNER, Kamus, bearer, mutations, undecryptable
+from tests.support.settings import SettingsFactory, aes_encrypt, audit_events
 
 # The fixtures of the modules whose services these tests drive: every key provider through both
 # apps in-process, and a `kamus serve controller` process against the Kubernetes API double.
-provider = security.provider
-kamus = security.kamus
-cluster = controller_tests.cluster
 
-MALFORMED = "this is not a Kamus ciphertext: "
 IDENTITY = "team-a:app"
+SECRET = "malformed-case-s3cr3t"
+OTHER_SECRET = "malformed-other-s3cr3t"
+leaks.register(SECRET, OTHER_SECRET)
 # What files, shells, editors and YAML leave around a value.
 WRAPPINGS = [("", "\n"), ("", "  \r\n"), ("\t", "\n"), ("\r\n", " \x0b\x0c")]
 
 
 def a1(key_b64: str, plaintext: str, sa_id: str = IDENTITY) -> str:
-    return encrypt(key_b64, plaintext, sa_id)
+    return aes_encrypt(key_b64, plaintext, sa_id)
 
 
 def cbc(key: bytes, blocks: bytes) -> str:
@@ -238,13 +236,13 @@ async def test_legacy_cbc_failures_after_the_key_are_one_exception() -> None:
 def test_tag_and_identity_failures_are_one_answer_for_every_provider(kamus: Kamus) -> None:
     """a1 (AES) and e1 (AWS, GCP, Azure): a tag that fails, a value of another identity, a
     wrapped key spliced from another value: one status, one body, one batch error."""
-    mine = kamus.encrypt(security.SECRET, *OWNER)
-    other = kamus.encrypt(security.SECRET, *OWNER)
+    mine = kamus.encrypt(SECRET, *OWNER)
+    other = kamus.encrypt(SECRET, *OWNER)
     tampered = mutations(mine, other)
     values = {
         "tag": tampered["last bit flipped"],
-        "another service account": kamus.encrypt(security.OTHER_SECRET, "team-a", "web"),
-        "another namespace": kamus.encrypt(security.OTHER_SECRET, "team-b", "app"),
+        "another service account": kamus.encrypt(OTHER_SECRET, "team-a", "web"),
+        "another namespace": kamus.encrypt(OTHER_SECRET, "team-b", "app"),
     }
     if "another value's wrapped key" in tampered:  # e1 only
         values["spliced"] = tampered["another value's wrapped key"]
@@ -273,7 +271,7 @@ def init(url: str, token: str, mount: Path, out: Path) -> tuple[int, str]:
     token_file = out.parent / "token"
     token_file.write_text(token)
     env = {"KAMUS_URL": url, "TOKEN_FILE_PATH": str(token_file)}
-    result = workflow.kamus(
+    result = run_kamus(
         "init", "-e", str(mount), "-d", str(out), "-f", "files", "--timeout", "5", env=env
     )
     return result.returncode, result.stderr

@@ -190,3 +190,18 @@ def deploy(kube_api: KubeApiDouble, tmp_path: Path, env: Mapping[str, str]) -> I
         kamus_serve("decryptor", decryptor_env, tmp_path / "decryptor.log") as decryptor,
     ):
         yield Deployment(encryptor, decryptor, kube_api)
+
+
+def run_kamus(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``kamus ARGS`` to its end, with only PATH and ``env`` in its environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "kamus", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": os.environ["PATH"], **(env or {})},
+    )

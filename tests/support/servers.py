@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import trustme
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class ThreadedServer:
@@ -127,3 +130,50 @@ def install_faults(
         except ClientDisconnect:  # the client stopped waiting for a slow answer
             return Response(status_code=499)
         return response
+
+
+class Counting:
+    """Counts the HTTP requests that reach the app (to prove a refused pin sent nothing), and
+    keeps the Authorization headers they carried."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.requests = 0
+        self.authorizations: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.requests += 1
+            headers = dict(scope["headers"])
+            if b"authorization" in headers:
+                self.authorizations.append(headers[b"authorization"].decode())
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Encryptor:
+    url: str
+    counter: Counting
+    ca_file: Path | None = None
+    der: bytes = b""
+
+
+def serve(app: ASGIApp, tmp_path: Path, tls: bool) -> Iterator[Encryptor]:
+    counter = Counting(app)
+    server = ThreadedServer(counter)
+    encryptor = Encryptor("", counter)
+    if tls:
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        pem = tmp_path / "server.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+        server.ssl_certfile = str(pem)
+        encryptor.ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(encryptor.ca_file))
+        encryptor.der = ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
+    server.start()
+    encryptor.url = f"{'https' if tls else 'http'}://127.0.0.1:{server.port}"
+    try:
+        yield encryptor
+    finally:
+        server.stop()

@@ -1,5 +1,6 @@
 """Settings, keys and audit lines as the tests use them."""
 
+import asyncio
 import base64
 import os
 from collections.abc import Callable
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from crypto import AESKeyManager
 from kamus.server.settings import Settings
 from tests.support import leaks
 
@@ -42,3 +44,8 @@ SettingsFactory = Callable[..., Settings]
 def audit_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     """The structured fields of every audit line captured so far."""
     return [getattr(r, "kamus_fields", {}) for r in caplog.records if r.name == "kamus.audit"]
+
+
+def aes_encrypt(key_b64: str, plaintext: str, sa_id: str) -> str:
+    """What the encryptor answers for ``sa_id`` under the AES master key ``key_b64``."""
+    return asyncio.run(AESKeyManager(base64.b64decode(key_b64)).encrypt(plaintext.encode(), sa_id))

@@ -1,0 +1,72 @@
+"""The Helm chart rendered with the pinned helm (deploy/tools/install-helm.sh), as the chart,
+image and example tests read it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "kamus"
+BIN = Path(sys.executable).parent
+HELM = BIN / "helm"
+HELM4 = BIN / "helm4"  # Helm 4, the chart must work with it too
+KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]  # the oldest we support and the newest shipped
+Manifest = dict[str, Any]
+
+
+def render(
+    values: dict[str, Any] | None = None,
+    *,
+    chart: Path = CHART,
+    crds: bool = False,
+    helm: Path = HELM,
+    upgrade: bool = False,
+) -> list[Manifest]:
+    result = render_raw(values, chart=chart, crds=crds, helm=helm, upgrade=upgrade)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def render_raw(
+    values: dict[str, Any] | None = None,
+    *,
+    chart: Path = CHART,
+    crds: bool = False,
+    helm: Path = HELM,
+    upgrade: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """``helm template`` of the chart as release ``kamus`` in namespace ``kamus``; ``upgrade``
+    renders it as ``helm upgrade`` would (``.Release.IsUpgrade``)."""
+    if not helm.exists():
+        pytest.fail(f"{helm} is missing: `make test` installs it (deploy/tools/install-helm.sh)")
+    args = [str(helm), "template", "kamus", str(chart), "--namespace", "kamus", "--values", "-"]
+    return subprocess.run(
+        [*args, *(["--include-crds"] if crds else []), *(["--is-upgrade"] if upgrade else [])],
+        input=json.dumps(values or {}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def of_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def named(manifests: list[Manifest], kind: str, name: str) -> Manifest:
+    [found] = [m for m in of_kind(manifests, kind) if m["metadata"]["name"] == name]
+    return found
+
+
+def key_job_command(manifests: list[Manifest]) -> list[str]:
+    """The key-secret Job's command: ``kamus create-key-secret`` for the key's Secret."""
+    job = named(manifests, "Job", "kamus-key-secret")
+    command: list[str] = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == ["kamus", "create-key-secret", "--name", "kamus-keys", "--namespace", "kamus"]
+    return command
