@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 PRODUCT := $(VENV)/.product
 DEV := $(VENV)/.dev
 
-.PHONY: run test lint typecheck pytest double bench lock clean
+.PHONY: run test test-fast lint typecheck pytest double bench lock clean
 
 $(PRODUCT): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ run: $(PRODUCT)
 	$(BIN)/kamus dev
 
 test: lint typecheck pytest
+
+# Lint, types, then the unit and API tests (tests/unit, tests/api): under a minute, for the
+# edit-and-test loop. `make test`, which CI runs, adds the providers, end-to-end, deployment,
+# fuzz and soak tests.
+test-fast: lint typecheck
+	$(BIN)/pytest tests/unit tests/api
 
 lint: $(DEV)
 	$(BIN)/ruff check .
@@ -43,12 +49,12 @@ bench: $(DEV)
 	$(BIN)/python -m bench
 
 # The exact versions the images install (CPython 3.11, Linux x86_64), with their hashes, then the
-# hash of pyproject's dependencies that tests/test_lock.py checks. uv keeps the pins that still
+# hash of pyproject's dependencies that tests/deploy/test_lock.py checks. uv keeps the pins that still
 # fit: delete the lock first to move everything to the newest versions.
 lock: $(DEV)
 	$(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-unknown-linux-gnu --output-file deploy/images/requirements.lock
-	$(BIN)/python -m tests.test_lock >> deploy/images/requirements.lock
+	$(BIN)/python -m tests.deploy.test_lock >> deploy/images/requirements.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

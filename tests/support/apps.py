@@ -50,8 +50,9 @@ class Provider:
 
 @pytest.fixture(params=["aes", "aws", "gcp", "azure"])
 def provider(request: pytest.FixtureRequest) -> Provider:
-    """Each key provider, its double ready and this process pointed at it (as tests/test_faults.py
-    does). No SDK retries, so that a wrong 503 shows at once rather than after backoff."""
+    """Each key provider, its double ready and this process pointed at it (as
+    tests/providers/test_faults.py does). No SDK retries, so that a wrong 503 shows at once rather
+    than after backoff."""
     env = {"Encryptor__RateLimit": "off", "KeyManagement__MaxRetries": "0"}
     if request.param == "aes":
         return Provider("aes", env)

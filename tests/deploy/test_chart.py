@@ -37,7 +37,7 @@ from tests.support.chart import (
 from tests.support.processes import deploy
 from tests.support.settings import new_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Values sets covering each provider and option (the matrix of the issue).
 MATRIX: dict[str, dict[str, Any]] = {

@@ -88,7 +88,7 @@ def test_undecryptable_data_is_400_never_500(
     response = decryptor_client.post(DECRYPT, json={"data": data}, headers=bearer(token))
     assert response.status_code == 400
     # None of these has a shape any format has: said so, before any key is used (the one
-    # message for what a key decides: tests/test_malformed_ciphertexts.py).
+    # message for what a key decides: tests/e2e/test_malformed_ciphertexts.py).
     assert response.json()["detail"].startswith("this is not a Kamus ciphertext: ")
 
 

@@ -12,7 +12,7 @@ from kamus.cli.main import main
 from kamus.server import asgi
 from kamus.server.services import SERVICES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = sorted(main.commands)
 
 

@@ -19,9 +19,9 @@ client. This file drives them three ways:
   wrapped or encrypted by the double), each as one of several identities;
 * atheris (coverage-guided) over the in-process targets, in a subprocess with a bounded run count.
 
-``tests/test_crypto.py`` already fuzzes the AES provider with short garbage and a1 mutations; this
-file covers what it does not (the cloud providers, the envelope and legacy parsers on their own,
-every format as input to every provider, structure-aware field mutations, huge inputs).
+``tests/unit/test_crypto.py`` already fuzzes the AES provider with short garbage and a1 mutations;
+this file covers what it does not (the cloud providers, the envelope and legacy parsers on their
+own, every format as input to every provider, structure-aware field mutations, huge inputs).
 
 Every fuzz test counts the inputs it ran, records them (``record_property``, the pytest cache
 under ``kamus/fuzz/``, and the captured output), and fails if the count falls short; those
@@ -85,7 +85,7 @@ from tests.support.settings import SettingsFactory
 from tests.support.vectors import E1 as E1_VECTORS
 from tests.support.vectors import LEGACY as LEGACY_VECTORS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TARGETS = targets.build_targets()
 EXAMPLES_PER_TARGET = 1000
 EXAMPLES_PER_DOUBLE = 300

@@ -10,7 +10,7 @@ import yaml
 
 from kamus import __version__
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_installed_package_has_the_version() -> None:

@@ -4,7 +4,7 @@ The images install the lock's exact versions (pip --require-hashes), then the pr
 --no-deps: so the lock must pin every runtime dependency that applies to the images (CPython 3.11
 on Linux x86_64) at a version pyproject.toml allows, and hold nothing for development. `make lock`
 compiles it with uv and appends the hash of the dependencies it was compiled from, the line that
-``python -m tests.test_lock`` prints.
+``python -m tests.deploy.test_lock`` prints.
 """
 
 import hashlib
@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = ROOT / "pyproject.toml"
 LOCK = ROOT / "deploy/images/requirements.lock"
 DOCKERFILES = [ROOT / f"Dockerfile.{service}" for service in ("encryptor", "decryptor")]

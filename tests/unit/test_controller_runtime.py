@@ -1,6 +1,6 @@
-"""The controller's runtime parts that tests/test_controller.py only sees from outside: the
+"""The controller's runtime parts that tests/e2e/test_controller.py only sees from outside: the
 watches' backoff and the work queue. (The Lease and the informers are tested there, against the
-Kubernetes API double; the token bucket in tests/test_controller_rules.py.)"""
+Kubernetes API double; the token bucket in tests/unit/test_controller_rules.py.)"""
 
 import asyncio
 

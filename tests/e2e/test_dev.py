@@ -21,7 +21,7 @@ import pytest
 from kamus.cli.dev import DevError, _Child, _wait_ready
 from tests.support.processes import ignoring_sigint, spawn, stop
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -230,9 +230,9 @@ def test_a_health_check_answered_by_another_program_is_not_ready(
 def test_the_process_tests_pass_with_sigint_ignored(tmp_path: Path) -> None:
     """The suite as ``make test &`` in a script runs it: SIGINT ignored in every process."""
     selection = [
-        "tests/test_dev.py::test_dev_round_trip_and_state_kept_between_runs",
-        "tests/test_e2e.py::test_round_trip_only_for_the_right_service_account",
-        "tests/test_e2e.py::test_several_workers_serve_and_stop_together",
+        "tests/e2e/test_dev.py::test_dev_round_trip_and_state_kept_between_runs",
+        "tests/e2e/test_e2e.py::test_round_trip_only_for_the_right_service_account",
+        "tests/e2e/test_e2e.py::test_several_workers_serve_and_stop_together",
     ]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection]
     result = subprocess.run(

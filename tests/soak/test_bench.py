@@ -12,7 +12,7 @@ from bench.bare import app as bare_app
 from bench.load import Target, closed_loop, open_loop
 from tests.support.servers import ThreadedServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def positive(section: dict[str, Any], *paths: str) -> None:

@@ -31,7 +31,7 @@ import pytest
 from tests.k8s_double import KubeApiDouble
 from tests.support.settings import new_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("encryptor", "decryptor")
 DOCKERFILES = [ROOT / f"Dockerfile.{service}" for service in SERVICES]
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

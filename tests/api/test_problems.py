@@ -23,7 +23,7 @@ from tests.kms_doubles.aws import AwsKmsDouble
 from tests.support.kms import AWS, FAST
 from tests.support.settings import SettingsFactory
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENCRYPT = {"namespace": "team-a", "serviceAccount": "app", "items": {"a": "x"}}
 
 

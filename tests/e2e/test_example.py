@@ -30,7 +30,7 @@ from tests.support.mounts import configmap_mount
 from tests.support.processes import Deployment, deploy, kamus_serve
 from tests.support.settings import new_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "example"
 CRD = ROOT / "deploy" / "helm" / "kamus" / "crds" / "kamussecret.yaml"
 SH = shutil.which("sh") or "/bin/sh"
@@ -86,10 +86,11 @@ def crd_schema() -> Manifest:
 
 
 def readme_block(marker: str) -> str:
-    """The fenced block that follows ``<!-- tests/test_example.py: marker -->`` in the README."""
+    """The fenced block that follows ``<!-- tests/e2e/test_example.py: marker -->`` in the
+    README."""
     text = (EXAMPLE / "README.md").read_text()
     match = re.search(
-        rf"<!-- tests/test_example\.py: {re.escape(marker)} -->\n```\w*\n(.*?)```", text, re.S
+        rf"<!-- tests/e2e/test_example\.py: {re.escape(marker)} -->\n```\w*\n(.*?)```", text, re.S
     )
     assert match, f"example/README.md has no block marked {marker!r}"
     return match.group(1)

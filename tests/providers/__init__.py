@@ -1,0 +1,2 @@
+"""The key providers through their real SDKs against the KMS doubles: behaviour, faults and
+outages."""

@@ -1,0 +1,1 @@
+"""Sustained load and the benchmark smoke run."""

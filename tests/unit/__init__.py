@@ -1,0 +1,1 @@
+"""Unit tests: pure functions and modules, no server and no network."""
