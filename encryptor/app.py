@@ -5,12 +5,13 @@ authentication is on (encryptor/auth.py).
 """
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
+from prometheus_client import Counter
 
 from crypto import KeyManager
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
@@ -62,6 +63,12 @@ class Encryptor:
     keys: WatchedKeyManager
     rate_limiter: ClientRateLimiter
     callers: EncryptorCallers
+    # The success counter, looked up once: v1 encrypts are the hot path (docs/performance.md).
+    _encrypted: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        provider = self.settings.key_management.provider
+        self._encrypted = self.metrics.encryptions.labels(provider, "success")
 
     async def seal(self, request: Request, plaintexts: list[str], identity: str) -> list[str]:
         """Encrypt values for one identity; all of them, or an HTTP error."""
@@ -85,7 +92,7 @@ class Encryptor:
         except KeyManagerUnavailable as exc:
             encryptions.labels(provider, "unavailable").inc(len(plaintexts))
             raise key_manager_unavailable(request, exc, self.settings) from None
-        encryptions.labels(provider, "success").inc(len(plaintexts))
+        self._encrypted.inc(len(plaintexts))
         return list(ciphertexts)
 
     async def encrypt_one(
