@@ -30,9 +30,9 @@ from kamus.cli.client import (
     with_retries,
     wrong_service,
 )
+from kamus.cli.formats import FORMATS
 from kamus.cli.inputs import InputError, decode_text, json_document
 
-FORMATS = ("json", "cfg", "cfg-strict", "files", "custom", "env")
 TEMPLATE_FILE = "template.j2"
 DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
 

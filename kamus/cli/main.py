@@ -1,17 +1,20 @@
 """The ``kamus`` command."""
 
+import functools
 import os
 import signal
 import ssl
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import click
 
 from kamus import __version__
-from kamus.cli.client import ClientError, UsageError
+from kamus.cli.client import ClientError, KamusClient, UsageError
+from kamus.cli.formats import FORMATS
 from kamus.cli.keysecret import create_key_secret
 from kamus.cli.settings import load_settings
 from kamus.server.logs import configure_logging
@@ -285,8 +288,52 @@ def _user_token(
     return token
 
 
+@dataclass(frozen=True)
+class Connection:
+    """How ``encrypt`` and ``seal`` reach the encryptor: their shared options, as one value."""
+
+    kamus_url: str
+    allow_insecure_url: bool
+    cert_fingerprint: str | None
+    ca_bundle: str | None
+    kubeconfig_token: bool
+    kube_context: str | None
+    token_file: str | None
+    allow_token_over_http: bool
+    timeout: float
+
+    def client(self) -> KamusClient:
+        token = _user_token(
+            self.kamus_url,
+            self.kubeconfig_token,
+            self.token_file,
+            self.kube_context,
+            self.allow_token_over_http,
+        )
+        return KamusClient(
+            self.kamus_url,
+            allow_insecure=self.allow_insecure_url,
+            fingerprint=self.cert_fingerprint,
+            ca_bundle=self.ca_bundle,
+            token=token,
+            allow_token_over_http=self.allow_token_over_http,
+            timeout=self.timeout,
+        )
+
+
+_CONNECTION = tuple(field.name for field in fields(Connection))
+
+
 def client_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The connection options ``encrypt`` and ``seal`` share (kamus-cli's names)."""
+    """The options ``encrypt`` and ``seal`` share (kamus-cli's names). The connection options
+    reach the command as one ``connection: Connection``."""
+
+    @functools.wraps(command)
+    def with_connection(**options: Any) -> None:
+        connection = Connection(**{name: options.pop(name) for name in _CONNECTION})
+        command(connection=connection, **options)
+
+    decorated = with_connection
     for option in reversed(
         [
             click.option(
@@ -349,8 +396,8 @@ def client_options(command: Callable[..., None]) -> Callable[..., None]:
             ),
         ]
     ):
-        command = option(command)
-    return command
+        decorated = option(decorated)
+    return decorated
 
 
 @main.command(short_help="Encrypt a secret for a service account.")
@@ -378,15 +425,7 @@ def encrypt(
     service_account: str,
     namespace: str,
     ignore_new_line: bool,
-    kamus_url: str,
-    allow_insecure_url: bool,
-    cert_fingerprint: str | None,
-    ca_bundle: str | None,
-    kubeconfig_token: bool,
-    kube_context: str | None,
-    token_file: str | None,
-    allow_token_over_http: bool,
-    timeout: float,
+    connection: Connection,
     output: str | None,
     overwrite: bool,
     log_level: str,
@@ -402,7 +441,7 @@ def encrypt(
       printf %s "$PASSWORD" | kamus encrypt -s - -a my-app -n team-a -u "$KAMUS_URL"
       kamus encrypt -f tls.key -a my-app -n team-a -u "$KAMUS_URL" -o tls.key.enc
     """
-    from kamus.cli.client import KamusClient, encrypt_one
+    from kamus.cli.client import encrypt_one
 
     quiet = log_level.lower() in ("warn", "error")
     try:
@@ -415,17 +454,7 @@ def encrypt(
             )
             if sys.stdin.isatty() and not click.confirm("Encrypt it with the newline?", err=True):
                 raise UsageError("aborted: nothing was encrypted")
-        with KamusClient(
-            kamus_url,
-            allow_insecure=allow_insecure_url,
-            fingerprint=cert_fingerprint,
-            ca_bundle=ca_bundle,
-            token=_user_token(
-                kamus_url, kubeconfig_token, token_file, kube_context, allow_token_over_http
-            ),
-            allow_token_over_http=allow_token_over_http,
-            timeout=timeout,
-        ) as client:
+        with connection.client() as client:
             ciphertext = encrypt_one(client, namespace, service_account, text)
         if not quiet:
             click.echo(f"kamus: encrypted for {namespace}:{service_account}", err=True)
@@ -457,15 +486,7 @@ def seal(
     service_account: str,
     namespace: str | None,
     output_format: str,
-    kamus_url: str,
-    allow_insecure_url: bool,
-    cert_fingerprint: str | None,
-    ca_bundle: str | None,
-    kubeconfig_token: bool,
-    kube_context: str | None,
-    token_file: str | None,
-    allow_token_over_http: bool,
-    timeout: float,
+    connection: Connection,
     output: str | None,
     overwrite: bool,
     log_level: str,
@@ -479,7 +500,7 @@ def seal(
       kubectl create secret generic db --from-literal=password=s3cr3t --dry-run=client \\
         -o yaml | kamus seal -a my-app -n team-a -u "$KAMUS_URL" --format configmap
     """
-    from kamus.cli.client import KamusClient, encrypt_values
+    from kamus.cli.client import encrypt_values
     from kamus.cli.inputs import decode_text
     from kamus.cli.seal import seal_documents
 
@@ -487,17 +508,7 @@ def seal(
     source = "stdin" if name in ("-", "<stdin>") else name
     try:
         text = decode_text(manifest.read(), source)
-        with KamusClient(
-            kamus_url,
-            allow_insecure=allow_insecure_url,
-            fingerprint=cert_fingerprint,
-            ca_bundle=ca_bundle,
-            token=_user_token(
-                kamus_url, kubeconfig_token, token_file, kube_context, allow_token_over_http
-            ),
-            allow_token_over_http=allow_token_over_http,
-            timeout=timeout,
-        ) as client:
+        with connection.client() as client:
             sealed = seal_documents(
                 text,
                 source=source,
@@ -531,9 +542,7 @@ def seal(
     "--output-format",
     default="json",
     show_default=True,
-    type=click.Choice(
-        ["json", "cfg", "cfg-strict", "files", "custom", "env"], case_sensitive=False
-    ),
+    type=click.Choice(FORMATS, case_sensitive=False),
     help="One file of all values (json, cfg, cfg-strict, env, custom: a Jinja2 template), or "
     "one file per value (files).",
 )
