@@ -156,18 +156,16 @@ class Decryptor:
         return plaintext
 
 
-def _decryptor(request: Request) -> Decryptor:
+def state_of(request: Request) -> Decryptor:
+    """The handlers' shared state. Read directly rather than as a FastAPI dependency: each
+    dependency costs every request its resolution, and this one never fails."""
     state: Decryptor = request.app.state.decryptor
     return state
-
-
-State = Annotated[Decryptor, Depends(_decryptor)]
 
 
 async def caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(POD_TOKEN)],
-    state: State,
 ) -> str:
     """The caller's ``namespace:service-account``, proved by its token (one TokenReview).
 
@@ -175,6 +173,7 @@ async def caller(
     nothing about what the API would accept."""
     # The peer: pods reach the decryptor directly, with no proxy to name another address.
     client = peer_address(request)
+    state = state_of(request)
     identity = await state.tokens.identity(
         request, credentials, state.authenticator(), client=client
     )
@@ -212,9 +211,8 @@ def undecryptable(identity: str, exc: DecryptionError) -> str:
 router = APIRouter()
 
 
-async def decrypt(
-    body: DecryptRequest, request: Request, identity: Caller, state: State
-) -> Response:
+async def decrypt(body: DecryptRequest, request: Request, identity: Caller) -> Response:
+    state = state_of(request)
     ciphertext = entered(body.data)
     annotate(request, format=str(classify(ciphertext)))
     try:
@@ -262,8 +260,9 @@ for _path in DECRYPT_PATHS:
     ),
 )
 async def decrypt_batch(
-    body: BatchDecryptRequest, request: Request, identity: Caller, state: State
+    body: BatchDecryptRequest, request: Request, identity: Caller
 ) -> BatchResponse:
+    state = state_of(request)
     check_batch_size(request, body.items, state.settings)
     slots = asyncio.Semaphore(state.settings.server.batch_concurrency)
     reasons: list[str] = []
@@ -306,7 +305,8 @@ async def decrypt_batch(
         },
     },
 )
-async def is_alive(state: State) -> JSONResponse:
+async def is_alive(request: Request) -> JSONResponse:
+    state = state_of(request)
     try:
         allowed = await state.authenticator().can_review_tokens()
     except AuthUnavailable:
@@ -321,7 +321,8 @@ async def is_alive(state: State) -> JSONResponse:
     response_model=None,
     responses=READINESS_RESPONSES,
 )
-async def readyz(state: State) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
+    state = state_of(request)
     if state.auth is None:
         return JSONResponse({"status": "starting"}, status_code=503)
     return await readiness(state.kubernetes, state.keys.dependency)
@@ -364,5 +365,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.decryptor = Decryptor(settings, metrics, keys, given_authenticator=authenticator)
-    app.include_router(router)
+    # The router's routes as the app's own: FastAPI dispatches an included router through a
+    # matching layer of its own on every request, which cost a v1 decrypt about 5% here.
+    app.router.routes.extend(router.routes)
     return app

@@ -124,31 +124,30 @@ def refuse_default(request: Request, service_account: str, field: str) -> None:
         )
 
 
-def _encryptor(request: Request) -> Encryptor:
+def state_of(request: Request) -> Encryptor:
+    """The handlers' shared state. Read directly rather than as a FastAPI dependency: each
+    dependency costs every request its resolution, and this one never fails."""
     state: Encryptor = request.app.state.encryptor
     return state
 
 
-State = Annotated[Encryptor, Depends(_encryptor)]
-
-
-async def rate_limited(request: Request, state: State) -> None:
+async def rate_limited(request: Request) -> None:
     """One value of the client's budget, before the body is read or the caller checked (so
     that bad bodies and bad tokens are limited too). A batch pays the rest in its handler."""
-    state.rate_limiter.charge(request, 1)
+    state_of(request).rate_limiter.charge(request, 1)
 
 
 async def authenticated(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(USER_TOKEN)],
-    state: State,
 ) -> None:
     """With Encryptor__Authentication=kubernetes only: the caller, as Kubernetes says. A
     dependency of the routes, so it runs before the body is validated."""
-    request.state.caller = await state.callers.identity(request, credentials)
+    request.state.caller = await state_of(request).callers.identity(request, credentials)
 
 
-def caller(request: Request) -> Identity | None:
+# async, as every dependency here: FastAPI runs a plain `def` one in a worker thread.
+async def caller(request: Request) -> Identity | None:
     """Who :func:`authenticated` found, or None with authentication off."""
     identity: Identity | None = getattr(request.state, "caller", None)
     return identity
@@ -162,10 +161,8 @@ encrypting = APIRouter(tags=["encrypt"])
 health = APIRouter(tags=["health"])
 
 
-async def encrypt(
-    body: EncryptRequest, request: Request, caller: Caller, state: State
-) -> PlainTextResponse:
-    return PlainTextResponse(await state.encrypt_one(request, body, caller))
+async def encrypt(body: EncryptRequest, request: Request, caller: Caller) -> PlainTextResponse:
+    return PlainTextResponse(await state_of(request).encrypt_one(request, body, caller))
 
 
 for _path in ENCRYPT_PATHS:
@@ -206,8 +203,9 @@ for _path in ENCRYPT_PATHS:
     ),
 )
 async def encrypt_batch(
-    body: BatchEncryptRequest, request: Request, caller: Caller, state: State
+    body: BatchEncryptRequest, request: Request, caller: Caller
 ) -> BatchResponse:
+    state = state_of(request)
     annotate(request, namespace=body.namespace, service_account=body.service_account)
     check_batch_size(request, body.items, state.settings)
     # Each item is an encryption (a KMS call): the whole count, decided now that it is known and
@@ -233,7 +231,8 @@ async def is_alive() -> bool:
     response_model=None,
     responses=READINESS_RESPONSES,
 )
-async def readyz(state: State) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
+    state = state_of(request)
     return await readiness(state.keys.dependency, *state.callers.dependencies)
 
 
