@@ -11,7 +11,9 @@ New values use format ``a1`` (byte layout in ``docs/ciphertext-format.md``)::
 * ``kid`` names the master key (8 base64url characters derived from it, see :func:`key_id`), so
   rotation picks the right key directly instead of trying each one.
 
-Kamus's own ``iv:ct`` CBC values are read too (see :mod:`crypto.legacy`), unless switched off.
+It also opens ``m1`` values sealed to the sealing keys derived from its master keys
+(:mod:`crypto.sealing`). Kamus's own ``iv:ct`` CBC values are read too (see
+:mod:`crypto.legacy`), unless switched off.
 """
 
 import functools
@@ -26,7 +28,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from crypto.encoding import b64url_decode, b64url_encode
 from crypto.errors import DecryptionError, MalformedCiphertext, shown
 from crypto.formats import PREFIX, CiphertextFormat, classify, legacy_switched_off, unreadable
+from crypto.kms import KmsObserver, NullObserver
 from crypto.legacy import cbc_decrypt, derive_legacy_key, parse_iv_ciphertext
+from crypto.m1 import M1_HEADER
+from crypto.sealing import Keyring
 
 A1_HEADER = PREFIX + "a1$"
 NONCE_SIZE = 12
@@ -67,6 +72,7 @@ class AESKeyManager:
         *,
         legacy_key_derivation: bool = False,
         allow_legacy: bool = True,
+        observer: KmsObserver | None = None,
     ) -> None:
         keys = [key, *previous_keys]
         for k in keys:
@@ -79,6 +85,8 @@ class AESKeyManager:
         self._active_kid = key_id(key)
         self._legacy_key_derivation = legacy_key_derivation
         self._allow_legacy = allow_legacy
+        self.sealing = Keyring(masters=keys)
+        self._observer = observer or NullObserver()
 
     @property
     def active_key_id(self) -> str:
@@ -97,13 +105,17 @@ class AESKeyManager:
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
         fmt = classify(ciphertext)
+        if fmt is CiphertextFormat.SEALED_V1:
+            plaintext, kid = self.sealing.open(ciphertext, sa_id)
+            self._observer.key_used("AESKey", kid)
+            return plaintext
         if fmt is CiphertextFormat.AES_GCM_V1:
             return self._open_a1(ciphertext, sa_id)
         if fmt is CiphertextFormat.LEGACY_AES_CBC:
             if not self._allow_legacy:
                 raise legacy_switched_off(A1_HEADER, "KeyManagement__AES__AllowLegacyCiphertexts")
             return self._open_legacy(ciphertext, sa_id)
-        reads = f"{A1_HEADER} values"
+        reads = f"{M1_HEADER} and {A1_HEADER} values"
         if self._allow_legacy:
             reads += " and legacy Kamus iv:ciphertext values"
         raise unreadable(ciphertext, "AES", reads)

@@ -1,5 +1,6 @@
 """The interface every key provider implements."""
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -20,3 +21,11 @@ class KeyManager(Protocol):
         """Raise :class:`crypto.errors.KeyManagerUnavailable` if the key manager cannot be
         reached now (readiness). Needs no permission beyond what decrypting needs."""
         ...
+
+
+@runtime_checkable
+class DocumentSealer(Protocol):
+    """A key manager that seals several values for one identity under one data key (one wrap
+    per document, not per value): the batch paths use it when the provider offers it."""
+
+    async def encrypt_many(self, plaintexts: Sequence[bytes], sa_id: str) -> list[str]: ...

@@ -14,6 +14,9 @@ PREFIX = "kamus$"
 class CiphertextFormat(StrEnum):
     AES_GCM_V1 = "kamus-a1"
     """Ours: AES-256-GCM under a per-service-account key derived from the local master key."""
+    SEALED_V1 = "kamus-m1"
+    """Ours: AES-256-GCM under a fresh data key wrapped for one or more recipients (HPKE to a
+    cluster's sealing key), key-committing and identity-bound."""
     ENVELOPE_V1 = "kamus-e1"
     """Ours: AES-256-GCM under a fresh data key wrapped by the service account's KMS key."""
     LEGACY_AES_CBC = "legacy-aes-cbc"
@@ -33,6 +36,8 @@ def classify(ciphertext: str) -> CiphertextFormat:
     if ciphertext.startswith(PREFIX):
         if ciphertext.startswith(PREFIX + "a1$"):
             return CiphertextFormat.AES_GCM_V1
+        if ciphertext.startswith(PREFIX + "m1$"):
+            return CiphertextFormat.SEALED_V1
         if ciphertext.startswith(PREFIX + "e1$"):
             return CiphertextFormat.ENVELOPE_V1
         return CiphertextFormat.UNKNOWN

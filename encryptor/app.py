@@ -4,12 +4,11 @@ This process never loads the decryption endpoint, nor the Kubernetes client unle
 authentication is on (encryptor/auth.py).
 """
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import Counter
 
@@ -17,6 +16,7 @@ from crypto import KeyManager
 from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
 from encryptor.auth import USER_TOKEN, EncryptorCallers
 from encryptor.fast import FastEncrypt
+from encryptor.keys import build_keys
 from encryptor.models import BatchEncryptRequest, EncryptRequest
 from kamus.server.addresses import parse_networks
 from kamus.server.errors import ConfigurationError
@@ -24,8 +24,8 @@ from kamus.server.health import WatchedKeyManager, readiness
 from kamus.server.identity import sa_id
 from kamus.server.kubeauth.callers import Identity
 from kamus.server.metrics import Metrics
-from kamus.server.providers import build_key_manager
 from kamus.server.ratelimit import ClientRateLimiter, parse_limits
+from kamus.server.sealing import BundleSource
 from kamus.server.settings import Settings
 from kamus.server.web.api import (
     READINESS_RESPONSES,
@@ -40,6 +40,7 @@ from kamus.server.web.problems import ApiError, problem_responses
 
 ENCRYPT_PATHS = ("/api/v1/encrypt", "/encrypt")
 BATCH_PATH = "/api/v2/encrypt"
+KEYS_PATH = "/api/v2/keys"
 
 
 def build_rate_limiter(settings: Settings, metrics: Metrics) -> ClientRateLimiter:
@@ -63,6 +64,7 @@ class Encryptor:
     keys: WatchedKeyManager
     rate_limiter: ClientRateLimiter
     callers: EncryptorCallers
+    bundle: BundleSource | None
     # The success counter, looked up once: v1 encrypts are the hot path (docs/performance.md).
     _encrypted: Counter = field(init=False)
 
@@ -74,17 +76,15 @@ class Encryptor:
         """Encrypt values for one identity; all of them, or an HTTP error."""
         provider = self.settings.key_management.provider
         encryptions = self.metrics.encryptions
-
-        async def each(slots: asyncio.Semaphore, plaintext: str) -> str:
-            async with slots:
-                return await self.keys.encrypt(plaintext.encode("utf-8"), identity)
-
         try:
             if len(plaintexts) == 1:  # a v1 encrypt: no task to create and schedule
                 ciphertexts = [await self.keys.encrypt(plaintexts[0].encode("utf-8"), identity)]
             else:
-                slots = asyncio.Semaphore(self.settings.server.batch_concurrency)
-                ciphertexts = await asyncio.gather(*(each(slots, p) for p in plaintexts))
+                ciphertexts = await self.keys.encrypt_many(
+                    [p.encode("utf-8") for p in plaintexts],
+                    identity,
+                    self.settings.server.batch_concurrency,
+                )
         except KeyNotFoundError as exc:
             encryptions.labels(provider, "no_key").inc(len(plaintexts))
             annotate(request, reason=f"key {exc.key_name} does not exist")
@@ -220,6 +220,40 @@ async def encrypt_batch(
     return BatchResponse(items=items)
 
 
+public_keys = APIRouter(tags=["keys"])
+
+
+@public_keys.get(
+    KEYS_PATH,
+    summary="The signed public key bundle, for offline sealing (kamus keys fetch)",
+    response_model=None,
+    responses={
+        200: {"content": {"application/json": {}}, "description": "The signed bundle."},
+        304: {"description": "Not modified since the ETag sent in If-None-Match."},
+        **problem_responses({503: "This encryptor has no valid bundle yet."}),
+    },
+)
+async def keys(request: Request) -> Response:
+    """Public and cacheable: anyone may seal; the bundle's signature, not this channel, says
+    whose keys these are."""
+    state = state_of(request)
+    if state.bundle is None:
+        raise ApiError(
+            404,
+            "no-key-bundle",
+            "this encryptor has no public key bundle: its key provider seals with KMS keys, and "
+            "no Encryptor__SealingKeysFile is set",
+        )
+    try:
+        published = state.bundle.current()
+    except KeyManagerUnavailable as exc:
+        raise key_manager_unavailable(request, exc, state.settings) from None
+    headers = {"ETag": published.etag, "Cache-Control": "public, max-age=300"}
+    if published.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(published.text, media_type="application/json", headers=headers)
+
+
 @health.get("/api/v1/isAlive", summary="Kamus's liveness check")
 async def is_alive() -> bool:
     return True
@@ -240,9 +274,10 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     settings = settings or Settings()
     metrics = Metrics()
     rate_limiter = build_rate_limiter(settings, metrics)
-    keys = WatchedKeyManager(key_manager or build_key_manager(settings, observer=metrics), metrics)
+    manager, bundle = build_keys(settings, metrics, key_manager)
+    keys = WatchedKeyManager(manager, metrics)
     callers = EncryptorCallers(settings, metrics, client_address=rate_limiter.client_key)
-    state = Encryptor(settings, metrics, keys, rate_limiter, callers)
+    state = Encryptor(settings, metrics, keys, rate_limiter, callers, bundle)
     app = create_base_app(
         service="encryptor",
         title="Kamus encryptor",
@@ -256,6 +291,7 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     checks = [Depends(rate_limited), *([Depends(authenticated)] if callers.enabled else [])]
     app.include_router(encrypting, dependencies=checks)
     app.include_router(health)
+    app.include_router(public_keys)
     if not callers.enabled:
         app.outer_middleware.append(
             lambda inner: FastEncrypt(

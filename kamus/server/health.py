@@ -7,15 +7,17 @@ asks it again with a cheap call, since no request comes to find out that it is b
 success, probe or real call, makes the replica ready again.
 """
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from fastapi.responses import JSONResponse
 from prometheus_client import Gauge
 
 from crypto import KeyManager
+from crypto.base import DocumentSealer
 from crypto.errors import KeyManagerUnavailable
 from kamus.server.metrics import Metrics
 
@@ -105,6 +107,21 @@ class WatchedKeyManager:
 
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
         return await self._watch(self._inner.encrypt(plaintext, sa_id))
+
+    async def encrypt_many(
+        self, plaintexts: Sequence[bytes], sa_id: str, concurrency: int
+    ) -> list[str]:
+        """Values for one identity: under one data key where the provider can, else one by one,
+        at most ``concurrency`` at a time."""
+        if isinstance(self._inner, DocumentSealer):
+            return await self._watch(self._inner.encrypt_many(plaintexts, sa_id))
+        slots = asyncio.Semaphore(concurrency)
+
+        async def each(plaintext: bytes) -> str:
+            async with slots:
+                return await self.encrypt(plaintext, sa_id)
+
+        return list(await asyncio.gather(*(each(p) for p in plaintexts)))
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
         return await self._watch(self._inner.decrypt(ciphertext, sa_id))

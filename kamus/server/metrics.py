@@ -48,6 +48,13 @@ class Metrics:
             ["provider", "format"],
             registry=self.registry,
         )
+        self.sealing_key_decryptions = Counter(
+            "kamus_sealing_key_decryptions",
+            "m1 values opened, by key provider and sealing key id: a generation whose count stops "
+            "growing is no longer in use and can be retired.",
+            ["provider", "key_id"],
+            registry=self.registry,
+        )
         self.kms_calls = Counter(
             "kamus_kms_calls",
             "Calls to the cloud key manager by provider, operation and outcome.",
@@ -113,6 +120,9 @@ class Metrics:
 
     def key_created(self, provider: str) -> None:
         self.kms_keys_created.labels(provider).inc()
+
+    def key_used(self, provider: str, key_id: str) -> None:
+        self.sealing_key_decryptions.labels(provider, key_id).inc()
 
 
 class ControllerMetrics(Metrics):

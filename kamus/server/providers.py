@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -> KeyManager:
     km = settings.key_management
     if km.provider == "AESKey":
-        return _build_aes(km.aes)
+        return _build_aes(km.aes, observer)
     # Imported here: an AES deployment never loads the cloud SDKs.
     from kamus.server import cloud
 
@@ -44,7 +44,8 @@ def _decode_key(text: str, name: str) -> bytes:
     return key
 
 
-def _build_aes(aes: AESSettings) -> AESKeyManager:
+def aes_master_keys(aes: AESSettings) -> list[bytes]:
+    """The active master key, then the previous ones, refusing unsafe configurations."""
     active = secret_setting(aes.key, aes.key_file, "KeyManagement__AES__Key")
     previous = secret_setting(
         aes.previous_keys, aes.previous_keys_file, "KeyManagement__AES__PreviousKeys"
@@ -68,9 +69,18 @@ def _build_aes(aes: AESSettings) -> AESKeyManager:
             "INSECURE: Kamus's published default AES key is configured; anyone can read and forge "
             "values made with it. Re-encrypt your secrets under a new key and remove it."
         )
-    return AESKeyManager(
+    return [
         _decode_key(active, "KeyManagement__AES__Key"),
-        [_decode_key(p, "KeyManagement__AES__PreviousKeys") for p in previous_texts],
+        *(_decode_key(p, "KeyManagement__AES__PreviousKeys") for p in previous_texts),
+    ]
+
+
+def _build_aes(aes: AESSettings, observer: KmsObserver | None = None) -> AESKeyManager:
+    active, *previous = aes_master_keys(aes)
+    return AESKeyManager(
+        active,
+        previous,
         legacy_key_derivation=aes.use_key_derivation,
         allow_legacy=aes.allow_legacy_ciphertexts,
+        observer=observer,
     )

@@ -106,12 +106,20 @@ class KeyVaultSettings(_Section):
         return value
 
 
+class SealingSettings(_Section):
+    # A new sealing key generation every this many days (crypto/sealing.py); 0: never.
+    renew_period_days: int = Field(90, ge=0, le=3650, alias="RenewPeriodDays")
+    # The name the public key bundle carries, so a user with several clusters tells them apart.
+    cluster: str = Field("", max_length=253, alias="Cluster")
+
+
 class KeyManagementSettings(_Section):
     provider: Provider = Field("AESKey", alias="Provider")
     aes: AESSettings = Field(default_factory=AESSettings, alias="AES")
     aws_kms: AwsKmsSettings = Field(default_factory=AwsKmsSettings, alias="AwsKms")
     google_kms: GoogleKmsSettings = Field(default_factory=GoogleKmsSettings, alias="GoogleKms")
     key_vault: KeyVaultSettings = Field(default_factory=KeyVaultSettings, alias="KeyVault")
+    sealing: SealingSettings = Field(default_factory=SealingSettings, alias="Sealing")
     create_keys: bool = Field(True, alias="CreateKeys")
     allow_legacy_ciphertexts: bool = Field(True, alias="AllowLegacyCiphertexts")
     timeout_seconds: float = Field(10.0, gt=0, alias="TimeoutSeconds")
@@ -145,6 +153,12 @@ class DecryptorSettings(_Section):
     # (never past their exp) without a new TokenReview; 0 turns the cache off.
     token_review_cache_seconds: float = Field(10.0, ge=0, alias="TokenReviewCacheSeconds")
     token_review_cache_size: int = Field(10_000, ge=1, alias="TokenReviewCacheSize")
+    # The ConfigMap the decryptor (its Lease's holder) keeps the signed public key bundle in,
+    # in its own namespace; empty: not published. The chart sets <release>-public-keys.
+    public_keys_config_map: str = Field("", alias="PublicKeysConfigMap")
+    public_keys_namespace: str | None = Field(None, alias="PublicKeysNamespace")
+    # How often the publisher checks the ConfigMap (and its lease).
+    public_keys_interval_seconds: float = Field(60.0, gt=0, alias="PublicKeysIntervalSeconds")
 
     _split = field_validator("audiences", mode="before")(_split_commas)
 
@@ -164,6 +178,12 @@ class EncryptorSettings(_Section):
     rate_limit: str = Field("20/second;600/minute", alias="RateLimit")
     trusted_proxies: CommaList = Field(default_factory=list, alias="TrustedProxies")
     client_ip_header: str = Field("X-Forwarded-For", alias="ClientIpHeader")
+    # The signed public key bundle to seal with (the chart mounts the decryptor's ConfigMap
+    # here); then the encryptor needs no master key and no KMS decrypt permission.
+    sealing_keys_file: Path | None = Field(None, alias="SealingKeysFile")
+    # "m1" (sealed to the public keys, or the KMS key in an m1 envelope); "legacy": a1/e1, for
+    # as long as some decryptor is older than m1 (docs/offline-encryption.md, upgrade order).
+    output_format: Literal["m1", "legacy"] = Field("m1", alias="OutputFormat")
 
     _split = field_validator("trusted_proxies", "audiences", mode="before")(_split_commas)
 

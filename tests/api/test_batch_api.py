@@ -39,7 +39,10 @@ def test_batch_round_trip_with_one_tokenreview(
     encryptor: TestClient, decryptor: TestClient, kube_api: KubeApiDouble
 ) -> None:
     sealed = seal(encryptor, {"user": "admin", "password": 'p"w$\n✓', "empty": ""})
-    assert all(v.startswith("kamus$a1$") for v in sealed.values())
+    assert all(v.startswith("kamus$m1$") for v in sealed.values())
+    # One data key and one HPKE wrap for the request: the values share header and MAC.
+    assert len({v.rsplit("$", 1)[0] for v in sealed.values()}) == 1
+    assert len({v.rsplit("$", 1)[1] for v in sealed.values()}) == 3
     response = decryptor.post(
         "/api/v2/decrypt",
         json={"items": sealed},

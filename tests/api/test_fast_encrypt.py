@@ -133,7 +133,7 @@ def assert_same(fast: Outcome, framework: Outcome, keys: AESKeyManager, request:
     body = json.loads(request.body)
     identity = f"{body['namespace']}:{body['service-account']}"
     for ciphertext in (fast.body, framework.body):
-        assert ciphertext.startswith(b"kamus$a1$")
+        assert ciphertext.startswith(b"kamus$m1$")
         opened = asyncio.run(keys.decrypt(ciphertext.decode(), identity))
         assert opened == body["data"].encode("utf-8")
 

@@ -1,0 +1,271 @@
+"""Format ``m1``: a data key wrapped for one or more recipients (byte layout in
+docs/ciphertext-format.md)::
+
+    kamus$m1$<base64url(header)>$<base64url(mac)>$<base64url(nonce || AES-256-GCM ct || tag)>
+
+* ``K``, a random 256-bit data key, per value or per sealed document. HKDF-SHA256 expands it into
+  the payload key, the header MAC key and a 32-byte *commitment*.
+* The header is JSON: the commitment, a short identity tag and the recipient *stanzas*, each
+  wrapping ``K`` for one key (HPKE to a cluster's sealing key; other kinds later, without a new
+  format). A stanza names its key, so a decryptor opens the one it holds: a lookup, never trial
+  decryption.
+* The MAC (HMAC-SHA256 under a key derived from ``K``) covers the header text, every stanza
+  included: adding, removing or altering a stanza needs ``K``. The payload's associated data holds
+  the identity and the commitment but not the stanzas, so rewrapping never touches the payload.
+* Key-committing: the commitment and the MAC pin ``K``; a stanza that unwraps to any other key
+  fails before the payload is opened, so every recipient reads the same plaintext or nothing.
+
+Nothing here knows how a stanza is wrapped or unwrapped: :mod:`crypto.sealing` does HPKE.
+"""
+
+import hashlib
+import hmac
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from crypto.encoding import b64url_decode, b64url_encode
+from crypto.errors import DecryptionError, MalformedCiphertext
+from crypto.formats import PREFIX
+
+M1_HEADER = PREFIX + "m1$"
+DATA_KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+MAC_SIZE = 32
+MAX_HEADER_BYTES = 64 * 1024  # a post-quantum stanza is about 1.2 KB
+MAX_STANZAS = 32
+_KIND = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_KID = re.compile(r"[\x21-\x7e]{1,512}")  # printable ASCII: HPKE kids, KMS ARNs, Key Vault URLs
+_TAG = re.compile(r"[0-9a-f]{8}")
+_FIELDS = {"c", "id", "s", "xk"}
+
+
+def split_identity(sa_id: str) -> tuple[str, str]:
+    namespace, sep, service_account = sa_id.partition(":")
+    if not sep:
+        raise ValueError("an identity is '<namespace>:<service-account>'")
+    return namespace, service_account
+
+
+def _lv(text: str) -> bytes:
+    """A length-prefixed UTF-8 string, so that no two identities encode alike."""
+    raw = text.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError("a name is at most 65535 bytes")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def encoded_identity(sa_id: str) -> bytes:
+    namespace, service_account = split_identity(sa_id)
+    return _lv(namespace) + _lv(service_account)
+
+
+def identity_tag(sa_id: str) -> str:
+    """8 hex digits naming the identity, so a tool can tell "made for another identity" before
+    any network call. Not a secret: the identity sits beside the value in its manifest."""
+    namespace, service_account = split_identity(sa_id)
+    digest = hashlib.sha256(b"kamus-id\x00" + f"{namespace}\x00{service_account}".encode())
+    return digest.hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Stanza:
+    """``K`` wrapped for one key. ``extra`` keeps fields of kinds this version does not know,
+    so a value passes through a rewrap with its other stanzas intact."""
+
+    kind: str
+    kid: str
+    wrapped: bytes
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "k": self.kind,
+            "kid": self.kid,
+            "w": b64url_encode(self.wrapped),
+            **dict(self.extra),
+        }
+
+
+@dataclass(frozen=True)
+class Keys:
+    payload: bytes
+    mac: bytes
+    commitment: bytes
+
+
+def derive_keys(data_key: bytes) -> Keys:
+    if len(data_key) != DATA_KEY_SIZE:
+        raise DecryptionError("the unwrapped data key has the wrong size")
+    okm = HKDF(hashes.SHA256(), 96, salt=None, info=b"kamus/m1/keys").derive(data_key)
+    return Keys(okm[:32], okm[32:64], okm[64:])
+
+
+def payload_aad(sa_id: str, commitment: bytes) -> bytes:
+    return b"kamus/m1\x00" + encoded_identity(sa_id) + commitment
+
+
+def _mac(keys: Keys, header_text: str) -> bytes:
+    return hmac.new(keys.mac, (M1_HEADER + header_text).encode("ascii"), "sha256").digest()
+
+
+@dataclass(frozen=True)
+class M1:
+    """A parsed m1 value: its shape is valid; nothing is verified yet."""
+
+    header_text: str
+    identity_tag: str
+    commitment: bytes
+    stanzas: tuple[Stanza, ...]
+    expired_keys: bool
+    mac: bytes
+    payload: bytes = field(repr=False)
+
+    def stanza_for(self, owns: Callable[[Stanza], bool]) -> Stanza | None:
+        return next((s for s in self.stanzas if owns(s)), None)
+
+
+def new_data_key() -> bytes:
+    return os.urandom(DATA_KEY_SIZE)
+
+
+def _header_text(
+    data_key_commitment: bytes, sa_id: str, stanzas: Sequence[Stanza], expired_keys: bool
+) -> str:
+    if not stanzas:
+        raise ValueError("an m1 value needs at least one stanza")
+    if len(stanzas) > MAX_STANZAS:
+        raise ValueError(f"an m1 value holds at most {MAX_STANZAS} stanzas")
+    header: dict[str, object] = {
+        "c": b64url_encode(data_key_commitment),
+        "id": identity_tag(sa_id),
+        "s": [s.to_json() for s in stanzas],
+    }
+    if expired_keys:
+        header["xk"] = True  # sealed to an expired bundle on purpose: reviewers should see it
+    return b64url_encode(json.dumps(header, separators=(",", ":")).encode("utf-8"))
+
+
+def seal(
+    data_key: bytes,
+    stanzas: Sequence[Stanza],
+    plaintexts: Iterable[bytes],
+    sa_id: str,
+    *,
+    expired_keys: bool = False,
+) -> list[str]:
+    """m1 values of ``plaintexts`` under one data key: one header and one MAC for all, a fresh
+    nonce for each. Each value carries the stanzas, so it opens alone."""
+    keys = derive_keys(data_key)
+    header = _header_text(keys.commitment, sa_id, stanzas, expired_keys)
+    prefix = f"{M1_HEADER}{header}${b64url_encode(_mac(keys, header))}$"
+    cipher = AESGCM(keys.payload)
+    aad = payload_aad(sa_id, keys.commitment)
+    values = []
+    for plaintext in plaintexts:
+        nonce = os.urandom(NONCE_SIZE)
+        values.append(prefix + b64url_encode(nonce + cipher.encrypt(nonce, plaintext, aad)))
+    return values
+
+
+def _malformed(fact: str) -> MalformedCiphertext:
+    return MalformedCiphertext(f"m1 ciphertext: {fact}", f"the m1 value's {fact}")
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _malformed("header repeats a field")
+    return dict(pairs)
+
+
+def _parse_stanza(raw: object) -> Stanza:
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise _malformed("header has a stanza that is not an object of strings")
+    kind, kid, wrapped = raw.get("k"), raw.get("kid"), raw.get("w")
+    if not (isinstance(kind, str) and _KIND.fullmatch(kind)):
+        raise _malformed("header has a stanza without a valid kind")
+    if not (isinstance(kid, str) and _KID.fullmatch(kid)):
+        raise _malformed("header has a stanza without a valid key id")
+    if not isinstance(wrapped, str) or not wrapped:
+        raise _malformed("header has a stanza without a wrapped key")
+    extra = tuple(sorted((k, v) for k, v in raw.items() if k not in ("k", "kid", "w")))
+    return Stanza(kind, kid, b64url_decode(wrapped), extra)
+
+
+def parse(ciphertext: str) -> M1:
+    """The fields of an m1 value, or :class:`MalformedCiphertext`: nothing here uses a key."""
+    parts = ciphertext.split("$", 5)  # bounded: a body of '$'s must not become a list
+    if len(parts) != 5 or parts[0] + "$" + parts[1] + "$" != M1_HEADER:
+        raise _malformed("number of fields is wrong")
+    header_text, mac_text, payload_text = parts[2], parts[3], parts[4]
+    if len(header_text) > MAX_HEADER_BYTES * 4 // 3 + 4:
+        raise _malformed("header is too long")
+    try:
+        header = json.loads(b64url_decode(header_text), object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        if isinstance(exc, MalformedCiphertext):
+            raise
+        raise _malformed("header is not JSON") from None
+    if not isinstance(header, dict) or not _FIELDS >= header.keys() >= {"c", "id", "s"}:
+        raise _malformed("header does not have exactly the fields c, id, s (and xk)")
+    tag, commitment, stanzas, expired = header["id"], header["c"], header["s"], header.get("xk")
+    if not (isinstance(tag, str) and _TAG.fullmatch(tag)):
+        raise _malformed("identity tag is malformed")
+    if not isinstance(commitment, str) or len(commitment_bytes := b64url_decode(commitment)) != 32:
+        raise _malformed("commitment is malformed")
+    if not isinstance(stanzas, list) or not 1 <= len(stanzas) <= MAX_STANZAS:
+        raise _malformed(f"header does not hold 1 to {MAX_STANZAS} stanzas")
+    if expired not in (None, True):
+        raise _malformed("expired-keys flag is malformed")
+    mac, payload = b64url_decode(mac_text), b64url_decode(payload_text)
+    if len(mac) != MAC_SIZE:
+        raise _malformed("MAC has the wrong length")
+    if len(payload) < NONCE_SIZE + TAG_SIZE:
+        raise _malformed("payload is shorter than a nonce and a tag")
+    return M1(
+        header_text=header_text,
+        identity_tag=tag,
+        commitment=commitment_bytes,
+        stanzas=tuple(_parse_stanza(s) for s in stanzas),
+        expired_keys=expired is True,
+        mac=mac,
+        payload=payload,
+    )
+
+
+def verify_header(value: M1, data_key: bytes) -> Keys:
+    """The keys of ``value`` if ``data_key`` is the one its header commits to and its MAC holds.
+    Constant-time comparisons: a mismatch says nothing about where the keys differ."""
+    keys = derive_keys(data_key)
+    if not hmac.compare_digest(keys.commitment, value.commitment):
+        raise DecryptionError("m1 commitment does not match the data key")
+    if not hmac.compare_digest(_mac(keys, value.header_text), value.mac):
+        raise DecryptionError("m1 header MAC failed (a stanza or field was altered)")
+    return keys
+
+
+def open_value(value: M1, data_key: bytes, sa_id: str) -> bytes:
+    keys = verify_header(value, data_key)
+    nonce, sealed = value.payload[:NONCE_SIZE], value.payload[NONCE_SIZE:]
+    try:
+        return AESGCM(keys.payload).decrypt(nonce, sealed, payload_aad(sa_id, keys.commitment))
+    except InvalidTag as exc:
+        raise DecryptionError("m1 authentication failed (wrong identity or tampered)") from exc
+
+
+def rewrap(value: M1, data_key: bytes, sa_id: str, stanzas: Sequence[Stanza]) -> str:
+    """``value`` with a new set of stanzas and the same payload: it needs the data key, which
+    the header must commit to, and never the plaintext."""
+    open_value(value, data_key, sa_id)  # the payload must open as sa_id, or nothing is rewritten
+    keys = derive_keys(data_key)
+    header = _header_text(keys.commitment, sa_id, stanzas, value.expired_keys)
+    return f"{M1_HEADER}{header}${b64url_encode(_mac(keys, header))}${b64url_encode(value.payload)}"

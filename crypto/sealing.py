@@ -1,0 +1,287 @@
+"""Sealing keys: a cluster's HPKE key pairs, in generations, and the m1 stanzas they wrap.
+
+* Suites (RFC 9180, Base mode, single shot as pyca/cryptography offers it):
+  ``x25519``: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM; and the opt-in post-quantum
+  ``mlkem768x25519``: the ML-KEM-768 + X25519 hybrid KEM with the same KDF and AEAD.
+* A key id names the suite, the generation and the public key:
+  ``x25519:g3:<16 hex of SHA-256(public key)>``. A decryptor finds the private key by it.
+* HPKE has no associated data in this API, so the identity and the key id ride in ``info``
+  (RFC 9180 §8.1): a stanza made for ``a:x`` does not unwrap as ``b:y``.
+* Generations follow a schedule: generation ``g`` activates at ``EPOCH + g·period`` and expires
+  two periods later, so a bundle fetched one period ago still seals to a key that is used. Time
+  never makes a decryptor refuse a value: only an operator retires a key.
+* In AES mode a generation's private key is derived from the master key (nothing new to back
+  up); in the KMS modes keys are generated and held by the caller, wrapped by the KMS.
+"""
+
+import functools
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hpke
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from crypto import m1
+from crypto.errors import DecryptionError, MalformedCiphertext
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+DEFAULT_PERIOD = timedelta(days=90)
+MAX_GENERATION = 100_000  # ~27 000 years of daily renewals: a bound for derivation, not a policy
+_KID = re.compile(r"(x25519|mlkem768x25519):g(0|[1-9][0-9]{0,5}):([0-9a-f]{16})")
+_X25519_PUBLIC = 32
+_MLKEM768_PUBLIC = 1184
+
+
+class Suite(StrEnum):
+    X25519 = "hpke-x25519-sha256-aes256gcm"
+    MLKEM768_X25519 = "hpke-mlkem768x25519-sha256-aes256gcm"
+
+    @property
+    def short(self) -> str:
+        return "x25519" if self is Suite.X25519 else "mlkem768x25519"
+
+    @property
+    def stanza_kind(self) -> str:
+        return "hpke-" + self.short
+
+    @property
+    def post_quantum(self) -> bool:
+        return self is Suite.MLKEM768_X25519
+
+    @property
+    def hpke(self) -> hpke.Suite:
+        kem = hpke.KEM.X25519 if self is Suite.X25519 else hpke.KEM.MLKEM768_X25519
+        return hpke.Suite(kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+    @classmethod
+    def of_short(cls, short: str) -> "Suite":
+        return cls.X25519 if short == "x25519" else cls.MLKEM768_X25519
+
+
+PublicKey = x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey
+PrivateKey = x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey
+
+
+def kid_for(suite: Suite, generation: int, public: bytes) -> str:
+    return f"{suite.short}:g{generation}:{hashlib.sha256(public).hexdigest()[:16]}"
+
+
+def parse_kid(kid: str) -> tuple[Suite, int] | None:
+    match = _KID.fullmatch(kid)
+    return (Suite.of_short(match[1]), int(match[2])) if match else None
+
+
+def load_public(suite: Suite, public: bytes) -> PublicKey:
+    """The key for raw bytes: X25519's 32, or ML-KEM-768's 1184 followed by X25519's 32."""
+    if suite is Suite.X25519:
+        if len(public) != _X25519_PUBLIC:
+            raise ValueError("an X25519 public key is 32 bytes")
+        return x25519.X25519PublicKey.from_public_bytes(public)
+    if len(public) != _MLKEM768_PUBLIC + _X25519_PUBLIC:
+        raise ValueError("an ML-KEM-768+X25519 public key is 1216 bytes")
+    return hpke.MLKEM768X25519PublicKey(
+        mlkem.MLKEM768PublicKey.from_public_bytes(public[:_MLKEM768_PUBLIC]),
+        x25519.X25519PublicKey.from_public_bytes(public[_MLKEM768_PUBLIC:]),
+    )
+
+
+def hpke_info(kind: str, kid: str, sa_id: str) -> bytes:
+    return b"kamus/m1/" + kind.encode() + b"\x00" + m1.encoded_identity(sa_id) + m1._lv(kid)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When each generation is used. ``period`` zero: generation 0 forever, never expiring."""
+
+    period: timedelta = DEFAULT_PERIOD
+
+    def generation_at(self, when: datetime) -> int:
+        if not self.period:
+            return 0
+        return max(0, int((when - EPOCH) / self.period))
+
+    def activates(self, generation: int) -> datetime:
+        return EPOCH + generation * self.period
+
+    def expires(self, generation: int) -> datetime | None:
+        return self.activates(generation) + 2 * self.period if self.period else None
+
+
+class KeyState(StrEnum):
+    NEXT = "next"
+    ACTIVE = "active"
+    DECRYPT_ONLY = "decrypt-only"
+
+
+@dataclass(frozen=True)
+class SealingPublicKey:
+    """One generation's public key as a bundle lists it."""
+
+    kid: str
+    suite: Suite
+    public: bytes
+    state: KeyState
+    activates: datetime
+    expires: datetime | None
+
+    def usable_at(self, when: datetime) -> bool:
+        return self.state is not KeyState.DECRYPT_ONLY and self.activates <= when
+
+    def wrap(self, data_key: bytes, sa_id: str) -> m1.Stanza:
+        kind = self.suite.stanza_kind
+        key = load_public(self.suite, self.public)
+        wrapped = self.suite.hpke.encrypt(data_key, key, info=hpke_info(kind, self.kid, sa_id))
+        return m1.Stanza(kind, self.kid, wrapped)
+
+
+@dataclass(frozen=True)
+class SealingPrivateKey:
+    kid: str
+    suite: Suite
+    generation: int
+    private: PrivateKey
+    public: bytes
+
+    def unwrap(self, stanza: m1.Stanza, sa_id: str) -> bytes:
+        try:
+            return self.suite.hpke.decrypt(
+                stanza.wrapped, self.private, info=hpke_info(stanza.kind, self.kid, sa_id)
+            )
+        except (InvalidTag, ValueError) as exc:
+            raise DecryptionError(
+                "m1 HPKE stanza did not open (wrong identity or tampered)"
+            ) from exc
+
+
+def _hkdf(master: bytes, length: int, info: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), length, salt=b"kamus-sealing", info=info).derive(master)
+
+
+def private_key_from_parts(
+    suite: Suite, generation: int, x25519_raw: bytes, mlkem_seed: bytes | None = None
+) -> SealingPrivateKey:
+    """A generation's key pair from its raw secrets: X25519's 32 bytes, and for the hybrid
+    suite ML-KEM-768's 64-byte seed too."""
+    x = x25519.X25519PrivateKey.from_private_bytes(x25519_raw)
+    x_public = x.public_key().public_bytes_raw()
+    if suite is Suite.X25519:
+        return SealingPrivateKey(
+            kid_for(suite, generation, x_public), suite, generation, x, x_public
+        )
+    if mlkem_seed is None:
+        raise ValueError("the hybrid suite needs an ML-KEM seed")
+    m = mlkem.MLKEM768PrivateKey.from_seed_bytes(mlkem_seed)
+    public = m.public_key().public_bytes_raw() + x_public
+    return SealingPrivateKey(
+        kid_for(suite, generation, public),
+        suite,
+        generation,
+        hpke.MLKEM768X25519PrivateKey(m, x),
+        public,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def derive(master: bytes, suite: Suite, generation: int) -> SealingPrivateKey:
+    """Generation ``generation``'s key pair in AES mode: a pure function of the master key."""
+    if not 0 <= generation <= MAX_GENERATION:
+        raise ValueError("generation out of range")
+    label = f"{suite.short}/{generation}".encode()
+    x_raw = _hkdf(master, 32, b"kamus/sealing/x25519/" + label)
+    seed = _hkdf(master, 64, b"kamus/sealing/mlkem768/" + label) if suite.post_quantum else None
+    return private_key_from_parts(suite, generation, x_raw, seed)
+
+
+def public_keys(
+    private: Iterable[SealingPrivateKey], schedule: Schedule, now: datetime
+) -> list[SealingPublicKey]:
+    """What a bundle issued at ``now`` lists: the active and the next generation, and the one
+    before for reference (decrypt-only). Older generations still open; they are not for sealing."""
+    current = schedule.generation_at(now)
+    out = []
+    for key in private:
+        if key.generation == current:
+            state = KeyState.ACTIVE
+        elif key.generation == current + 1 and schedule.period:
+            state = KeyState.NEXT
+        elif key.generation == current - 1:
+            state = KeyState.DECRYPT_ONLY
+        else:
+            continue
+        out.append(
+            SealingPublicKey(
+                key.kid,
+                key.suite,
+                key.public,
+                state,
+                schedule.activates(key.generation),
+                schedule.expires(key.generation),
+            )
+        )
+    return out
+
+
+class Keyring:
+    """The sealing private keys a decryptor holds, found by key id.
+
+    ``masters`` (AES mode) derive any generation on demand; ``held`` are keys generated and kept
+    elsewhere (the KMS modes). A kid the ring does not hold is a shape fact, as in a1: it names
+    a key that is not configured here.
+    """
+
+    def __init__(
+        self, masters: Sequence[bytes] = (), held: Iterable[SealingPrivateKey] = ()
+    ) -> None:
+        self._masters = tuple(masters)
+        self._held = {k.kid: k for k in held}
+
+    @property
+    def active_master(self) -> bytes | None:
+        return self._masters[0] if self._masters else None
+
+    def generations(self, suite: Suite, generations: Iterable[int]) -> list[SealingPrivateKey]:
+        """The active master's keys of ``generations`` (AES mode), else the held ones."""
+        wanted = set(generations)
+        if self._masters:
+            return [derive(self._masters[0], suite, g) for g in sorted(wanted)]
+        return [k for k in self._held.values() if k.suite is suite and k.generation in wanted]
+
+    def find(self, kid: str) -> SealingPrivateKey | None:
+        if (held := self._held.get(kid)) is not None:
+            return held
+        parsed = parse_kid(kid)
+        if parsed is None:
+            return None
+        suite, generation = parsed
+        for master in self._masters:
+            key = derive(master, suite, generation)
+            if key.kid == kid:
+                return key
+        return None
+
+    def owns(self, stanza: m1.Stanza) -> bool:
+        return stanza.kind.startswith("hpke-") and self.find(stanza.kid) is not None
+
+    def open(self, ciphertext: str, sa_id: str) -> tuple[bytes, str]:
+        """The plaintext of an m1 value as ``sa_id``, and the key id that opened it."""
+        value = m1.parse(ciphertext)
+        if value.identity_tag != m1.identity_tag(sa_id):
+            raise DecryptionError("m1 value was made for another identity (identity tag)")
+        for stanza in value.stanzas:
+            key = self.find(stanza.kid) if stanza.kind.startswith("hpke-") else None
+            if key is not None and stanza.kind == key.suite.stanza_kind:
+                data_key = key.unwrap(stanza, sa_id)
+                return m1.open_value(value, data_key, sa_id), key.kid
+        # Only well-formed sealing key ids are named: any other field is the caller's text.
+        named = [s.kid for s in value.stanzas if parse_kid(s.kid)][:4]
+        raise MalformedCiphertext(
+            "m1 ciphertext has no stanza for a key held here",
+            "it has no stanza for a sealing key this Kamus holds"
+            + (f" (it names {', '.join(named)})" if named else ""),
+        )

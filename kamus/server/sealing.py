@@ -1,0 +1,181 @@
+"""Sealing keys as the services see them: the signed bundle from the provider settings, and the
+encryptor's key manager that seals to a bundle and holds nothing that decrypts.
+
+The bundle comes from one of two places (docs/offline-encryption.md):
+* ``Encryptor__SealingKeysFile``: the file the chart mounts from the ``<release>-public-keys``
+  ConfigMap, which the decryptor keeps current. Read again when it changes, so a renewed bundle
+  needs no restart; until a valid one is there, the encryptor is not ready.
+* the AES master key in the environment, the Kamus way: the encryptor derives the bundle itself
+  (and logs once that it holds a key it does not need).
+"""
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from crypto import bundle
+from crypto.errors import DecryptionError, KeyManagerUnavailable
+from crypto.sealing import Schedule
+from kamus.server.errors import ConfigurationError
+from kamus.server.providers import aes_master_keys
+from kamus.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+RELOAD_CHECK_SECONDS = 2.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def schedule_of(settings: Settings) -> Schedule:
+    return Schedule(timedelta(days=settings.key_management.sealing.renew_period_days))
+
+
+def export_bundle(settings: Settings, now: datetime | None = None) -> str:
+    """The signed bundle the provider settings make, as `kamus keys export` prints it."""
+    km = settings.key_management
+    if km.provider != "AESKey":
+        raise ConfigurationError(
+            f"sealing keys for the {km.provider} provider are not available yet: offline sealing "
+            "works with KeyManagement__Provider=AESKey (docs/offline-encryption.md)"
+        )
+    return bundle.from_masters(
+        aes_master_keys(km.aes),
+        now=now or _now(),
+        schedule=schedule_of(settings),
+        cluster=km.sealing.cluster,
+    )
+
+
+@dataclass(frozen=True)
+class Published:
+    """The bundle as served: its text, the verified bundle, and its ETag."""
+
+    bundle: bundle.Bundle
+
+    @property
+    def text(self) -> str:
+        return self.bundle.text
+
+    @property
+    def etag(self) -> str:
+        return '"' + hashlib.sha256(self.text.encode()).hexdigest()[:32] + '"'
+
+
+class BundleSource:
+    """Where the encryptor's current bundle comes from: a watched file, or its own master key."""
+
+    def __init__(
+        self,
+        *,
+        file: Path | None = None,
+        derive: Callable[[datetime], str] | None = None,
+        clock: Clock = _now,
+    ) -> None:
+        if (file is None) == (derive is None):
+            raise ValueError("a bundle comes from a file or from a master key")
+        self._file, self._derive, self._clock = file, derive, clock
+        self._published: Published | None = None
+        self._problem = "no sealing key bundle has been read yet"
+        self._stamp: object = None
+        self._checked = -1e9
+
+    @property
+    def origin(self) -> str:
+        return str(self._file) if self._file else "the AES master key"
+
+    def current(self) -> Published:
+        """The bundle to seal with; :class:`KeyManagerUnavailable` (503, not ready) if none is
+        valid. Looks for a change at most every couple of seconds: a stat, not a read."""
+        if time.monotonic() - self._checked >= RELOAD_CHECK_SECONDS:
+            self._checked = time.monotonic()
+            self._refresh()
+        if self._published is None:
+            raise KeyManagerUnavailable(f"no valid sealing key bundle: {self._problem}")
+        return self._published
+
+    def _refresh(self) -> None:
+        if self._derive is not None:
+            # The derived bundle changes only when a generation starts: issue it once a day.
+            day = self._clock().date()
+            if self._stamp != day:
+                self._published = Published(bundle.load(self._derive(self._clock())))
+                self._stamp = day
+            return
+        assert self._file is not None
+        try:
+            st = os.stat(self._file)
+        except OSError as exc:
+            self._fail(f"{self._file} cannot be read ({exc.strerror})")
+            return
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            loaded = bundle.load(self._file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, bundle.BundleError) as exc:
+            self._fail(f"{self._file}: {exc}")
+            return
+        if self._published is None or loaded.text != self._published.text:
+            log.info(
+                "sealing key bundle loaded",
+                extra={
+                    "kamus_fields": {
+                        "file": str(self._file),
+                        "anchor": loaded.anchor,
+                        "key_ids": [k.kid for k in loaded.keys],
+                    }
+                },
+            )
+        self._published = Published(loaded)
+
+    def _fail(self, problem: str) -> None:
+        # A bundle that went bad keeps the last good one in use: a half-written ConfigMap update
+        # must not take the encryptor out of service. Only the first one is awaited.
+        if problem != self._problem:
+            log.error("sealing key bundle not usable: %s", problem)
+        self._problem = problem
+
+
+class SealingKeyManager:
+    """The encryptor's key manager when it seals to a bundle: encrypt only."""
+
+    provider = "sealing"
+
+    def __init__(self, source: BundleSource, clock: Clock = _now) -> None:
+        self.source = source
+        self._clock = clock
+
+    async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+        [value] = self.seal_document([plaintext], sa_id)
+        return value
+
+    async def encrypt_many(self, plaintexts: Sequence[bytes], sa_id: str) -> list[str]:
+        """One data key and one HPKE operation for the whole request."""
+        if len(plaintexts) < 64:
+            return self.seal_document(plaintexts, sa_id)
+        # A large batch is AES work: off the event loop.
+        return await asyncio.to_thread(self.seal_document, plaintexts, sa_id)
+
+    def seal_document(self, plaintexts: Sequence[bytes], sa_id: str) -> list[str]:
+        published = self.source.current()
+        try:
+            return published.bundle.seal(plaintexts, sa_id, self._clock())
+        except bundle.BundleError as exc:
+            raise KeyManagerUnavailable(f"the sealing key bundle has no usable key: {exc}") from exc
+
+    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+        raise DecryptionError("the encryptor holds no key that decrypts")
+
+    async def check(self) -> None:
+        self.source.current()
