@@ -16,3 +16,4 @@ def load(name: str) -> dict[str, Any]:
 A1 = load("aes-a1.json")
 LEGACY = load("kamus-legacy-aes.json")
 E1 = load("envelope-e1.json")
+M1 = load("sealed-m1.json")

@@ -6,9 +6,13 @@ vector is checked twice: with the real provider, and with a few lines written fr
 """
 
 import base64
+import hashlib
+import hmac
+import json
 
 import pytest
-from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives import hashes, hpke, padding
+from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
@@ -18,10 +22,11 @@ from crypto import (
     AESKeyManager,
     CiphertextFormat,
     DecryptionError,
+    bundle,
     classify,
     envelope,
 )
-from tests.support.vectors import A1, E1, LEGACY, Vector
+from tests.support.vectors import A1, E1, LEGACY, M1, Vector
 
 
 def manager(v: Vector) -> AESKeyManager:
@@ -71,6 +76,88 @@ def doc_open_legacy(master: bytes, derivation: bool, sa_id: str, ciphertext: str
     padded = dec.update(base64.b64decode(body_b64)) + dec.finalize()
     unpadder = padding.PKCS7(128).unpadder()
     return unpadder.update(padded) + unpadder.finalize()
+
+
+def doc_open_m1(masters: list[bytes], sa_id: str, ciphertext: str) -> bytes:
+    """m1, from docs/ciphertext-format.md alone (the X25519 suite; HPKE is pyca's, as RFC 9180)."""
+    prefix, version, header_text, mac_text, payload_text = ciphertext.split("$")
+    assert (prefix, version) == ("kamus", "m1")
+
+    def unb64(text: str) -> bytes:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        assert b64url_nopad(raw) == text
+        return raw
+
+    def u16(text: str) -> bytes:
+        return len(text.encode()).to_bytes(2, "big") + text.encode()
+
+    ns, sa = sa_id.split(":", 1)
+    header = json.loads(unb64(header_text))
+    tag = hashlib.sha256(b"kamus-id\x00" + ns.encode() + b"\x00" + sa.encode()).hexdigest()[:8]
+    assert header["id"] == tag
+    for stanza in header["s"]:
+        if stanza["k"] != "hpke-x25519":
+            continue
+        suite, generation, _ = stanza["kid"].split(":")
+        for master in masters:
+            label = f"kamus/sealing/x25519/{suite}/{generation[1:]}".encode()
+            seed = HKDF(hashes.SHA256(), 32, salt=b"kamus-sealing", info=label).derive(master)
+            private = x25519.X25519PrivateKey.from_private_bytes(seed)
+            public = private.public_key().public_bytes_raw()
+            if stanza["kid"].endswith(hashlib.sha256(public).hexdigest()[:16]):
+                break
+        else:
+            continue
+        info = b"kamus/m1/hpke-x25519\x00" + u16(ns) + u16(sa) + u16(stanza["kid"])
+        hpke_suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+        data_key = hpke_suite.decrypt(unb64(stanza["w"]), private, info=info)
+        okm = HKDF(hashes.SHA256(), 96, salt=None, info=b"kamus/m1/keys").derive(data_key)
+        k_enc, k_mac, commitment = okm[:32], okm[32:64], okm[64:]
+        assert hmac.compare_digest(commitment, unb64(header["c"]))
+        mac = hmac.new(k_mac, f"kamus$m1${header_text}".encode(), "sha256").digest()
+        assert hmac.compare_digest(mac, unb64(mac_text))
+        payload = unb64(payload_text)
+        aad = b"kamus/m1\x00" + u16(ns) + u16(sa) + commitment
+        return AESGCM(k_enc).decrypt(payload[:12], payload[12:], aad)
+    raise AssertionError("no stanza for these master keys")
+
+
+# --- m1 -----------------------------------------------------------------------------------------
+
+
+def test_m1_vector_file_is_complete() -> None:
+    vectors, negative = M1["vectors"], M1["negative"]
+    assert len(vectors) >= 10
+    assert len(negative) >= 14
+    assert {v["kid"].split(":")[0] for v in vectors} == {"x25519", "mlkem768x25519"}
+    assert len(set(ids(vectors))) == len(vectors)
+    assert len(set(ids(negative))) == len(negative)
+
+
+@pytest.mark.parametrize("v", M1["vectors"], ids=ids(M1["vectors"]))
+async def test_m1_vector(v: Vector) -> None:
+    plaintext = base64.b64decode(v["plaintext_b64"], validate=True)
+    assert classify(v["ciphertext"]) is CiphertextFormat.SEALED_V1
+    assert await manager(v).decrypt(v["ciphertext"], v["sa_id"]) == plaintext
+    if v["kid"].startswith("x25519:"):
+        assert doc_open_m1(keys(v), v["sa_id"], v["ciphertext"]) == plaintext
+
+
+@pytest.mark.parametrize("v", M1["negative"], ids=ids(M1["negative"]))
+async def test_m1_negative_vector(v: Vector) -> None:
+    with pytest.raises(DecryptionError):
+        await manager(v).decrypt(v["ciphertext"], v["sa_id"])
+
+
+def test_the_committed_bundle_verifies_from_both_anchors() -> None:
+    loaded = bundle.load(M1["bundle"], trust_anchor=M1["anchor"])
+    assert bundle.load(M1["bundle"], trust_anchor=M1["previous_anchor"]).via == (
+        M1["previous_anchor"],
+    )
+    vector_kids = {v["kid"] for v in M1["vectors"]}
+    assert {k.kid for k in loaded.keys if k.state == "active"} <= vector_kids
+    (master,) = [base64.b64decode(M1["vectors"][0]["key"])]
+    assert M1["anchor"] == bundle.fingerprint(bundle.anchor_from_master(master).public_key())
 
 
 # --- a1 -----------------------------------------------------------------------------------------
