@@ -25,7 +25,7 @@ from kamus.server.identity import sa_id
 from kamus.server.kubeauth.callers import Identity
 from kamus.server.metrics import Metrics
 from kamus.server.ratelimit import ClientRateLimiter, parse_limits
-from kamus.server.sealing import BundleSource
+from kamus.server.sealing import BundleSource, SealingKeyManager
 from kamus.server.settings import Settings
 from kamus.server.web.api import (
     READINESS_RESPONSES,
@@ -276,6 +276,12 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     rate_limiter = build_rate_limiter(settings, metrics)
     manager, bundle = build_keys(settings, metrics, key_manager)
     keys = WatchedKeyManager(manager, metrics)
+    if isinstance(manager, SealingKeyManager):
+        # Not ready until the decryptor has published a valid bundle; /readyz looks again.
+        try:
+            manager.source.current()
+        except KeyManagerUnavailable as exc:
+            keys.dependency.failed(exc.reason)
     callers = EncryptorCallers(settings, metrics, client_address=rate_limiter.client_key)
     state = Encryptor(settings, metrics, keys, rate_limiter, callers, bundle)
     app = create_base_app(

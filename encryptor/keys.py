@@ -12,6 +12,8 @@
 import logging
 
 from crypto import KeyManager
+from crypto.bundle import BundleError
+from kamus.server.errors import ConfigurationError
 from kamus.server.metrics import Metrics
 from kamus.server.providers import build_key_manager
 from kamus.server.sealing import BundleSource, SealingKeyManager, export_bundle
@@ -22,7 +24,13 @@ log = logging.getLogger(__name__)
 
 def bundle_source(settings: Settings) -> BundleSource | None:
     if settings.encryptor.sealing_keys_file is not None:
-        return BundleSource(file=settings.encryptor.sealing_keys_file)
+        try:
+            return BundleSource(
+                file=settings.encryptor.sealing_keys_file,
+                trust_anchor=settings.encryptor.trust_anchor,
+            )
+        except BundleError as exc:
+            raise ConfigurationError(f"Encryptor__TrustAnchor: {exc}") from None
     if settings.key_management.provider == "AESKey":
         export_bundle(settings)  # a bad key is a start-up error, not a 503 at the first request
         log.warning(

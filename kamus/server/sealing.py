@@ -79,11 +79,15 @@ class BundleSource:
         *,
         file: Path | None = None,
         derive: Callable[[datetime], str] | None = None,
+        trust_anchor: str | None = None,
         clock: Clock = _now,
     ) -> None:
         if (file is None) == (derive is None):
             raise ValueError("a bundle comes from a file or from a master key")
         self._file, self._derive, self._clock = file, derive, clock
+        # Whoever can rewrite the ConfigMap must not be able to make this encryptor seal to
+        # their own key: a renewed bundle must come from the anchor in use (or link from it).
+        self._pin = bundle.normalise_fingerprint(trust_anchor) if trust_anchor else None
         self._published: Published | None = None
         self._problem = "no sealing key bundle has been read yet"
         self._stamp: object = None
@@ -122,7 +126,7 @@ class BundleSource:
             return
         self._stamp = stamp
         try:
-            loaded = bundle.load(self._file.read_text(encoding="utf-8"))
+            loaded = bundle.load(self._file.read_text(encoding="utf-8"), self._pin)
         except (OSError, UnicodeDecodeError, bundle.BundleError) as exc:
             self._fail(f"{self._file}: {exc}")
             return
@@ -138,6 +142,7 @@ class BundleSource:
                 },
             )
         self._published = Published(loaded)
+        self._pin = loaded.anchor
 
     def _fail(self, problem: str) -> None:
         # A bundle that went bad keeps the last good one in use: a half-written ConfigMap update

@@ -181,6 +181,9 @@ class EncryptorSettings(_Section):
     # The signed public key bundle to seal with (the chart mounts the decryptor's ConfigMap
     # here); then the encryptor needs no master key and no KMS decrypt permission.
     sealing_keys_file: Path | None = Field(None, alias="SealingKeysFile")
+    # The anchor fingerprint the bundle file must be signed by (or link from). Unset: the first
+    # bundle read is trusted, and every later one must come from its anchor.
+    trust_anchor: str | None = Field(None, alias="TrustAnchor")
     # "m1" (sealed to the public keys, or the KMS key in an m1 envelope); "legacy": a1/e1, for
     # as long as some decryptor is older than m1 (docs/offline-encryption.md, upgrade order).
     output_format: Literal["m1", "legacy"] = Field("m1", alias="OutputFormat")
