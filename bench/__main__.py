@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import measure
+from bench import measure, sealing
 from bench.kms_process import KmsProcess
 from bench.load import CONNECTIONS, WRK_THREADS, wrk_version
 from bench.measure import FULL, QUICK, Plan
@@ -124,6 +124,33 @@ def sweep_phase(plan: Plan, logs: Path) -> dict[str, Any]:
         return measure.worker_sweep(plan, encryptors)
 
 
+def sealing_phase(plan: Plan, logs: Path) -> dict[str, Any]:
+    """Measurement 7: public-key sealing (issue 18)."""
+    say("7. sealing: per value, a 20-key Secret offline, the bundle-only encryptor")
+    master = sealing.new_master()
+    results: dict[str, Any] = {
+        "per_value": sealing.per_value(plan, master),
+        "offline_secret": sealing.offline_seal(plan, master, logs),
+    }
+    keys_file = logs / "keys.json"
+    specs = [
+        Spec("encryptor-bundle", "encryptor", {"Encryptor__SealingKeysFile": str(keys_file)}),
+        Spec(
+            "encryptor-a1",
+            "encryptor",
+            {**sealing.master_env(master), "Encryptor__OutputFormat": "legacy"},
+        ),
+    ]
+    specs = [
+        dataclasses.replace(s, env={**s.env, **NO_RATE_LIMIT}, workers=plan.workers) for s in specs
+    ]
+    with running(specs, logs) as services:
+        results["encrypt_throughput"] = sealing.encrypt_throughput(
+            plan, services["encryptor-bundle"], services["encryptor-a1"]
+        )
+    return results
+
+
 def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -170,6 +197,7 @@ def main() -> None:
         results |= aes_phase(plan, logs, kube)
         results["pod_start"] = pod_phase(plan, logs, kube)
         results["worker_sweep"] = sweep_phase(plan, logs)
+        results["sealing"] = sealing_phase(plan, logs)
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     # Other work on the machine skews every number: the 1-minute load before and after.
     results["load_average"] = [load_before, round(os.getloadavg()[0], 2)]

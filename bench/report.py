@@ -113,7 +113,50 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
     else:
         out.append(("6. encrypt req/s by --workers", f"skipped ({sweep['skipped']})", "", "-"))
+    if "sealing" in results:
+        out.extend(_sealing_rows(results["sealing"]))
     return out
+
+
+def _sealing_rows(sealing: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    value = sealing["per_value"]
+    offline = sealing["offline_secret"]
+    enc = sealing["encrypt_throughput"]
+    process = f"{offline['process_ms']:.0f} ms" if "process_ms" in offline else offline["process"]
+    return [
+        (
+            "7. per value: a1 encrypt, m1 seal (HPKE X25519), m1 open",
+            f"{value['a1_encrypt_us']:.0f}, {value['m1_seal_us']:.0f}, "
+            f"{value['m1_open_us']:.0f} µs",
+            "",
+            "-",
+        ),
+        (
+            "   post-quantum hybrid: seal, open",
+            f"{value['pq_seal_us']:.0f}, {value['pq_open_us']:.0f} µs",
+            "",
+            "-",
+        ),
+        (
+            "   value sizes for 6 bytes: a1, m1, m1 post-quantum",
+            ", ".join(str(n) for n in value["sizes"].values()) + " characters",
+            "",
+            "-",
+        ),
+        (
+            "   20-key Secret sealed offline: in process, kamus seal --offline",
+            f"{offline['in_process_us']:.0f} µs, {process}",
+            "",
+            "-",
+        ),
+        (
+            "   v1 encrypt, bundle-only encryptor (m1) / a1",
+            f"{enc['m1']['median_rps']:.0f} / {enc['a1']['median_rps']:.0f} req/s"
+            f" = {enc['m1_over_a1']:.2f}",
+            "",
+            "-",
+        ),
+    ]
 
 
 def _counts(values: list[int]) -> str:

@@ -21,7 +21,7 @@ from encryptor.models import BatchEncryptRequest, EncryptRequest
 from kamus.server.addresses import parse_networks
 from kamus.server.errors import ConfigurationError
 from kamus.server.health import WatchedKeyManager, readiness
-from kamus.server.identity import sa_id
+from kamus.server.identity import DEFAULT_SERVICE_ACCOUNT_REFUSAL, sa_id
 from kamus.server.kubeauth.callers import Identity
 from kamus.server.metrics import Metrics
 from kamus.server.ratelimit import ClientRateLimiter, parse_limits
@@ -113,14 +113,9 @@ class Encryptor:
 
 def refuse_default(request: Request, service_account: str, field: str) -> None:
     if service_account == "default":
-        # Refused before any crypto or key creation: every pod without its own service account
-        # runs as `default`, so a value for it is readable by all of them.
         annotate(request, reason="default service account")
         raise ApiError(
-            400,
-            "default-service-account",
-            f"{field}: the 'default' service account cannot be used; create a dedicated "
-            "service account for the workload and encrypt for it",
+            400, "default-service-account", f"{field}: {DEFAULT_SERVICE_ACCOUNT_REFUSAL}"
         )
 
 

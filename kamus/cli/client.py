@@ -270,17 +270,35 @@ class KamusClient:
         payload = json.dumps(body).encode("utf-8")
         all_headers = {
             "Content-Type": "application/json",
-            "User-Agent": f"kamus-py/{__version__}",
             **(self._auth if credentials else {}),
             **(headers or {}),
         }
+        return self._send("POST", path, payload, all_headers)
+
+    def get(self, path: str, *, max_bytes: int | None = None) -> tuple[int, bytes]:
+        """GET without credentials (a public resource); the status and at most ``max_bytes``
+        (+1, so that the caller can tell an answer that is too long) of the answer."""
+        return self._send("GET", path, None, {"Accept": "application/json"}, max_bytes)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        headers: Mapping[str, str],
+        max_bytes: int | None = None,
+    ) -> tuple[int, bytes]:
+        all_headers = {"User-Agent": f"kamus-py/{__version__}", **headers}
         for attempt in (1, 2):
             connection = self._connect()
             try:
-                connection.request("POST", self._base + path, body=payload, headers=all_headers)
+                connection.request(method, self._base + path, body=payload, headers=all_headers)
                 response = connection.getresponse()
                 self.retry_after = response.getheader("Retry-After")
-                status, answer = response.status, response.read()
+                status = response.status
+                answer = response.read() if max_bytes is None else response.read(max_bytes + 1)
+                if max_bytes is not None and not response.isclosed():
+                    self.close()  # the rest of an over-long answer is not read
             except PinMismatch:
                 self.close()
                 raise

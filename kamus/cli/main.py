@@ -6,11 +6,12 @@ import signal
 import ssl
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from kamus import __version__
 from kamus.cli.client import ClientError, KamusClient, UsageError
@@ -19,6 +20,9 @@ from kamus.cli.keysecret import create_key_secret
 from kamus.cli.settings import load_settings
 from kamus.server.logs import configure_logging
 from kamus.server.services import NAMES, SERVICES, Service, ServiceName
+
+if TYPE_CHECKING:
+    from kamus.cli.keys import OfflineSealer
 
 # The service modules (settings, providers, FastAPI) load only in `kamus serve`: `kamus init`
 # runs at every pod start, and importing them cost it more time than decrypting.
@@ -292,7 +296,7 @@ def _user_token(
 class Connection:
     """How ``encrypt`` and ``seal`` reach the encryptor: their shared options, as one value."""
 
-    kamus_url: str
+    kamus_url: str | None
     allow_insecure_url: bool
     cert_fingerprint: str | None
     ca_bundle: str | None
@@ -303,6 +307,11 @@ class Connection:
     timeout: float
 
     def client(self) -> KamusClient:
+        if not self.kamus_url:
+            raise UsageError(
+                "give the encryptor's URL with --kamus-url (or $KAMUS_URL), or seal without it: "
+                "--offline --keys FILE|URL"
+            )
         token = _user_token(
             self.kamus_url,
             self.kubeconfig_token,
@@ -320,84 +329,219 @@ class Connection:
             timeout=self.timeout,
         )
 
+    def public(self, url: str) -> KamusClient:
+        """A client for a public resource at ``url`` (the key bundle) with these TLS options;
+        no token is ever sent there."""
+        return replace(
+            self,
+            kamus_url=url,
+            kubeconfig_token=False,
+            kube_context=None,
+            token_file=None,
+            allow_token_over_http=False,
+        ).client()
+
+
+@dataclass(frozen=True)
+class Offline:
+    """``--offline`` and its options: seal to a signed key bundle, with no encryptor."""
+
+    offline: bool
+    keys: str | None
+    trust_anchor: str | None
+    allow_expired_keys: bool
+    post_quantum: bool
+    pin_from_env: bool = False
+
+    def sealer(self, connection: Connection) -> "OfflineSealer":
+        """The verified bundle of ``--keys``, ready to seal; its warnings go to stderr."""
+        from kamus.cli.keys import find_pin, load_for_sealing, now
+
+        assert self.keys is not None
+        return load_for_sealing(
+            self.keys,
+            find_pin(self.trust_anchor, from_env=self.pin_from_env),
+            connection.public,
+            _say,
+            allow_expired=self.allow_expired_keys,
+            post_quantum=self.post_quantum,
+            when=now(),
+        )
+
+
+def _say(message: str) -> None:
+    click.echo(f"kamus: {message}", err=True)
+
 
 _CONNECTION = tuple(field.name for field in fields(Connection))
+_OFFLINE = tuple(field.name for field in fields(Offline) if field.name != "pin_from_env")
+# Options that only mean something with an encryptor: given on the command line with --offline,
+# they are a mistake worth stopping for (from the environment, they are left unused).
+_ONLINE_ONLY = ("kamus_url", "kubeconfig_token", "kube_context", "token_file")
+_OFFLINE_ONLY = ("keys", "trust_anchor", "allow_expired_keys", "post_quantum")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_modes(ctx: click.Context, connection: Connection, offline: Offline) -> None:
+    given = {
+        name
+        for name in (*_ONLINE_ONLY, *_OFFLINE_ONLY)
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+    if offline.offline:
+        if clash := [n for n in _ONLINE_ONLY if n in given]:
+            raise UsageError(
+                f"--offline contacts no encryptor, so {', '.join(map(_flag, clash))} has no use: "
+                "drop it (the keys come from --keys)"
+            )
+        if not offline.keys:
+            raise UsageError(
+                "--offline needs --keys FILE|URL (or $KAMUS_KEYS): the cluster's signed key "
+                "bundle, e.g. from kamus keys fetch -u https://kamus.example.com -o keys.json"
+            )
+    elif clash := [n for n in _OFFLINE_ONLY if n in given]:
+        raise UsageError(f"{', '.join(map(_flag, clash))} goes with --offline")
+
+
+def _options(*options: Callable[[Any], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Apply click options in the order they are listed (which is the order --help shows)."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _tls_options(what: str) -> list[Callable[[Any], Any]]:
+    """How to reach a server over https: shared by the commands that talk to the encryptor."""
+    return [
+        click.option(
+            "--allow-insecure-url",
+            is_flag=True,
+            help=f"Allow a plain-http URL ({what} then cross the network in clear).",
+        ),
+        click.option(
+            "--cert-fingerprint",
+            help="Pin the server certificate: its SHA-256 or SHA-1 fingerprint in "
+            "hex (colons optional), checked before anything is sent.",
+        ),
+        click.option(
+            "--ca-bundle",
+            type=click.Path(exists=True, dir_okay=False),
+            help="CA certificates to trust for the server, in PEM.",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(0, min_open=True),
+            default=30.0,
+            show_default=True,
+            help="Seconds to wait for the encryptor to connect and to answer.",
+        ),
+    ]
+
+
+def _output_options(what: str) -> list[Callable[[Any], Any]]:
+    return [
+        click.option("-o", "--output", help=f"Write {what} to this file instead of stdout."),
+        click.option("-O", "--overwrite", is_flag=True, help="Replace --output if it exists."),
+    ]
+
+
+_TRUST_ANCHOR = click.option(
+    "--trust-anchor",
+    envvar="KAMUS_TRUST_ANCHOR",
+    help="The pinned anchor fingerprint of the key bundle, ed25519:… (or $KAMUS_TRUST_ANCHOR; "
+    "default: trust-anchor in .kamus.yaml at the repository root).",
+)
 
 
 def client_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The options ``encrypt`` and ``seal`` share (kamus-cli's names). The connection options
-    reach the command as one ``connection: Connection``."""
+    """The options ``encrypt`` and ``seal`` share (kamus-cli's names, and offline sealing's).
+    They reach the command as ``connection: Connection`` and ``offline: Offline``."""
 
     @functools.wraps(command)
     def with_connection(**options: Any) -> None:
+        ctx = click.get_current_context()
         connection = Connection(**{name: options.pop(name) for name in _CONNECTION})
-        command(connection=connection, **options)
+        offline = Offline(
+            **{name: options.pop(name) for name in _OFFLINE},
+            pin_from_env=ctx.get_parameter_source("trust_anchor") is ParameterSource.ENVIRONMENT,
+        )
+        try:
+            _check_modes(ctx, connection, offline)
+        except ClientError as error:
+            _fail(error)
+        command(connection=connection, offline=offline, **options)
 
-    decorated = with_connection
-    for option in reversed(
-        [
-            click.option(
-                "-u",
-                "--kamus-url",
-                envvar="KAMUS_URL",
-                required=True,
-                help="The encryptor's URL (or $KAMUS_URL).",
-            ),
-            click.option(
-                "--allow-insecure-url",
-                is_flag=True,
-                help="Allow a plain-http URL (secrets then cross the network in clear).",
-            ),
-            click.option(
-                "--cert-fingerprint",
-                help="Pin the server certificate: its SHA-256 or SHA-1 fingerprint in "
-                "hex (colons optional), checked before anything is sent.",
-            ),
-            click.option(
-                "--ca-bundle",
-                type=click.Path(exists=True, dir_okay=False),
-                help="CA certificates to trust for the server, in PEM.",
-            ),
-            click.option(
-                "--kubeconfig-token",
-                is_flag=True,
-                help="Send the current kubeconfig user's token, for an encryptor with "
-                "Encryptor__Authentication=kubernetes.",
-            ),
-            click.option("--kube-context", help="The kubeconfig context for --kubeconfig-token."),
-            click.option(
-                "--token-file",
-                envvar="KAMUS_TOKEN_FILE",
-                type=click.Path(dir_okay=False),
-                help="Send the token in this file (or $KAMUS_TOKEN_FILE), one made for the "
-                "encryptor: kubectl create token SA --audience kamus-encryptor.",
-            ),
-            click.option(
-                "--allow-token-over-http",
-                is_flag=True,
-                help="Send the token over a plain-http URL (kubectl port-forward only: it "
-                "crosses the network in clear text).",
-            ),
-            click.option(
-                "--timeout",
-                type=click.FloatRange(0, min_open=True),
-                default=30.0,
-                show_default=True,
-                help="Seconds to wait for the encryptor to connect and to answer.",
-            ),
-            click.option("-o", "--output", help="Write to this file instead of stdout."),
-            click.option("-O", "--overwrite", is_flag=True, help="Replace --output if it exists."),
-            click.option(
-                "--log-level",
-                type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
-                default="info",
-                show_default=True,
-                help="How much the command says on stderr (warn or error: only problems).",
-            ),
-        ]
-    ):
-        decorated = option(decorated)
-    return decorated
+    tls = _tls_options("secrets")
+    return _options(
+        click.option(
+            "-u",
+            "--kamus-url",
+            envvar="KAMUS_URL",
+            help="The encryptor's URL (or $KAMUS_URL); not with --offline.",
+        ),
+        tls[0],
+        tls[1],
+        tls[2],
+        click.option(
+            "--kubeconfig-token",
+            is_flag=True,
+            help="Send the current kubeconfig user's token, for an encryptor with "
+            "Encryptor__Authentication=kubernetes.",
+        ),
+        click.option("--kube-context", help="The kubeconfig context for --kubeconfig-token."),
+        click.option(
+            "--token-file",
+            envvar="KAMUS_TOKEN_FILE",
+            type=click.Path(dir_okay=False),
+            help="Send the token in this file (or $KAMUS_TOKEN_FILE), one made for the "
+            "encryptor: kubectl create token SA --audience kamus-encryptor.",
+        ),
+        click.option(
+            "--allow-token-over-http",
+            is_flag=True,
+            help="Send the token over a plain-http URL (kubectl port-forward only: it "
+            "crosses the network in clear text).",
+        ),
+        tls[3],
+        click.option(
+            "--offline",
+            is_flag=True,
+            help="Seal to the cluster's signed key bundle (--keys): no encryptor is contacted.",
+        ),
+        click.option(
+            "--keys",
+            envvar="KAMUS_KEYS",
+            help="With --offline: the key bundle, a file or an https URL (or $KAMUS_KEYS). A URL "
+            "needs a pinned anchor (--trust-anchor).",
+        ),
+        _TRUST_ANCHOR,
+        click.option(
+            "--allow-expired-keys",
+            is_flag=True,
+            help="With --offline: seal even if the bundle's keys have expired (each value "
+            "records it).",
+        ),
+        click.option(
+            "--post-quantum",
+            is_flag=True,
+            help="With --offline: seal with the ML-KEM-768+X25519 hybrid suite.",
+        ),
+        *_output_options("the result"),
+        click.option(
+            "--log-level",
+            type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
+            default="info",
+            show_default=True,
+            help="How much the command says on stderr (warn or error: only problems).",
+        ),
+    )(with_connection)
 
 
 @main.command(short_help="Encrypt a secret for a service account.")
@@ -426,13 +570,18 @@ def encrypt(
     namespace: str,
     ignore_new_line: bool,
     connection: Connection,
+    offline: Offline,
     output: str | None,
     overwrite: bool,
     log_level: str,
 ) -> None:
     """Encrypt a secret for a service account. Prints only the ciphertext.
 
-    Exit codes: 2 usage, 3 network or TLS, 4 certificate pin mismatch, 5 the server refused.
+    With --offline, it is sealed to the cluster's signed key bundle (--keys) without
+    contacting the encryptor.
+
+    Exit codes: 2 usage, 3 network or TLS, 4 certificate pin mismatch, 5 the server refused,
+    6 the key bundle is refused (bad signature, not the pinned anchor, expired).
 
     \b
     Examples:
@@ -440,11 +589,16 @@ def encrypt(
         --cert-fingerprint "$KAMUS_CERT_SHA256"
       printf %s "$PASSWORD" | kamus encrypt -s - -a my-app -n team-a -u "$KAMUS_URL"
       kamus encrypt -f tls.key -a my-app -n team-a -u "$KAMUS_URL" -o tls.key.enc
+      kamus encrypt -s 's3cr3t' -a my-app -n team-a --offline --keys .kamus/keys.json
     """
     from kamus.cli.client import encrypt_one
 
     quiet = log_level.lower() in ("warn", "error")
     try:
+        if offline.offline:
+            from kamus.cli.keys import check_identity
+
+            identity = check_identity(namespace, service_account)
         text = _secret_text(secret, secret_file, secret_file_encoding)
         if text.endswith("\n") and not ignore_new_line:
             click.echo(
@@ -454,10 +608,16 @@ def encrypt(
             )
             if sys.stdin.isatty() and not click.confirm("Encrypt it with the newline?", err=True):
                 raise UsageError("aborted: nothing was encrypted")
-        with connection.client() as client:
-            ciphertext = encrypt_one(client, namespace, service_account, text)
+        if offline.offline:
+            sealer = offline.sealer(connection)
+            [ciphertext] = sealer.seal(identity, [text])
+            done = f"sealed offline for {identity} with key {sealer.kid}"
+        else:
+            with connection.client() as client:
+                ciphertext = encrypt_one(client, namespace, service_account, text)
+            done = f"encrypted for {namespace}:{service_account}"
         if not quiet:
-            click.echo(f"kamus: encrypted for {namespace}:{service_account}", err=True)
+            click.echo(f"kamus: {done}", err=True)
         _write_output(ciphertext, output, overwrite)
     except ClientError as error:
         _fail(error)
@@ -487,6 +647,7 @@ def seal(
     namespace: str | None,
     output_format: str,
     connection: Connection,
+    offline: Offline,
     output: str | None,
     overwrite: bool,
     log_level: str,
@@ -494,11 +655,15 @@ def seal(
     """Turn a Secret manifest (a file, or stdin) into a KamusSecret of ciphertexts, or a
     ConfigMap for the init container. The plaintext Secret never needs to reach git.
 
+    With --offline, the values are sealed to the cluster's signed key bundle (--keys), one
+    data key per Secret, without contacting the encryptor.
+
     \b
     Examples:
       kamus seal secret.yaml -a my-app -u "$KAMUS_URL" -o kamussecret.yaml
       kubectl create secret generic db --from-literal=password=s3cr3t --dry-run=client \\
         -o yaml | kamus seal -a my-app -n team-a -u "$KAMUS_URL" --format configmap
+      kamus seal secret.yaml -a my-app --offline --keys .kamus/keys.json -o sealed.yaml
     """
     from kamus.cli.client import encrypt_values
     from kamus.cli.inputs import decode_text
@@ -507,7 +672,25 @@ def seal(
     name = str(getattr(manifest, "name", "-"))
     source = "stdin" if name in ("-", "<stdin>") else name
     try:
+        if offline.offline:
+            from kamus.cli.keys import check_identity
+
+            # The service account is checked before anything is read; each namespace as the
+            # manifest names it.
+            check_identity(namespace or "default", service_account)
         text = decode_text(manifest.read(), source)
+        if offline.offline:
+            sealer = offline.sealer(connection)
+            sealed = seal_documents(
+                text,
+                source=source,
+                service_account=service_account,
+                namespace=namespace,
+                output_format=output_format.lower(),
+                encrypt=lambda ns, values: sealer.seal_values(ns, service_account, values),
+            )
+            _write_output(sealed.rstrip("\n"), output, overwrite)
+            return
         with connection.client() as client:
             sealed = seal_documents(
                 text,
@@ -518,6 +701,156 @@ def seal(
                 encrypt=lambda ns, values: encrypt_values(client, ns, service_account, values),
             )
         _write_output(sealed.rstrip("\n"), output, overwrite)
+    except ClientError as error:
+        _fail(error)
+
+
+@main.group(short_help="Export, fetch and verify the key bundle for offline sealing.")
+def keys() -> None:
+    """The cluster's signed key bundle: the public keys that `kamus encrypt --offline` and
+    `kamus seal --offline` seal to, signed by the cluster's anchor key. Pin the anchor's
+    fingerprint once (--trust-anchor, $KAMUS_TRUST_ANCHOR or trust-anchor in .kamus.yaml);
+    renewed sealing keys then need no new pin.
+
+    Exit codes: 2 usage, 3 network or TLS, 4 certificate pin mismatch, 5 the server refused,
+    6 the bundle is refused (bad signature, not the pinned anchor, expired).
+    """
+
+
+@keys.command("export", short_help="Print the signed key bundle of this cluster's keys.")
+@_options(*_output_options("the bundle"))
+def keys_export(output: str | None, overwrite: bool) -> None:
+    """Print the signed key bundle that the key provider settings in the environment make (the
+    same as the encryptor serves), for operators and the chart's ConfigMap.
+
+    \b
+    Examples:
+      KeyManagement__AES__KeyFile=aes.key kamus keys export -o keys.json
+      kamus keys export | kamus keys verify -
+    """
+    from kamus.cli.keys import now
+    from kamus.server.errors import ConfigurationError
+    from kamus.server.sealing import export_bundle
+
+    settings = load_settings()
+    try:
+        text = export_bundle(settings, now())
+        _write_output(text if output else text.rstrip("\n"), output, overwrite)
+    except ConfigurationError as exc:
+        _fail(ClientError(f"cannot export the key bundle: {exc}"))
+    except ClientError as error:
+        _fail(error)
+
+
+@keys.command("fetch", short_help="Download the key bundle from an encryptor and check it.")
+@_options(
+    click.option(
+        "-u",
+        "--kamus-url",
+        envvar="KAMUS_URL",
+        required=True,
+        help="The encryptor's URL (or $KAMUS_URL); the bundle is at /api/v2/keys.",
+    ),
+    *_tls_options("the keys")[:3],
+    _TRUST_ANCHOR,
+    _tls_options("the keys")[3],
+    *_output_options("the bundle"),
+)
+def keys_fetch(
+    kamus_url: str,
+    allow_insecure_url: bool,
+    cert_fingerprint: str | None,
+    ca_bundle: str | None,
+    trust_anchor: str | None,
+    timeout: float,
+    output: str | None,
+    overwrite: bool,
+) -> None:
+    """Download the encryptor's signed key bundle, check its signature and, when an anchor is
+    pinned, that it comes from that anchor (following a link if the anchor changed). The first
+    time, with no pin, it prints the anchor fingerprint to pin.
+
+    \b
+    Examples:
+      kamus keys fetch -u https://kamus.example.com -o .kamus/keys.json
+      kamus keys fetch -u "$KAMUS_URL" --trust-anchor ed25519:9c1e… -o .kamus/keys.json
+    """
+    from kamus.cli.keys import check_expiry, download, find_pin, how_to_pin, keys_url, now, verified
+
+    ctx = click.get_current_context()
+    try:
+        pin = find_pin(
+            trust_anchor,
+            from_env=ctx.get_parameter_source("trust_anchor") is ParameterSource.ENVIRONMENT,
+        )
+        base, _ = keys_url(kamus_url)
+        connection = Connection(
+            kamus_url=base,
+            allow_insecure_url=allow_insecure_url,
+            cert_fingerprint=cert_fingerprint,
+            ca_bundle=ca_bundle,
+            kubeconfig_token=False,
+            kube_context=None,
+            token_file=None,
+            allow_token_over_http=False,
+            timeout=timeout,
+        )
+        with connection.public(base) as client:
+            text = download(client)
+        loaded = verified(text, pin, kamus_url, _say)
+        check_expiry(loaded, now(), _say, allow_expired=False, refuse=False)
+        _write_output(loaded.text if output else loaded.text.rstrip("\n"), output, overwrite)
+        if pin is None:
+            _say(
+                f"first use: nothing pins this bundle's anchor {loaded.anchor}. Check that "
+                "fingerprint with your cluster's operator (kamus keys export | kamus keys verify "
+                f"- on their side), then {how_to_pin(loaded.anchor)}"
+            )
+        else:
+            _say(f"the bundle is signed by the pinned anchor ({pin.source})")
+    except ClientError as error:
+        _fail(error)
+
+
+@keys.command("verify", short_help="Check a key bundle file and show its keys.")
+@click.argument("file")
+@_options(_TRUST_ANCHOR)
+def keys_verify(file: str, trust_anchor: str | None) -> None:
+    """Check FILE's signature and, when an anchor is pinned, that it comes from that anchor;
+    then print the anchor fingerprint, the cluster, and each key's id, suite, state,
+    activation and expiry. Exits non-zero on a bad signature, another anchor, or keys that
+    have expired; warns when they expire within 14 days. FILE '-' reads stdin.
+
+    \b
+    Examples:
+      kamus keys verify .kamus/keys.json
+      kamus keys verify keys.json --trust-anchor ed25519:9c1e…
+    """
+    from kamus.cli.keys import (
+        BundleRefused,
+        check_expiry,
+        describe,
+        find_pin,
+        how_to_pin,
+        now,
+        read_bundle_file,
+        verified,
+    )
+
+    ctx = click.get_current_context()
+    try:
+        pin = find_pin(
+            trust_anchor,
+            from_env=ctx.get_parameter_source("trust_anchor") is ParameterSource.ENVIRONMENT,
+        )
+        text = sys.stdin.buffer.read() if file == "-" else read_bundle_file(file)
+        source = "stdin" if file == "-" else file
+        loaded = verified(text, pin, source, _say)
+        click.echo(describe(loaded))
+        if pin is None:
+            _say(f"nothing pins the anchor; to trust it, {how_to_pin(loaded.anchor)}")
+        if check_expiry(loaded, now(), _say, allow_expired=False, refuse=False):
+            raise BundleRefused(f"the key bundle {source} has expired")
     except ClientError as error:
         _fail(error)
 

@@ -36,6 +36,14 @@ Namespace = Annotated[str, AfterValidator(check_namespace)]
 ServiceAccountName = Annotated[str, AfterValidator(check_service_account)]
 
 
+# Every pod without a service account of its own runs as `default`, so a value for it would be
+# readable by all of them: the encryptor and offline sealing refuse it before any crypto.
+DEFAULT_SERVICE_ACCOUNT_REFUSAL = (
+    "the 'default' service account cannot be used; create a dedicated service account for the "
+    "workload and encrypt for it"
+)
+
+
 def sa_id(namespace: str, service_account: str) -> str:
     """The identity a ciphertext is bound to, as Kamus spells it."""
     return f"{namespace}:{service_account}"

@@ -129,7 +129,7 @@ def shape_cases(key_b64: str) -> dict[str, tuple[str, str]]:
         "a no-break space": (valid + "\u00a0", "malformed base64url"),
         "another format": (
             "env$AAAA$AAAA:AAAA",
-            "this Kamus's AES provider reads only kamus$a1$ values and legacy Kamus "
+            "this Kamus's AES provider reads only kamus$m1$ and kamus$a1$ values and legacy Kamus "
             "iv:ciphertext values",
         ),
     }

@@ -40,6 +40,37 @@ def test_every_option_says_what_it_does(name: str) -> None:
     assert undescribed == []
 
 
+SUBCOMMANDS = sorted(
+    (name, sub)
+    for name, command in main.commands.items()
+    if isinstance(command, click.Group)
+    for sub in command.commands
+)
+
+
+@pytest.mark.parametrize(("group", "name"), SUBCOMMANDS)
+def test_every_subcommand_option_says_what_it_does_and_shows_examples(
+    group: str, name: str
+) -> None:
+    command = main.commands[group].commands[name]  # type: ignore[attr-defined]
+    undescribed = [
+        param.opts[-1]
+        for param in command.params
+        if isinstance(param, click.Option) and not param.help
+    ]
+    assert undescribed == []
+    text = help_text(group, name)
+    examples = text.split("Examples:", 1)[1].split("Options:", 1)[0]
+    lines = [line.strip() for line in examples.splitlines() if line.strip()]
+    assert any(f"kamus {group} {name}" in line for line in lines), text
+    assert all(len(line) <= 90 for line in lines), lines
+
+
+def test_the_keys_group_has_its_three_commands() -> None:
+    assert ("keys", "export") in SUBCOMMANDS
+    assert [s for g, s in SUBCOMMANDS if g == "keys"] == ["export", "fetch", "verify"]
+
+
 @pytest.mark.parametrize("name", ["encrypt", "seal", "init", "serve"])
 def test_the_commands_people_type_show_examples(name: str) -> None:
     text = help_text(name)
