@@ -1,9 +1,9 @@
 """AWS KMS (``KeyManagement__Provider=AwsKms``): one customer master key per service account.
 
 The key is found by Kamus's alias ``alias/[<prefix>-]kamus/<key id>``, so keys Kamus created are
-used as they are. New values are ``e1`` envelopes: ``GenerateDataKey`` returns the data key and
-its wrapped form in one call, with the identity as the encryption context, which KMS enforces
-on ``Decrypt`` and CloudTrail records.
+used as they are. New values are ``m1`` (or ``e1``) envelopes: ``GenerateDataKey`` returns the data
+key and its wrapped form in one call, with the identity as the encryption context, which KMS
+enforces on ``Decrypt`` and CloudTrail records.
 """
 
 import logging
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from crypto import envelope
+from crypto.cloud import CloudKeyManager, Wrapped
 from crypto.encoding import b64_decode
 from crypto.errors import DecryptionError, MalformedCiphertext
-from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
+from crypto.formats import CiphertextFormat
 from crypto.keyid import kamus_key_id
 from crypto.kms import (
     PROBE_NAME,
@@ -62,7 +62,11 @@ def classify_aws_error(exc: Exception, operation: str) -> KmsError | None:
     return None
 
 
-class AwsKmsKeyManager:
+class AwsKmsKeyManager(CloudKeyManager):
+    kind = KMS
+    display_name = "AWS KMS"
+    legacy_reads = "legacy Kamus env$ values"
+
     def __init__(
         self,
         client: KMSClient,
@@ -72,19 +76,22 @@ class AwsKmsKeyManager:
         automatic_rotation: bool = False,
         create_keys: bool = True,
         allow_legacy: bool = True,
+        sealed_output: bool = True,
     ) -> None:
+        super().__init__(
+            sealed_output=sealed_output, allow_legacy=allow_legacy, observer=calls.observer
+        )
         self._client = client
         self._calls = calls
         self._prefix = f"{cmk_prefix}-" if cmk_prefix else ""
         self._rotation = automatic_rotation
         self._create_keys = create_keys
-        self._allow_legacy = allow_legacy
         self._locks = KeyLocks()
 
     def alias(self, sa_id: str) -> str:
         return f"alias/{self._prefix}kamus/{kamus_key_id(sa_id)}"
 
-    async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+    async def new_data_key(self, sa_id: str) -> Wrapped:
         alias = self.alias(sa_id)
         response = await found(lambda: self._generate_data_key(alias, sa_id))
         if response is None:
@@ -98,13 +105,8 @@ class AwsKmsKeyManager:
                 create=lambda: self._create_key(alias, sa_id),
             )
             response = await self._generate_data_key(alias, sa_id)
-        return envelope.seal(
-            response["Plaintext"],
-            plaintext,
-            sa_id,
-            kms=KMS,
-            key_version=response["KeyId"].rsplit("/", 1)[-1],
-            wrapped=response["CiphertextBlob"],
+        return Wrapped(
+            response["Plaintext"], response["KeyId"].rsplit("/", 1)[-1], response["CiphertextBlob"]
         )
 
     async def _generate_data_key(self, alias: str, sa_id: str) -> Any:
@@ -166,23 +168,15 @@ class AwsKmsKeyManager:
             self._calls, "Decrypt", lambda: self._client.decrypt(CiphertextBlob=PROBE_NAME.encode())
         )
 
-    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
-        fmt = classify(ciphertext)
-        if fmt is CiphertextFormat.ENVELOPE_V1:
-            sealed = envelope.parse(ciphertext, KMS)
-            data_key = await self._unwrap(sealed.wrapped_key, sa_id, {CONTEXT_KEY: sa_id})
-            return envelope.open_sealed(sealed, data_key, sa_id)
-        if not self._allow_legacy:
-            raise legacy_switched_off(envelope.E1_HEADER, "KeyManagement__AllowLegacyCiphertexts")
-        if ciphertext == "":
-            return b""  # Kamus answered an empty value with an empty value
-        if fmt is CiphertextFormat.LEGACY_ENVELOPE:
-            wrapped, iv, body = parse_legacy_envelope(ciphertext)
-            # Kamus wrapped with GenerateDataKey and no encryption context.
-            return cbc_decrypt(await self._unwrap(b64_decode(wrapped), sa_id, {}), iv, body)
-        raise unreadable(
-            ciphertext, "AWS KMS", f"{envelope.E1_HEADER}{KMS}$ values and legacy Kamus env$ values"
-        )
+    async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
+        return await self._unwrap(wrapped, sa_id, {CONTEXT_KEY: sa_id})
+
+    async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
+        if fmt is not CiphertextFormat.LEGACY_ENVELOPE:
+            raise self.unreadable(ciphertext)
+        wrapped, iv, body = parse_legacy_envelope(ciphertext)
+        # Kamus wrapped with GenerateDataKey and no encryption context.
+        return cbc_decrypt(await self._unwrap(b64_decode(wrapped), sa_id, {}), iv, body)
 
     async def _unwrap(self, blob: bytes, sa_id: str, context: dict[str, str]) -> bytes:
         if not 1 <= len(blob) <= MAX_CIPHERTEXT_BLOB:

@@ -29,13 +29,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from crypto import envelope
+from crypto.cloud import CloudKeyManager, Wrapped
 from crypto.encoding import b64_decode
 from crypto.errors import (
     DecryptionError,
     KeyManagerUnavailable,
     MalformedCiphertext,
 )
-from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
+from crypto.formats import CiphertextFormat
 from crypto.keyid import kamus_key_id
 from crypto.kms import (
     PROBE_NAME,
@@ -120,7 +121,11 @@ def _wrap_locally(key: KeyVaultKey, blob: bytes) -> bytes:
     return numbers.public_key().encrypt(blob, oaep)
 
 
-class AzureKeyVaultKeyManager:
+class AzureKeyVaultKeyManager(CloudKeyManager):
+    kind = KMS
+    display_name = "Azure Key Vault"
+    legacy_reads = "legacy Kamus base64 and env$ values"
+
     def __init__(
         self,
         keys: KeyClient,
@@ -132,7 +137,11 @@ class AzureKeyVaultKeyManager:
         key_size: int = 2048,
         create_keys: bool = True,
         allow_legacy: bool = True,
+        sealed_output: bool = True,
     ) -> None:
+        super().__init__(
+            sealed_output=sealed_output, allow_legacy=allow_legacy, observer=calls.observer
+        )
         self._keys = keys
         self._credential = credential
         self._calls = calls
@@ -140,12 +149,11 @@ class AzureKeyVaultKeyManager:
         self._hsm = hardware_protected
         self._key_size = key_size
         self._create_keys = create_keys
-        self._allow_legacy = allow_legacy
         self._locks = KeyLocks()
         self._latest: dict[str, tuple[float, KeyVaultKey]] = {}
         self._versions: OrderedDict[tuple[str, str], CryptographyClient] = OrderedDict()
 
-    async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+    async def new_data_key(self, sa_id: str) -> Wrapped:
         name = kamus_key_id(sa_id)
         key = await found(lambda: self._latest_key(name))
         if key is None:
@@ -161,9 +169,7 @@ class AzureKeyVaultKeyManager:
         version = key.properties.version or ""
         data_key = envelope.new_data_key()
         wrapped = _wrap_locally(key, data_key + _identity_digest(sa_id))
-        return envelope.seal(
-            data_key, plaintext, sa_id, kms=KMS, key_version=version, wrapped=wrapped
-        )
+        return Wrapped(data_key, version, wrapped)
 
     async def _latest_key(self, name: str) -> KeyVaultKey:
         cached = self._latest.get(name)
@@ -195,27 +201,21 @@ class AzureKeyVaultKeyManager:
         # A key that does not exist: 404 with keys/read, which decrypting needs too.
         await answered(self._calls, "GetKey", lambda: self._keys.get_key(PROBE_NAME))
 
-    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
-        # The value's shape is checked whole before Key Vault is asked anything.
+    async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
+        if not key_version:
+            raise MalformedCiphertext(
+                "the value names no Key Vault key version",
+                "the value names no Key Vault key version",
+            )
+        _check_rsa_size(wrapped)
+        blob = await self._remote("UnwrapKey", kamus_key_id(sa_id), key_version, wrapped)
+        data_key, digest = blob[: envelope.DATA_KEY_SIZE], blob[envelope.DATA_KEY_SIZE :]
+        if not hmac.compare_digest(digest, _identity_digest(sa_id)):
+            raise DecryptionError("the wrapped data key is bound to another identity")
+        return data_key
+
+    async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
         name = kamus_key_id(sa_id)
-        fmt = classify(ciphertext)
-        if fmt is CiphertextFormat.ENVELOPE_V1:
-            sealed = envelope.parse(ciphertext, KMS)
-            if not sealed.key_version:
-                raise MalformedCiphertext(
-                    "e1 ciphertext names no Key Vault key version",
-                    "the e1 value names no Key Vault key version",
-                )
-            _check_rsa_size(sealed.wrapped_key)
-            blob = await self._remote("UnwrapKey", name, sealed.key_version, sealed.wrapped_key)
-            data_key, digest = blob[: envelope.DATA_KEY_SIZE], blob[envelope.DATA_KEY_SIZE :]
-            if not hmac.compare_digest(digest, _identity_digest(sa_id)):
-                raise DecryptionError("the wrapped data key is bound to another identity")
-            return envelope.open_sealed(sealed, data_key, sa_id)
-        if not self._allow_legacy:
-            raise legacy_switched_off(envelope.E1_HEADER, "KeyManagement__AllowLegacyCiphertexts")
-        if ciphertext == "":
-            return b""  # Kamus answered an empty value with an empty value
         cbc: tuple[bytes, bytes] | None = None  # the iv and body of a legacy envelope
         if fmt is CiphertextFormat.LEGACY_RAW:
             wrapped = b64_decode(ciphertext)
@@ -224,11 +224,7 @@ class AzureKeyVaultKeyManager:
             wrapped_text, iv, body = parse_legacy_envelope(ciphertext)
             wrapped, cbc = b64_decode(wrapped_text), (iv, body)
         else:
-            raise unreadable(
-                ciphertext,
-                "Azure Key Vault",
-                f"{envelope.E1_HEADER}{KMS}$ values and legacy Kamus base64 and env$ values",
-            )
+            raise self.unreadable(ciphertext)
         _check_rsa_size(wrapped)
         # Kamus used RSA-OAEP with the key's latest version.
         try:

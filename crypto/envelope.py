@@ -48,6 +48,10 @@ def new_data_key() -> bytes:
     return os.urandom(DATA_KEY_SIZE)
 
 
+def is_key_version(text: str) -> bool:
+    return bool(_KEY_VERSION.fullmatch(text))
+
+
 def seal(
     data_key: bytes, plaintext: bytes, sa_id: str, *, kms: str, key_version: str, wrapped: bytes
 ) -> str:

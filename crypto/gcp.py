@@ -1,9 +1,10 @@
 """Google Cloud KMS (``KeyManagement__Provider=GoogleKms``): one crypto key per service account.
 
 The key is ``<key ring>/cryptoKeys/<Kamus key id>``, so keys Kamus created are used as they are.
-New values are ``e1`` envelopes: the data key is made here and wrapped by one ``Encrypt`` call with
-the identity as additional authenticated data, which Cloud KMS checks again on ``Decrypt``. Every
-call carries CRC32C checksums both ways, as Google recommends, so corruption in transit is caught.
+New values are ``m1`` (or ``e1``) envelopes: the data key is made here and wrapped by one
+``Encrypt`` call with the identity as additional authenticated data, which Cloud KMS checks again
+on ``Decrypt``. Every call carries CRC32C checksums both ways, as Google recommends, so corruption
+in transit is caught.
 """
 
 import logging
@@ -17,9 +18,10 @@ from google.auth import exceptions as auth_exc
 from google.cloud import kms
 
 from crypto import envelope
+from crypto.cloud import CloudKeyManager, Wrapped
 from crypto.encoding import b64_decode
 from crypto.errors import DecryptionError, KeyManagerUnavailable, MalformedCiphertext
-from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
+from crypto.formats import CiphertextFormat
 from crypto.keyid import kamus_key_id
 from crypto.kms import (
     BlockingCalls,
@@ -63,7 +65,11 @@ def _crc(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
 
-class GoogleKmsKeyManager:
+class GoogleKmsKeyManager(CloudKeyManager):
+    kind = KMS
+    display_name = "Google Cloud KMS"
+    legacy_reads = "legacy Kamus base64 values"
+
     def __init__(
         self,
         client: kms.KeyManagementServiceClient,
@@ -77,7 +83,11 @@ class GoogleKmsKeyManager:
         attempt_timeout: float = 5.0,
         create_keys: bool = True,
         allow_legacy: bool = True,
+        sealed_output: bool = True,
     ) -> None:
+        super().__init__(
+            sealed_output=sealed_output, allow_legacy=allow_legacy, observer=calls.observer
+        )
         self._client = client
         self._calls = calls
         self._location = f"projects/{project}/locations/{location}"
@@ -86,7 +96,6 @@ class GoogleKmsKeyManager:
         self._protection = getattr(kms.ProtectionLevel, protection_level)
         self._rotation = rotation_period
         self._create_keys = create_keys
-        self._allow_legacy = allow_legacy
         self._locks = KeyLocks()
         # Google's retry: exponential backoff with jitter, on throttling and 5xx, inside the
         # deadline the BlockingCalls runner enforces.
@@ -103,7 +112,7 @@ class GoogleKmsKeyManager:
     def key_name(self, sa_id: str) -> str:
         return f"{self._key_ring}/cryptoKeys/{kamus_key_id(sa_id)}"
 
-    async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+    async def new_data_key(self, sa_id: str) -> Wrapped:
         name = self.key_name(sa_id)
         data_key = envelope.new_data_key()
         wrapped = await found(lambda: self._wrap(name, data_key, sa_id))
@@ -117,14 +126,7 @@ class GoogleKmsKeyManager:
                 create=lambda: self._create_key(name, sa_id),
             )
             wrapped = await self._wrap(name, data_key, sa_id)
-        return envelope.seal(
-            data_key,
-            plaintext,
-            sa_id,
-            kms=KMS,
-            key_version=wrapped.name.rsplit("/", 1)[-1],
-            wrapped=wrapped.ciphertext,
-        )
+        return Wrapped(data_key, wrapped.name.rsplit("/", 1)[-1], wrapped.ciphertext)
 
     async def _wrap(self, name: str, data_key: bytes, sa_id: str) -> Any:
         aad = sa_id.encode("utf-8")
@@ -208,24 +210,14 @@ class GoogleKmsKeyManager:
             lambda: self._client.get_location(request=request, **self._options),
         )
 
-    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
-        fmt = classify(ciphertext)
-        if fmt is CiphertextFormat.ENVELOPE_V1:
-            sealed = envelope.parse(ciphertext, KMS)
-            data_key = await self._unwrap(sealed.wrapped_key, sa_id, sa_id.encode("utf-8"))
-            return envelope.open_sealed(sealed, data_key, sa_id)
-        if not self._allow_legacy:
-            raise legacy_switched_off(envelope.E1_HEADER, "KeyManagement__AllowLegacyCiphertexts")
-        if ciphertext == "":
-            return b""  # Kamus answered an empty value with an empty value
-        if fmt is CiphertextFormat.LEGACY_RAW:
-            # Kamus encrypted the UTF-8 value itself under the key, without AAD.
-            return await self._unwrap(b64_decode(ciphertext), sa_id, b"")
-        raise unreadable(
-            ciphertext,
-            "Google Cloud KMS",
-            f"{envelope.E1_HEADER}{KMS}$ values and legacy Kamus base64 values",
-        )
+    async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
+        return await self._unwrap(wrapped, sa_id, sa_id.encode("utf-8"))
+
+    async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
+        if fmt is not CiphertextFormat.LEGACY_RAW:
+            raise self.unreadable(ciphertext)
+        # Kamus encrypted the UTF-8 value itself under the key, without AAD.
+        return await self._unwrap(b64_decode(ciphertext), sa_id, b"")
 
     async def _unwrap(self, blob: bytes, sa_id: str, aad: bytes) -> bytes:
         if not 1 <= len(blob) <= MAX_CIPHERTEXT:

@@ -268,20 +268,35 @@ class Keyring:
     def owns(self, stanza: m1.Stanza) -> bool:
         return stanza.kind.startswith("hpke-") and self.find(stanza.kid) is not None
 
-    def open(self, ciphertext: str, sa_id: str) -> tuple[bytes, str]:
-        """The plaintext of an m1 value as ``sa_id``, and the key id that opened it."""
-        value = m1.parse(ciphertext)
-        if value.identity_tag != m1.identity_tag(sa_id):
-            raise DecryptionError("m1 value was made for another identity (identity tag)")
+    def try_open(self, value: m1.M1, sa_id: str) -> tuple[bytes, str] | None:
+        """The plaintext and the key id, if a stanza names a sealing key held here; else None."""
         for stanza in value.stanzas:
             key = self.find(stanza.kid) if stanza.kind.startswith("hpke-") else None
             if key is not None and stanza.kind == key.suite.stanza_kind:
-                data_key = key.unwrap(stanza, sa_id)
-                return m1.open_value(value, data_key, sa_id), key.kid
-        # Only well-formed sealing key ids are named: any other field is the caller's text.
-        named = [s.kid for s in value.stanzas if parse_kid(s.kid)][:4]
-        raise MalformedCiphertext(
-            "m1 ciphertext has no stanza for a key held here",
-            "it has no stanza for a sealing key this Kamus holds"
-            + (f" (it names {', '.join(named)})" if named else ""),
-        )
+                return m1.open_value(value, key.unwrap(stanza, sa_id), sa_id), key.kid
+        return None
+
+    def open(self, ciphertext: str, sa_id: str) -> tuple[bytes, str]:
+        """The plaintext of an m1 value as ``sa_id``, and the key id that opened it."""
+        value = parse_for(ciphertext, sa_id)
+        opened = self.try_open(value, sa_id)
+        if opened is None:
+            raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")
+        return opened
+
+
+def parse_for(ciphertext: str, sa_id: str) -> m1.M1:
+    """An m1 value whose identity tag is ``sa_id``'s (a cheap "made for someone else")."""
+    value = m1.parse(ciphertext)
+    if value.identity_tag != m1.identity_tag(sa_id):
+        raise DecryptionError("m1 value was made for another identity (identity tag)")
+    return value
+
+
+def no_stanza_held(value: m1.M1, fact: str) -> MalformedCiphertext:
+    # Only well-formed sealing key ids are named: any other field is the caller's text.
+    named = [s.kid for s in value.stanzas if parse_kid(s.kid)][:4]
+    return MalformedCiphertext(
+        "m1 ciphertext has no stanza for a key held here",
+        f"it has {fact}" + (f" (it names {', '.join(named)})" if named else ""),
+    )

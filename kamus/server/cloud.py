@@ -74,6 +74,7 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
         automatic_rotation=aws.automatic_key_rotation,
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
+        sealed_output=settings.encryptor.output_format == "m1",
     )
 
 
@@ -153,6 +154,7 @@ def build_gcp(settings: Settings, observer: KmsObserver | None) -> GoogleKmsKeyM
         attempt_timeout=per_attempt_timeout(km),
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
+        sealed_output=settings.encryptor.output_format == "m1",
     )
 
 
@@ -220,4 +222,5 @@ def build_azure(settings: Settings, observer: KmsObserver | None) -> AzureKeyVau
         key_size=kv.key_length,
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
+        sealed_output=settings.encryptor.output_format == "m1",
     )
