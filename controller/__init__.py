@@ -9,8 +9,9 @@ Where each concern lives:
 * ``controller``: one KamusSecret reconciled (refuse, decrypt, write the Secret, the status and
   an Event);
 * ``runner``: when to reconcile: leading, watching, queueing and the workers, put together from
-  ``lease`` (leader election), ``informer`` (list and watch), ``workqueue`` and ``pacing``
-  (rate limit and backoff), which know nothing of KamusSecrets;
+  ``kamus.server.lease`` (leader election, shared with the decryptor), ``informer`` (list and
+  watch), ``workqueue`` and ``pacing`` (rate limit and backoff), which know nothing of
+  KamusSecrets;
 * ``app``: ``kamus serve controller``, with its health and metrics endpoints.
 
 Its modules import ``kubernetes``: kamus/kubernetes_alone.py runs first, so that they load the

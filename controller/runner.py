@@ -6,8 +6,8 @@ requeues every one each ``ReconciliationIntervalInSeconds``. Workers take keys f
 :class:`~controller.controller.KamusSecretController` and queue a key again later when the key
 manager or the apiserver failed. A failure never ends the process.
 
-The parts (lease.py, informer.py, workqueue.py, pacing.py) know nothing of KamusSecrets; this
-module is where they are put together for them.
+The parts (kamus/server/lease.py, informer.py, workqueue.py, pacing.py) know nothing of
+KamusSecrets; this module is where they are put together for them.
 """
 
 import asyncio
@@ -23,13 +23,13 @@ from kubernetes.aio.client.exceptions import ApiException
 from controller import reconcile
 from controller.controller import KamusSecretController
 from controller.informer import Informer
-from controller.lease import LeaderElector
 from controller.objects import KamusSecret, Key, Secret, key_of
 from controller.pacing import TokenBucket
 from controller.reconcile import GROUP, PLURAL, VERSION
 from controller.workqueue import WorkQueue
 from crypto import KeyManager
 from crypto.errors import KeyManagerUnavailable
+from kamus.server.lease import LeaderElector
 from kamus.server.metrics import ControllerMetrics
 from kamus.server.settings import ControllerSettings
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from crypto import DecryptionError, KeyManager, MalformedCiphertext, classify
 from crypto.errors import KeyManagerUnavailable
+from decryptor.publish import publishing
 from kamus.server.errors import ConfigurationError
 from kamus.server.health import Dependency, WatchedKeyManager, readiness
 from kamus.server.identity import parse_service_account_user, sa_id
@@ -332,7 +333,8 @@ async def readyz(request: Request) -> JSONResponse:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: Decryptor = app.state.decryptor
     if state.given_authenticator is not None:  # the caller's, and the caller closes it
-        yield
+        async with publishing(state.settings, state.metrics):
+            yield
         return
     try:
         state.auth = await build_authenticator(state.settings, state.metrics)
@@ -340,7 +342,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("the decryptor cannot start: %s", exc)
         raise
     try:
-        yield
+        # In the background, and off unless Decryptor__PublicKeysConfigMap is set.
+        async with publishing(state.settings, state.metrics):
+            yield
     finally:
         await state.auth.close()
         state.auth = None

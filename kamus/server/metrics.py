@@ -55,6 +55,13 @@ class Metrics:
             ["provider", "key_id"],
             registry=self.registry,
         )
+        self.public_keys_published = Counter(
+            "kamus_public_keys_published",
+            "Rounds of the decryptor's public key bundle publisher by outcome: created, updated, "
+            "unchanged, conflict (another writer won; re-read next round) or error.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.kms_calls = Counter(
             "kamus_kms_calls",
             "Calls to the cloud key manager by provider, operation and outcome.",

@@ -296,11 +296,13 @@ def test_the_key_is_made_in_the_cluster_by_a_hook_job_with_narrow_rbac(
     [container] = pod["containers"]
     assert container["image"] == f"ghcr.io/kamus-py/kamus-decryptor:{__version__}"
     assert container["command"] == key_job_command(manifests)
-    # The workloads mount the Secret the Job makes, by name.
-    for name in ("kamus-encryptor", "kamus-decryptor", "kamus-controller"):
+    # The workloads that decrypt mount the Secret the Job makes, by name; the encryptor does not.
+    for name in ("kamus-decryptor", "kamus-controller"):
         spec = named(manifests, "Deployment", name)["spec"]["template"]["spec"]
         [keys] = [v for v in spec["volumes"] if v["name"] == "keys"]
         assert [s["secret"]["name"] for s in keys["projected"]["sources"]] == ["kamus-keys"]
+    encryptor = named(manifests, "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
+    assert "keys" not in {v["name"] for v in encryptor["volumes"]}
     for case in ("aes-given-key", "existing-secret", "aws-irsa", "azure-service-principal"):
         assert not of_kind(rendered[case], "Job"), f"{case}: no key to generate"
 
@@ -329,10 +331,8 @@ def test_keys_given_in_the_values_have_their_own_secret() -> None:
             }
         },
     ]
-    config = named(rotated, "ConfigMap", "kamus-config")["data"]
-    assert config["KeyManagement__AES__PreviousKeysFile"] == (
-        "/var/run/secrets/kamus/aes-previous-keys"
-    )
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["KeyManagement__AES__PreviousKeysFile"] == "/var/run/secrets/kamus/aes-previous-keys"
 
 
 def legacy_settings(values: dict[str, Any]) -> dict[str, str]:
@@ -552,11 +552,19 @@ def test_kms_credentials_are_mounted_files(rendered: dict[str, list[Manifest]]) 
     }
     for case, (setting, key) in expectations.items():
         manifests = rendered[case]
-        config = named(manifests, "ConfigMap", "kamus-config")["data"]
+        if case == "aes-given-key":
+            # Only the pods that decrypt are told where the AES key is (the encryptor reads the
+            # shared ConfigMap too, and holds no key).
+            decryptor = named(manifests, "Deployment", "kamus-decryptor")["spec"]["template"]
+            config = {e["name"]: e.get("value") for e in decryptor["spec"]["containers"][0]["env"]}
+        else:
+            config = named(manifests, "ConfigMap", "kamus-config")["data"]
         assert config[setting] == f"/var/run/secrets/kamus/{key}", case
         [secret] = of_kind(manifests, "Secret")
         assert key in secret["data"], case
-        for _, spec in pod_specs(m for m in manifests if m["kind"] == "Deployment"):
+        for name, spec in pod_specs(m for m in manifests if m["kind"] == "Deployment"):
+            if case == "aes-given-key" and name == "kamus-encryptor":
+                continue  # it seals to the public key bundle (below)
             [keys] = [v for v in spec["volumes"] if v["name"] == "keys"]
             assert keys["secret"]["secretName"] == secret["metadata"]["name"], case
             assert secret["metadata"]["name"] == (
@@ -573,9 +581,184 @@ def test_kms_credentials_are_mounted_files(rendered: dict[str, list[Manifest]]) 
         assert not [v for v in config.values() if "/var/run/secrets/kamus/" in v], case
     existing = rendered["existing-secret"]
     assert not of_kind(existing, "Secret")
-    for _, spec in pod_specs(m for m in existing if m["kind"] == "Deployment"):
-        [keys] = [v for v in spec["volumes"] if v["name"] == "keys"]
-        assert keys["secret"]["secretName"] == "my-kamus-keys"
+    for name, spec in pod_specs(m for m in existing if m["kind"] == "Deployment"):
+        keys = [v for v in spec["volumes"] if v["name"] == "keys"]
+        if name == "kamus-encryptor":
+            assert keys == []
+        else:
+            assert keys[0]["secret"]["secretName"] == "my-kamus-keys"
+
+
+AES_CASES = [
+    case
+    for case, values in MATRIX.items()
+    if values.get("keyManagement", {}).get("provider", "AESKey") == "AESKey"
+]
+KEY_SECRETS = {"kamus-keys", "kamus-keys-from-values", "my-kamus-keys"}
+BUNDLE_DIR = "/var/run/kamus/public-keys"
+
+
+def secrets_referenced(pod: Manifest) -> set[str]:
+    """Every Secret a pod spec names: env, envFrom, and secret or projected volumes."""
+    names: set[str] = set()
+    for container in [*pod["containers"], *pod.get("initContainers", [])]:
+        for env in container.get("env", []):
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                names.add(source["secretRef"]["name"])
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            names.add(volume["secret"]["secretName"])
+        for source in (volume.get("projected") or {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    return names
+
+
+def test_secrets_referenced_finds_every_way_a_pod_names_a_secret() -> None:
+    """The check below must be able to fail: the old encryptor named the key Secret."""
+    pod = {
+        "containers": [
+            {
+                "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "a", "key": "k"}}}],
+                "envFrom": [{"secretRef": {"name": "b"}}, {"configMapRef": {"name": "c"}}],
+            }
+        ],
+        "volumes": [
+            {"name": "v", "secret": {"secretName": "d"}},
+            {"name": "p", "projected": {"sources": [{"secret": {"name": "e"}}]}},
+            {"name": "m", "configMap": {"name": "f"}},
+        ],
+    }
+    assert secrets_referenced(pod) == {"a", "b", "d", "e"}
+
+
+@pytest.mark.parametrize("case", AES_CASES)
+def test_in_aes_mode_the_encryptor_holds_no_key_only_the_public_bundle(
+    rendered: dict[str, list[Manifest]], case: str
+) -> None:
+    """Issue 18, item 6: the public encryptor holds no key that decrypts. It seals to the bundle
+    the decryptor publishes, mounted from the ConfigMap the chart does not render."""
+    manifests = rendered[case]
+    pod = named(manifests, "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
+    assert not secrets_referenced(pod) & KEY_SECRETS, case
+    assert secrets_referenced(pod) <= {"kamus-encryptor-tls"}, case  # its TLS, at most
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["Encryptor__SealingKeysFile"] == f"{BUNDLE_DIR}/keys.json"
+    assert not [name for name in env if name.startswith("KeyManagement__AES__")], case
+    # What it reads from the shared ConfigMap names no key file either.
+    [config_ref] = [s["configMapRef"]["name"] for s in container["envFrom"]]
+    config = named(manifests, "ConfigMap", config_ref)["data"]
+    assert not [v for v in config.values() if "/var/run/secrets/kamus" in str(v)], case
+    [bundle_volume] = [v for v in pod["volumes"] if "configMap" in v]
+    assert bundle_volume["configMap"] == {"name": "kamus-public-keys", "optional": True}
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == bundle_volume["name"]]
+    assert mount == {"name": bundle_volume["name"], "mountPath": BUNDLE_DIR, "readOnly": True}
+    assert "subPath" not in mount  # a subPath mount would never see a renewed bundle
+    assert (
+        "checksum/keys"
+        not in named(manifests, "Deployment", "kamus-encryptor")["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+    )  # a key rotation reaches it through the ConfigMap
+    # The chart never renders the ConfigMap the decryptor writes (GitOps would prune it).
+    assert "kamus-public-keys" not in {
+        m["metadata"]["name"] for m in of_kind(manifests, "ConfigMap")
+    }
+
+
+def test_the_decryptor_publishes_the_bundle_with_least_privilege(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    manifests = rendered["defaults"]
+    decryptor = named(manifests, "Deployment", "kamus-decryptor")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in decryptor["containers"][0]["env"]}
+    assert env["Decryptor__PublicKeysConfigMap"] == "kamus-public-keys"
+    assert env["Decryptor__PublicKeysIntervalSeconds"] == "60"
+    assert "fieldRef" in json.dumps(decryptor["containers"][0]["env"])  # POD_NAMESPACE
+    role = named(manifests, "Role", "kamus-decryptor-public-keys")
+    assert "namespace" not in role["metadata"] or role["metadata"]["namespace"] == "kamus"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["kamus-public-keys"],
+            "verbs": ["get", "update"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["kamus-public-keys-publisher"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = named(manifests, "RoleBinding", "kamus-decryptor-public-keys")
+    assert binding["roleRef"]["name"] == "kamus-decryptor-public-keys"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kamus-decryptor", "namespace": "kamus"}
+    ]
+    # Nothing cluster-wide on ConfigMaps or Leases for the decryptor.
+    for cluster_role in of_kind(manifests, "ClusterRole"):
+        for rule in cluster_role["rules"]:
+            assert "configmaps" not in rule["resources"], cluster_role["metadata"]["name"]
+    # Opting out: you provide the ConfigMap; the encryptor still seals with it.
+    own = render({"decryptor": {"publicKeys": {"publish": False}}})
+    decryptor = named(own, "Deployment", "kamus-decryptor")["spec"]["template"]["spec"]
+    assert "Decryptor__PublicKeysConfigMap" not in json.dumps(decryptor)
+    assert "kamus-decryptor-public-keys" not in {
+        m["metadata"]["name"] for m in of_kind(own, "Role")
+    }
+    encryptor = named(own, "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
+    assert {"name": "kamus-public-keys", "optional": True} in [
+        v.get("configMap") for v in encryptor["volumes"]
+    ]
+
+
+@pytest.mark.parametrize("case", ["aws-static-keys", "azure-service-principal", "google-key-file"])
+def test_kms_modes_keep_the_encryptor_as_it_was(
+    rendered: dict[str, list[Manifest]], case: str
+) -> None:
+    """The KMS modes still encrypt with the service account's KMS key: the encryptor keeps its
+    KMS settings and credentials, and nothing publishes a bundle."""
+    manifests = rendered[case]
+    pod = named(manifests, "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
+    assert secrets_referenced(pod) == {"kamus-keys"}
+    assert "SealingKeysFile" not in json.dumps(pod)
+    assert not [v for v in pod["volumes"] if "configMap" in v]
+    decryptor = named(manifests, "Deployment", "kamus-decryptor")["spec"]["template"]["spec"]
+    assert "PublicKeys" not in json.dumps(decryptor)
+    assert "kamus-decryptor-public-keys" not in {
+        m["metadata"]["name"] for m in of_kind(manifests, "Role")
+    }
+
+
+def test_notes_tell_how_to_fetch_and_pin_the_bundle(tmp_path: Path) -> None:
+    text = notes({}, tmp_path)
+    assert (
+        "kubectl get configmap kamus-public-keys -n kamus -o jsonpath='{.data.keys\\.json}' "
+        "> keys.json" in text
+    )
+    assert "kamus keys verify keys.json" in text
+    assert "kamus keys fetch -u https://" in text
+    assert "pin" in text
+    for command, line in (
+        (["keys", "fetch"], re.search(r"kamus keys fetch (.*)", text)),
+        (["encrypt"], re.search(r"kamus encrypt (--offline.*)", text)),
+    ):
+        assert line is not None, command
+        help_text = subprocess.run(
+            [str(BIN / "kamus"), *command, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        for option in re.findall(r"(--[a-z-]+|-[a-zA-Z]\b)", line.group(1)):
+            assert option in help_text, (command, option)
+    aws = {"keyManagement": {"provider": "AwsKms", "awsKms": {"region": "eu-west-1"}}}
+    assert "public-keys" not in notes(aws, tmp_path)
 
 
 def test_config_checksums_roll_the_pods() -> None:

@@ -1,8 +1,9 @@
 """Namespaced API objects for the Kubernetes API double, stored and watched as kube-apiserver does.
 
-One generic store serves every resource in :data:`RESOURCE_TYPES` (Secrets, Events, Leases and
-KamusSecrets) over the apiserver's REST URLs, so a controller can be tested with the official
-client only: create, get, list, replace, patch, delete, a ``status`` subresource, and watch.
+One generic store serves every resource in :data:`RESOURCE_TYPES` (Secrets, ConfigMaps, Events,
+Leases and KamusSecrets) over the apiserver's REST URLs, so a controller can be tested with the
+official client only: create, get, list, replace, patch, delete, a ``status`` subresource, and
+watch.
 
 What the apiserver does that clients depend on, and so does the double:
 
@@ -147,14 +148,37 @@ def _normalize_secret(secret: Object) -> None:
     secret["type"] = secret.get("type") or "Opaque"
 
 
+def _normalize_config_map(config_map: Object) -> None:
+    """``data`` holds strings under valid config keys, as the apiserver validates them."""
+    name = config_map.get("metadata", {}).get("name", "")
+    for key, value in (config_map.get("data") or {}).items():
+        if not isinstance(value, str):
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'ConfigMap in version "v1" cannot be handled as a ConfigMap: data[{key}] is not '
+                "a string",
+            )
+        if not _SECRET_KEY.fullmatch(key):
+            raise ApiError(
+                422,
+                "Invalid",
+                f'ConfigMap "{name}" is invalid: data[{key}]: Invalid value: "{key}": a valid '
+                "config key must consist of alphanumeric characters, '-', '_' or '.'",
+                name=name,
+                kind="ConfigMap",
+            )
+
+
 SECRETS = ResourceType("", "v1", "secrets", "Secret", normalize=_normalize_secret)
+CONFIG_MAPS = ResourceType("", "v1", "configmaps", "ConfigMap", normalize=_normalize_config_map)
 EVENTS = ResourceType("", "v1", "events", "Event")
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
 KAMUS_SECRETS = ResourceType(
     "soluto.com", "v1alpha2", "kamussecrets", "KamusSecret", custom=True, status_subresource=True
 )
 RESOURCE_TYPES: dict[tuple[str, str, str], ResourceType] = {
-    (t.group, t.version, t.plural): t for t in (SECRETS, EVENTS, LEASES, KAMUS_SECRETS)
+    (t.group, t.version, t.plural): t for t in (SECRETS, CONFIG_MAPS, EVENTS, LEASES, KAMUS_SECRETS)
 }
 
 

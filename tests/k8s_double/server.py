@@ -9,9 +9,9 @@ It serves what Kamus needs from a cluster, the way kube-apiserver does:
 * ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`` for "may I create TokenReviews"
   and "may I <verb> <resource>" for the objects below (less :attr:`KubeApiDouble.denied_access`).
 * ``GET /version``.
-* Secrets, Events, Leases and KamusSecrets: create, get, list, watch, replace, patch, delete and
-  the ``status`` subresource, from the store in ``resources.py``; tests inspect and disturb it
-  with :meth:`KubeApiDouble.objects`, :meth:`~KubeApiDouble.drop_watches`,
+* Secrets, ConfigMaps, Events, Leases and KamusSecrets: create, get, list, watch, replace, patch,
+  delete and the ``status`` subresource, from the store in ``resources.py``; tests inspect and
+  disturb it with :meth:`KubeApiDouble.objects`, :meth:`~KubeApiDouble.drop_watches`,
   :meth:`~KubeApiDouble.compact` and :meth:`~KubeApiDouble.reset_resources`.
 
 Callers authenticate with a bearer token, as against a real apiserver; only tokens in
@@ -482,8 +482,8 @@ class KubeApiDouble:
                 status["reason"] = f'RBAC: allowed by ClusterRoleBinding "{binding}"'
             return review_object("SelfSubjectAccessReview", "authorization.k8s.io/v1", spec, status)
 
-        # Secrets, Events, Leases, KamusSecrets (the generic routes are GET-only where they
-        # overlap the reviews' paths, so those POSTs still reach the handlers above).
+        # Secrets, ConfigMaps, Events, Leases, KamusSecrets (the generic routes are GET-only where
+        # they overlap the reviews' paths, so those POSTs still reach the handlers above).
         install_resource_routes(
             app,
             self.resources,

@@ -127,10 +127,8 @@ them only while migrating from Kamus. The services default to reading them; the 
 {{- $fromKamus := .Values.migration.fromKamus | toString | quote -}}
 KeyManagement__Provider: {{ $km.provider | quote }}
 {{- if eq $km.provider "AESKey" }}
-KeyManagement__AES__KeyFile: /var/run/secrets/kamus/aes-key
-{{- if $km.AES.previousKeys }}
-KeyManagement__AES__PreviousKeysFile: /var/run/secrets/kamus/aes-previous-keys
-{{- end }}
+{{- /* The key files' paths are not here: the encryptor reads this ConfigMap too, and in AES
+mode it holds no key (kamus.aesKeyEnv, for the decryptor and the controller). */}}
 KeyManagement__AES__AllowLegacyCiphertexts: {{ $fromKamus }}
 KeyManagement__AES__AllowPublicDefaultKey: {{ $fromKamus }}
 {{- else if eq $km.provider "AzureKeyVault" }}
@@ -177,6 +175,48 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* Whether the encryptor seals to the public key bundle the decryptor publishes, and so holds
+no key at all: the AES provider. (The KMS modes keep their per-service-account KMS keys.) */}}
+{{- define "kamus.sealsWithBundle" -}}
+{{- if eq .Values.keyManagement.provider "AESKey" -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Whether one component mounts the key Secret: every one that needs it, but the encryptor
+when it seals with the bundle. Arguments: root, component. */}}
+{{- define "kamus.mountsKeys" -}}
+{{- if and (include "kamus.needsKeySecret" .root) (not (and (eq .component "encryptor") (include "kamus.sealsWithBundle" .root))) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The AES key files, for the components that mount the keys (a list of env entries). */}}
+{{- define "kamus.aesKeyEnv" -}}
+{{- $km := .Values.keyManagement -}}
+{{- if eq $km.provider "AESKey" }}
+- name: KeyManagement__AES__KeyFile
+  value: /var/run/secrets/kamus/aes-key
+{{- if $km.AES.previousKeys }}
+- name: KeyManagement__AES__PreviousKeysFile
+  value: /var/run/secrets/kamus/aes-previous-keys
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The ConfigMap the decryptor publishes the signed public key bundle in. The chart never
+renders it: GitOps tools then neither prune nor overwrite what the decryptor writes. */}}
+{{- define "kamus.publicKeysName" -}}
+{{- printf "%s-public-keys" (include "kamus.fullname" .) -}}
+{{- end -}}
+
+{{/* Whether the decryptor publishes it: AES mode, unless decryptor.publicKeys.publish=false. */}}
+{{- define "kamus.publishesKeys" -}}
+{{- if and (include "kamus.sealsWithBundle" .) .Values.decryptor.publicKeys.publish -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{- define "kamus.tlsEnv" -}}
 {{- if .root.Values.tls.enabled }}
 - name: Server__TlsCertFile
@@ -217,9 +257,14 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* Rolls the pods when their configuration or the key material given in the values changes.
-A generated key is in no manifest, so nothing here depends on it: renders stay identical. */}}
+{{/* Rolls the pods when their configuration or the key material given in the values changes
+(the latter only for the pods that mount keys: a bundle-sealing encryptor picks up the new
+bundle from its ConfigMap). A generated key is in no manifest, so nothing here depends on it:
+renders stay identical. Arguments: root, component. */}}
 {{- define "kamus.checksums" -}}
-checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-checksum/keys: {{ .Values.keyManagement | toJson | sha256sum }}
+{{- $root := .root -}}
+checksum/config: {{ print (include (print $root.Template.BasePath "/configmap.yaml") $root) (include "kamus.aesKeyEnv" $root) | sha256sum }}
+{{- if include "kamus.mountsKeys" . }}
+checksum/keys: {{ $root.Values.keyManagement | toJson | sha256sum }}
+{{- end }}
 {{- end -}}

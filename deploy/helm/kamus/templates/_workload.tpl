@@ -9,6 +9,7 @@ One Deployment of kamus. Arguments (a dict):
   ready      the readiness probe's path
   env        extra env entries (a list)
   serves     whether the port serves the API (TLS applies), or only health and metrics
+  publicKeys whether to mount the public key bundle ConfigMap (optional: it may not exist yet)
 */}}
 {{- define "kamus.workload" -}}
 {{- $root := .root -}}
@@ -35,7 +36,7 @@ spec:
   template:
     metadata:
       annotations:
-        {{- include "kamus.checksums" $root | nindent 8 }}
+        {{- include "kamus.checksums" $ctx | nindent 8 }}
         {{- with $root.Values.pod.annotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -69,6 +70,9 @@ spec:
               valueFrom:
                 fieldRef:
                   fieldPath: metadata.namespace
+            {{- if include "kamus.mountsKeys" $ctx }}
+            {{- include "kamus.aesKeyEnv" $root | nindent 12 }}
+            {{- end }}
             {{- if $tls }}
             {{- include "kamus.tlsEnv" $ctx | nindent 12 }}
             {{- end }}
@@ -97,9 +101,14 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
-            {{- if include "kamus.needsKeySecret" $root }}
+            {{- if include "kamus.mountsKeys" $ctx }}
             - name: keys
               mountPath: /var/run/secrets/kamus
+              readOnly: true
+            {{- end }}
+            {{- if .publicKeys }}
+            - name: public-keys
+              mountPath: /var/run/kamus/public-keys
               readOnly: true
             {{- end }}
             {{- if $tls }}
@@ -112,9 +121,18 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: 16Mi
-        {{- if include "kamus.needsKeySecret" $root }}
+        {{- if include "kamus.mountsKeys" $ctx }}
         - name: keys
           {{- include "kamus.keyVolume" $root | trim | nindent 10 }}
+        {{- end }}
+        {{- if .publicKeys }}
+        # The bundle the decryptor publishes; a directory, not a subPath, so that the kubelet
+        # brings a renewed bundle in without a restart. Optional: on a fresh install it appears
+        # once a decryptor has started, and the encryptor is not ready until then.
+        - name: public-keys
+          configMap:
+            name: {{ include "kamus.publicKeysName" $root }}
+            optional: true
         {{- end }}
         {{- if $tls }}
         - name: tls

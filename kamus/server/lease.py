@@ -1,12 +1,14 @@
-"""Leader election on a ``coordination.k8s.io`` Lease: only one controller replica reconciles.
+"""Leader election on a ``coordination.k8s.io`` Lease: only one replica does the work.
 
-Apart from the controller because it knows nothing of KamusSecrets: it runs a coroutine while
-it holds the Lease, stops it when the Lease is lost, and hands the Lease over on shutdown.
+Shared by the controller (one replica reconciles) and the decryptor (one replica publishes the
+public key bundle). It knows nothing of either: it runs a coroutine while it holds the Lease,
+stops it when the Lease is lost, and hands the Lease over on shutdown.
 """
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import aiohttp
 from kubernetes.aio.client import ApiClient, CoordinationV1Api, V1Lease, V1ObjectMeta
@@ -16,9 +18,20 @@ from kubernetes.aio.leaderelection.leaderelection import LeaderElection
 from kubernetes.aio.leaderelection.leaderelectionrecord import LeaderElectionRecord
 from kubernetes.aio.leaderelection.resourcelock.leaselock import LeaseLock
 
-from kamus.server.settings import ControllerSettings
-
 log = logging.getLogger(__name__)
+
+
+class LeaseSettings(Protocol):
+    """Which Lease, and its timing (``ControllerSettings`` is one)."""
+
+    @property
+    def lease_name(self) -> str: ...
+    @property
+    def lease_duration_seconds(self) -> int: ...
+    @property
+    def renew_deadline_seconds(self) -> int: ...
+    @property
+    def retry_period_seconds(self) -> int: ...
 
 
 class ResilientLeaseLock(LeaseLock):
@@ -65,7 +78,7 @@ class LeaderElector:
     def __init__(
         self,
         api: ApiClient,
-        settings: ControllerSettings,
+        settings: LeaseSettings,
         *,
         identity: str,
         namespace: str,
