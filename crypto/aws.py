@@ -7,11 +7,12 @@ enforces on ``Decrypt`` and CloudTrail records.
 """
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from crypto.cloud import CloudKeyManager, Wrapped
+from crypto.cloud import CloudKeyManager, Wrapped, WrappedSeed
 from crypto.encoding import b64_decode
 from crypto.errors import DecryptionError, MalformedCiphertext
 from crypto.formats import CiphertextFormat
@@ -77,9 +78,13 @@ class AwsKmsKeyManager(CloudKeyManager):
         create_keys: bool = True,
         allow_legacy: bool = True,
         sealed_output: bool = True,
+        wrapped_seeds: Sequence[WrappedSeed] = (),
     ) -> None:
         super().__init__(
-            sealed_output=sealed_output, allow_legacy=allow_legacy, observer=calls.observer
+            sealed_output=sealed_output,
+            allow_legacy=allow_legacy,
+            wrapped_seeds=wrapped_seeds,
+            observer=calls.observer,
         )
         self._client = client
         self._calls = calls

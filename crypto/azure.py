@@ -12,6 +12,7 @@ import hmac
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from crypto import envelope
-from crypto.cloud import CloudKeyManager, Wrapped
+from crypto.cloud import CloudKeyManager, Wrapped, WrappedSeed
 from crypto.encoding import b64_decode
 from crypto.errors import (
     DecryptionError,
@@ -138,9 +139,13 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         create_keys: bool = True,
         allow_legacy: bool = True,
         sealed_output: bool = True,
+        wrapped_seeds: Sequence[WrappedSeed] = (),
     ) -> None:
         super().__init__(
-            sealed_output=sealed_output, allow_legacy=allow_legacy, observer=calls.observer
+            sealed_output=sealed_output,
+            allow_legacy=allow_legacy,
+            wrapped_seeds=wrapped_seeds,
+            observer=calls.observer,
         )
         self._keys = keys
         self._credential = credential

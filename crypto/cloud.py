@@ -2,6 +2,12 @@
 the service account's KMS key wrapped (``m1`` with one KMS stanza, or ``e1``), and opening
 ``m1``, ``e1`` and Kamus's values.
 
+Sealing keys in the KMS modes: a random 32-byte *seed* plays the AES master key's part (the
+generations and the anchor derive from it, :mod:`crypto.sealing`). It is a data key wrapped by
+the provider for :data:`SEALING_IDENTITY`, stored wrapped (``KeyManagement__Sealing__WrappedSeeds``)
+and unwrapped once, when the decryptor first needs it: the KMS custodies it, and only whoever
+may decrypt with the sealing KMS key can use it.
+
 A provider supplies three things: a fresh data key and its wrapped form for an identity
 (:meth:`CloudKeyManager.new_data_key`), the data key back from its wrapped form
 (:meth:`CloudKeyManager.unwrap_data_key`), and Kamus's legacy values
@@ -11,14 +17,43 @@ An ``m1`` value opens through the KMS stanza of this provider's kind, or through
 whose sealing key this decryptor holds (values sealed offline): that one needs no KMS call.
 """
 
+import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from crypto import envelope, m1
-from crypto.errors import MalformedCiphertext
+from crypto.encoding import b64url_decode, b64url_encode
+from crypto.errors import DecryptionError, KeyManagerUnavailable, MalformedCiphertext
 from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.kms import KmsObserver, NullObserver
 from crypto.sealing import Keyring, no_stanza_held, parse_for
+
+# The identity the seed is wrapped for. '_' is never in a namespace's name, so no workload's
+# identity (and no KMS key name, a hash of it) can be this one.
+SEALING_IDENTITY = "kamus_sealing:seed"
+
+
+@dataclass(frozen=True)
+class WrappedSeed:
+    """A sealing seed as stored: ``<kms>$<key version>$<base64url(wrapped)>``."""
+
+    kind: str
+    key_version: str
+    wrapped: bytes
+
+    def __str__(self) -> str:
+        return f"{self.kind}${self.key_version}${b64url_encode(self.wrapped)}"
+
+    @classmethod
+    def parse(cls, text: str) -> "WrappedSeed":
+        parts = text.strip().split("$")
+        if len(parts) != 3 or not envelope.is_key_version(parts[1]) or not parts[2]:
+            raise ValueError("a wrapped sealing seed is <kms>$<key version>$<base64url>")
+        try:
+            return cls(parts[0], parts[1], b64url_decode(parts[2]))
+        except MalformedCiphertext:
+            raise ValueError("a wrapped sealing seed ends in base64url") from None
 
 
 @dataclass(frozen=True)
@@ -40,13 +75,21 @@ class CloudKeyManager(ABC):
         *,
         sealed_output: bool = True,
         allow_legacy: bool = True,
-        sealing: Keyring | None = None,
+        wrapped_seeds: Sequence[WrappedSeed] = (),
         observer: KmsObserver | None = None,
     ) -> None:
         self.sealed_output = sealed_output
         self.allow_legacy = allow_legacy
-        self.sealing = sealing or Keyring()
         self.observer = observer or NullObserver()
+        for seed in wrapped_seeds:
+            if seed.kind != self.kind:
+                raise ValueError(
+                    f"a sealing seed wrapped by {seed.kind} cannot be unwrapped by {self.kind}"
+                )
+        self.wrapped_seeds = tuple(wrapped_seeds)
+        self._masters: list[bytes] | None = None
+        self._unwrapping = asyncio.Lock()
+        self.sealing = Keyring()
 
     @abstractmethod
     async def new_data_key(self, sa_id: str) -> Wrapped: ...
@@ -56,8 +99,40 @@ class CloudKeyManager(ABC):
         """The data key; :class:`DecryptionError` if the KMS refuses it for this identity."""
 
     @abstractmethod
+    async def check(self) -> None:
+        """Raise :class:`KeyManagerUnavailable` if the KMS cannot be reached now."""
+
+    @abstractmethod
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
         """A value Kamus wrote (never empty); ``unreadable`` for any other format."""
+
+    async def new_sealing_seed(self) -> WrappedSeed:
+        """A fresh seed, wrapped by this provider (creating its sealing KMS key if allowed).
+        Only the wrapped form is returned: the seed is used in the decryptor alone."""
+        key = await self.new_data_key(SEALING_IDENTITY)
+        return WrappedSeed(self.kind, key.key_version, key.wrapped)
+
+    async def sealing_masters(self) -> list[bytes]:
+        """The unwrapped seeds, active first: one KMS call each, the first time only."""
+        if self._masters is None:
+            async with self._unwrapping:
+                if self._masters is None:
+                    masters = []
+                    for seed in self.wrapped_seeds:
+                        try:
+                            masters.append(
+                                await self.unwrap_data_key(
+                                    seed.key_version, seed.wrapped, SEALING_IDENTITY
+                                )
+                            )
+                        except DecryptionError as exc:
+                            # A configuration fault, not the caller's value: never a 400.
+                            raise KeyManagerUnavailable(
+                                f"the sealing seed did not unwrap: {exc.reason}"
+                            ) from exc
+                    self._masters = masters
+                    self.sealing = Keyring(masters=masters)
+        return self._masters
 
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
         key = await self.new_data_key(sa_id)
@@ -96,6 +171,8 @@ class CloudKeyManager(ABC):
 
     async def _open_m1(self, ciphertext: str, sa_id: str) -> bytes:
         value = parse_for(ciphertext, sa_id)
+        if self.wrapped_seeds and any(st.kind.startswith("hpke-") for st in value.stanzas):
+            await self.sealing_masters()
         # An HPKE stanza this decryptor holds first (a value sealed offline): no KMS call.
         opened = self.sealing.try_open(value, sa_id)
         if opened is not None:

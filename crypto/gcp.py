@@ -8,6 +8,7 @@ in transit is caught.
 """
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ from google.auth import exceptions as auth_exc
 from google.cloud import kms
 
 from crypto import envelope
-from crypto.cloud import CloudKeyManager, Wrapped
+from crypto.cloud import CloudKeyManager, Wrapped, WrappedSeed
 from crypto.encoding import b64_decode
 from crypto.errors import DecryptionError, KeyManagerUnavailable, MalformedCiphertext
 from crypto.formats import CiphertextFormat
@@ -84,9 +85,13 @@ class GoogleKmsKeyManager(CloudKeyManager):
         create_keys: bool = True,
         allow_legacy: bool = True,
         sealed_output: bool = True,
+        wrapped_seeds: Sequence[WrappedSeed] = (),
     ) -> None:
         super().__init__(
-            sealed_output=sealed_output, allow_legacy=allow_legacy, observer=calls.observer
+            sealed_output=sealed_output,
+            allow_legacy=allow_legacy,
+            wrapped_seeds=wrapped_seeds,
+            observer=calls.observer,
         )
         self._client = client
         self._calls = calls

@@ -333,7 +333,7 @@ async def readyz(request: Request) -> JSONResponse:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: Decryptor = app.state.decryptor
     if state.given_authenticator is not None:  # the caller's, and the caller closes it
-        async with publishing(state.settings, state.metrics):
+        async with publishing(state.settings, state.metrics, state.keys.inner):
             yield
         return
     try:
@@ -343,7 +343,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     try:
         # In the background, and off unless Decryptor__PublicKeysConfigMap is set.
-        async with publishing(state.settings, state.metrics):
+        async with publishing(state.settings, state.metrics, state.keys.inner):
             yield
     finally:
         await state.auth.close()

@@ -32,11 +32,12 @@ from kubernetes.aio.client import ApiClient, CoreV1Api, V1ConfigMap, V1ObjectMet
 from kubernetes.aio.client.exceptions import ApiException
 from prometheus_client import Counter
 
-from crypto import bundle
+from crypto import KeyManager, bundle
+from crypto.errors import KeyManagerUnavailable
 from kamus.server.errors import ConfigurationError
 from kamus.server.kube import create_api_client
 from kamus.server.metrics import Metrics
-from kamus.server.sealing import export_bundle
+from kamus.server.sealing import export_bundle, sealing_masters
 from kamus.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,11 @@ class Publisher:
         identity: str | None = None,
         lease: PublisherLease | None = None,
         clock: Clock = _now,
+        key_manager: KeyManager | None = None,
     ) -> None:
         self._core = CoreV1Api(api)
         self._settings = settings
+        self._key_manager = key_manager  # the KMS modes: it unwraps the sealing seed
         self.name = settings.decryptor.public_keys_config_map
         self.namespace = namespace
         self.counter = counter
@@ -163,6 +166,9 @@ class Publisher:
         except ConfigurationError as exc:
             outcome = "error"
             log.error("cannot make the public key bundle for ConfigMap %s: %s", where, exc)
+        except KeyManagerUnavailable as exc:
+            outcome = "error"
+            log.warning("the public key bundle for ConfigMap %s: %s", where, exc.reason)
         except ApiException as exc:
             outcome = "conflict" if exc.status == 409 else "error"
             if exc.status == 409:
@@ -188,7 +194,8 @@ class Publisher:
 
     async def _publish(self) -> str:
         # Key derivation (ML-KEM key generation included) and signing: off the event loop.
-        text = await asyncio.to_thread(export_bundle, self._settings, self._clock())
+        masters = await sealing_masters(self._settings, self._key_manager)
+        text = await asyncio.to_thread(export_bundle, self._settings, self._clock(), masters)
         anchor = bundle.load(text).anchor
         try:
             current = await self._core.read_namespaced_config_map(self.name, self.namespace)
@@ -240,7 +247,9 @@ class Publisher:
 
 
 @asynccontextmanager
-async def publishing(settings: Settings, metrics: Metrics) -> AsyncIterator[Publisher | None]:
+async def publishing(
+    settings: Settings, metrics: Metrics, key_manager: KeyManager | None = None
+) -> AsyncIterator[Publisher | None]:
     """The publisher running in the background for as long as the context lasts (the decryptor's
     lifespan); None when it is off or cannot run, which is logged and leaves decrypting as is."""
     name = settings.decryptor.public_keys_config_map
@@ -265,7 +274,7 @@ async def publishing(settings: Settings, metrics: Metrics) -> AsyncIterator[Publ
         log.error("the public key bundle is not published: %s", exc)
         yield None
         return
-    publisher = Publisher(api, settings, namespace, counter)
+    publisher = Publisher(api, settings, namespace, counter, key_manager=key_manager)
     task = asyncio.create_task(publisher.run())
     try:
         yield publisher

@@ -726,18 +726,31 @@ def keys_export(output: str | None, overwrite: bool) -> None:
     \b
     Examples:
       KeyManagement__AES__KeyFile=aes.key kamus keys export -o keys.json
+      KeyManagement__Provider=AwsKms KeyManagement__Sealing__WrappedSeedsFile=seeds \\
+        kamus keys export -o keys.json
       kamus keys export | kamus keys verify -
     """
+    import asyncio
+
+    from crypto.errors import KeyManagerUnavailable
     from kamus.cli.keys import now
     from kamus.server.errors import ConfigurationError
-    from kamus.server.sealing import export_bundle
+    from kamus.server.providers import build_key_manager
+    from kamus.server.sealing import export_bundle, sealing_masters
 
     settings = load_settings()
     try:
-        text = export_bundle(settings, now())
+        # The KMS modes unwrap the sealing seed: this needs decrypt permission on its KMS key.
+        manager = (
+            None if settings.key_management.provider == "AESKey" else build_key_manager(settings)
+        )
+        masters = asyncio.run(sealing_masters(settings, manager))
+        text = export_bundle(settings, now(), masters)
         _write_output(text if output else text.rstrip("\n"), output, overwrite)
     except ConfigurationError as exc:
         _fail(ClientError(f"cannot export the key bundle: {exc}"))
+    except KeyManagerUnavailable as exc:
+        _fail(ClientError(f"cannot export the key bundle: {exc.reason}"))
     except ClientError as error:
         _fail(error)
 

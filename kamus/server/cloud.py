@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from crypto.aws import AwsKmsKeyManager, classify_aws_error
 from crypto.azure import AzureKeyVaultKeyManager, classify_azure_error
+from crypto.cloud import WrappedSeed
 from crypto.gcp import GoogleKmsKeyManager, classify_gcp_error
 from crypto.kms import BlockingCalls, Classifier, KmsObserver
 from kamus.server.errors import ConfigurationError
@@ -33,6 +34,26 @@ def blocking_calls(
         classify=classify,
         observer=observer,
     )
+
+
+def wrapped_seeds(km: KeyManagementSettings, kind: str) -> list[WrappedSeed]:
+    sealing = km.sealing
+    text = secret_setting(
+        sealing.wrapped_seeds, sealing.wrapped_seeds_file, "KeyManagement__Sealing__WrappedSeeds"
+    )
+    try:
+        seeds = [WrappedSeed.parse(part) for part in (text or "").split(",") if part.strip()]
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"KeyManagement__Sealing__WrappedSeeds: {exc} (kamus create-key-secret makes it)"
+        ) from None
+    for seed in seeds:
+        if seed.kind != kind:
+            raise ConfigurationError(
+                f"KeyManagement__Sealing__WrappedSeeds holds a seed wrapped by {seed.kind}, and "
+                f"this Kamus uses {kind}: make one with this provider (kamus create-key-secret)"
+            )
+    return seeds
 
 
 def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyManager:
@@ -75,6 +96,7 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
         sealed_output=settings.encryptor.output_format == "m1",
+        wrapped_seeds=wrapped_seeds(km, "aws"),
     )
 
 
@@ -155,6 +177,7 @@ def build_gcp(settings: Settings, observer: KmsObserver | None) -> GoogleKmsKeyM
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
         sealed_output=settings.encryptor.output_format == "m1",
+        wrapped_seeds=wrapped_seeds(km, "gcp"),
     )
 
 
@@ -223,4 +246,5 @@ def build_azure(settings: Settings, observer: KmsObserver | None) -> AzureKeyVau
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
         sealed_output=settings.encryptor.output_format == "m1",
+        wrapped_seeds=wrapped_seeds(km, "azure"),
     )

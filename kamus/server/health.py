@@ -86,6 +86,10 @@ class WatchedKeyManager:
         self._inner = inner
         self.dependency = Dependency("key-manager", self._reachable, metrics.dependency_up)
 
+    @property
+    def inner(self) -> KeyManager:
+        return self._inner
+
     async def _reachable(self) -> bool:
         try:
             await self._inner.check()

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from crypto import bundle
+from crypto import KeyManager, bundle
+from crypto.cloud import CloudKeyManager
 from crypto.errors import DecryptionError, KeyManagerUnavailable
 from crypto.sealing import Schedule
 from kamus.server.errors import ConfigurationError
@@ -40,19 +41,35 @@ def schedule_of(settings: Settings) -> Schedule:
     return Schedule(timedelta(days=settings.key_management.sealing.renew_period_days))
 
 
-def export_bundle(settings: Settings, now: datetime | None = None) -> str:
-    """The signed bundle the provider settings make, as `kamus keys export` prints it."""
+async def sealing_masters(settings: Settings, key_manager: KeyManager | None) -> list[bytes]:
+    """What the sealing keys derive from, active first: the AES master keys, or in the KMS modes
+    the seeds the provider unwraps (once)."""
     km = settings.key_management
-    if km.provider != "AESKey":
+    if km.provider == "AESKey":
+        return aes_master_keys(km.aes)
+    if not isinstance(key_manager, CloudKeyManager) or not key_manager.wrapped_seeds:
         raise ConfigurationError(
-            f"sealing keys for the {km.provider} provider are not available yet: offline sealing "
-            "works with KeyManagement__Provider=AESKey (docs/offline-encryption.md)"
+            f"the {km.provider} provider has no sealing seed: set "
+            "KeyManagement__Sealing__WrappedSeeds or ...WrappedSeedsFile (kamus create-key-secret "
+            "makes one; docs/offline-encryption.md)"
         )
+    return await key_manager.sealing_masters()
+
+
+def export_bundle(
+    settings: Settings, now: datetime | None = None, masters: Sequence[bytes] | None = None
+) -> str:
+    """The signed bundle the sealing keys make, as `kamus keys export` prints it. ``masters``
+    defaults to the AES master keys; the KMS modes pass the unwrapped seeds."""
+    km = settings.key_management
+    if masters is None:
+        if km.provider != "AESKey":
+            raise ConfigurationError(
+                f"the {km.provider} provider's sealing keys come from its unwrapped seeds"
+            )
+        masters = aes_master_keys(km.aes)
     return bundle.from_masters(
-        aes_master_keys(km.aes),
-        now=now or _now(),
-        schedule=schedule_of(settings),
-        cluster=km.sealing.cluster,
+        masters, now=now or _now(), schedule=schedule_of(settings), cluster=km.sealing.cluster
     )
 
 

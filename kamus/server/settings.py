@@ -111,6 +111,10 @@ class SealingSettings(_Section):
     renew_period_days: int = Field(90, ge=0, le=3650, alias="RenewPeriodDays")
     # The name the public key bundle carries, so a user with several clusters tells them apart.
     cluster: str = Field("", max_length=253, alias="Cluster")
+    # The KMS modes: the sealing seed(s), wrapped by the KMS, active first (comma-separated);
+    # `kamus create-key-secret` makes one. Unwrapped by the decryptor, never by the encryptor.
+    wrapped_seeds: SecretStr | None = Field(None, alias="WrappedSeeds")
+    wrapped_seeds_file: Path | None = Field(None, alias="WrappedSeedsFile")
 
 
 class KeyManagementSettings(_Section):
