@@ -136,7 +136,7 @@ def test_a_kms_encryptor_without_a_bundle_file_serves_none(
     aws_kms: object, make_settings: SettingsFactory
 ) -> None:
     with TestClient(create_app(make_settings(**AWS))) as client:
-        assert client.post("/api/v1/encrypt", json=BODY).text.startswith("kamus$e1$aws$")
+        assert client.post("/api/v1/encrypt", json=BODY).text.startswith("kamus$m1$")
         response = client.get("/api/v2/keys")
     assert response.status_code == 404
     assert response.json()["type"].endswith("no-key-bundle")
