@@ -207,7 +207,7 @@ def batch_answers(
     ctx: schemathesis.CheckContext, response: schemathesis.Response, case: Case
 ) -> bool | None:
     """A v2 batch answers every item under the name it was sent with, and nothing else."""
-    if not case.path.startswith("/api/v2/") or response.status_code != 200:
+    if case.method != "POST" or not case.path.startswith("/api/v2/") or response.status_code != 200:
         return None
     sent = response.request.body
     assert isinstance(sent, bytes | str), "a 200 for a request without a body"
