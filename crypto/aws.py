@@ -173,6 +173,15 @@ class AwsKmsKeyManager(CloudKeyManager):
             self._calls, "Decrypt", lambda: self._client.decrypt(CiphertextBlob=PROBE_NAME.encode())
         )
 
+    def check_wrapped(self, key_version: str, wrapped: bytes) -> None:
+        if not 1 <= len(wrapped) <= MAX_CIPHERTEXT_BLOB:
+            # KMS would refuse it with a ValidationException, which reads as an outage.
+            raise MalformedCiphertext(
+                "the wrapped key is not a KMS ciphertext blob (wrong size)",
+                f"its AWS KMS ciphertext blob is empty or over the {MAX_CIPHERTEXT_BLOB} bytes "
+                "AWS KMS allows",
+            )
+
     async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
         return await self._unwrap(wrapped, sa_id, {CONTEXT_KEY: sa_id})
 
@@ -184,13 +193,7 @@ class AwsKmsKeyManager(CloudKeyManager):
         return cbc_decrypt(await self._unwrap(b64_decode(wrapped), sa_id, {}), iv, body)
 
     async def _unwrap(self, blob: bytes, sa_id: str, context: dict[str, str]) -> bytes:
-        if not 1 <= len(blob) <= MAX_CIPHERTEXT_BLOB:
-            # KMS would refuse it with a ValidationException, which reads as an outage.
-            raise MalformedCiphertext(
-                "the wrapped key is not a KMS ciphertext blob (wrong size)",
-                f"its AWS KMS ciphertext blob is empty or over the {MAX_CIPHERTEXT_BLOB} bytes "
-                "AWS KMS allows",
-            )
+        self.check_wrapped("", blob)
         alias = self.alias(sa_id)
         try:
             response = await self._calls(

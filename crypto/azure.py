@@ -206,13 +206,16 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         # A key that does not exist: 404 with keys/read, which decrypting needs too.
         await answered(self._calls, "GetKey", lambda: self._keys.get_key(PROBE_NAME))
 
-    async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
+    def check_wrapped(self, key_version: str, wrapped: bytes) -> None:
         if not key_version:
             raise MalformedCiphertext(
                 "the value names no Key Vault key version",
                 "the value names no Key Vault key version",
             )
         _check_rsa_size(wrapped)
+
+    async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
+        self.check_wrapped(key_version, wrapped)
         blob = await self._remote("UnwrapKey", kamus_key_id(sa_id), key_version, wrapped)
         data_key, digest = blob[: envelope.DATA_KEY_SIZE], blob[envelope.DATA_KEY_SIZE :]
         if not hmac.compare_digest(digest, _identity_digest(sa_id)):

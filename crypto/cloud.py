@@ -27,7 +27,7 @@ from crypto.encoding import b64url_decode, b64url_encode
 from crypto.errors import DecryptionError, KeyManagerUnavailable, MalformedCiphertext
 from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.kms import KmsObserver, NullObserver
-from crypto.sealing import Keyring, no_stanza_held, parse_for
+from crypto.sealing import Keyring, check_identity, no_stanza_held, open_held
 
 # The identity the seed is wrapped for. '_' is never in a namespace's name, so no workload's
 # identity (and no KMS key name, a hash of it) can be this one.
@@ -97,6 +97,11 @@ class CloudKeyManager(ABC):
     @abstractmethod
     async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
         """The data key; :class:`DecryptionError` if the KMS refuses it for this identity."""
+
+    @abstractmethod
+    def check_wrapped(self, key_version: str, wrapped: bytes) -> None:
+        """Raise :class:`MalformedCiphertext` for a wrapped key no KMS answer is needed to refuse
+        (its size): a shape fact, checked before anything that depends on the caller."""
 
     @abstractmethod
     async def check(self) -> None:
@@ -170,23 +175,26 @@ class CloudKeyManager(ABC):
         )
 
     async def _open_m1(self, ciphertext: str, sa_id: str) -> bytes:
-        value = parse_for(ciphertext, sa_id)
+        value = m1.parse(ciphertext)
         if self.wrapped_seeds and any(st.kind.startswith("hpke-") for st in value.stanzas):
             await self.sealing_masters()
         # An HPKE stanza this decryptor holds first (a value sealed offline): no KMS call.
-        opened = self.sealing.try_open(value, sa_id)
-        if opened is not None:
-            self.observer.key_used(self.kind, opened[1])
-            return opened[0]
-        for stanza in value.stanzas:
-            if stanza.kind == self.kind:
-                if not envelope.is_key_version(stanza.kid):
-                    raise MalformedCiphertext(
-                        f"m1 {self.kind} stanza has a malformed key version",
-                        f"the m1 value's {self.kind} stanza has a malformed key version",
-                    )
-                data_key = await self.unwrap_data_key(stanza.kid, stanza.wrapped, sa_id)
-                return m1.open_value(value, data_key, sa_id)
-        raise no_stanza_held(
-            value, f"no {self.kind} stanza and no stanza for a sealing key this Kamus holds"
-        )
+        held = self.sealing.held(value)
+        if held is not None:
+            plaintext = open_held(value, held, sa_id)
+            self.observer.key_used(self.kind, held[1].kid)
+            return plaintext
+        stanza = next((s for s in value.stanzas if s.kind == self.kind), None)
+        if stanza is None:
+            raise no_stanza_held(
+                value, f"no {self.kind} stanza and no stanza for a sealing key this Kamus holds"
+            )
+        if not envelope.is_key_version(stanza.kid):
+            raise MalformedCiphertext(
+                f"m1 {self.kind} stanza has a malformed key version",
+                f"the m1 value's {self.kind} stanza has a malformed key version",
+            )
+        self.check_wrapped(stanza.kid, stanza.wrapped)
+        check_identity(value, sa_id)
+        data_key = await self.unwrap_data_key(stanza.kid, stanza.wrapped, sa_id)
+        return m1.open_value(value, data_key, sa_id)

@@ -215,6 +215,15 @@ class GoogleKmsKeyManager(CloudKeyManager):
             lambda: self._client.get_location(request=request, **self._options),
         )
 
+    def check_wrapped(self, key_version: str, wrapped: bytes) -> None:
+        if not 1 <= len(wrapped) <= MAX_CIPHERTEXT:
+            # Cloud KMS would refuse it; not worth sending a forged value's megabytes.
+            raise MalformedCiphertext(
+                "the wrapped value is not a Cloud KMS ciphertext (wrong size)",
+                f"its Cloud KMS ciphertext is empty or over the {MAX_CIPHERTEXT} bytes Cloud KMS "
+                "allows",
+            )
+
     async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
         return await self._unwrap(wrapped, sa_id, sa_id.encode("utf-8"))
 
@@ -225,13 +234,7 @@ class GoogleKmsKeyManager(CloudKeyManager):
         return await self._unwrap(b64_decode(ciphertext), sa_id, b"")
 
     async def _unwrap(self, blob: bytes, sa_id: str, aad: bytes) -> bytes:
-        if not 1 <= len(blob) <= MAX_CIPHERTEXT:
-            # Cloud KMS would refuse it; not worth sending a forged value's megabytes.
-            raise MalformedCiphertext(
-                "the wrapped value is not a Cloud KMS ciphertext (wrong size)",
-                f"its Cloud KMS ciphertext is empty or over the {MAX_CIPHERTEXT} bytes Cloud KMS "
-                "allows",
-            )
+        self.check_wrapped("", blob)
         request = {
             "name": self.key_name(sa_id),
             "ciphertext": blob,

@@ -268,29 +268,38 @@ class Keyring:
     def owns(self, stanza: m1.Stanza) -> bool:
         return stanza.kind.startswith("hpke-") and self.find(stanza.kid) is not None
 
-    def try_open(self, value: m1.M1, sa_id: str) -> tuple[bytes, str] | None:
-        """The plaintext and the key id, if a stanza names a sealing key held here; else None."""
+    def held(self, value: m1.M1) -> tuple[m1.Stanza, SealingPrivateKey] | None:
+        """The first stanza naming a sealing key held here, and the key: a lookup by key id."""
         for stanza in value.stanzas:
             key = self.find(stanza.kid) if stanza.kind.startswith("hpke-") else None
             if key is not None and stanza.kind == key.suite.stanza_kind:
-                return m1.open_value(value, key.unwrap(stanza, sa_id), sa_id), key.kid
+                return stanza, key
         return None
 
     def open(self, ciphertext: str, sa_id: str) -> tuple[bytes, str]:
         """The plaintext of an m1 value as ``sa_id``, and the key id that opened it."""
-        value = parse_for(ciphertext, sa_id)
-        opened = self.try_open(value, sa_id)
-        if opened is None:
+        value = m1.parse(ciphertext)
+        held = self.held(value)
+        if held is None:
             raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")
-        return opened
+        return open_held(value, held, sa_id), held[1].kid
 
 
-def parse_for(ciphertext: str, sa_id: str) -> m1.M1:
-    """An m1 value whose identity tag is ``sa_id``'s (a cheap "made for someone else")."""
-    value = m1.parse(ciphertext)
-    if value.identity_tag != m1.identity_tag(sa_id):
+def check_identity(value: m1.M1, sa_id: str) -> None:
+    """A cheap "made for someone else", after every shape check: the shape facts must not
+    depend on who asks."""
+    try:
+        tag = m1.identity_tag(sa_id)
+    except ValueError:
+        raise DecryptionError("the identity is not '<namespace>:<service-account>'") from None
+    if value.identity_tag != tag:
         raise DecryptionError("m1 value was made for another identity (identity tag)")
-    return value
+
+
+def open_held(value: m1.M1, held: tuple[m1.Stanza, SealingPrivateKey], sa_id: str) -> bytes:
+    check_identity(value, sa_id)
+    stanza, key = held
+    return m1.open_value(value, key.unwrap(stanza, sa_id), sa_id)
 
 
 def no_stanza_held(value: m1.M1, fact: str) -> MalformedCiphertext:

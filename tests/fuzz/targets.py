@@ -9,7 +9,7 @@ when the contract breaks:
   and with the generic message unless it is a :class:`crypto.MalformedCiphertext`: a fact of the
   value's shape, never raised once a key was used (CBC, GCM, an unwrapped key) and the same
   answer for every identity, so that it cannot be an oracle;
-* an authenticated value (a1, e1, and a Kamus raw value under a KMS key) opens only if it is
+* an authenticated value (m1, a1, e1, and a Kamus raw value under a KMS key) opens only if it is
   exactly one of the values made here or committed under ``tests/vectors`` (or, against a KMS
   double, made by that KMS), for its own identity, to its own plaintext: a mutation never opens,
   nor does another spelling of the same bytes, nor a value made for another identity;
@@ -27,6 +27,8 @@ seeds.
 
 import base64
 import hashlib
+import hmac
+import json
 import re
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -45,12 +47,14 @@ from crypto import (
     classify,
     envelope,
     legacy,
+    m1,
 )
 from crypto.encoding import b64_decode, b64url_decode, b64url_encode
 from crypto.formats import PREFIX
 from tests.support.vectors import A1 as A1_VECTORS
 from tests.support.vectors import E1 as E1_VECTORS
 from tests.support.vectors import LEGACY as LEGACY_VECTORS
+from tests.support.vectors import M1 as M1_VECTORS
 
 T = TypeVar("T")
 
@@ -63,6 +67,7 @@ KMS_NAMES = ("aws", "gcp", "azure")
 KEY_VERSION = re.compile(r"[A-Za-z0-9-]{0,64}")
 
 A1 = CiphertextFormat.AES_GCM_V1
+M1 = CiphertextFormat.SEALED_V1
 E1 = CiphertextFormat.ENVELOPE_V1
 LEGACY_CBC = CiphertextFormat.LEGACY_AES_CBC
 LEGACY_ENVELOPE = CiphertextFormat.LEGACY_ENVELOPE
@@ -119,6 +124,26 @@ def seal_e1(
     return f"{header}{b64url_encode(wrapped)}${b64url_encode(nonce + sealed)}"
 
 
+def seal_m1(stanza: m1.Stanza, data_key: bytes, sa_id: str, plaintext: bytes) -> str:
+    """m1 with one stanza, as the page has it, with a nonce from a label (HPKE stanzas cannot be
+    made deterministic: the committed vectors stand in for them)."""
+    okm = HKDF(hashes.SHA256(), 96, salt=None, info=b"kamus/m1/keys").derive(data_key)
+    k_enc, k_mac, commitment = okm[:32], okm[32:64], okm[64:]
+    ns, sa = sa_id.split(":", 1)
+    tag = hashlib.sha256(f"kamus-id\x00{ns}\x00{sa}".encode()).hexdigest()[:8]
+    header = {"c": b64url_encode(commitment), "id": tag, "s": [stanza.to_json()]}
+    header_text = b64url_encode(json.dumps(header, separators=(",", ":")).encode())
+    mac = hmac.new(k_mac, f"kamus$m1${header_text}".encode(), "sha256").digest()
+
+    def lv(text: str) -> bytes:
+        return len(text.encode()).to_bytes(2, "big") + text.encode()
+
+    nonce = _digest(f"m1 {stanza.kind} {plaintext!r}")[:12]
+    aad = b"kamus/m1\x00" + lv(ns) + lv(sa) + commitment
+    sealed = AESGCM(k_enc).encrypt(nonce, plaintext, aad)
+    return f"kamus$m1${header_text}${b64url_encode(mac)}${b64url_encode(nonce + sealed)}"
+
+
 def cbc(key: bytes, plaintext: bytes) -> str:
     """Kamus's ``b64(iv):b64(AES-CBC-PKCS7)``."""
     iv = _digest(f"iv {key!r} {plaintext!r}")[:16]
@@ -167,7 +192,14 @@ for _v in A1_VECTORS["vectors"]:
     _seed(_v["ciphertext"], _v["sa_id"], base64.b64decode(_v["plaintext_b64"]))
 for _v in E1_VECTORS["vectors"]:
     _seed(_v["ciphertext"], _v["sa_id"], base64.b64decode(_v["plaintext_b64"]))
-for _v in [*LEGACY_VECTORS["vectors"], *A1_VECTORS["negative"], *E1_VECTORS["negative"]]:
+for _v in M1_VECTORS["vectors"]:
+    _seed(_v["ciphertext"], _v["sa_id"], base64.b64decode(_v["plaintext_b64"]))
+for _v in [
+    *LEGACY_VECTORS["vectors"],
+    *A1_VECTORS["negative"],
+    *E1_VECTORS["negative"],
+    *M1_VECTORS["negative"],
+]:
     _seed(_v["ciphertext"])
 for _v in LEGACY_VECTORS["negative"]:
     _seed(_v["ciphertext"])
@@ -212,19 +244,25 @@ AES_KEYS = _unique(
     [KEY_A, KEY_B, KEY_C, KAMUS_TEST_KEY]
     + [
         base64.b64decode(k)
-        for v in [*A1_VECTORS["vectors"], *LEGACY_VECTORS["vectors"]]
+        for v in [*A1_VECTORS["vectors"], *LEGACY_VECTORS["vectors"], *M1_VECTORS["vectors"]]
         for k in [v["key"], *v["previous_keys"]]
     ]
 )
 AES_IDENTITIES = _unique(
-    [IDENTITY] + [v["sa_id"] for v in [*A1_VECTORS["vectors"], *LEGACY_VECTORS["vectors"]]]
+    [IDENTITY]
+    + [
+        v["sa_id"]
+        for v in [*A1_VECTORS["vectors"], *LEGACY_VECTORS["vectors"], *M1_VECTORS["vectors"]]
+    ]
 )
+
 
 # e1 values with made-up wrapped keys: the envelope target opens them with their data keys; to a
 # cloud provider they are well-formed values whose wrapped key its KMS never made.
 DATA_KEYS = {kms: _digest(f"fuzz {kms} data key") for kms in KMS_NAMES}
 WRAPPED = {kms: f"fuzz {kms} wrapped data key".encode() for kms in KMS_NAMES}
 LEGACY_DATA_KEY = _digest("fuzz legacy data key")
+M1_MADE: dict[str, bytes] = {}  # m1 values under DATA_KEYS -> their plaintexts
 AZURE_VERSION = "0123456789abcdef0123456789abcdef"
 KEY_VERSIONS = {"aws": "1234abcd-12ab-34cd-56ef-1234567890ab", "gcp": "3", "azure": AZURE_VERSION}
 
@@ -235,6 +273,13 @@ for _kms in KMS_NAMES:
             IDENTITY,
             _plaintext,
         )
+    # m1 with one KMS stanza whose wrapped key no KMS made: the m1 target opens them with their
+    # data keys; to a provider they are well formed and open nowhere.
+    for _plaintext in PLAINTEXTS:
+        _stanza = m1.Stanza(_kms, KEY_VERSIONS[_kms], WRAPPED[_kms])
+        _value = seal_m1(_stanza, DATA_KEYS[_kms], IDENTITY, _plaintext)
+        M1_MADE[_value] = _plaintext
+        _seed(_value)
 
 LEGACY_BLOB = b"fuzz legacy wrapped key"  # no KMS made it
 _seed(f"env${b64(LEGACY_BLOB)}${cbc(LEGACY_DATA_KEY, 'from kamus ✓'.encode())}")
@@ -290,7 +335,7 @@ def check_classify(text: str) -> str:
     if not isinstance(fmt, CiphertextFormat):
         raise AssertionError(f"classify returned {fmt!r}")
     if text.startswith(PREFIX):
-        ok = fmt in (A1, E1, UNKNOWN)
+        ok = fmt in (A1, E1, M1, UNKNOWN)
     elif text:
         ok = fmt.is_legacy
     else:
@@ -363,6 +408,34 @@ def check_envelope(text: str) -> str:
             if _e1_without_wrapped_key(text, sa_id) != plaintext:
                 raise AssertionError(f"an e1 value that was never made opened: {text[:60]!r}")
             label = "opened"
+    return label
+
+
+def check_m1(text: str) -> str:
+    """``m1.parse``: what it accepts re-encodes to exactly the value, within its limits; then
+    ``open_value`` with each known data key, which opens only values made here."""
+    try:
+        value = m1.parse(text)
+    except DecryptionError as error:
+        return rejected_label(error)
+    rebuilt = (
+        f"{m1.M1_HEADER}{value.header_text}${b64url_encode(value.mac)}$"
+        f"{b64url_encode(value.payload)}"
+    )
+    if rebuilt != text or not 1 <= len(value.stanzas) <= m1.MAX_STANZAS:
+        raise AssertionError(f"m1.parse accepted {text[:60]!r}")
+    if len(value.commitment) != 32 or len(value.payload) < 28:
+        raise AssertionError("m1.parse accepted a value too short")
+    label = "parsed"
+    for data_key in DATA_KEYS.values():
+        try:
+            plaintext = m1.open_value(value, data_key, IDENTITY)
+        except DecryptionError as error:
+            rejected_label(error, after_key=True)
+            continue
+        if M1_MADE.get(text) != plaintext:
+            raise AssertionError(f"an m1 value that was never made opened: {text[:60]!r}")
+        label = "opened"
     return label
 
 
@@ -467,16 +540,22 @@ def manager_check(
     return check
 
 
-def _aes(**options: bool) -> AESKeyManager:
-    return AESKeyManager(AES_KEYS[0], AES_KEYS[1:], **options)
+def _aes(*, legacy_key_derivation: bool = False, allow_legacy: bool = True) -> AESKeyManager:
+    return AESKeyManager(
+        AES_KEYS[0],
+        AES_KEYS[1:],
+        legacy_key_derivation=legacy_key_derivation,
+        allow_legacy=allow_legacy,
+    )
 
 
 def build_targets() -> list[Target]:
-    aes_opens = frozenset({A1, LEGACY_CBC})
+    aes_opens = frozenset({M1, A1, LEGACY_CBC})
     return [
         Target("classify", check_classify),
         Target("encoding", check_encoding),
         Target("envelope", check_envelope),
+        Target("m1", check_m1),
         Target("legacy", check_legacy),
         Target("aes", manager_check(_aes(), AES_IDENTITIES, aes_opens)),
         Target(
@@ -485,6 +564,6 @@ def build_targets() -> list[Target]:
         ),
         Target(
             "aes-legacy-off",
-            manager_check(_aes(allow_legacy=False), AES_IDENTITIES, frozenset({A1})),
+            manager_check(_aes(allow_legacy=False), AES_IDENTITIES, frozenset({M1, A1})),
         ),
     ]

@@ -61,8 +61,10 @@ from crypto import (
     envelope,
     kamus_key_id,
     legacy,
+    m1,
 )
 from crypto.aws import CONTEXT_KEY, MAX_CIPHERTEXT_BLOB
+from crypto.cloud import CloudKeyManager
 from crypto.encoding import b64_decode, b64url_decode, b64url_encode
 from kamus.server.providers import build_key_manager
 from tests.fuzz import targets
@@ -72,6 +74,7 @@ from tests.fuzz.targets import (
     IDENTITY,
     LEGACY_ENVELOPE,
     LEGACY_RAW,
+    M1,
     SEEDS,
     Target,
     b64,
@@ -315,11 +318,38 @@ def _clip(text: str) -> str:
     return "".join(p if len(p) <= FIELD_MAX else p[:FIELD_MAX] for p in parts)
 
 
+def _m1_stanza_altered(text: str, change: Callable[[bytes], bytes]) -> str | None:
+    """An m1 value with its first stanza's wrapped key changed under the header's JSON and
+    base64, which stay well formed: what reaches the KMS (the MAC is checked after it)."""
+    try:
+        value = m1.parse(text)
+    except DecryptionError:
+        return None
+    header = json.loads(b64url_decode(value.header_text))
+    stanza = header["s"][0]
+    stanza["w"] = b64url_encode(change(b64url_decode(stanza["w"])))
+    new = b64url_encode(json.dumps(header, separators=(",", ":")).encode())
+    return text.replace(value.header_text, new, 1)
+
+
 @st.composite
 def tampered(draw: st.DrawFn, values: list[str]) -> str:
     """A value with one base64 field altered under its encoding, spelled canonically again: it
     gets past every format check, to the KMS and the authentication (or CBC) underneath."""
     text = draw(st.sampled_from(values))
+    if text.startswith("kamus$m1$") and draw(st.booleans()):
+        at, bit = draw(st.integers(0, 10_000)), draw(st.integers(0, 7))
+
+        def flip(raw: bytes) -> bytes:
+            if not raw:
+                return b"\x00"
+            changed = bytearray(raw)
+            changed[at % len(raw)] ^= 1 << bit
+            return bytes(changed)
+
+        altered = _m1_stanza_altered(text, flip)
+        if altered is not None:
+            return altered
     parts = _fields(text)
     decodable = [i for i in range(0, len(parts), 2) if parts[i] and _decoded(parts[i])]
     if not decodable:
@@ -369,6 +399,7 @@ TOKENS = [
     ":",
     "a1",
     "e1",
+    "m1",
     "aws",
     "gcp",
     "azure",
@@ -531,9 +562,20 @@ class Provider:
         self.valid[(value, sa_id)] = plaintext
         return value
 
+    def encrypt_both(self, plaintext: bytes, sa_id: str) -> None:
+        """An m1 value and an e1 one (Encryptor__OutputFormat=legacy), as the KMS makes them."""
+        self.encrypt(plaintext, sa_id)
+        assert isinstance(self.manager, CloudKeyManager)
+        self.manager.sealed_output = False
+        try:
+            self.encrypt(plaintext, sa_id)
+        finally:
+            self.manager.sealed_output = True
+
     @property
     def opens(self) -> frozenset[CiphertextFormat]:
-        return frozenset({E1}) | (LEGACY_FORMATS[self.name] if self.legacy_on else frozenset())
+        own = frozenset({M1, E1})
+        return own | (LEGACY_FORMATS[self.name] if self.legacy_on else frozenset())
 
     @property
     def identities(self) -> list[str]:
@@ -601,7 +643,7 @@ def made_by_aws(provider: Provider, kms: AwsKmsDouble) -> None:
     """e1 values, Kamus's ``env$`` values (a GenerateDataKey key, and the Kamus vectors' keys
     encrypted without encryption context, as Kamus wrapped), and the AWS e1 vectors re-wrapped."""
     for plaintext in targets.PLAINTEXTS:
-        provider.encrypt(plaintext, IDENTITY)
+        provider.encrypt_both(plaintext, IDENTITY)
     client = kms.client()
     alias = f"alias/kamus/{kamus_key_id(IDENTITY)}"
     generated = client.generate_data_key(KeyId=alias, KeySpec="AES_256")
@@ -625,7 +667,7 @@ def made_by_gcp(provider: Provider, kms: CloudKmsDouble) -> None:
     """e1 values, Kamus's raw values (the UTF-8 value encrypted under the key, no AAD), and the
     Google e1 vectors re-wrapped (the identity as AAD)."""
     for plaintext in targets.PLAINTEXTS:
-        provider.encrypt(plaintext, IDENTITY)
+        provider.encrypt_both(plaintext, IDENTITY)
     client = kms.client()
 
     def encrypt(sa_id: str, plaintext: bytes, aad: bytes = b"") -> bytes:
@@ -651,7 +693,7 @@ def made_by_azure(provider: Provider, vault: KeyVaultDouble) -> None:
     ``env$`` ones wrapping the base64 text of a CBC key. The Azure e1 vector names a key version
     the double cannot have, so it is fed only as it is (among the seeds)."""
     for plaintext in targets.PLAINTEXTS:
-        provider.encrypt(plaintext, IDENTITY)
+        provider.encrypt_both(plaintext, IDENTITY)
     for v in _e1_vectors("azure"):
         provider.encrypt(b"other", v["sa_id"])
     public = vault.public_key(kamus_key_id(IDENTITY))
