@@ -1,4 +1,9 @@
-"""``kamus create-key-secret``: the AES master key, made once, inside the cluster.
+"""``kamus create-key-secret``: the cluster's root key, made once, inside the cluster.
+
+In AES mode that is the AES master key (entry ``aes-key``). In the KMS modes it is a random
+sealing seed, wrapped by the KMS for the reserved identity ``kamus_sealing:seed`` (entry
+``sealing-seeds``, read through ``KeyManagement__Sealing__WrappedSeedsFile``): the key the KMS
+custodies, which only whoever may decrypt with that KMS key can unwrap (docs/providers.md).
 
 The Helm chart runs this command as a hook Job before each install and upgrade (Argo CD runs it
 as a PreSync hook, Flux as Helm does), so that no generated key ever appears in a rendered
@@ -11,14 +16,16 @@ on this one Secret. The Secret carries no Helm or Argo CD tracking metadata, so 
 deletes or prunes it, and uninstalling leaves it in place.
 
 The key itself is never printed or logged; only its key id (:func:`crypto.aes.key_id`, public by
-design) is, so that an operator can match it against the ``kid`` of ciphertexts.
+design) is, so that an operator can match it against the ``kid`` of ciphertexts. Of a wrapped
+seed, only the KMS and the key version that wrapped it are.
 """
 
 import asyncio
 import base64
 import binascii
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
@@ -32,13 +39,13 @@ if TYPE_CHECKING:
     from kubernetes.aio.client import V1Secret
     from kubernetes.aio.client.exceptions import ApiException
 
+    from crypto.cloud import WrappedSeed
+    from kamus.server.settings import Settings
+
 KEY_ENTRY = "aes-key"  # the file name the chart mounts and KeyManagement__AES__KeyFile reads
+# ... and in the KMS modes, what KeyManagement__Sealing__WrappedSeedsFile reads.
+SEED_ENTRY = "sealing-seeds"
 KEY_BYTES = 32
-LABELS = {
-    "app.kubernetes.io/part-of": "kamus",
-    "app.kubernetes.io/component": "master-key",
-    "app.kubernetes.io/managed-by": "kamus-create-key-secret",
-}
 # A create can meet a Secret deleted before the read that follows: try the pair again.
 ATTEMPTS = 3
 
@@ -49,25 +56,109 @@ class KeySecretError(Exception):
     """The Secret could not be made or checked; the message says what to do."""
 
 
-def new_key_secret(name: str, namespace: str, key: bytes) -> "V1Secret":
-    """A Secret holding ``key`` as the file text the services read: the key's base64."""
+@dataclass(frozen=True)
+class KeyKind:
+    """What one provider's key Secret holds: how a new one is made and an existing one checked.
+    Both answer what may be shown of the key (a key id, a KMS key version), never the key."""
+
+    entry: str
+    component: str  # the Secret's app.kubernetes.io/component label
+    backup: str  # why to keep a copy (the Secret's annotation)
+    new: Callable[[], Awaitable[tuple[str, str]]]  # the entry's text, and what may be shown
+    check: Callable[[Mapping[str, str | bytes] | None, str], str]
+    created: str  # "... created Secret X with {created}", {} being what may be shown
+    held: str  # "... Secret X already holds {held}"
+    # Making one calls the KMS: look for the Secret first, so that upgrades and re-syncs need
+    # neither the KMS nor a new data key.
+    look_first: bool
+
+
+def aes_key_kind() -> KeyKind:
+    from crypto.aes import key_id
+
+    async def new() -> tuple[str, str]:
+        key = os.urandom(KEY_BYTES)
+        return base64.b64encode(key).decode("ascii"), key_id(key)
+
+    return KeyKind(
+        entry=KEY_ENTRY,
+        component="master-key",
+        backup="losing this Secret loses every value encrypted with it: keep an offline copy "
+        "(kubectl get secret -o yaml)",
+        new=new,
+        check=lambda data, where: key_id(existing_key(data, where)),
+        created="a new AES key (key id {})",
+        held="a key (key id {})",
+        look_first=False,
+    )
+
+
+def sealing_seed_kind(settings: "Settings") -> KeyKind:
+    """The KMS modes: a sealing seed, wrapped by this provider (which makes its KMS key for the
+    reserved sealing identity when KeyManagement__CreateKeys allows)."""
+    from crypto.cloud import CloudKeyManager
+    from crypto.errors import KeyManagerUnavailable, KeyNotFoundError
+    from kamus.server.errors import ConfigurationError
+    from kamus.server.providers import build_key_manager
+
+    try:
+        manager = build_key_manager(settings)
+    except ConfigurationError as exc:
+        provider = settings.key_management.provider
+        raise KeySecretError(f"cannot use the {provider} KMS: {exc}") from None
+    assert isinstance(manager, CloudKeyManager)  # every provider but AESKey
+
+    async def new() -> tuple[str, str]:
+        try:
+            seed = await manager.new_sealing_seed()
+        except KeyNotFoundError as exc:
+            raise KeySecretError(f"cannot make the sealing seed: {exc}") from None
+        except KeyManagerUnavailable as exc:
+            raise KeySecretError(
+                f"cannot make the sealing seed: {exc.reason}. This command needs to create and "
+                "use the KMS key of the identity kamus_sealing:seed, as the encryptor does for a "
+                "service account (docs/providers.md, the key Job's permissions); run again"
+            ) from None
+        return str(seed), _shown(seed)
+
+    return KeyKind(
+        entry=SEED_ENTRY,
+        component="sealing-seed",
+        backup="losing this Secret loses every value sealed offline to its keys (values "
+        "encrypted online keep opening with their KMS keys): keep a copy (kubectl get secret "
+        "-o yaml). It is wrapped by the KMS: the copy opens only with decrypt on that KMS key",
+        new=new,
+        check=lambda data, where: _shown(existing_seed(data, where, manager.kind)),
+        created="a new sealing seed ({})",
+        held="a sealing seed ({})",
+        look_first=True,
+    )
+
+
+def _shown(seed: "WrappedSeed") -> str:
+    return f"wrapped by {seed.kind}, KMS key version {seed.key_version}"
+
+
+def new_key_secret(name: str, namespace: str, kind: KeyKind, text: str) -> "V1Secret":
+    """A Secret holding ``text`` as the file the services read (the key's base64, or the
+    wrapped seed)."""
     from kubernetes.aio.client import V1ObjectMeta, V1Secret
 
-    text = base64.b64encode(key)
     return V1Secret(
         api_version="v1",
         kind="Secret",
         metadata=V1ObjectMeta(
             name=name,
             namespace=namespace,
-            labels=LABELS,
-            annotations={
-                "kamus.soluto.com/backup": "losing this Secret loses every value encrypted "
-                "with it: keep an offline copy (kubectl get secret -o yaml)",
+            labels={
+                "app.kubernetes.io/part-of": "kamus",
+                "app.kubernetes.io/component": kind.component,
+                "app.kubernetes.io/managed-by": "kamus-create-key-secret",
             },
+            annotations={"kamus.soluto.com/backup": kind.backup},
         ),
         type="Opaque",
-        data={KEY_ENTRY: base64.b64encode(text).decode("ascii")},
+        data={kind.entry: base64.b64encode(text.encode("ascii")).decode("ascii")},
     )
 
 
@@ -107,53 +198,98 @@ def existing_key(data: Mapping[str, str | bytes] | None, where: str) -> bytes:
     return key
 
 
+def existing_seed(data: Mapping[str, str | bytes] | None, where: str, kms: str) -> "WrappedSeed":
+    """The active seed of an existing Secret, checked to be wrapped by ``kms`` (this provider),
+    or :class:`KeySecretError` saying what to do. Never quotes the Secret's content."""
+    from crypto.cloud import WrappedSeed
+
+    remedy = (
+        f"It was left unchanged. If no value was ever sealed offline to its keys, delete it "
+        f"({_kubectl_delete(where)}) and run this again (helm upgrade, or a sync) to have a new "
+        "seed made."
+    )
+    encoded = (data or {}).get(SEED_ENTRY)
+    if encoded is None:
+        raise KeySecretError(f"Secret {where} exists but has no '{SEED_ENTRY}' entry. {remedy}")
+    try:
+        text = base64.b64decode(encoded, validate=True).decode("ascii")
+        seeds = [WrappedSeed.parse(part) for part in text.split(",") if part.strip()]
+    except (binascii.Error, ValueError):
+        seeds = []
+    if not seeds:
+        raise KeySecretError(
+            f"Secret {where}: '{SEED_ENTRY}' is not a list of wrapped sealing seeds "
+            f"(<kms>$<key version>$<base64url>, the active one first, comma separated). {remedy}"
+        )
+    for seed in seeds:
+        if seed.kind != kms:
+            raise KeySecretError(
+                f"Secret {where} holds a sealing seed wrapped by {seed.kind}, and this Kamus uses "
+                f"{kms} (KeyManagement__Provider): its decryptor cannot unwrap that seed, and the "
+                f"values sealed offline to its keys open only with {seed.kind}. {remedy}"
+            )
+    return seeds[0]
+
+
 def _kubectl_delete(where: str) -> str:
     namespace, name = where.split("/", 1)
     return f"kubectl -n {namespace} delete secret {name}"
 
 
-async def ensure_key_secret(name: str, namespace: str) -> tuple[Outcome, str]:
-    """Create the Secret unless it exists; the outcome and the key id of the key it holds."""
+async def ensure_key_secret(name: str, namespace: str) -> tuple[Outcome, KeyKind, str]:
+    """Create the Secret unless it exists: the outcome, the provider's kind of key, and what may
+    be shown of the key the Secret holds."""
     import aiohttp
     from kubernetes.aio.client import CoreV1Api
     from kubernetes.aio.client.exceptions import ApiException
 
-    from crypto.aes import key_id
     from kamus.cli.settings import load_settings
     from kamus.server.errors import ConfigurationError
     from kamus.server.kube import create_api_client
 
-    settings = load_settings().kubernetes
+    settings = load_settings()
+    aes = settings.key_management.provider == "AESKey"
+    kind = aes_key_kind() if aes else sealing_seed_kind(settings)
+    kube = settings.kubernetes
     where = f"{namespace}/{name}"
     try:
-        api = await create_api_client(settings)
+        api = await create_api_client(kube)
     except ConfigurationError as exc:
         raise KeySecretError(str(exc)) from None
-    timeout = settings.request_timeout_seconds
+    timeout = kube.request_timeout_seconds
+    core = CoreV1Api(api)
+
+    async def read() -> "V1Secret | None":
+        try:
+            secret: V1Secret = await core.read_namespaced_secret(
+                name, namespace, _request_timeout=timeout
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KeySecretError(_refused("get", where, exc)) from None
+        return secret
+
     try:
-        core = CoreV1Api(api)
+        if kind.look_first and (secret := await read()) is not None:
+            return "exists", kind, kind.check(secret.data, where)
         for _ in range(ATTEMPTS):
-            key = os.urandom(KEY_BYTES)
-            body = new_key_secret(name, namespace, key)
+            text, shown = await kind.new()
             try:
+                body = new_key_secret(name, namespace, kind, text)
                 await core.create_namespaced_secret(namespace, body, _request_timeout=timeout)
             except ApiException as exc:
                 if exc.status != 409:
                     raise KeySecretError(_refused("create", where, exc)) from None
             else:
-                return "created", key_id(key)
-            try:
-                secret = await core.read_namespaced_secret(
-                    name, namespace, _request_timeout=timeout
-                )
-            except ApiException as exc:
-                if exc.status == 404:
-                    continue  # deleted since the create: create it again
-                raise KeySecretError(_refused("get", where, exc)) from None
-            return "exists", key_id(existing_key(secret.data, where))
+                return "created", kind, shown
+            secret = await read()
+            if secret is None:
+                continue  # deleted since the create: create it again
+            return "exists", kind, kind.check(secret.data, where)
         raise KeySecretError(f"Secret {where} kept appearing and disappearing; run again")
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        source = _configured_by(settings.proxy_url)
+        source = _configured_by(kube.proxy_url)
         url = str(api.configuration.host)
         raise KeySecretError(_unreachable(exc, url, timeout, source)) from None
     finally:
@@ -247,8 +383,11 @@ def _refused(verb: str, where: str, exc: "ApiException") -> str:
     )
 
 
-@click.command("create-key-secret", short_help="Create the Secret holding the AES master key.")
-@click.option("--name", required=True, help="The Secret to hold the AES master key.")
+@click.command(
+    "create-key-secret",
+    short_help="Create the Secret holding the AES master key, or the KMS-wrapped sealing seed.",
+)
+@click.option("--name", required=True, help="The Secret to hold the key.")
 @click.option(
     "-n",
     "--namespace",
@@ -257,21 +396,29 @@ def _refused(verb: str, where: str, exc: "ApiException") -> str:
     help="Its namespace (default: $POD_NAMESPACE).",
 )
 def create_key_secret(name: str, namespace: str) -> None:
-    """Create the Secret NAME holding a new random AES master key, unless it exists.
+    """Create the Secret NAME holding a new random key, unless it exists.
 
-    An existing Secret is checked and never changed: its 'aes-key' entry must hold a key. The
-    key is never printed; back the Secret up yourself (kubectl get secret NAME -o yaml), offline:
-    losing it loses every value encrypted with it."""
+    \b
+    AES mode (KeyManagement__Provider=AESKey): the AES master key, in the entry 'aes-key'.
+    The KMS modes: a sealing seed wrapped by the KMS (the KMS key of the identity
+    kamus_sealing:seed, created if KeyManagement__CreateKeys allows), in the entry
+    'sealing-seeds', which KeyManagement__Sealing__WrappedSeedsFile reads.
+
+    An existing Secret is checked and never changed (in the KMS modes, no KMS call is then
+    made). The key is never printed; back the Secret up yourself (kubectl get secret NAME -o
+    yaml), offline: losing the AES key loses every value encrypted with it, losing the seed
+    every value sealed offline."""
     try:
-        outcome, kid = asyncio.run(ensure_key_secret(name, namespace))
+        outcome, kind, shown = asyncio.run(ensure_key_secret(name, namespace))
     except KeySecretError as exc:
         raise click.ClickException(str(exc)) from None
     if outcome == "created":
         click.echo(
-            f"kamus: created Secret {namespace}/{name} with a new AES key (key id {kid}). Back it "
+            f"kamus: created Secret {namespace}/{name} with {kind.created.format(shown)}. Back it "
             f"up now and keep the copy offline: kubectl -n {namespace} get secret {name} -o yaml"
         )
     else:
         click.echo(
-            f"kamus: Secret {namespace}/{name} already holds a key (key id {kid}); left unchanged"
+            f"kamus: Secret {namespace}/{name} already holds {kind.held.format(shown)}; "
+            "left unchanged"
         )

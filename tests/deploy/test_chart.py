@@ -80,6 +80,13 @@ MATRIX: dict[str, dict[str, Any]] = {
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/k"}},
     },
     "existing-secret": {"keyManagement": {"secretName": "my-kamus-keys"}},
+    "aws-existing-secret": {
+        "keyManagement": {
+            "provider": "AwsKms",
+            "awsKms": {"region": "eu-west-1"},
+            "secretName": "my-kamus-keys",
+        }
+    },
     "tls-from-secret": {"tls": {"enabled": True}},
     "tls-cert-manager": {
         "tls": {"enabled": True, "certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}
@@ -303,7 +310,7 @@ def test_the_key_is_made_in_the_cluster_by_a_hook_job_with_narrow_rbac(
         assert [s["secret"]["name"] for s in keys["projected"]["sources"]] == ["kamus-keys"]
     encryptor = named(manifests, "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
     assert "keys" not in {v["name"] for v in encryptor["volumes"]}
-    for case in ("aes-given-key", "existing-secret", "aws-irsa", "azure-service-principal"):
+    for case in ("aes-given-key", "existing-secret"):
         assert not of_kind(rendered[case], "Job"), f"{case}: no key to generate"
 
 
@@ -560,7 +567,11 @@ def test_kms_credentials_are_mounted_files(rendered: dict[str, list[Manifest]]) 
         else:
             config = named(manifests, "ConfigMap", "kamus-config")["data"]
         assert config[setting] == f"/var/run/secrets/kamus/{key}", case
-        [secret] = of_kind(manifests, "Secret")
+        secret = named(
+            manifests,
+            "Secret",
+            "kamus-keys-from-values" if case == "aes-given-key" else "kamus-keys",
+        )
         assert key in secret["data"], case
         for name, spec in pod_specs(m for m in manifests if m["kind"] == "Deployment"):
             if case == "aes-given-key" and name == "kamus-encryptor":
@@ -720,21 +731,120 @@ def test_the_decryptor_publishes_the_bundle_with_least_privilege(
     ]
 
 
-@pytest.mark.parametrize("case", ["aws-static-keys", "azure-service-principal", "google-key-file"])
-def test_kms_modes_keep_the_encryptor_as_it_was(
+KMS_CASES = [case for case in MATRIX if case not in AES_CASES]
+SEED_SECRET = "kamus-sealing-seed"
+SEED_DIR = "/var/run/secrets/kamus-sealing"
+
+
+def hook_annotations(manifest: Manifest) -> dict[str, str]:
+    return {k: v for k, v in manifest["metadata"].get("annotations", {}).items() if "helm.sh/" in k}
+
+
+def test_every_kms_values_set_is_covered() -> None:
+    providers = {MATRIX[case]["keyManagement"]["provider"] for case in KMS_CASES}
+    assert providers == {"AwsKms", "GoogleKms", "AzureKeyVault"}
+
+
+@pytest.mark.parametrize("case", KMS_CASES)
+def test_in_the_kms_modes_the_key_job_makes_the_sealing_seed(
     rendered: dict[str, list[Manifest]], case: str
 ) -> None:
-    """The KMS modes still encrypt with the service account's KMS key: the encryptor keeps its
-    KMS settings and credentials, and nothing publishes a bundle."""
+    """Issue 18, items 2 and 4: the hook Job makes the KMS-wrapped sealing seed in the cluster,
+    with the KMS settings and credentials the decryptor gets, before any pod needs it."""
     manifests = rendered[case]
+    values = MATRIX[case]
+    job = named(manifests, "Job", "kamus-key-secret")
+    assert hook_annotations(job)["helm.sh/hook"] == "pre-install,pre-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == key_job_command(manifests, name=SEED_SECRET)
+    # Only create Secrets, and read the seed's.
+    assert named(manifests, "Role", "kamus-key-secret")["rules"][1]["resourceNames"] == [
+        SEED_SECRET
+    ]
+    # The decryptor's KMS settings, inline: a pre-install hook runs before the ConfigMap exists.
+    assert "envFrom" not in container
+    env = {e["name"]: e["value"] for e in container["env"]}
+    config = named(manifests, "ConfigMap", "kamus-config")["data"]
+    assert env == {k: v for k, v in config.items() if k != "Logging__Level"}
+    assert env["KeyManagement__Provider"] == values["keyManagement"]["provider"]
+    assert "KeyManagement__Sealing__WrappedSeedsFile" not in env  # it makes the seed
+    # The KMS credentials: a workload identity on its ServiceAccount and pod, or a file.
+    account = named(manifests, "ServiceAccount", "kamus-key-secret")
+    for name, value in values.get("serviceAccount", {}).get("annotations", {}).items():
+        assert account["metadata"]["annotations"][name] == value, case
+    for name, value in values.get("pod", {}).get("labels", {}).items():
+        assert job["spec"]["template"]["metadata"]["labels"][name] == value, case
+    mounted = secrets_referenced(pod)
+    given = values["keyManagement"].get("secretName")
+    if given:
+        assert mounted == {given}
+    elif of_kind(manifests, "Secret"):  # credentials in the values: a hook copy of them
+        copy = named(manifests, "Secret", "kamus-key-secret-credentials")
+        assert copy["data"] == named(manifests, "Secret", "kamus-keys")["data"]
+        assert hook_annotations(copy) == hook_annotations(
+            named(manifests, "RoleBinding", "kamus-key-secret")
+        )
+        assert mounted == {"kamus-key-secret-credentials"}
+    else:
+        assert mounted == set(), case
+        assert not [v for v in env.values() if "/var/run/secrets/kamus/" in v], case
+    if mounted:
+        [keys] = [m for m in container["volumeMounts"] if m["name"] == "keys"]
+        assert keys["mountPath"] == "/var/run/secrets/kamus"  # where the settings point
+    # The seed's Secret itself is never rendered.
+    assert SEED_SECRET not in {m["metadata"]["name"] for m in of_kind(manifests, "Secret")}
+
+
+@pytest.mark.parametrize("case", KMS_CASES)
+def test_in_the_kms_modes_only_the_pods_that_decrypt_mount_the_seed(
+    rendered: dict[str, list[Manifest]], case: str
+) -> None:
+    manifests = rendered[case]
+    for component in ("decryptor", "controller"):
+        pod = named(manifests, "Deployment", f"kamus-{component}")["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["KeyManagement__Sealing__WrappedSeedsFile"] == f"{SEED_DIR}/sealing-seeds"
+        [volume] = [
+            v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == SEED_SECRET
+        ]
+        assert volume["secret"]["items"] == [{"key": "sealing-seeds", "path": "sealing-seeds"}]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount == {"name": volume["name"], "mountPath": SEED_DIR, "readOnly": True}
+    # The encryptor: neither the seed nor any AES key. It keeps its KMS credentials (it
+    # encrypts online with each service account's KMS key) and serves the public bundle.
     pod = named(manifests, "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
-    assert secrets_referenced(pod) == {"kamus-keys"}
-    assert "SealingKeysFile" not in json.dumps(pod)
-    assert not [v for v in pod["volumes"] if "configMap" in v]
+    given = MATRIX[case]["keyManagement"].get("secretName")
+    credentials = {given or "kamus-keys"} if of_kind(manifests, "Secret") or given else set()
+    assert secrets_referenced(pod) == credentials, case
+    [container] = pod["containers"]
+    assert "sealing" not in json.dumps(container["env"]).replace("SealingKeysFile", "")
+    assert "WrappedSeeds" not in json.dumps(pod)
+    assert not [e for e in container["env"] if e["name"].startswith("KeyManagement__AES__")]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["Encryptor__SealingKeysFile"] == f"{BUNDLE_DIR}/keys.json"
+    [bundle_volume] = [v for v in pod["volumes"] if "configMap" in v]
+    assert bundle_volume["configMap"] == {"name": "kamus-public-keys", "optional": True}
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == bundle_volume["name"]]
+    assert mount["mountPath"] == BUNDLE_DIR
+    assert "subPath" not in mount
+
+
+@pytest.mark.parametrize("case", KMS_CASES)
+def test_in_the_kms_modes_the_decryptor_publishes_the_bundle(
+    rendered: dict[str, list[Manifest]], case: str
+) -> None:
+    manifests = rendered[case]
     decryptor = named(manifests, "Deployment", "kamus-decryptor")["spec"]["template"]["spec"]
-    assert "PublicKeys" not in json.dumps(decryptor)
-    assert "kamus-decryptor-public-keys" not in {
-        m["metadata"]["name"] for m in of_kind(manifests, "Role")
+    env = {e["name"]: e.get("value") for e in decryptor["containers"][0]["env"]}
+    assert env["Decryptor__PublicKeysConfigMap"] == "kamus-public-keys"
+    role = named(manifests, "Role", "kamus-decryptor-public-keys")
+    assert (
+        role["rules"] == named(rendered["defaults"], "Role", "kamus-decryptor-public-keys")["rules"]
+    )
+    assert "kamus-public-keys" not in {
+        m["metadata"]["name"] for m in of_kind(manifests, "ConfigMap")
     }
 
 
@@ -757,8 +867,14 @@ def test_notes_tell_how_to_fetch_and_pin_the_bundle(tmp_path: Path) -> None:
         ).stdout
         for option in re.findall(r"(--[a-z-]+|-[a-zA-Z]\b)", line.group(1)):
             assert option in help_text, (command, option)
-    aws = {"keyManagement": {"provider": "AwsKms", "awsKms": {"region": "eu-west-1"}}}
-    assert "public-keys" not in notes(aws, tmp_path)
+    aws = notes(
+        {"keyManagement": {"provider": "AwsKms", "awsKms": {"region": "eu-west-1"}}}, tmp_path
+    )
+    assert "kubectl get configmap kamus-public-keys" in aws
+    assert "encrypts online with each service account's KMS key" in aws
+    assert "holds no key" not in aws
+    assert "kubectl -n kamus get secret kamus-sealing-seed -o yaml" in aws  # back it up
+    assert "get secret kamus-keys" not in aws
 
 
 def test_config_checksums_roll_the_pods() -> None:

@@ -64,9 +64,10 @@ def named(manifests: list[Manifest], kind: str, name: str) -> Manifest:
     return found
 
 
-def key_job_command(manifests: list[Manifest]) -> list[str]:
-    """The key-secret Job's command: ``kamus create-key-secret`` for the key's Secret."""
+def key_job_command(manifests: list[Manifest], name: str = "kamus-keys") -> list[str]:
+    """The key-secret Job's command: ``kamus create-key-secret`` for the key's Secret (the AES
+    key's ``kamus-keys``, or in the KMS modes the sealing seed's ``kamus-sealing-seed``)."""
     job = named(manifests, "Job", "kamus-key-secret")
     command: list[str] = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command == ["kamus", "create-key-secret", "--name", "kamus-keys", "--namespace", "kamus"]
+    assert command == ["kamus", "create-key-secret", "--name", name, "--namespace", "kamus"]
     return command

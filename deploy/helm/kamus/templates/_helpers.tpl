@@ -48,6 +48,34 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* The KMS modes (AwsKms, GoogleKms, AzureKeyVault): the sealing keys derive from a random seed
+wrapped by the KMS, which the key Job makes in this Secret (entry sealing-seeds), never rendered. */}}
+{{- define "kamus.kmsMode" -}}
+{{- if ne .Values.keyManagement.provider "AESKey" -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "kamus.sealingSeedName" -}}
+{{- printf "%s-sealing-seed" (include "kamus.fullname" .) -}}
+{{- end -}}
+
+{{/* Whether the key Job runs: it makes the AES key, or in the KMS modes the sealing seed. */}}
+{{- define "kamus.runsKeyJob" -}}
+{{- if or (include "kamus.generatesKey" .) (include "kamus.kmsMode" .) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret the key Job makes (or checks and leaves alone). */}}
+{{- define "kamus.keyJobSecretName" -}}
+{{- if include "kamus.kmsMode" . -}}
+{{- include "kamus.sealingSeedName" . -}}
+{{- else -}}
+{{- include "kamus.keySecretName" . -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Secret the chart renders from AES keys given in the values (keyManagement.AES.key,
 .previousKeys). Not <fullname>-keys: that name belongs to the generated key, which a rendered
 Secret must never overwrite. */}}
@@ -167,6 +195,22 @@ KeyManagement__AllowLegacyCiphertexts: {{ $fromKamus }}
 {{- end }}
 {{- end -}}
 
+{{/* The KMS credentials given in the values, as a Secret's data (none for a workload identity). */}}
+{{- define "kamus.kmsCredentialsData" -}}
+{{- $km := .Values.keyManagement -}}
+{{- if eq $km.provider "AzureKeyVault" }}
+{{- with $km.azureKeyVault.clientSecret }}
+azure-client-secret: {{ . | b64enc }}
+{{- end }}
+{{- else if eq $km.provider "GoogleKms" }}
+{{- with $km.googleKms.credentials }}
+google-credentials.json: {{ . | b64enc }}
+{{- end }}
+{{- else if and (eq $km.provider "AwsKms") $km.awsKms.key }}
+aws-credentials: {{ printf "[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n" $km.awsKms.key (required "keyManagement.awsKms.secret is required with keyManagement.awsKms.key" $km.awsKms.secret) | b64enc }}
+{{- end }}
+{{- end -}}
+
 {{/* Whether the provider needs the key Secret mounted at all. */}}
 {{- define "kamus.needsKeySecret" -}}
 {{- $km := .Values.keyManagement -}}
@@ -175,8 +219,9 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* Whether the encryptor seals to the public key bundle the decryptor publishes, and so holds
-no key at all: the AES provider. (The KMS modes keep their per-service-account KMS keys.) */}}
+{{/* Whether the encryptor holds no key at all: the AES provider, where it seals every value to
+the public key bundle. (The KMS modes keep encrypting online with each service account's KMS key,
+and serve the bundle for offline sealing.) */}}
 {{- define "kamus.sealsWithBundle" -}}
 {{- if eq .Values.keyManagement.provider "AESKey" -}}
 true
@@ -204,15 +249,28 @@ true
 {{- end }}
 {{- end -}}
 
+{{/* The KMS modes: the wrapped sealing seed, for the components that decrypt (the decryptor and
+the controller; never the encryptor). A volume of its own: the key Job makes that Secret. */}}
+{{- define "kamus.sealingSeedEnv" -}}
+- name: KeyManagement__Sealing__WrappedSeedsFile
+  value: /var/run/secrets/kamus-sealing/sealing-seeds
+{{- end -}}
+
+{{- define "kamus.mountsSealingSeed" -}}
+{{- if and (include "kamus.kmsMode" .root) (ne .component "encryptor") -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* The ConfigMap the decryptor publishes the signed public key bundle in. The chart never
 renders it: GitOps tools then neither prune nor overwrite what the decryptor writes. */}}
 {{- define "kamus.publicKeysName" -}}
 {{- printf "%s-public-keys" (include "kamus.fullname" .) -}}
 {{- end -}}
 
-{{/* Whether the decryptor publishes it: AES mode, unless decryptor.publicKeys.publish=false. */}}
+{{/* Whether the decryptor publishes it: every provider, unless decryptor.publicKeys.publish=false. */}}
 {{- define "kamus.publishesKeys" -}}
-{{- if and (include "kamus.sealsWithBundle" .) .Values.decryptor.publicKeys.publish -}}
+{{- if .Values.decryptor.publicKeys.publish -}}
 true
 {{- end -}}
 {{- end -}}

@@ -73,6 +73,9 @@ spec:
             {{- if include "kamus.mountsKeys" $ctx }}
             {{- include "kamus.aesKeyEnv" $root | nindent 12 }}
             {{- end }}
+            {{- if include "kamus.mountsSealingSeed" $ctx }}
+            {{- include "kamus.sealingSeedEnv" $root | nindent 12 }}
+            {{- end }}
             {{- if $tls }}
             {{- include "kamus.tlsEnv" $ctx | nindent 12 }}
             {{- end }}
@@ -106,6 +109,11 @@ spec:
               mountPath: /var/run/secrets/kamus
               readOnly: true
             {{- end }}
+            {{- if include "kamus.mountsSealingSeed" $ctx }}
+            - name: sealing-seed
+              mountPath: /var/run/secrets/kamus-sealing
+              readOnly: true
+            {{- end }}
             {{- if .publicKeys }}
             - name: public-keys
               mountPath: /var/run/kamus/public-keys
@@ -124,6 +132,17 @@ spec:
         {{- if include "kamus.mountsKeys" $ctx }}
         - name: keys
           {{- include "kamus.keyVolume" $root | trim | nindent 10 }}
+        {{- end }}
+        {{- if include "kamus.mountsSealingSeed" $ctx }}
+        # The KMS-wrapped sealing seed the key Job made (never rendered); only the pods that
+        # decrypt mount it, and unwrapping it takes decrypt on its KMS key.
+        - name: sealing-seed
+          secret:
+            secretName: {{ include "kamus.sealingSeedName" $root }}
+            items:
+              - key: sealing-seeds
+                path: sealing-seeds
+            defaultMode: 0440  # group-readable: the pod's fsGroup
         {{- end }}
         {{- if .publicKeys }}
         # The bundle the decryptor publishes; a directory, not a subPath, so that the kubelet
