@@ -831,6 +831,20 @@ def test_in_the_kms_modes_only_the_pods_that_decrypt_mount_the_seed(
     assert "subPath" not in mount
 
 
+def test_an_operators_own_sealing_seed_secret_replaces_the_job() -> None:
+    """keyManagement.sealingSeed.secretName: bring your own seed Secret; no Job, no KMS rights
+    for one, and the pods that decrypt mount the named Secret."""
+    values = {**MATRIX[KMS_CASES[0]]}
+    values["keyManagement"] = {**values["keyManagement"], "sealingSeed": {"secretName": "my-seed"}}
+    manifests = render(values)
+    assert not of_kind(manifests, "Job")
+    for component in ("decryptor", "controller"):
+        pod = named(manifests, "Deployment", f"kamus-{component}")["spec"]["template"]["spec"]
+        assert "my-seed" in secrets_referenced(pod)
+    encryptor = named(manifests, "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
+    assert "my-seed" not in secrets_referenced(encryptor)
+
+
 @pytest.mark.parametrize("case", KMS_CASES)
 def test_in_the_kms_modes_the_decryptor_publishes_the_bundle(
     rendered: dict[str, list[Manifest]], case: str

@@ -57,12 +57,12 @@ true
 {{- end -}}
 
 {{- define "kamus.sealingSeedName" -}}
-{{- printf "%s-sealing-seed" (include "kamus.fullname" .) -}}
+{{- .Values.keyManagement.sealingSeed.secretName | default (printf "%s-sealing-seed" (include "kamus.fullname" .)) -}}
 {{- end -}}
 
 {{/* Whether the key Job runs: it makes the AES key, or in the KMS modes the sealing seed. */}}
 {{- define "kamus.runsKeyJob" -}}
-{{- if or (include "kamus.generatesKey" .) (include "kamus.kmsMode" .) -}}
+{{- if or (include "kamus.generatesKey" .) (and (include "kamus.kmsMode" .) (not .Values.keyManagement.sealingSeed.secretName)) -}}
 true
 {{- end -}}
 {{- end -}}
