@@ -10,8 +10,8 @@
 * Generations follow a schedule: generation ``g`` activates at ``EPOCH + g·period`` and expires
   two periods later, so a bundle fetched one period ago still seals to a key that is used. Time
   never makes a decryptor refuse a value: only an operator retires a key.
-* In AES mode a generation's private key is derived from the master key (nothing new to back
-  up); in the KMS modes keys are generated and held by the caller, wrapped by the KMS.
+* A generation's private key is derived from a master: the AES master key (nothing new to back
+  up), or in the KMS modes a random seed the KMS keeps wrapped (:mod:`crypto.cloud`).
 """
 
 import functools
@@ -228,33 +228,14 @@ def public_keys(
 
 
 class Keyring:
-    """The sealing private keys a decryptor holds, found by key id.
+    """The sealing private keys a decryptor holds, found by key id: derived on demand from the
+    master keys (the AES master keys, or the KMS modes' unwrapped seeds), active first. A kid
+    the ring does not hold is a shape fact, as in a1: it names a key not configured here."""
 
-    ``masters`` (AES mode) derive any generation on demand; ``held`` are keys generated and kept
-    elsewhere (the KMS modes). A kid the ring does not hold is a shape fact, as in a1: it names
-    a key that is not configured here.
-    """
-
-    def __init__(
-        self, masters: Sequence[bytes] = (), held: Iterable[SealingPrivateKey] = ()
-    ) -> None:
+    def __init__(self, masters: Sequence[bytes] = ()) -> None:
         self._masters = tuple(masters)
-        self._held = {k.kid: k for k in held}
-
-    @property
-    def active_master(self) -> bytes | None:
-        return self._masters[0] if self._masters else None
-
-    def generations(self, suite: Suite, generations: Iterable[int]) -> list[SealingPrivateKey]:
-        """The active master's keys of ``generations`` (AES mode), else the held ones."""
-        wanted = set(generations)
-        if self._masters:
-            return [derive(self._masters[0], suite, g) for g in sorted(wanted)]
-        return [k for k in self._held.values() if k.suite is suite and k.generation in wanted]
 
     def find(self, kid: str) -> SealingPrivateKey | None:
-        if (held := self._held.get(kid)) is not None:
-            return held
         parsed = parse_kid(kid)
         if parsed is None:
             return None
@@ -264,9 +245,6 @@ class Keyring:
             if key.kid == kid:
                 return key
         return None
-
-    def owns(self, stanza: m1.Stanza) -> bool:
-        return stanza.kind.startswith("hpke-") and self.find(stanza.kid) is not None
 
     def held(self, value: m1.M1) -> tuple[m1.Stanza, SealingPrivateKey] | None:
         """The first stanza naming a sealing key held here, and the key: a lookup by key id."""
