@@ -56,13 +56,20 @@ class Suite(StrEnum):
 
     @property
     def hpke(self) -> hpke.Suite:
-        kem = hpke.KEM.X25519 if self is Suite.X25519 else hpke.KEM.MLKEM768_X25519
-        return hpke.Suite(kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+        return _HPKE[self]
 
     @classmethod
     def of_short(cls, short: str) -> "Suite":
         return cls.X25519 if short == "x25519" else cls.MLKEM768_X25519
 
+
+_HPKE = {
+    suite: hpke.Suite(kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+    for suite, kem in [
+        (Suite.X25519, hpke.KEM.X25519),
+        (Suite.MLKEM768_X25519, hpke.KEM.MLKEM768_X25519),
+    ]
+}
 
 PublicKey = x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey
 PrivateKey = x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey
@@ -77,6 +84,7 @@ def parse_kid(kid: str) -> tuple[Suite, int] | None:
     return (Suite.of_short(match[1]), int(match[2])) if match else None
 
 
+@functools.lru_cache(maxsize=64)  # an encryptor seals to one or two keys, again and again
 def load_public(suite: Suite, public: bytes) -> PublicKey:
     """The key for raw bytes: X25519's 32, or ML-KEM-768's 1184 followed by X25519's 32."""
     if suite is Suite.X25519:

@@ -28,14 +28,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-from kubernetes.aio.client import ApiClient, CoreV1Api, V1ConfigMap, V1ObjectMeta
+from kubernetes.aio.client import ApiClient
 from kubernetes.aio.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from crypto import KeyManager, bundle
 from crypto.errors import KeyManagerUnavailable
 from kamus.server.errors import ConfigurationError
-from kamus.server.kube import create_api_client
+from kamus.server.kube import create_api_client, request_json
 from kamus.server.metrics import Metrics
 from kamus.server.sealing import export_bundle, sealing_masters
 from kamus.server.settings import Settings
@@ -110,7 +110,7 @@ class Publisher:
         clock: Clock = _now,
         key_manager: KeyManager | None = None,
     ) -> None:
-        self._core = CoreV1Api(api)
+        self._api = api
         self._settings = settings
         self._key_manager = key_manager  # the KMS modes: it unwraps the sealing seed
         self.name = settings.decryptor.public_keys_config_map
@@ -197,53 +197,58 @@ class Publisher:
         masters = await sealing_masters(self._settings, self._key_manager)
         text = await asyncio.to_thread(export_bundle, self._settings, self._clock(), masters)
         anchor = bundle.load(text).anchor
+        collection = f"/api/v1/namespaces/{self.namespace}/configmaps"
         try:
-            current = await self._core.read_namespaced_config_map(self.name, self.namespace)
+            current = await request_json(self._api, "GET", f"{collection}/{self.name}")
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            await self._core.create_namespaced_config_map(self.namespace, self._new(text, anchor))
+            await request_json(self._api, "POST", collection, self._new(text, anchor))
             log.info("created ConfigMap %s/%s with anchor %s", self.namespace, self.name, anchor)
             return "created"
         if self._current(current, text, anchor):
             return "unchanged"
-        meta = current.metadata or V1ObjectMeta(name=self.name)
-        meta.labels = {**(meta.labels or {}), MANAGED_BY_LABEL: MANAGED_BY}
-        meta.annotations = {**(meta.annotations or {}), ANCHOR_ANNOTATION: anchor}
-        current.metadata = meta
-        current.data = {**(current.data or {}), DATA_KEY: text}
+        meta = _mapping(current.get("metadata"))
+        meta["labels"] = {**_mapping(meta.get("labels")), MANAGED_BY_LABEL: MANAGED_BY}
+        meta["annotations"] = {**_mapping(meta.get("annotations")), ANCHOR_ANNOTATION: anchor}
+        current["metadata"] = meta
+        current["data"] = {**_mapping(current.get("data")), DATA_KEY: text}
         # resourceVersion as read: a concurrent writer makes this a 409, not a lost update.
-        await self._core.replace_namespaced_config_map(self.name, self.namespace, current)
+        await request_json(self._api, "PUT", f"{collection}/{self.name}", current)
         log.info("updated ConfigMap %s/%s with anchor %s", self.namespace, self.name, anchor)
         return "updated"
 
     @staticmethod
-    def _current(config_map: V1ConfigMap, text: str, anchor: str) -> bool:
+    def _current(config_map: Mapping[str, object], text: str, anchor: str) -> bool:
         """Whether the ConfigMap already holds a valid bundle saying what ``text`` says."""
-        stored = (config_map.data or {}).get(DATA_KEY)
-        if stored is None:
+        stored = _mapping(config_map.get("data")).get(DATA_KEY)
+        if not isinstance(stored, str):
             return False
         try:
             bundle.load(stored)
         except bundle.BundleError:
             return False
-        meta = config_map.metadata or V1ObjectMeta()
-        labelled = (meta.labels or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
-        annotated = (meta.annotations or {}).get(ANCHOR_ANNOTATION) == anchor
+        meta = _mapping(config_map.get("metadata"))
+        labelled = _mapping(meta.get("labels")).get(MANAGED_BY_LABEL) == MANAGED_BY
+        annotated = _mapping(meta.get("annotations")).get(ANCHOR_ANNOTATION) == anchor
         return labelled and annotated and content(stored) == content(text)
 
-    def _new(self, text: str, anchor: str) -> V1ConfigMap:
-        return V1ConfigMap(
-            api_version="v1",
-            kind="ConfigMap",
-            metadata=V1ObjectMeta(
-                name=self.name,
-                namespace=self.namespace,
-                labels={MANAGED_BY_LABEL: MANAGED_BY},
-                annotations={ANCHOR_ANNOTATION: anchor},
-            ),
-            data={DATA_KEY: text},
-        )
+    def _new(self, text: str, anchor: str) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+                "annotations": {ANCHOR_ANNOTATION: anchor},
+            },
+            "data": {DATA_KEY: text},
+        }
+
+
+def _mapping(value: object) -> dict[str, object]:
+    return dict(value) if isinstance(value, dict) else {}
 
 
 @asynccontextmanager

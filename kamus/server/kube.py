@@ -4,6 +4,7 @@ In order: ``Kubernetes__ProxyUrl`` (as in Kamus, e.g. ``kubectl proxy``), the in
 account, then ``KUBECONFIG`` (or ``~/.kube/config``).
 """
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,3 +47,29 @@ async def create_api_client(
         ) from None
     config.connection_pool_maxsize = settings.max_concurrent_requests
     return ApiClient(configuration=config)
+
+
+async def request_json(
+    api: ApiClient,
+    method: str,
+    path: str,
+    body: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """One request as JSON, without the client's generated API classes (the core API alone is
+    about 23 MB of RSS: docs/performance.md). Raises ``ApiException`` for any other answer than
+    2xx, as the generated classes do."""
+    from kubernetes.aio.client.exceptions import ApiException
+
+    params = await api.param_serialize(
+        method=method,
+        resource_path=path,
+        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        body=dict(body) if body is not None else None,
+        auth_settings=["BearerToken"],
+    )
+    response = await api.call_api(*params)
+    data = await response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException(status=response.status, reason=response.reason, body=data.decode())
+    decoded: dict[str, object] = json.loads(data)
+    return decoded
