@@ -5,6 +5,8 @@ Everything is decrypted before anything is written, and every file is written at
 failure leaves no partial output. Secret values are never printed.
 """
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -110,6 +112,72 @@ def interpret(plaintext: str) -> Secret:
 # -- decrypting ------------------------------------------------------------------------------
 
 
+# -- made for another identity? ----------------------------------------------------------------
+#
+# An m1 value names the identity it was sealed for by a tag (docs/ciphertext-format.md), and the
+# pod's token names the pod's. Comparing them before any network call turns Kamus users' most
+# common mistake (a value sealed for another service account) into an error that says so. Both
+# are public; the decryptor decides anyway. Written out here rather than imported from crypto:
+# crypto's import costs every pod start about 45 ms (tests/unit/test_cli_identity.py checks the
+# two agree).
+
+
+def token_identity(token: str) -> str | None:
+    """``namespace:service-account`` from a service account token's claims, unverified (a
+    hint only), or None for a token that does not say."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    subject = claims.get("sub") if isinstance(claims, dict) else None
+    prefix = "system:serviceaccount:"
+    if not isinstance(subject, str) or not subject.startswith(prefix):
+        return None
+    namespace, sep, name = subject[len(prefix) :].partition(":")
+    return f"{namespace}:{name}" if sep and namespace and name and ":" not in name else None
+
+
+def identity_tag(sa_id: str) -> str:
+    namespace, _, name = sa_id.partition(":")
+    return hashlib.sha256(f"kamus-id\x00{namespace}\x00{name}".encode()).hexdigest()[:8]
+
+
+def sealed_tag(ciphertext: str) -> str | None:
+    """The identity tag of an m1 value, or None for any other value (or a damaged one)."""
+    if not ciphertext.startswith("kamus$m1$"):
+        return None
+    header = ciphertext.split("$", 3)[2]
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    tag = decoded.get("id") if isinstance(decoded, dict) else None
+    return tag if isinstance(tag, str) else None
+
+
+def check_identity(files: Mapping[str, Path], ciphertexts: Mapping[str, str], token: str) -> None:
+    identity = token_identity(token)
+    if identity is None:
+        return
+    mine = identity_tag(identity)
+    others = [
+        str(files[name])
+        for name, text in ciphertexts.items()
+        if (tag := sealed_tag(text)) is not None and tag != mine
+    ]
+    if others:
+        namespace, _, name = identity.partition(":")
+        one = len(others) == 1
+        raise InitError(
+            f"{', '.join(others)} {'was' if one else 'were'} sealed for another service account "
+            f"than this pod's, {identity}: seal {'it' if one else 'them'} for {identity} "
+            f"(kamus seal -a {name} -n {namespace}); nothing was sent"
+        )
+
+
 def _decrypt_batch(
     client: KamusClient,
     headers: dict[str, str],
@@ -186,6 +254,7 @@ def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, st
     # Surrounding whitespace is never part of a ciphertext (`kamus encrypt > file` ends the file
     # with a newline); ASCII whitespace only, as at the decryptor.
     ciphertexts = {name: _read_text(path).strip(string.whitespace) for name, path in files.items()}
+    check_identity(files, ciphertexts, token)
     client = KamusClient(options.url, allow_insecure=True, ca_bundle=options.ca_bundle)
     headers = {"Authorization": f"Bearer {token}"}
     deadline = time.monotonic() + options.timeout

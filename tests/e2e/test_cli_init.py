@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,16 @@ from click.testing import CliRunner, Result
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from crypto import bundle
+from crypto.sealing import Schedule
 from kamus.cli.init import env_name
 from kamus.cli.main import main
+from tests.k8s_double import KubeApiDouble
 from tests.support.mounts import configmap_mount
 from tests.support.servers import ThreadedServer
 
 TOKEN = "pod-token"
+NOW = datetime.now(UTC)
 # Kamus's own init-container fixtures (init-container/tests), as plaintexts by file name.
 KAMUS_SECRETS = {
     "key.json": '{ "secret_key": "secret_value" }',
@@ -454,3 +459,32 @@ def test_a_plaintext_or_token_that_is_not_utf8_is_located_never_quoted(
     assert f"{token_file}, line 1, column 5: not valid utf-8 text" in result.stderr
     assert "0xff" not in result.output
     assert "eyJh" not in result.output
+
+
+def test_a_value_sealed_for_another_service_account_is_named_before_any_request(
+    kamus: KamusDecryptor, kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    """The most common Kamus mistake, said plainly: the m1 value's identity tag is not the pod's
+    (from its token's claims), so nothing is sent."""
+    keys = bundle.load(bundle.from_masters([os.urandom(32)], now=NOW, schedule=Schedule()))
+    [theirs] = keys.seal([b"s3cret"], "team-a:web", NOW)
+    [mine] = keys.seal([b"s3cret"], "team-a:app", NOW)
+    token_file = tmp_path / "token"
+    token_file.write_text(kube_api.issue_token("team-a", "app"))
+    out = tmp_path / "out"
+
+    mount = configmap_mount(tmp_path / "theirs", {"password": theirs, "user": mine})
+    result = init(kamus.url, token_file, "-e", str(mount), "-d", str(out), "-f", "files")
+    assert result.exit_code == 1
+    assert (
+        f"{mount / 'password'} was sealed for another service account than this pod's, "
+        "team-a:app: seal it for team-a:app (kamus seal -a app -n team-a); nothing was sent"
+    ) in result.stderr
+    assert kamus.paths == []
+    assert outputs(out) == {}
+
+    # A value sealed for the pod goes on to the decryptor (this one does not know it: 400).
+    mount = configmap_mount(tmp_path / "mine", {"user": mine})
+    result = init(kamus.url, token_file, "-e", str(mount), "-d", str(out), "-f", "files")
+    assert kamus.paths
+    assert "sealed for another" not in result.stderr
