@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 
 from crypto import DecryptionError, KeyManager, MalformedCiphertext, classify
 from crypto.errors import KeyManagerUnavailable
-from decryptor.publish import publishing
 from kamus.server.errors import ConfigurationError
 from kamus.server.health import Dependency, WatchedKeyManager, readiness
 from kamus.server.identity import parse_service_account_user, sa_id
@@ -330,10 +329,23 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @asynccontextmanager
+async def publishing(state: "Decryptor") -> AsyncIterator[None]:
+    """The bundle publisher in the background, off unless Decryptor__PublicKeysConfigMap is
+    set: only then is its module loaded (docs/performance.md: the memory budget)."""
+    if not state.settings.decryptor.public_keys_config_map:
+        yield
+        return
+    from decryptor.publish import publishing as publisher
+
+    async with publisher(state.settings, state.metrics, state.keys.inner):
+        yield
+
+
+@asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: Decryptor = app.state.decryptor
     if state.given_authenticator is not None:  # the caller's, and the caller closes it
-        async with publishing(state.settings, state.metrics, state.keys.inner):
+        async with publishing(state):
             yield
         return
     try:
@@ -342,8 +354,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("the decryptor cannot start: %s", exc)
         raise
     try:
-        # In the background, and off unless Decryptor__PublicKeysConfigMap is set.
-        async with publishing(state.settings, state.metrics, state.keys.inner):
+        async with publishing(state):
             yield
     finally:
         await state.auth.close()
