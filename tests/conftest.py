@@ -23,6 +23,7 @@ from tests.support.apps import kamus, provider  # noqa: F401
 
 # ... and of tests/support/cluster.py, for the tests that drive a controller process.
 from tests.support.cluster import cluster  # noqa: F401
+from tests.support.keysecret import core, kube  # noqa: F401
 from tests.support.processes import running_children
 from tests.support.settings import SETTING_PREFIXES, SettingsFactory, new_key
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from fastapi import Request
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from crypto import KAMUS_PUBLIC_DEFAULT_KEY
 from crypto.aes import key_id
@@ -24,21 +23,6 @@ from tests.support.processes import spawn, stop
 from tests.support.settings import new_key
 
 NAMESPACE, NAME = "kamus", "kamus-keys"
-# What the chart's Role does not grant, on Secrets.
-NOT_GRANTED = {("", "secrets", verb) for verb in ("update", "patch", "delete", "list", "watch")}
-
-
-@pytest.fixture
-def kube(kube_api: KubeApiDouble) -> KubeApiDouble:
-    kube_api.denied_access |= NOT_GRANTED
-    return kube_api
-
-
-@pytest.fixture
-def core(kube: KubeApiDouble, tmp_path: Path) -> k8s.CoreV1Api:
-    """The test's own view of the double, as an administrator."""
-    api = k8s_config.new_client_from_config(str(kube.write_kubeconfig(tmp_path / "admin.yaml")))
-    return k8s.CoreV1Api(api)
 
 
 def command_env(kube: KubeApiDouble, tmp_path: Path) -> dict[str, str]:

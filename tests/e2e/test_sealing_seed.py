@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from crypto import DecryptionError, kamus_key_id
 from crypto.cloud import SEALING_IDENTITY, CloudKeyManager, WrappedSeed
@@ -33,7 +32,6 @@ from tests.support.settings import SettingsFactory
 
 NAMESPACE, NAME = "kamus", "kamus-sealing-seed"
 SEED_KEY_ID = kamus_key_id(SEALING_IDENTITY)
-NOT_GRANTED = {("", "secrets", verb) for verb in ("update", "patch", "delete", "list", "watch")}
 SECRET = "sealed-to-a-kms-seed ✓"
 leaks.register(SECRET)
 # A well-formed seed of each kind, wrapped by no real KMS: for the refusals.
@@ -103,19 +101,6 @@ MODES: dict[str, tuple[Callable[[Any, Path], Kms], str]] = {
 def kms(request: pytest.FixtureRequest, tmp_path: Path) -> Kms:
     make, fixture = MODES[request.param]
     return make(request.getfixturevalue(fixture), tmp_path)
-
-
-@pytest.fixture
-def kube(kube_api: KubeApiDouble) -> KubeApiDouble:
-    kube_api.denied_access |= NOT_GRANTED
-    return kube_api
-
-
-@pytest.fixture
-def core(kube: KubeApiDouble, tmp_path: Path) -> k8s.CoreV1Api:
-    """The test's own view of the double, as an administrator."""
-    api = k8s_config.new_client_from_config(str(kube.write_kubeconfig(tmp_path / "admin.yaml")))
-    return k8s.CoreV1Api(api)
 
 
 def job_env(kms: Kms, kube: KubeApiDouble, tmp_path: Path) -> dict[str, str]:

@@ -1,0 +1,26 @@
+"""What the tests of ``kamus create-key-secret`` share: the Kubernetes double limited to the
+chart Job's RBAC, and an administrator's view of it."""
+
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from tests.k8s_double import KubeApiDouble
+
+# What the chart's Role does not grant, on Secrets.
+NOT_GRANTED = {("", "secrets", verb) for verb in ("update", "patch", "delete", "list", "watch")}
+
+
+@pytest.fixture
+def kube(kube_api: KubeApiDouble) -> KubeApiDouble:
+    kube_api.denied_access |= NOT_GRANTED
+    return kube_api
+
+
+@pytest.fixture
+def core(kube: KubeApiDouble, tmp_path: Path) -> k8s.CoreV1Api:
+    """The test's own view of the double, as an administrator."""
+    api = k8s_config.new_client_from_config(str(kube.write_kubeconfig(tmp_path / "admin.yaml")))
+    return k8s.CoreV1Api(api)
