@@ -5,8 +5,8 @@
 * AES mode without it (the Kamus way, and ``make run``): the encryptor derives the bundle from the
   master key in its environment, and says once that it holds a key it does not need.
 * ``Encryptor__OutputFormat=legacy``: the provider writes a1/e1, for decryptors older than m1.
-* The KMS modes encrypt with the service account's KMS key (e1) for now; they serve a bundle
-  only from a file.
+* The KMS modes encrypt online with the service account's KMS key (an m1 value with that one
+  KMS stanza), and serve a bundle only from a file: the encryptor never unwraps the seed.
 """
 
 import logging
