@@ -141,3 +141,11 @@ def test_a_kms_encryptor_without_a_bundle_file_serves_none(
     assert response.status_code == 404
     assert response.json()["type"].endswith("no-key-bundle")
     assert "Encryptor__SealingKeysFile" in response.json()["detail"]
+
+
+def test_a_kms_encryptor_writes_e1_with_the_legacy_output_format(
+    aws_kms: object, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings(**AWS, Encryptor__OutputFormat="legacy")
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/api/v1/encrypt", json=BODY).text.startswith("kamus$e1$aws$")
