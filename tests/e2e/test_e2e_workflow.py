@@ -168,13 +168,16 @@ def test_init_writes_every_format(
 def test_another_service_account_is_refused_clearly(
     deployment: Deployment, mount: Path, tmp_path: Path
 ) -> None:
+    """The values' identity tags say, before any request, that they are team-a:app's; the
+    decryptor would refuse them anyway (tests/e2e/test_e2e.py)."""
     token = deployment.kube_api.issue_token("team-a", "web")
     result = init(deployment, mount, tmp_path / "out", token, "-f", "files")
     assert result.returncode == 1
-    assert "cannot decrypt" in result.stderr
-    assert f"{mount / 'username'}: the data cannot be decrypted" in result.stderr
-    assert "the server answered 400" in result.stderr
-    assert "cannot be decrypted as team-a:web" in result.stderr
+    assert str(mount / "username") in result.stderr
+    assert (
+        "sealed for another service account than this pod's, team-a:web: seal them for "
+        "team-a:web (kamus seal -a web -n team-a); nothing was sent"
+    ) in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -391,7 +391,10 @@ def test_the_init_container_decrypts_the_configmap_as_the_pods_service_account(
     volumes = kubelet_volumes(manifests, other, tmp_path / "other-pod")
     refused = run_init(manifests, volumes, deployment.decryptor.url)
     assert refused.returncode != 0
-    assert "the server answered 400" in refused.stderr
+    assert (
+        f"sealed for another service account than this pod's, {namespace}:{account}-other"
+        in refused.stderr
+    )
     assert not decrypted_file(manifests, volumes).exists()
 
 
