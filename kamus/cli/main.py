@@ -1,11 +1,12 @@
 """The ``kamus`` command."""
 
+import contextlib
 import functools
 import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
@@ -679,26 +680,25 @@ def seal(
             # manifest names it.
             check_identity(namespace or "default", service_account)
         text = decode_text(manifest.read(), source)
-        if offline.offline:
-            sealer = offline.sealer(connection)
+        with contextlib.ExitStack() as stack:
+            if offline.offline:
+                sealer = offline.sealer(connection)
+
+                def encrypt(namespace: str, values: Mapping[str, str]) -> dict[str, str]:
+                    return sealer.seal_values(namespace, service_account, values)
+            else:
+                client = stack.enter_context(connection.client())
+
+                def encrypt(namespace: str, values: Mapping[str, str]) -> dict[str, str]:
+                    return encrypt_values(client, namespace, service_account, values)
+
             sealed = seal_documents(
                 text,
                 source=source,
                 service_account=service_account,
                 namespace=namespace,
                 output_format=output_format.lower(),
-                encrypt=lambda ns, values: sealer.seal_values(ns, service_account, values),
-            )
-            _write_output(sealed.rstrip("\n"), output, overwrite)
-            return
-        with connection.client() as client:
-            sealed = seal_documents(
-                text,
-                source=source,
-                service_account=service_account,
-                namespace=namespace,
-                output_format=output_format.lower(),
-                encrypt=lambda ns, values: encrypt_values(client, ns, service_account, values),
+                encrypt=encrypt,
             )
         _write_output(sealed.rstrip("\n"), output, overwrite)
     except ClientError as error:

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 import trustme
 import yaml
@@ -21,7 +20,7 @@ from crypto import bundle
 from crypto.sealing import Keyring, Schedule
 from tests.k8s_double import KubeApiDouble
 from tests.support import leaks
-from tests.support.processes import kamus_serve, run_kamus
+from tests.support.processes import decrypt, kamus_serve, run_kamus
 from tests.support.servers import Encryptor, serve
 from tests.support.settings import new_key
 
@@ -51,15 +50,6 @@ def anchor_line(verify_output: str) -> str:
     """The fingerprint on `kamus keys verify`'s ``anchor:`` line."""
     line = next(line for line in verify_output.splitlines() if line.startswith("anchor:"))
     return line.split()[1]
-
-
-def decrypt(decryptor_url: str, ciphertext: str, token: str) -> httpx.Response:
-    return httpx.post(
-        f"{decryptor_url}/api/v1/decrypt",
-        json={"data": ciphertext},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
 
 
 def test_values_sealed_offline_with_no_server_open_in_the_decryptor(

@@ -15,7 +15,7 @@ from crypto import bundle
 from crypto.sealing import Schedule
 from tests.k8s_double import KubeApiDouble
 from tests.support.cluster import eventually
-from tests.support.processes import Service, kamus_serve
+from tests.support.processes import Service, decrypt, kamus_serve
 from tests.support.settings import new_key
 
 SECRET = "sealed-to-a-public-key"
@@ -30,15 +30,6 @@ def export(*keys: str) -> str:
 def encrypt(encryptor: Service, data: str = SECRET) -> httpx.Response:
     body = {"data": data, "service-account": "app", "namespace": "team-a"}
     return httpx.post(f"{encryptor.url}/api/v1/encrypt", json=body, timeout=10)
-
-
-def decrypt(decryptor: Service, ciphertext: str, token: str) -> httpx.Response:
-    return httpx.post(
-        f"{decryptor.url}/api/v1/decrypt",
-        json={"data": ciphertext},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10,
-    )
 
 
 @pytest.fixture
@@ -73,8 +64,11 @@ def test_an_encryptor_with_only_the_bundle_encrypts_and_the_decryptor_opens(
         assert bundle.load(served.text).anchor == bundle.load(keys_file.read_text()).anchor
     decryptor = decryptor_for(key)
     token = kube_api.issue_token("team-a", "app")
-    assert decrypt(decryptor, sealed.text, token).text == SECRET
-    assert decrypt(decryptor, sealed.text, kube_api.issue_token("team-a", "web")).status_code == 400
+    assert decrypt(decryptor.url, sealed.text, token).text == SECRET
+    assert (
+        decrypt(decryptor.url, sealed.text, kube_api.issue_token("team-a", "web")).status_code
+        == 400
+    )
     log = (tmp_path / "encryptor.log").read_text()
     assert "holds the AES master key" not in log
 
@@ -120,5 +114,5 @@ def test_not_ready_without_a_bundle_then_a_renewed_bundle_is_used_without_a_rest
     # The decryptor with the rotated master opens values of both generations of keys.
     decryptor = decryptor_for(new, old)
     token = kube_api.issue_token("team-a", "app")
-    assert decrypt(decryptor, before, token).text == SECRET
-    assert decrypt(decryptor, after, token).text == SECRET
+    assert decrypt(decryptor.url, before, token).text == SECRET
+    assert decrypt(decryptor.url, after, token).text == SECRET

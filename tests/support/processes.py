@@ -154,6 +154,14 @@ def kamus_serve(
     assert not leaked, f"secrets reached the log of kamus serve {service}: {leaked}"
 
 
+def decrypt(decryptor_url: str, ciphertext: str, token: str | None) -> httpx.Response:
+    """``POST /api/v1/decrypt`` to a running decryptor, as the pod whose token it is."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(
+        f"{decryptor_url}/api/v1/decrypt", json={"data": ciphertext}, headers=headers, timeout=30
+    )
+
+
 @dataclass
 class Deployment:
     """The encryptor and the decryptor running as processes, and the cluster they trust."""
@@ -168,10 +176,7 @@ class Deployment:
         return httpx.post(f"{self.encryptor.url}/api/v1/encrypt", json=body, timeout=30)
 
     def decrypt(self, data: str, token: str | None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.post(
-            f"{self.decryptor.url}/api/v1/decrypt", json={"data": data}, headers=headers, timeout=30
-        )
+        return decrypt(self.decryptor.url, data, token)
 
     def logs(self) -> str:
         return self.encryptor.log_file.read_text() + self.decryptor.log_file.read_text()
