@@ -28,10 +28,17 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from crypto.encoding import b64url_decode, b64url_encode
 from crypto.errors import DecryptionError, MalformedCiphertext, shown
 from crypto.formats import PREFIX, CiphertextFormat, classify, legacy_switched_off, unreadable
-from crypto.kms import KmsObserver, NullObserver
 from crypto.legacy import cbc_decrypt, derive_legacy_key, parse_iv_ciphertext
-from crypto.m1 import M1_HEADER
-from crypto.sealing import Keyring
+from crypto.lifecycle import (
+    KeyPolicy,
+    LegacyNeedsIdentity,
+    Opened,
+    Rewrapped,
+    RewrapStatus,
+    State,
+)
+from crypto.m1 import M1_HEADER, parse
+from crypto.sealing import Keyring, Schedule, Suite, no_stanza_held
 
 A1_HEADER = PREFIX + "a1$"
 NONCE_SIZE = 12
@@ -63,7 +70,8 @@ def _cipher(master_key: bytes, sa_id: str) -> AESGCM:
 
 
 class AESKeyManager:
-    """Keys derived from local master keys: the first is active, the rest only decrypt."""
+    """Keys derived from local master keys: the first is active, the rest only decrypt, and
+    ``policy`` retires any of them (and any sealing generation) by key id."""
 
     def __init__(
         self,
@@ -72,7 +80,9 @@ class AESKeyManager:
         *,
         legacy_key_derivation: bool = False,
         allow_legacy: bool = True,
-        observer: KmsObserver | None = None,
+        sealed_output: bool = True,
+        policy: KeyPolicy | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         keys = [key, *previous_keys]
         for k in keys:
@@ -85,8 +95,9 @@ class AESKeyManager:
         self._active_kid = key_id(key)
         self._legacy_key_derivation = legacy_key_derivation
         self._allow_legacy = allow_legacy
-        self.sealing = Keyring(masters=keys)
-        self._observer = observer or NullObserver()
+        self.sealed_output = sealed_output
+        self.policy = policy or KeyPolicy()
+        self.sealing = Keyring(masters=keys, schedule=schedule, policy=self.policy)
 
     @property
     def active_key_id(self) -> str:
@@ -104,23 +115,57 @@ class AESKeyManager:
         """The key is in memory: nothing to reach."""
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+        return (await self.open(ciphertext, sa_id)).plaintext
+
+    async def open(self, ciphertext: str, sa_id: str) -> Opened:
         fmt = classify(ciphertext)
         if fmt is CiphertextFormat.SEALED_V1:
-            plaintext, kid = self.sealing.open(ciphertext, sa_id)
-            self._observer.key_used("AESKey", kid)
-            return plaintext
+            return self.sealing.opened(parse(ciphertext), sa_id)
         if fmt is CiphertextFormat.AES_GCM_V1:
-            return self._open_a1(ciphertext, sa_id)
+            kid, plaintext = self._open_a1(ciphertext, sa_id)
+            state = State.ACTIVE if kid == self._active_kid else State.DECRYPT_ONLY
+            return Opened(plaintext, kid, state, fmt)
         if fmt is CiphertextFormat.LEGACY_AES_CBC:
             if not self._allow_legacy:
                 raise legacy_switched_off(A1_HEADER, "KeyManagement__AES__AllowLegacyCiphertexts")
-            return self._open_legacy(ciphertext, sa_id)
+            kid, plaintext = self._open_legacy(ciphertext, sa_id)
+            return Opened(plaintext, kid, State.DECRYPT_ONLY, fmt)
         reads = f"{M1_HEADER} and {A1_HEADER} values"
         if self._allow_legacy:
             reads += " and legacy Kamus iv:ciphertext values"
         raise unreadable(ciphertext, "AES", reads)
 
-    def _open_a1(self, ciphertext: str, sa_id: str) -> bytes:
+    async def rewrap(
+        self, ciphertext: str, sa_id: str, *, upgrade_legacy: bool = False, check_only: bool = False
+    ) -> Rewrapped:
+        """``ciphertext`` under the active key in the output format, for the same identity.
+
+        m1 keeps its payload: only the stanza for a key held here changes. a1 and Kamus's values
+        are opened and sealed again here; the plaintext never leaves this call."""
+        if classify(ciphertext) is CiphertextFormat.SEALED_V1:
+            value = parse(ciphertext)
+            held = self.sealing.held(value)
+            if held is None:
+                raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")
+            return self.sealing.rewrap(ciphertext, value, held, sa_id, check_only=check_only)
+        opened = await self.open(ciphertext, sa_id)
+        if opened.format.is_legacy and not (self._legacy_key_derivation or upgrade_legacy):
+            raise LegacyNeedsIdentity()
+        if not self.sealed_output:
+            target = self._active_kid
+            if opened.format is CiphertextFormat.AES_GCM_V1 and opened.key_id == target:
+                return Rewrapped(RewrapStatus.UNCHANGED, target, target, ciphertext)
+        else:
+            target = self.sealing.active(Suite.X25519).kid
+        if check_only:
+            return Rewrapped(RewrapStatus.STALE, opened.key_id, target, None)
+        if self.sealed_output:
+            new, target = self.sealing.seal(opened.plaintext, sa_id)
+        else:
+            new = await self.encrypt(opened.plaintext, sa_id)
+        return Rewrapped(RewrapStatus.REWRAPPED, opened.key_id, target, new)
+
+    def _open_a1(self, ciphertext: str, sa_id: str) -> tuple[str, bytes]:
         # Every check before the tag's is a shape fact (MalformedCiphertext); see crypto.errors.
         parts = ciphertext.split("$", 4)  # bounded: a body of '$'s must not become a list
         if len(parts) != 4:
@@ -143,20 +188,26 @@ class AESKeyManager:
             raise MalformedCiphertext(
                 "a1 ciphertext is too short", "the a1 value is shorter than a nonce and a tag"
             )
+        self.policy.check(kid)
         aad = f"{A1_HEADER}{kid}${sa_id}".encode()
         nonce, sealed = raw[:NONCE_SIZE], raw[NONCE_SIZE:]
         try:
-            return _cipher(master, sa_id).decrypt(nonce, sealed, aad)
+            return kid, _cipher(master, sa_id).decrypt(nonce, sealed, aad)
         except InvalidTag as exc:
             raise DecryptionError("a1 authentication failed (wrong identity or tampered)") from exc
 
-    def _open_legacy(self, ciphertext: str, sa_id: str) -> bytes:
+    def _open_legacy(self, ciphertext: str, sa_id: str) -> tuple[str, bytes]:
         iv, body = parse_iv_ciphertext(ciphertext)
-        # Legacy values carry no key id, so each configured key is tried, active first.
-        for master in self._keys:
+        # Legacy values carry no key id, so each configured key is tried, active first, and the
+        # retired ones last: a value only they open is refused by name.
+        retired = self.policy.retired
+        ordered = sorted(self._keys, key=lambda master: key_id(master) in retired)
+        for master in ordered:
             key = derive_legacy_key(master, sa_id) if self._legacy_key_derivation else master
             try:
-                return cbc_decrypt(key, iv, body)
+                plaintext = cbc_decrypt(key, iv, body)
             except DecryptionError:
                 continue
+            self.policy.check(key_id(master))
+            return key_id(master), plaintext
         raise DecryptionError("legacy ciphertext did not decrypt under any configured key")

@@ -29,6 +29,8 @@ from crypto.kms import (
     owner,
 )
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
+from crypto.lifecycle import KeyPolicy
+from crypto.sealing import Schedule
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -79,11 +81,15 @@ class AwsKmsKeyManager(CloudKeyManager):
         allow_legacy: bool = True,
         sealed_output: bool = True,
         wrapped_seeds: Sequence[WrappedSeed] = (),
+        policy: KeyPolicy | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         super().__init__(
             sealed_output=sealed_output,
             allow_legacy=allow_legacy,
             wrapped_seeds=wrapped_seeds,
+            policy=policy,
+            schedule=schedule,
             observer=calls.observer,
         )
         self._client = client
@@ -183,7 +189,44 @@ class AwsKmsKeyManager(CloudKeyManager):
             )
 
     async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
-        return await self._unwrap(wrapped, sa_id, {CONTEXT_KEY: sa_id})
+        # The key the value names, not the alias: after the alias moves to a new key (a manual
+        # rotation), values under the old one still open. The encryption context binds them to
+        # the identity whatever the key.
+        return await self._unwrap(wrapped, sa_id, {CONTEXT_KEY: sa_id}, key_version)
+
+    async def current_key_version(self, sa_id: str) -> str:
+        alias = self.alias(sa_id)
+        response = await self._calls("DescribeKey", lambda: self._client.describe_key(KeyId=alias))
+        key_id: str = response["KeyMetadata"]["KeyId"]
+        return key_id
+
+    async def wrap_data_key(self, data_key: bytes, sa_id: str) -> Wrapped:
+        alias = self.alias(sa_id)
+        response = await self._calls(
+            "Encrypt",
+            lambda: self._client.encrypt(
+                KeyId=alias, Plaintext=data_key, EncryptionContext={CONTEXT_KEY: sa_id}
+            ),
+        )
+        return Wrapped(data_key, response["KeyId"].rsplit("/", 1)[-1], response["CiphertextBlob"])
+
+    async def wrap_again(
+        self, key_version: str, wrapped: bytes, data_key: bytes, sa_id: str
+    ) -> Wrapped:
+        """ReEncrypt: KMS unwraps and wraps again inside itself, so the data key is never sent
+        back to it; the identity's context must hold on both sides."""
+        context = {CONTEXT_KEY: sa_id}
+        response = await self._calls(
+            "ReEncrypt",
+            lambda: self._client.re_encrypt(
+                CiphertextBlob=wrapped,
+                SourceKeyId=key_version,
+                SourceEncryptionContext=context,
+                DestinationKeyId=self.alias(sa_id),
+                DestinationEncryptionContext=context,
+            ),
+        )
+        return Wrapped(data_key, response["KeyId"].rsplit("/", 1)[-1], response["CiphertextBlob"])
 
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
         if fmt is not CiphertextFormat.LEGACY_ENVELOPE:
@@ -192,15 +235,18 @@ class AwsKmsKeyManager(CloudKeyManager):
         # Kamus wrapped with GenerateDataKey and no encryption context.
         return cbc_decrypt(await self._unwrap(b64_decode(wrapped), sa_id, {}), iv, body)
 
-    async def _unwrap(self, blob: bytes, sa_id: str, context: dict[str, str]) -> bytes:
+    async def _unwrap(
+        self, blob: bytes, sa_id: str, context: dict[str, str], key_id: str = ""
+    ) -> bytes:
         self.check_wrapped("", blob)
-        alias = self.alias(sa_id)
+        # Without a key id (Kamus's values), the alias pins the service account's own key, as
+        # Kamus did.
+        key = key_id or self.alias(sa_id)
         try:
             response = await self._calls(
                 "Decrypt",
-                # KeyId pins the service account's own key, as Kamus did.
                 lambda: self._client.decrypt(
-                    CiphertextBlob=blob, KeyId=alias, EncryptionContext=context
+                    CiphertextBlob=blob, KeyId=key, EncryptionContext=context
                 ),
             )
         except KmsError as exc:

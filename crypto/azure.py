@@ -51,6 +51,8 @@ from crypto.kms import (
     owner,
 )
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
+from crypto.lifecycle import KeyPolicy
+from crypto.sealing import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,12 @@ def _identity_digest(sa_id: str) -> bytes:
     return hashlib.sha256(sa_id.encode("utf-8")).digest()
 
 
+def _wrapped(key: KeyVaultKey, data_key: bytes, sa_id: str) -> Wrapped:
+    """The data key, with the identity's digest, wrapped under ``key``'s public half."""
+    wrapped = _wrap_locally(key, data_key + _identity_digest(sa_id))
+    return Wrapped(data_key, key.properties.version or "", wrapped)
+
+
 def _wrap_locally(key: KeyVaultKey, blob: bytes) -> bytes:
     """RSA-OAEP-256 with the key's public half, as Key Vault's ``wrapKey`` would do.
 
@@ -140,11 +148,15 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         allow_legacy: bool = True,
         sealed_output: bool = True,
         wrapped_seeds: Sequence[WrappedSeed] = (),
+        policy: KeyPolicy | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         super().__init__(
             sealed_output=sealed_output,
             allow_legacy=allow_legacy,
             wrapped_seeds=wrapped_seeds,
+            policy=policy,
+            schedule=schedule,
             observer=calls.observer,
         )
         self._keys = keys
@@ -171,10 +183,13 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
                 create=lambda: self._create_key(name, sa_id),
             )
             self._latest[name] = (time.monotonic(), key)
-        version = key.properties.version or ""
-        data_key = envelope.new_data_key()
-        wrapped = _wrap_locally(key, data_key + _identity_digest(sa_id))
-        return Wrapped(data_key, version, wrapped)
+        return _wrapped(key, envelope.new_data_key(), sa_id)
+
+    async def current_key_version(self, sa_id: str) -> str:
+        return (await self._latest_key(kamus_key_id(sa_id))).properties.version or ""
+
+    async def wrap_data_key(self, data_key: bytes, sa_id: str) -> Wrapped:
+        return _wrapped(await self._latest_key(kamus_key_id(sa_id)), data_key, sa_id)
 
     async def _latest_key(self, name: str) -> KeyVaultKey:
         cached = self._latest.get(name)

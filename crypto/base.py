@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from crypto.lifecycle import Opened, Rewrapped
+
 
 @runtime_checkable
 class KeyManager(Protocol):
@@ -29,3 +31,18 @@ class DocumentSealer(Protocol):
     per document, not per value): the batch paths use it when the provider offers it."""
 
     async def encrypt_many(self, plaintexts: Sequence[bytes], sa_id: str) -> list[str]: ...
+
+
+@runtime_checkable
+class KeyLifecycle(Protocol):
+    """A key manager that says which key opened a value, and moves values to the active key
+    (every provider here; a test's stand-in may offer only :class:`KeyManager`)."""
+
+    async def open(self, ciphertext: str, sa_id: str) -> Opened: ...
+
+    async def rewrap(
+        self, ciphertext: str, sa_id: str, *, upgrade_legacy: bool = False, check_only: bool = False
+    ) -> Rewrapped:
+        """``ciphertext`` under the active key, in the output format, for the same identity;
+        :class:`crypto.DecryptionError` if it does not open as ``sa_id``. Never a plaintext."""
+        ...

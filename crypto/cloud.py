@@ -18,6 +18,7 @@ whose sealing key this decryptor holds (values sealed offline): that one needs n
 """
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,18 @@ from crypto.encoding import b64url_decode, b64url_encode
 from crypto.errors import DecryptionError, KeyManagerUnavailable, MalformedCiphertext
 from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.kms import KmsObserver, NullObserver
-from crypto.sealing import Keyring, check_identity, no_stanza_held, open_held
+from crypto.lifecycle import (
+    LEGACY_KEY_ID,
+    KeyPolicy,
+    Opened,
+    Rewrapped,
+    RewrapStatus,
+    State,
+)
+from crypto.sealing import Keyring, Schedule, check_identity, no_stanza_held
+
+# How long the KMS key version a service account's key uses now is trusted (rewrap only).
+CURRENT_VERSION_SECONDS = 30.0
 
 # The identity the seed is wrapped for. '_' is never in a namespace's name, so no workload's
 # identity (and no KMS key name, a hash of it) can be this one.
@@ -77,6 +89,8 @@ class CloudKeyManager(ABC):
         allow_legacy: bool = True,
         wrapped_seeds: Sequence[WrappedSeed] = (),
         observer: KmsObserver | None = None,
+        policy: KeyPolicy | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.sealed_output = sealed_output
         self.allow_legacy = allow_legacy
@@ -89,7 +103,10 @@ class CloudKeyManager(ABC):
         self.wrapped_seeds = tuple(wrapped_seeds)
         self._masters: list[bytes] | None = None
         self._unwrapping = asyncio.Lock()
-        self.sealing = Keyring()
+        self.policy = policy or KeyPolicy()
+        self._schedule = schedule
+        self.sealing = Keyring(schedule=schedule, policy=self.policy)
+        self._current: dict[str, tuple[float, str]] = {}
 
     @abstractmethod
     async def new_data_key(self, sa_id: str) -> Wrapped: ...
@@ -106,6 +123,21 @@ class CloudKeyManager(ABC):
     @abstractmethod
     async def check(self) -> None:
         """Raise :class:`KeyManagerUnavailable` if the KMS cannot be reached now."""
+
+    @abstractmethod
+    async def current_key_version(self, sa_id: str) -> str:
+        """The version of the service account's KMS key that new values are wrapped under."""
+
+    async def wrap_again(
+        self, key_version: str, wrapped: bytes, data_key: bytes, sa_id: str
+    ) -> Wrapped:
+        """``data_key`` (which ``wrapped`` holds) wrapped under the current key version. AWS
+        overrides it with ReEncrypt, so the data key is never sent back to KMS."""
+        return await self.wrap_data_key(data_key, sa_id)
+
+    @abstractmethod
+    async def wrap_data_key(self, data_key: bytes, sa_id: str) -> Wrapped:
+        """A given data key wrapped by the service account's KMS key, current version."""
 
     @abstractmethod
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
@@ -136,15 +168,21 @@ class CloudKeyManager(ABC):
                                 f"the sealing seed did not unwrap: {exc.reason}"
                             ) from exc
                     self._masters = masters
-                    self.sealing = Keyring(masters=masters)
+                    self.sealing = Keyring(
+                        masters=masters, schedule=self._schedule, policy=self.policy
+                    )
         return self._masters
 
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
+        return (await self._encrypt(plaintext, sa_id))[0]
+
+    async def _encrypt(self, plaintext: bytes, sa_id: str) -> tuple[str, str]:
+        """A new value in the output format, and the key version that wrapped its data key."""
         key = await self.new_data_key(sa_id)
         if self.sealed_output:
             stanza = m1.Stanza(self.kind, key.key_version, key.wrapped)
-            return m1.seal(key.data_key, [stanza], [plaintext], sa_id)[0]
-        return envelope.seal(
+            return m1.seal(key.data_key, [stanza], [plaintext], sa_id)[0], key.key_version
+        sealed = envelope.seal(
             key.data_key,
             plaintext,
             sa_id,
@@ -152,20 +190,80 @@ class CloudKeyManager(ABC):
             key_version=key.key_version,
             wrapped=key.wrapped,
         )
+        return sealed, key.key_version
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+        return (await self.open(ciphertext, sa_id)).plaintext
+
+    async def open(self, ciphertext: str, sa_id: str) -> Opened:
+        """``ciphertext`` opened as ``sa_id``, with the key that opened it. A KMS key version is
+        reported active: the KMS keeps its versions' states (docs/rotation.md)."""
         fmt = classify(ciphertext)
         if fmt is CiphertextFormat.SEALED_V1:
-            return await self._open_m1(ciphertext, sa_id)
+            value = m1.parse(ciphertext)
+            if await self._held_sealing(value):
+                return self.sealing.opened(value, sa_id)
+            stanza, data_key = await self._open_kms_stanza(value, sa_id)
+            return Opened(m1.open_value(value, data_key, sa_id), stanza.kid, State.ACTIVE, fmt)
         if fmt is CiphertextFormat.ENVELOPE_V1:
             sealed = envelope.parse(ciphertext, self.kind)
+            self.policy.check(sealed.key_version)
             data_key = await self.unwrap_data_key(sealed.key_version, sealed.wrapped_key, sa_id)
-            return envelope.open_sealed(sealed, data_key, sa_id)
+            plaintext = envelope.open_sealed(sealed, data_key, sa_id)
+            return Opened(plaintext, sealed.key_version, State.ACTIVE, fmt)
         if not self.allow_legacy:
             raise legacy_switched_off(envelope.E1_HEADER, "KeyManagement__AllowLegacyCiphertexts")
-        if ciphertext == "":
-            return b""  # Kamus answered an empty value with an empty value
-        return await self.open_legacy(ciphertext, sa_id, fmt)
+        # Kamus answered an empty value with an empty value.
+        plaintext = b"" if ciphertext == "" else await self.open_legacy(ciphertext, sa_id, fmt)
+        return Opened(plaintext, LEGACY_KEY_ID, State.DECRYPT_ONLY, fmt)
+
+    async def rewrap(
+        self, ciphertext: str, sa_id: str, *, upgrade_legacy: bool = False, check_only: bool = False
+    ) -> Rewrapped:
+        """``ciphertext`` under the current key version in the output format, for the same
+        identity. An m1 value keeps its payload: its data key is unwrapped once, to check the
+        value and to MAC the new header (m1 authenticates its stanzas under it). Other formats
+        are opened and sealed again here; the plaintext never leaves this call. Kamus's KMS
+        values are bound to the service account's own key, so ``upgrade_legacy`` is not needed."""
+        fmt = classify(ciphertext)
+        if fmt is CiphertextFormat.SEALED_V1:
+            value = m1.parse(ciphertext)
+            if await self._held_sealing(value):
+                held = self.sealing.held(value)
+                assert held is not None
+                return self.sealing.rewrap(ciphertext, value, held, sa_id, check_only=check_only)
+            stanza, data_key = await self._open_kms_stanza(value, sa_id)
+            m1.open_value(value, data_key, sa_id)
+            current = await self.active_key_version(sa_id)
+            if stanza.kid == current:
+                return Rewrapped(RewrapStatus.UNCHANGED, stanza.kid, current, ciphertext)
+            if check_only:
+                return Rewrapped(RewrapStatus.STALE, stanza.kid, current, None)
+            key = await self.wrap_again(stanza.kid, stanza.wrapped, data_key, sa_id)
+            fresh = m1.Stanza(self.kind, key.key_version, key.wrapped)
+            kept = [s for s in value.stanzas if s.kind != self.kind]
+            new = m1.rewrap(value, data_key, sa_id, [fresh, *kept])
+            return Rewrapped(RewrapStatus.REWRAPPED, stanza.kid, key.key_version, new)
+        opened = await self.open(ciphertext, sa_id)
+        if fmt is CiphertextFormat.ENVELOPE_V1 and not self.sealed_output:
+            current = await self.active_key_version(sa_id)
+            if opened.key_id == current:
+                return Rewrapped(RewrapStatus.UNCHANGED, current, current, ciphertext)
+        if check_only:
+            target = await self.active_key_version(sa_id)
+            return Rewrapped(RewrapStatus.STALE, opened.key_id, target, None)
+        new, target = await self._encrypt(opened.plaintext, sa_id)
+        return Rewrapped(RewrapStatus.REWRAPPED, opened.key_id, target, new)
+
+    async def active_key_version(self, sa_id: str) -> str:
+        cached = self._current.get(sa_id)
+        if cached and time.monotonic() - cached[0] < CURRENT_VERSION_SECONDS:
+            return cached[1]
+        version = await self.current_key_version(sa_id)
+        if len(self._current) > 4096:
+            self._current.clear()
+        self._current[sa_id] = (time.monotonic(), version)
+        return version
 
     def unreadable(self, ciphertext: str) -> MalformedCiphertext:
         return unreadable(
@@ -174,16 +272,15 @@ class CloudKeyManager(ABC):
             f"{m1.M1_HEADER}, {envelope.E1_HEADER}{self.kind}$ values and {self.legacy_reads}",
         )
 
-    async def _open_m1(self, ciphertext: str, sa_id: str) -> bytes:
-        value = m1.parse(ciphertext)
+    async def _held_sealing(self, value: m1.M1) -> bool:
+        """Whether an HPKE stanza this decryptor holds opens ``value`` (a value sealed
+        offline): then no KMS call is needed."""
         if self.wrapped_seeds and any(st.kind.startswith("hpke-") for st in value.stanzas):
             await self.sealing_masters()
-        # An HPKE stanza this decryptor holds first (a value sealed offline): no KMS call.
-        held = self.sealing.held(value)
-        if held is not None:
-            plaintext = open_held(value, held, sa_id)
-            self.observer.key_used(self.kind, held[1].kid)
-            return plaintext
+        return self.sealing.held(value) is not None
+
+    async def _open_kms_stanza(self, value: m1.M1, sa_id: str) -> tuple[m1.Stanza, bytes]:
+        """This provider's stanza of ``value`` and the data key it wraps for ``sa_id``."""
         stanza = next((s for s in value.stanzas if s.kind == self.kind), None)
         if stanza is None:
             raise no_stanza_held(
@@ -195,6 +292,6 @@ class CloudKeyManager(ABC):
                 f"the m1 value's {self.kind} stanza has a malformed key version",
             )
         self.check_wrapped(stanza.kid, stanza.wrapped)
+        self.policy.check(stanza.kid)
         check_identity(value, sa_id)
-        data_key = await self.unwrap_data_key(stanza.kid, stanza.wrapped, sa_id)
-        return m1.open_value(value, data_key, sa_id)
+        return stanza, await self.unwrap_data_key(stanza.kid, stanza.wrapped, sa_id)

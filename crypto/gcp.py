@@ -34,6 +34,8 @@ from crypto.kms import (
     found,
     owner,
 )
+from crypto.lifecycle import KeyPolicy
+from crypto.sealing import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,15 @@ class GoogleKmsKeyManager(CloudKeyManager):
         allow_legacy: bool = True,
         sealed_output: bool = True,
         wrapped_seeds: Sequence[WrappedSeed] = (),
+        policy: KeyPolicy | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         super().__init__(
             sealed_output=sealed_output,
             allow_legacy=allow_legacy,
             wrapped_seeds=wrapped_seeds,
+            policy=policy,
+            schedule=schedule,
             observer=calls.observer,
         )
         self._client = client
@@ -226,6 +232,18 @@ class GoogleKmsKeyManager(CloudKeyManager):
 
     async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
         return await self._unwrap(wrapped, sa_id, sa_id.encode("utf-8"))
+
+    async def current_key_version(self, sa_id: str) -> str:
+        request = {"name": self.key_name(sa_id)}
+        key = await self._calls(
+            "GetCryptoKey", lambda: self._client.get_crypto_key(request=request, **self._options)
+        )
+        version: str = key.primary.name.rsplit("/", 1)[-1]
+        return version
+
+    async def wrap_data_key(self, data_key: bytes, sa_id: str) -> Wrapped:
+        wrapped = await self._wrap(self.key_name(sa_id), data_key, sa_id)
+        return Wrapped(data_key, wrapped.name.rsplit("/", 1)[-1], wrapped.ciphertext)
 
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
         if fmt is not CiphertextFormat.LEGACY_RAW:

@@ -50,19 +50,12 @@ class KmsObserver(Protocol):
 
     def key_created(self, provider: str) -> None: ...
 
-    def key_used(self, provider: str, key_id: str) -> None:
-        """A sealing key opened a value: shows when a generation is no longer in use."""
-        ...
-
 
 class NullObserver:
     def kms_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
         return None
 
     def key_created(self, provider: str) -> None:
-        return None
-
-    def key_used(self, provider: str, key_id: str) -> None:
         return None
 
 

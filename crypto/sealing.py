@@ -17,7 +17,7 @@
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto import m1
 from crypto.errors import DecryptionError, MalformedCiphertext
+from crypto.formats import CiphertextFormat
+from crypto.lifecycle import KeyPolicy, Opened, RetiredKey, Rewrapped, RewrapStatus, State
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 DEFAULT_PERIOD = timedelta(days=90)
@@ -235,13 +237,31 @@ def public_keys(
     return out
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 class Keyring:
     """The sealing private keys a decryptor holds, found by key id: derived on demand from the
     master keys (the AES master keys, or the KMS modes' unwrapped seeds), active first. A kid
-    the ring does not hold is a shape fact, as in a1: it names a key not configured here."""
+    the ring does not hold is a shape fact, as in a1: it names a key not configured here.
 
-    def __init__(self, masters: Sequence[bytes] = ()) -> None:
+    The first master's generation for now (``schedule``) is the active key, and the one after
+    it too (encryptors may seal to it already); older generations, and every generation of the
+    other masters, are decrypt-only; ``policy`` retires keys by id."""
+
+    def __init__(
+        self,
+        masters: Sequence[bytes] = (),
+        *,
+        schedule: Schedule | None = None,
+        policy: KeyPolicy | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
         self._masters = tuple(masters)
+        self.schedule = schedule or Schedule()
+        self.policy = policy or KeyPolicy()
+        self._clock = clock
 
     def find(self, kid: str) -> SealingPrivateKey | None:
         parsed = parse_kid(kid)
@@ -255,12 +275,37 @@ class Keyring:
         return None
 
     def held(self, value: m1.M1) -> tuple[m1.Stanza, SealingPrivateKey] | None:
-        """The first stanza naming a sealing key held here, and the key: a lookup by key id."""
+        """The first stanza naming a sealing key held here and not retired, and the key: a
+        lookup by key id. Only retired keys held: :class:`RetiredKey`, a shape fact too."""
+        retired = None
         for stanza in value.stanzas:
             key = self.find(stanza.kid) if stanza.kind.startswith("hpke-") else None
             if key is not None and stanza.kind == key.suite.stanza_kind:
+                if key.kid in self.policy.retired:
+                    retired = retired or key.kid
+                    continue
                 return stanza, key
+        if retired is not None:
+            raise RetiredKey(retired)
         return None
+
+    def active(self, suite: Suite) -> SealingPrivateKey:
+        """The key new values of ``suite`` are sealed to: the first master's generation now."""
+        if not self._masters:
+            raise ValueError("no sealing master key")
+        return derive(self._masters[0], suite, self.schedule.generation_at(self._clock()))
+
+    def state(self, key: SealingPrivateKey) -> State:
+        if key.kid in self.policy.retired:
+            return State.RETIRED
+        current = self.schedule.generation_at(self._clock())
+        if (
+            self._masters
+            and key.generation in (current, current + 1)
+            and derive(self._masters[0], key.suite, key.generation).kid == key.kid
+        ):
+            return State.ACTIVE
+        return State.DECRYPT_ONLY
 
     def open(self, ciphertext: str, sa_id: str) -> tuple[bytes, str]:
         """The plaintext of an m1 value as ``sa_id``, and the key id that opened it."""
@@ -269,6 +314,60 @@ class Keyring:
         if held is None:
             raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")
         return open_held(value, held, sa_id), held[1].kid
+
+    def opened(self, value: m1.M1, sa_id: str) -> Opened:
+        """An m1 value opened through the stanza held here, with the key's id and state."""
+        held = self.held(value)
+        if held is None:
+            raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")
+        plaintext = open_held(value, held, sa_id)
+        return Opened(plaintext, held[1].kid, self.state(held[1]), CiphertextFormat.SEALED_V1)
+
+    def rewrap(
+        self,
+        ciphertext: str,
+        value: m1.M1,
+        held: tuple[m1.Stanza, SealingPrivateKey],
+        sa_id: str,
+        *,
+        check_only: bool = False,
+    ) -> Rewrapped:
+        """``value`` with its stanzas for keys held here replaced by one for the active key of
+        the same suite. The payload is unchanged, the other stanzas (other clusters', KMS ones)
+        are kept, and the value must open as ``sa_id`` first."""
+        stanza, key = held
+        check_identity(value, sa_id)
+        data_key = key.unwrap(stanza, sa_id)
+        m1.open_value(value, data_key, sa_id)
+        if self.state(key) is State.ACTIVE:
+            return Rewrapped(RewrapStatus.UNCHANGED, key.kid, key.kid, ciphertext)
+        target = self.active(key.suite)
+        if check_only:
+            return Rewrapped(RewrapStatus.STALE, key.kid, target.kid, None)
+        kept = [s for s in value.stanzas if not self._holds(s)]
+        new = m1.rewrap(value, data_key, sa_id, [_stanza(target, data_key, sa_id), *kept])
+        return Rewrapped(RewrapStatus.REWRAPPED, key.kid, target.kid, new)
+
+    def seal(self, plaintext: bytes, sa_id: str) -> tuple[str, str]:
+        """A new m1 value sealed to the active key, and its id: what a value in an older format
+        becomes on rewrap."""
+        target = self.active(Suite.X25519)
+        data_key = m1.new_data_key()
+        return m1.seal(data_key, [_stanza(target, data_key, sa_id)], [plaintext], sa_id)[
+            0
+        ], target.kid
+
+    def _holds(self, stanza: m1.Stanza) -> bool:
+        key = self.find(stanza.kid) if stanza.kind.startswith("hpke-") else None
+        return key is not None and stanza.kind == key.suite.stanza_kind
+
+
+def _stanza(key: SealingPrivateKey, data_key: bytes, sa_id: str) -> m1.Stanza:
+    kind = key.suite.stanza_kind
+    info = hpke_info(kind, key.kid, sa_id)
+    return m1.Stanza(
+        kind, key.kid, key.suite.hpke.encrypt(data_key, load_public(key.suite, key.public), info)
+    )
 
 
 def check_identity(value: m1.M1, sa_id: str) -> None:

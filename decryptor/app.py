@@ -7,8 +7,8 @@ for another service account simply does not decrypt.
 
 import asyncio
 import logging
-import string
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -18,8 +18,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
-from crypto import DecryptionError, KeyManager, MalformedCiphertext, classify
+from crypto import CiphertextFormat, DecryptionError, KeyManager, classify
 from crypto.errors import KeyManagerUnavailable
+from crypto.lifecycle import RetiredKey, State
+from decryptor.rewrap import REWRAP_PATH, RewrapCallers
+from decryptor.rewrap import router as rewrap_router
+from decryptor.values import entered, undecryptable
 from kamus.server.errors import ConfigurationError
 from kamus.server.health import Dependency, WatchedKeyManager, readiness
 from kamus.server.identity import parse_service_account_user, sa_id
@@ -52,14 +56,6 @@ log = logging.getLogger(__name__)
 DECRYPT_PATHS = ("/api/v1/decrypt", "/decrypt")
 POD_TOKEN = bearer("ServiceAccountToken", "The calling pod's Kubernetes service account token.")
 BATCH_PATH = "/api/v2/decrypt"
-
-
-def entered(ciphertext: str) -> str:
-    """A ciphertext as it enters: surrounding whitespace is never part of one (a file's last
-    newline, a YAML block's), and crypto/ stays strict. ASCII whitespace only, the set files,
-    shells and editors add: no format holds anything else, and a value wrapped in Unicode
-    spaces came from rich text that may have changed its inside too, so it is refused."""
-    return ciphertext.strip(string.whitespace)
 
 
 class DecryptRequest(BaseModel):
@@ -106,11 +102,14 @@ class Decryptor:
     keys: WatchedKeyManager
     tokens: TokenCheck = field(init=False)
     kubernetes: Dependency = field(init=False)
+    decrypt_only: "DecryptOnlyWarnings" = field(init=False)
     # Given by a test (which closes it), else built at start-up by the lifespan.
     given_authenticator: Authenticator | None = None
     auth: Authenticator | None = None
 
     def __post_init__(self) -> None:
+        warnings = self.settings.decryptor.decrypt_only_warning_seconds
+        self.decrypt_only = DecryptOnlyWarnings(warnings)
         self.auth = self.given_authenticator
         self.kubernetes = Dependency(
             "kubernetes", self._apiserver_answers, self.metrics.dependency_up
@@ -138,22 +137,53 @@ class Decryptor:
         return True
 
     async def open_value(self, ciphertext: str, identity: str) -> bytes:
-        """Decrypt one value, counted by format and outcome."""
+        """Decrypt one value, counted by format, key id and outcome."""
         provider = self.settings.key_management.provider
         fmt = classify(ciphertext)
         decryptions = self.metrics.decryptions
         try:
-            plaintext = await self.keys.decrypt(ciphertext, identity)
+            opened = await self.keys.open(ciphertext, identity)
+        except RetiredKey as exc:
+            decryptions.labels(provider, str(fmt), exc.key_id, "retired").inc()
+            raise
         except DecryptionError:
-            decryptions.labels(provider, str(fmt), "failure").inc()
+            decryptions.labels(provider, str(fmt), "", "failure").inc()
             raise
         except KeyManagerUnavailable:
-            decryptions.labels(provider, str(fmt), "unavailable").inc()
+            decryptions.labels(provider, str(fmt), "", "unavailable").inc()
             raise
-        decryptions.labels(provider, str(fmt), "success").inc()
+        decryptions.labels(provider, str(fmt), opened.key_id, "success").inc()
         if fmt.is_legacy:
             self.metrics.legacy_decryptions.labels(provider, str(fmt)).inc()
-        return plaintext
+        if opened.state is State.DECRYPT_ONLY:
+            self.decrypt_only.seen(opened.key_id, fmt, identity)
+        return opened.plaintext
+
+
+class DecryptOnlyWarnings:
+    """The operator's cue to rewrap: one log line per decrypt-only key id per interval, naming
+    an identity that still uses it (never a value)."""
+
+    def __init__(self, interval_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self._interval = interval_seconds
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def seen(self, key_id: str, fmt: CiphertextFormat, identity: str) -> None:
+        now = self._clock()
+        last = self._last.get(key_id)
+        if last is not None and now - last < self._interval:
+            return
+        if len(self._last) > 1024:  # key ids are few; a bound all the same
+            self._last.clear()
+        self._last[key_id] = now
+        log.warning(
+            "values under the decrypt-only key %r (format %s) are still decrypted, e.g. for %s: "
+            "run `kamus rewrap` on their sources before retiring the key (docs/rotation.md)",
+            key_id or "unknown",
+            fmt,
+            identity,
+        )
 
 
 def state_of(request: Request) -> Decryptor:
@@ -195,17 +225,6 @@ async def caller(
 
 
 Caller = Annotated[str, Depends(caller)]
-
-
-def undecryptable(identity: str, exc: DecryptionError) -> str:
-    """What the caller is told: a shape fact as it is, anything a key decided as one message
-    (crypto.errors says why)."""
-    if isinstance(exc, MalformedCiphertext):
-        return str(exc)
-    return (
-        f"the data cannot be decrypted as {identity}; check that it was encrypted for this "
-        "namespace and service account with this Kamus's key"
-    )
 
 
 router = APIRouter()
@@ -344,8 +363,9 @@ async def publishing(state: "Decryptor") -> AsyncIterator[None]:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: Decryptor = app.state.decryptor
+    rewraps: RewrapCallers = app.state.rewrap
     if state.given_authenticator is not None:  # the caller's, and the caller closes it
-        async with publishing(state):
+        async with rewraps.lifespan(), publishing(state):
             yield
         return
     try:
@@ -354,7 +374,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("the decryptor cannot start: %s", exc)
         raise
     try:
-        async with publishing(state):
+        async with rewraps.lifespan(), publishing(state):
             yield
     finally:
         await state.auth.close()
@@ -376,11 +396,13 @@ def create_app(
         "Internal to the cluster: never expose it.",
         settings=settings,
         metrics=metrics,
-        audited_paths=(*DECRYPT_PATHS, BATCH_PATH),
+        audited_paths=(*DECRYPT_PATHS, BATCH_PATH, REWRAP_PATH),
         lifespan=lifespan,
     )
     app.state.decryptor = Decryptor(settings, metrics, keys, given_authenticator=authenticator)
+    app.state.rewrap = RewrapCallers(settings, metrics, keys)
     # The router's routes as the app's own: FastAPI dispatches an included router through a
     # matching layer of its own on every request, which cost a v1 decrypt about 5% here.
     app.router.routes.extend(router.routes)
+    app.router.routes.extend(rewrap_router.routes)
     return app

@@ -11,6 +11,7 @@ from crypto.cloud import WrappedSeed
 from crypto.gcp import GoogleKmsKeyManager, classify_gcp_error
 from crypto.kms import BlockingCalls, Classifier, KmsObserver
 from kamus.server.errors import ConfigurationError
+from kamus.server.lifecycle import key_policy, schedule_of
 from kamus.server.settings import KeyManagementSettings, Settings, secret_setting
 
 
@@ -96,6 +97,8 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
         sealed_output=settings.encryptor.output_format == "m1",
+        policy=key_policy(settings),
+        schedule=schedule_of(settings),
         wrapped_seeds=wrapped_seeds(km, "aws"),
     )
 
@@ -177,6 +180,8 @@ def build_gcp(settings: Settings, observer: KmsObserver | None) -> GoogleKmsKeyM
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
         sealed_output=settings.encryptor.output_format == "m1",
+        policy=key_policy(settings),
+        schedule=schedule_of(settings),
         wrapped_seeds=wrapped_seeds(km, "gcp"),
     )
 
@@ -246,5 +251,7 @@ def build_azure(settings: Settings, observer: KmsObserver | None) -> AzureKeyVau
         create_keys=km.create_keys,
         allow_legacy=km.allow_legacy_ciphertexts,
         sealed_output=settings.encryptor.output_format == "m1",
+        policy=key_policy(settings),
+        schedule=schedule_of(settings),
         wrapped_seeds=wrapped_seeds(km, "azure"),
     )

@@ -16,9 +16,10 @@ from typing import TypeVar
 from fastapi.responses import JSONResponse
 from prometheus_client import Gauge
 
-from crypto import KeyManager
-from crypto.base import DocumentSealer
+from crypto import KeyManager, classify
+from crypto.base import DocumentSealer, KeyLifecycle
 from crypto.errors import KeyManagerUnavailable
+from crypto.lifecycle import Opened, Rewrapped, State
 from kamus.server.metrics import Metrics
 
 T = TypeVar("T")
@@ -129,6 +130,23 @@ class WatchedKeyManager:
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
         return await self._watch(self._inner.decrypt(ciphertext, sa_id))
+
+    async def open(self, ciphertext: str, sa_id: str) -> Opened:
+        if isinstance(self._inner, KeyLifecycle):
+            return await self._watch(self._inner.open(ciphertext, sa_id))
+        plaintext = await self._watch(self._inner.decrypt(ciphertext, sa_id))
+        return Opened(plaintext, "", State.ACTIVE, classify(ciphertext))
+
+    async def rewrap(
+        self, ciphertext: str, sa_id: str, *, upgrade_legacy: bool, check_only: bool
+    ) -> Rewrapped:
+        if not isinstance(self._inner, KeyLifecycle):
+            raise TypeError(f"{type(self._inner).__name__} cannot rewrap")
+        return await self._watch(
+            self._inner.rewrap(
+                ciphertext, sa_id, upgrade_legacy=upgrade_legacy, check_only=check_only
+            )
+        )
 
     async def check(self) -> None:
         await self._watch(self._inner.check())

@@ -36,8 +36,10 @@ class Metrics:
         )
         self.decryptions = Counter(
             "kamus_decryptions",
-            "Decryptions by key provider, ciphertext format and outcome.",
-            ["provider", "format", "outcome"],
+            "Decryptions by key provider, ciphertext format, key id (empty when the value did "
+            "not open) and outcome: a key whose count stops growing is no longer in use and can "
+            "be retired (docs/rotation.md).",
+            ["provider", "format", "key_id", "outcome"],
             registry=self.registry,
         )
         self.legacy_decryptions = Counter(
@@ -48,11 +50,11 @@ class Metrics:
             ["provider", "format"],
             registry=self.registry,
         )
-        self.sealing_key_decryptions = Counter(
-            "kamus_sealing_key_decryptions",
-            "m1 values opened, by key provider and sealing key id: a generation whose count stops "
-            "growing is no longer in use and can be retired.",
-            ["provider", "key_id"],
+        self.rewraps = Counter(
+            "kamus_rewraps",
+            "Values through POST /api/v2/rewrap by status: rewrapped, unchanged, stale (checked "
+            "only) or failed.",
+            ["status"],
             registry=self.registry,
         )
         self.public_keys_published = Counter(
@@ -127,9 +129,6 @@ class Metrics:
 
     def key_created(self, provider: str) -> None:
         self.kms_keys_created.labels(provider).inc()
-
-    def key_used(self, provider: str, key_id: str) -> None:
-        self.sealing_key_decryptions.labels(provider, key_id).inc()
 
 
 class ControllerMetrics(Metrics):

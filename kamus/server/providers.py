@@ -9,6 +9,7 @@ from crypto import KAMUS_PUBLIC_DEFAULT_KEY, AESKeyManager, KeyManager
 from crypto.aes import KEY_SIZES
 from crypto.kms import KmsObserver
 from kamus.server.errors import ConfigurationError
+from kamus.server.lifecycle import key_policy, schedule_of
 from kamus.server.settings import AESSettings, Settings, secret_setting
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -> KeyManager:
     km = settings.key_management
     if km.provider == "AESKey":
-        return _build_aes(km.aes, observer)
+        return _build_aes(settings)
     # Imported here: an AES deployment never loads the cloud SDKs.
     from kamus.server import cloud
 
@@ -75,12 +76,15 @@ def aes_master_keys(aes: AESSettings) -> list[bytes]:
     ]
 
 
-def _build_aes(aes: AESSettings, observer: KmsObserver | None = None) -> AESKeyManager:
+def _build_aes(settings: Settings) -> AESKeyManager:
+    aes = settings.key_management.aes
     active, *previous = aes_master_keys(aes)
     return AESKeyManager(
         active,
         previous,
         legacy_key_derivation=aes.use_key_derivation,
         allow_legacy=aes.allow_legacy_ciphertexts,
-        observer=observer,
+        sealed_output=settings.encryptor.output_format == "m1",
+        policy=key_policy(settings),
+        schedule=schedule_of(settings),
     )

@@ -43,7 +43,7 @@ MAX_CLIENTS = 100_000
 _FIRST_SWEEP = 1024
 
 
-def parse_limits(spec: str) -> list[RateLimitItem]:
+def parse_limits(spec: str, setting: str = "Encryptor__RateLimit") -> list[RateLimitItem]:
     """``20/second;600/minute`` → the limits; ``off`` or empty → none."""
     if spec.strip().lower() in ("", "off", "none"):
         return []
@@ -53,7 +53,7 @@ def parse_limits(spec: str) -> list[RateLimitItem]:
         limits = []
     if not limits or any(limit.amount < 1 for limit in limits):
         raise ValueError(
-            f"Encryptor__RateLimit={spec!r} is not a rate limit: write e.g. "
+            f"{setting}={spec!r} is not a rate limit: write e.g. "
             "'20/second;600/minute' (each at least 1), or 'off'"
         )
     return limits

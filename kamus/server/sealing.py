@@ -16,14 +16,14 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from crypto import KeyManager, bundle
 from crypto.cloud import CloudKeyManager
 from crypto.errors import DecryptionError, KeyManagerUnavailable
-from crypto.sealing import Schedule
 from kamus.server.errors import ConfigurationError
+from kamus.server.lifecycle import schedule_of
 from kamus.server.providers import aes_master_keys
 from kamus.server.settings import Settings
 
@@ -35,10 +35,6 @@ RELOAD_CHECK_SECONDS = 2.0
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def schedule_of(settings: Settings) -> Schedule:
-    return Schedule(timedelta(days=settings.key_management.sealing.renew_period_days))
 
 
 async def sealing_masters(settings: Settings, key_manager: KeyManager | None) -> list[bytes]:

@@ -126,10 +126,15 @@ class KeyManagementSettings(_Section):
     sealing: SealingSettings = Field(default_factory=SealingSettings, alias="Sealing")
     create_keys: bool = Field(True, alias="CreateKeys")
     allow_legacy_ciphertexts: bool = Field(True, alias="AllowLegacyCiphertexts")
+    # Key ids whose values are refused on decrypt and on rewrap (crypto/lifecycle.py): what
+    # kamus_decryptions_total{key_id} shows, e.g. an AES key's id or x25519:g3:<16 hex>.
+    retired_key_ids: CommaList = Field(default_factory=list, alias="RetiredKeyIds")
     timeout_seconds: float = Field(10.0, gt=0, alias="TimeoutSeconds")
     max_retries: int = Field(3, ge=0, le=10, alias="MaxRetries")
     # A pod's 20 values decrypt at once: the calls of one batch run concurrently.
     max_concurrent_calls: int = Field(32, ge=1, alias="MaxConcurrentCalls")
+
+    _split = field_validator("retired_key_ids", mode="before")(_split_commas)
 
 
 class ActiveDirectorySettings(_Section):
@@ -163,8 +168,15 @@ class DecryptorSettings(_Section):
     public_keys_namespace: str | None = Field(None, alias="PublicKeysNamespace")
     # How often the publisher checks the ConfigMap (and its lease).
     public_keys_interval_seconds: float = Field(60.0, gt=0, alias="PublicKeysIntervalSeconds")
+    # POST /api/v2/rewrap (decryptor/rewrap.py): the audiences its callers' tokens must be made
+    # for (empty: the apiserver's own, as kubectl's token is), and the values each caller may
+    # rewrap, as Encryptor__RateLimit ("off" turns it off).
+    rewrap_audiences: CommaList = Field(default_factory=list, alias="RewrapAudiences")
+    rewrap_rate_limit: str = Field("200/second", alias="RewrapRateLimit")
+    # A value opened under a decrypt-only key is logged once per key id per this many seconds.
+    decrypt_only_warning_seconds: float = Field(3600.0, gt=0, alias="DecryptOnlyWarningSeconds")
 
-    _split = field_validator("audiences", mode="before")(_split_commas)
+    _split = field_validator("audiences", "rewrap_audiences", mode="before")(_split_commas)
 
 
 class EncryptorSettings(_Section):

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from crypto import AESKeyManager
 from crypto.errors import KeyManagerUnavailable
+from crypto.lifecycle import Opened
 from decryptor.app import create_app as create_decryptor
 from encryptor.app import create_app as create_encryptor
 from tests.k8s_double import KubeApiDouble
@@ -135,7 +136,7 @@ def test_batch_encrypt_checks_the_identity_first(
 class DownKeyManager(AESKeyManager):
     """The in-process crypto layer reporting an outage (no network is involved here)."""
 
-    async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
+    async def open(self, ciphertext: str, sa_id: str) -> Opened:
         raise KeyManagerUnavailable("injected")
 
 

@@ -2,31 +2,19 @@
 
 import base64
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from fastapi.testclient import TestClient
 
+from crypto.aes import key_id
 from decryptor.app import create_app
 from tests.k8s_double import Faults, KubeApiDouble
 from tests.support.apps import bearer
-from tests.support.settings import SettingsFactory, aes_encrypt, audit_events
+from tests.support.settings import SettingsFactory, aes_encrypt, audit_events, kamus_aes_value
 
 DECRYPT = "/api/v1/decrypt"
-
-
-def kamus_legacy(key_b64: str, plaintext: str) -> str:
-    """What Kamus's AES provider wrote (no key derivation), built independently of crypto/."""
-    iv = os.urandom(16)
-    padder = padding.PKCS7(128).padder()
-    padded = padder.update(plaintext.encode()) + padder.finalize()
-    enc = Cipher(algorithms.AES(base64.b64decode(key_b64)), modes.CBC(iv)).encryptor()
-    body = enc.update(padded) + enc.finalize()
-    return f"{base64.b64encode(iv).decode()}:{base64.b64encode(body).decode()}"
 
 
 @pytest.mark.parametrize("path", ["/api/v1/decrypt", "/decrypt"])
@@ -103,7 +91,7 @@ def test_kamus_legacy_values_open_for_any_service_account_without_derivation(
     decryptor_client: TestClient, kube_api: KubeApiDouble, aes_key: str
 ) -> None:
     # Kamus's default: the master key itself, so any service account could read any value.
-    legacy = kamus_legacy(aes_key, "from kamus")
+    legacy = kamus_aes_value(aes_key, "from kamus")
     for ns, sa in [("team-a", "app"), ("team-b", "other")]:
         response = decryptor_client.post(
             DECRYPT, json={"data": legacy}, headers=bearer(kube_api.issue_token(ns, sa))
@@ -122,7 +110,7 @@ def test_legacy_values_refused_when_switched_off(
     with TestClient(create_app(settings)) as client:
         response = client.post(
             DECRYPT,
-            json={"data": kamus_legacy(aes_key, "old")},
+            json={"data": kamus_aes_value(aes_key, "old")},
             headers=bearer(kube_api.issue_token("team-a", "app")),
         )
         assert response.status_code == 400
@@ -365,12 +353,14 @@ def test_decryption_metrics_by_format_and_outcome(
     decryptor_client.post(DECRYPT, json={"data": "junk"}, headers=bearer(token))
     decryptor_client.post(DECRYPT, json={"data": "junk"})
     text = decryptor_client.get("/metrics").text
+    kid = key_id(base64.b64decode(aes_key))
     assert (
-        'kamus_decryptions_total{format="kamus-a1",outcome="success",provider="AESKey"} 1.0' in text
+        f'kamus_decryptions_total{{format="kamus-a1",key_id="{kid}",outcome="success",'
+        'provider="AESKey"} 1.0' in text
     )
     assert (
-        'kamus_decryptions_total{format="legacy-raw",outcome="failure",provider="AESKey"} 1.0'
-        in text
+        'kamus_decryptions_total{format="legacy-raw",key_id="",outcome="failure",'
+        'provider="AESKey"} 1.0' in text
     )
     assert 'kamus_token_reviews_total{outcome="authenticated"} 2.0' in text
     assert 'kamus_token_reviews_total{outcome="missing"} 1.0' in text

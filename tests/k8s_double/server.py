@@ -279,7 +279,9 @@ class KubeApiDouble:
         self, subject: str, *, group: str, resource: str, verb: str, namespace: str = "*"
     ) -> None:
         """RBAC for SubjectAccessReviews: ``subject`` (a user name, or ``group:<name>``) may
-        ``verb`` ``resource`` in ``namespace`` (``*``: in every namespace)."""
+        ``verb`` ``resource`` (``plural/subresource`` for a subresource, ``*`` for every
+        resource) in ``namespace`` (``*``: a ClusterRoleBinding, the only grant that answers a
+        review without a namespace)."""
         self.grants.add((subject, group, resource, verb, namespace))
 
     def forge_token(self, namespace: str, service_account: str) -> str:
@@ -456,9 +458,18 @@ class KubeApiDouble:
             self.access_reviews.append(spec)
             attrs = spec.get("resourceAttributes") or {}
             subjects = {spec.get("user")} | {f"group:{g}" for g in spec.get("groups") or ()}
-            wanted = (attrs.get("group") or "", attrs.get("resource"), attrs.get("verb"))
+            resource = attrs.get("resource") or ""
+            if attrs.get("subresource"):
+                resource += "/" + attrs["subresource"]  # as RBAC rules name it: "plural/sub"
+            wanted = (attrs.get("group") or "", resource, attrs.get("verb"))
             scopes = (attrs.get("namespace") or "*", "*")
-            allowed = any((s, *wanted, ns) in self.grants for s in subjects for ns in scopes)
+            resources = {wanted[1], "*"}  # RBAC's resources: ["*"] also covers subresources
+            allowed = any(
+                (s, wanted[0], r, wanted[2], ns) in self.grants
+                for s in subjects
+                for r in resources
+                for ns in scopes
+            )
             status: dict[str, Any] = {"allowed": allowed}
             if allowed:
                 status["reason"] = "RBAC: allowed by a binding the test granted"

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from crypto import AESKeyManager
 from kamus.server.settings import Settings
@@ -49,3 +52,17 @@ def audit_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 def aes_encrypt(key_b64: str, plaintext: str, sa_id: str) -> str:
     """What the encryptor answers for ``sa_id`` under the AES master key ``key_b64``."""
     return asyncio.run(AESKeyManager(base64.b64decode(key_b64)).encrypt(plaintext.encode(), sa_id))
+
+
+def kamus_aes_value(key_b64: str, plaintext: str, *, derive_for: str | None = None) -> str:
+    """What Kamus's AES provider wrote, built independently of crypto/: ``b64(iv):b64(CBC)``,
+    with the key HKDF-expanded for ``derive_for`` when Kamus's UseKeyDeriviation was on."""
+    key = base64.b64decode(key_b64)
+    if derive_for is not None:
+        key = HKDFExpand(hashes.SHA256(), 32, derive_for.encode("utf-8")).derive(key)
+    iv = os.urandom(16)
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plaintext.encode()) + padder.finalize()
+    enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    body = enc.update(padded) + enc.finalize()
+    return f"{base64.b64encode(iv).decode()}:{base64.b64encode(body).decode()}"

@@ -156,12 +156,14 @@ class TokenReviewAuthenticator:
         group: str,
         resource: str,
         verb: str,
-        namespace: str,
+        namespace: str | None,
+        subresource: str | None = None,
         client: str | None = None,
     ) -> bool:
         """Whether Kubernetes RBAC (or whatever authorizes the cluster) lets ``identity`` do
-        ``verb`` on ``resource`` in ``namespace``: a SubjectAccessReview, as kube-apiserver's
-        delegated authorization asks."""
+        ``verb`` on ``resource`` in ``namespace`` (``None``: cluster-wide, which only a
+        ClusterRoleBinding grants): a SubjectAccessReview, as kube-apiserver's delegated
+        authorization asks."""
         review = V1SubjectAccessReview(
             api_version="authorization.k8s.io/v1",
             kind="SubjectAccessReview",
@@ -171,7 +173,11 @@ class TokenReviewAuthenticator:
                 groups=list(identity.groups) or None,
                 extra={k: list(v) for k, v in identity.extra} or None,
                 resource_attributes=V1ResourceAttributes(
-                    group=group, resource=resource, verb=verb, namespace=namespace
+                    group=group,
+                    resource=resource,
+                    subresource=subresource,
+                    verb=verb,
+                    namespace=namespace,
                 ),
             ),
         )
@@ -228,7 +234,7 @@ class StaticTokenFileAuthenticator:
     """
 
     def __init__(self, path: Path) -> None:
-        self._users: dict[bytes, str] = {}
+        self._users: dict[bytes, Identity] = {}
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -246,17 +252,35 @@ class StaticTokenFileAuthenticator:
             digest = _digest(row[0])
             if digest in self._users:
                 log.warning("Kubernetes__TokenAuthFile line %d repeats a token; last wins", number)
-            self._users[digest] = row[1]
+            groups = (
+                tuple(g.strip() for g in row[3].split(",") if g.strip()) if len(row) > 3 else ()
+            )
+            self._users[digest] = Identity(username=row[1], uid=row[2] or None, groups=groups)
         log.warning(
             "Kubernetes__TokenAuthFile is set: callers are checked against a static token file, "
             "not the Kubernetes API. This is for local development only."
         )
 
     async def authenticate(self, token: str, *, client: str | None = None) -> Identity:
-        username = self._users.get(_digest(token))
-        if username is None:
+        identity = self._users.get(_digest(token))
+        if identity is None:
             raise NotAuthenticated("token is not in the static token file")
-        return Identity(username=username)
+        return identity
+
+    async def may(
+        self,
+        identity: Identity,
+        *,
+        group: str,
+        resource: str,
+        verb: str,
+        namespace: str | None,
+        subresource: str | None = None,
+        client: str | None = None,
+    ) -> bool:
+        """No RBAC without a cluster: as kube-apiserver, the group system:masters may do
+        anything, and nobody else anything."""
+        return "system:masters" in identity.groups
 
     async def can_review_tokens(self) -> bool:
         return True

@@ -1,0 +1,336 @@
+"""``POST /api/v2/rewrap``: values moved to the active key and format inside the decryptor, so a
+whole repository can be rotated without a plaintext ever reaching the client (docs/rotation.md).
+
+Who may: people as well as service accounts, as Kubernetes RBAC says. The caller's token is
+checked by TokenReview (made for ``Decryptor__RewrapAudiences``, by default the apiserver's own,
+as ``kubectl``'s token is), then a SubjectAccessReview asks whether the caller may ``update``
+``kamussecrets.soluto.com`` in the values' namespace: whoever may change a namespace's
+KamusSecrets may change their ciphertexts. A namespace admin rewraps their own namespace, and
+nobody else's.
+
+What it never does: answer a plaintext, or change a value's identity. Each value must open as the
+requested ``namespace:serviceAccount`` and comes back bound to the same one. The one exception is
+Kamus's AES values made without key derivation, which open for every identity: binding them to
+one is a choice only a cluster-wide grant may make (``update`` on the ``kamussecrets/legacy``
+subresource, asked with no namespace), and only with ``"upgradeLegacy": true``.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, ConfigDict, Field
+
+from crypto import DecryptionError
+from crypto.errors import KeyManagerUnavailable
+from decryptor.values import entered, undecryptable
+from kamus.server.errors import ConfigurationError
+from kamus.server.health import Dependency, WatchedKeyManager
+from kamus.server.identity import Namespace, ServiceAccountName, sa_id
+from kamus.server.kubeauth.callers import (
+    AuthUnavailable,
+    Identity,
+    TokenCheck,
+    bearer,
+    peer_address,
+)
+from kamus.server.kubeauth.reviews import (
+    Authenticator,
+    StaticTokenFileAuthenticator,
+    TokenReviewAuthenticator,
+)
+from kamus.server.metrics import Metrics
+from kamus.server.ratelimit import TokenBuckets, parse_limits
+from kamus.server.settings import Settings
+from kamus.server.web.api import BatchItems, check_batch_size, key_manager_unavailable
+from kamus.server.web.middleware import annotate
+from kamus.server.web.problems import ApiError, problem_responses
+
+log = logging.getLogger(__name__)
+
+REWRAP_PATH = "/api/v2/rewrap"
+USER_TOKEN = bearer(
+    "KubernetesToken",
+    "The caller's Kubernetes token (a person's or a service account's); RBAC must let it update "
+    "kamussecrets.soluto.com in the namespace.",
+)
+# What RBAC must allow: in the values' namespace, and, to bind legacy values, cluster-wide.
+PERMISSION = {"group": "soluto.com", "resource": "kamussecrets", "verb": "update"}
+LEGACY_PERMISSION = {**PERMISSION, "subresource": "legacy"}
+
+
+class RewrapRequest(BaseModel):
+    model_config = ConfigDict(validate_by_name=False, validate_by_alias=True, extra="forbid")
+
+    namespace: Namespace = Field(description="The namespace the values are bound to.")
+    service_account: ServiceAccountName = Field(
+        alias="serviceAccount", description="The service account the values are bound to."
+    )
+    items: BatchItems = Field(description="Ciphertexts by name.")
+    upgrade_legacy: bool = Field(
+        False,
+        alias="upgradeLegacy",
+        description="Bind Kamus's AES values made without key derivation (which open for any "
+        "identity) to this one. Needs update on kamussecrets/legacy, cluster-wide.",
+    )
+    check: bool = Field(
+        False,
+        description="Only check: say whether each value opens for the identity and whether a "
+        "rewrap would change it; no value is returned.",
+    )
+
+
+class RewrapItem(BaseModel):
+    """One answer: the new value and what happened, or why this one failed."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    data: str | None = Field(None, description="The value under the active key.")
+    status: Literal["rewrapped", "unchanged", "stale"] | None = Field(
+        None,
+        description="rewrapped; unchanged (already under an active key); stale (check only: a "
+        "rewrap would change it).",
+    )
+    key_id: str | None = Field(None, alias="keyId", description="The key the value was under.")
+    target_key_id: str | None = Field(
+        None, alias="targetKeyId", description="The key it is (or would be) under now."
+    )
+    error: str | None = None
+
+
+class RewrapResponse(BaseModel):
+    items: dict[str, RewrapItem]
+
+
+@dataclass(frozen=True)
+class RewrapService:
+    settings: Settings
+    metrics: Metrics
+    keys: WatchedKeyManager
+
+
+class RewrapCallers:
+    """Who may rewrap: their tokens (cached as the pods' are), RBAC, and a rate per caller."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, keys: WatchedKeyManager) -> None:
+        self.service = RewrapService(settings, metrics, keys)
+        decryptor = settings.decryptor
+        try:
+            self._buckets = TokenBuckets(
+                parse_limits(decryptor.rewrap_rate_limit, "Decryptor__RewrapRateLimit")
+            )
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self._limited = bool(self._buckets.limits)
+        self._settings = settings
+        self._metrics = metrics
+        self._reviews: TokenReviewAuthenticator | StaticTokenFileAuthenticator | None = None
+        self._tokens: Authenticator | None = None
+        self.kubernetes = Dependency("kubernetes", self._answers, metrics.dependency_up)
+        audience = decryptor.rewrap_audiences[0] if decryptor.rewrap_audiences else None
+        self._check = TokenCheck(
+            self.kubernetes,
+            metrics,
+            str(settings.server.retry_after_seconds),
+            what_to_send=(
+                f"a Kubernetes token made for the audience {audience} (kubectl create token "
+                f"<service account> --audience {audience})"
+                if audience
+                else "your Kubernetes token (kamus rewrap --kubeconfig-token, or --token-file)"
+            ),
+            rejected_hint="send a current token of your Kubernetes user"
+            + (
+                f", made for the audience {audience} (Decryptor__RewrapAudiences)"
+                if audience
+                else ""
+            ),
+        )
+
+    async def _answers(self) -> bool:
+        return self._reviews is not None
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        kube = self._settings.kubernetes
+        if kube.token_auth_file is not None:
+            try:
+                self._reviews = StaticTokenFileAuthenticator(kube.token_auth_file)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
+            self._tokens = self._reviews
+        else:
+            from kamus.server.kube import create_api_client
+            from kamus.server.kubeauth.cache import CachingAuthenticator
+
+            decryptor = self._settings.decryptor
+            self._reviews = TokenReviewAuthenticator(
+                await create_api_client(kube),
+                audiences=decryptor.rewrap_audiences,
+                timeout_seconds=kube.request_timeout_seconds,
+                max_concurrency=kube.max_concurrent_requests,
+                max_concurrency_per_client=kube.max_concurrent_requests_per_client,
+            )
+            self._tokens = CachingAuthenticator(
+                self._reviews,
+                ttl_seconds=decryptor.token_review_cache_seconds,
+                max_entries=decryptor.token_review_cache_size,
+                audiences=decryptor.rewrap_audiences,
+                observe=lambda result: self._metrics.token_review_cache.labels(result).inc(),
+            )
+        try:
+            yield
+        finally:
+            await self._tokens.close()
+            self._reviews = self._tokens = None
+
+    async def identity(
+        self, request: Request, credentials: HTTPAuthorizationCredentials | None
+    ) -> Identity:
+        if self._tokens is None:
+            raise ApiError(
+                503, "starting", "the decryptor is starting", headers={"Retry-After": "1"}
+            )
+        return await self._check.identity(
+            request, credentials, self._tokens, client=peer_address(request)
+        )
+
+    def charge(self, request: Request, caller: Identity, cost: int, paid: int = 0) -> None:
+        """Spend ``cost`` values of the caller's rate, or raise the 429."""
+        if not self._limited:
+            return
+        refused = self._buckets.take(caller.username, cost, paid)
+        if refused is None:
+            return
+        limit, wait = refused
+        retry_after = max(1, -(-int(wait * 1000) // 1000))
+        self._metrics.rate_limited.inc()
+        annotate(request, reason=f"rewrap rate limit {limit} reached")
+        raise ApiError(
+            429,
+            "rate-limited",
+            f"too many values rewrapped by {caller.username}: Decryptor__RewrapRateLimit is "
+            f"{limit}, and each value counts; retry in {retry_after}s",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def authorize(
+        self, request: Request, caller: Identity, namespace: str, *, legacy: bool
+    ) -> None:
+        """403 unless RBAC lets the caller update KamusSecrets in ``namespace`` and, for
+        ``legacy``, update kamussecrets/legacy cluster-wide. Never cached: rewraps are rare,
+        and a revoked grant must take effect at once."""
+        assert self._reviews is not None
+        try:
+            allowed = await self._reviews.may(
+                caller, namespace=namespace, client=peer_address(request), **PERMISSION
+            )
+            if allowed and legacy:
+                upgrade = await self._reviews.may(
+                    caller, namespace=None, client=peer_address(request), **LEGACY_PERMISSION
+                )
+        except AuthUnavailable as exc:
+            raise self._check.unavailable(request, exc) from None
+        if not allowed:
+            annotate(request, reason="RBAC does not allow updating kamussecrets there")
+            raise ApiError(
+                403,
+                "not-allowed-to-rewrap",
+                f"{caller.username} may not rewrap values of namespace {namespace}: Kubernetes "
+                "RBAC must allow it to update kamussecrets.soluto.com there (see "
+                "docs/rotation.md)",
+            )
+        if legacy and not upgrade:
+            annotate(request, reason="RBAC does not allow updating kamussecrets/legacy")
+            raise ApiError(
+                403,
+                "not-allowed-to-rewrap",
+                f"{caller.username} may not bind legacy values to an identity: upgradeLegacy "
+                "needs update on kamussecrets/legacy (soluto.com) granted cluster-wide by a "
+                "ClusterRoleBinding, not in a namespace (see docs/rotation.md)",
+            )
+
+
+async def rewrap_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(USER_TOKEN)],
+) -> Identity:
+    """The caller, checked before the body is read: an unauthenticated caller learns nothing of
+    what the API accepts. One value of its rate is spent now, so bad bodies count too."""
+    callers: RewrapCallers = request.app.state.rewrap
+    caller = await callers.identity(request, credentials)
+    callers.charge(request, caller, 1)
+    return caller
+
+
+router = APIRouter()
+
+
+@router.post(
+    REWRAP_PATH,
+    tags=["rewrap"],
+    summary="Move values to the active key, for the identity they are bound to",
+    response_model_exclude_none=True,
+    responses=problem_responses(
+        {
+            400: "The body is invalid.",
+            401: "No token, or Kubernetes did not accept it.",
+            403: "RBAC does not let the caller update kamussecrets in the namespace.",
+            413: "Too many items, or the body is over the size limit.",
+            429: "Over Decryptor__RewrapRateLimit; see Retry-After.",
+            503: "Kubernetes or the key manager is unavailable; see Retry-After.",
+        }
+    ),
+)
+async def rewrap(
+    body: RewrapRequest,
+    request: Request,
+    caller: Annotated[Identity, Depends(rewrap_caller)],
+) -> RewrapResponse:
+    callers: RewrapCallers = request.app.state.rewrap
+    state = callers.service
+    identity = sa_id(body.namespace, body.service_account)
+    annotate(request, namespace=body.namespace, service_account=body.service_account)
+    check_batch_size(request, body.items, state.settings)
+    callers.charge(request, caller, len(body.items), paid=1)
+    await callers.authorize(request, caller, body.namespace, legacy=body.upgrade_legacy)
+    slots = asyncio.Semaphore(state.settings.server.batch_concurrency)
+    counted: dict[str, int] = {}
+    reasons: list[str] = []
+
+    async def one(ciphertext: str) -> RewrapItem:
+        async with slots:
+            try:
+                result = await state.keys.rewrap(
+                    entered(ciphertext),
+                    identity,
+                    upgrade_legacy=body.upgrade_legacy,
+                    check_only=body.check,
+                )
+            except DecryptionError as exc:
+                reasons.append(exc.reason)
+                counted["failed"] = counted.get("failed", 0) + 1
+                return RewrapItem(error=undecryptable(identity, exc))
+        counted[result.status] = counted.get(result.status, 0) + 1
+        state.metrics.rewraps.labels(str(result.status)).inc()
+        return RewrapItem(
+            data=None if body.check else result.ciphertext,
+            status=result.status.value,
+            key_id=result.source_key_id,
+            target_key_id=result.target_key_id,
+        )
+
+    try:
+        results = await asyncio.gather(*(one(v) for v in body.items.values()))
+    except KeyManagerUnavailable as exc:
+        raise key_manager_unavailable(request, exc, state.settings) from None
+    if counted.get("failed"):
+        state.metrics.rewraps.labels("failed").inc(counted["failed"])
+    annotate(request, items=len(results), failed=counted.get("failed", 0))
+    annotate(request, **{k: v for k, v in counted.items() if k != "failed"})
+    if reasons:
+        annotate(request, reason="; ".join(sorted(set(reasons)))[:500])
+    return RewrapResponse(items=dict(zip(body.items, results, strict=True)))
