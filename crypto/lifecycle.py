@@ -20,8 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from crypto.errors import DecryptionError
-from crypto.formats import CiphertextFormat
+from crypto import m1
+from crypto.errors import DecryptionError, MalformedCiphertext
+from crypto.formats import CiphertextFormat, classify
 
 LEGACY_KEY_ID = "legacy"  # Kamus's KMS values name no key version
 
@@ -104,3 +105,21 @@ class Rewrapped:
     source_key_id: str
     target_key_id: str
     ciphertext: str | None
+
+
+def named_key_ids(ciphertext: str) -> tuple[CiphertextFormat, tuple[tuple[str, str], ...]]:
+    """What a value says about its keys, from its shape alone: its format and, for each key it
+    names, ``(kind, key id)``: ``("aes", kid)`` for a1, ``(kms, version)`` for e1, each stanza's
+    ``(kind, kid)`` for m1, nothing for Kamus's formats. ``MalformedCiphertext`` for a value
+    that is not one (a tool checking a repository needs no key for this)."""
+    fmt = classify(ciphertext)
+    if fmt is CiphertextFormat.SEALED_V1:
+        return fmt, tuple((s.kind, s.kid) for s in m1.parse(ciphertext).stanzas)
+    parts = ciphertext.split("$", 5)
+    if fmt is CiphertextFormat.AES_GCM_V1 and len(parts) == 4:
+        return fmt, (("aes", parts[2]),)
+    if fmt is CiphertextFormat.ENVELOPE_V1 and len(parts) == 6:
+        return fmt, ((parts[2], parts[3]),)
+    if fmt.is_legacy:
+        return fmt, ()
+    raise MalformedCiphertext(f"not a Kamus ciphertext ({fmt})")

@@ -268,6 +268,18 @@ def load_for_sealing(
     when: datetime,
 ) -> OfflineSealer:
     """The sealer for ``--keys FILE|URL``, after every check ``--offline`` makes."""
+    loaded = load_verified(keys, pin, connect, warn)
+    expired = check_expiry(loaded, when, warn, allow_expired=allow_expired, refuse=True)
+    sealer = OfflineSealer(loaded, when, post_quantum, expired_keys=expired)
+    _ = sealer.kid  # a bundle without a usable key of the suite is refused before any sealing
+    return sealer
+
+
+def load_verified(
+    keys: str, pin: Pin | None, connect: Callable[[str], KamusClient], warn: Warn
+) -> bundle.Bundle:
+    """The bundle of ``--keys FILE|URL``: a URL only under a pin; a file is checked against
+    its own signature, and against the pin if there is one."""
     if is_url(keys):
         if pin is None:
             raise UsageError(
@@ -287,10 +299,7 @@ def load_for_sealing(
                 f"the key bundle {keys} is signed by anchor {loaded.anchor}, which nothing pins: "
                 f"check it with your cluster's operator, then {how_to_pin(loaded.anchor)}"
             )
-    expired = check_expiry(loaded, when, warn, allow_expired=allow_expired, refuse=True)
-    sealer = OfflineSealer(loaded, when, post_quantum, expired_keys=expired)
-    _ = sealer.kid  # a bundle without a usable key of the suite is refused before any sealing
-    return sealer
+    return loaded
 
 
 # -- kamus keys verify ------------------------------------------------------------------------

@@ -418,7 +418,7 @@ def _options(*options: Callable[[Any], Any]) -> Callable[[Callable[..., Any]], C
     return decorate
 
 
-def _tls_options(what: str) -> list[Callable[[Any], Any]]:
+def _tls_options(what: str, server: str = "the encryptor") -> list[Callable[[Any], Any]]:
     """How to reach a server over https: shared by the commands that talk to the encryptor."""
     return [
         click.option(
@@ -441,7 +441,7 @@ def _tls_options(what: str) -> list[Callable[[Any], Any]]:
             type=click.FloatRange(0, min_open=True),
             default=30.0,
             show_default=True,
-            help="Seconds to wait for the encryptor to connect and to answer.",
+            help=f"Seconds to wait for {server} to connect and to answer.",
         ),
     ]
 
@@ -960,5 +960,221 @@ def init(
                 ca_bundle=ca_bundle,
             )
         )
+    except ClientError as error:
+        _fail(error)
+
+
+def _tree_options(command: Callable[..., None]) -> Callable[..., None]:
+    """What ``rewrap`` and ``verify`` share: the tree, the identity's fallbacks, and how to reach
+    the decryptor with the caller's Kubernetes token."""
+    tls = _tls_options("values and your token", "the decryptor")
+    return _options(
+        click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True)),
+        click.option(
+            "-n",
+            "--namespace",
+            help="The namespace of every value found (a kustomize overlay's); wins over "
+            "metadata.namespace.",
+        ),
+        click.option(
+            "-a",
+            "--service-account",
+            help="The service account of raw ciphertext files and of ConfigMaps without the "
+            "kamus.soluto.com/service-account annotation.",
+        ),
+        click.option(
+            "-u",
+            "--url",
+            envvar="KAMUS_DECRYPTOR_URL",
+            help="The decryptor's URL (or $KAMUS_DECRYPTOR_URL), e.g. http://127.0.0.1:9091 "
+            "through kubectl port-forward.",
+        ),
+        *tls[:3],
+        click.option(
+            "--kubeconfig-token",
+            is_flag=True,
+            help="Send the current kubeconfig user's token (RBAC must let it update "
+            "kamussecrets in each namespace).",
+        ),
+        click.option("--kube-context", help="The kubeconfig context for --kubeconfig-token."),
+        click.option(
+            "--token-file",
+            envvar="KAMUS_TOKEN_FILE",
+            type=click.Path(dir_okay=False),
+            help="Send the token in this file (or $KAMUS_TOKEN_FILE).",
+        ),
+        click.option(
+            "--allow-token-over-http",
+            is_flag=True,
+            help="Send the token over a plain-http URL (kubectl port-forward only).",
+        ),
+        tls[3],
+    )(command)
+
+
+def _decryptor_client(
+    url: str | None,
+    allow_insecure_url: bool,
+    cert_fingerprint: str | None,
+    ca_bundle: str | None,
+    kubeconfig_token: bool,
+    kube_context: str | None,
+    token_file: str | None,
+    allow_token_over_http: bool,
+    timeout: float,
+) -> KamusClient:
+    if not url:
+        raise UsageError(
+            "give the decryptor's URL with -u (or $KAMUS_DECRYPTOR_URL); it is internal to the "
+            "cluster: kubectl port-forward svc/<release>-decryptor 9091:80, then "
+            "-u http://127.0.0.1:9091 --allow-insecure-url --allow-token-over-http"
+        )
+    token = _user_token(url, kubeconfig_token, token_file, kube_context, allow_token_over_http)
+    if token is None:
+        raise UsageError(
+            "the decryptor needs your Kubernetes token: --kubeconfig-token, or --token-file FILE"
+        )
+    return KamusClient(
+        url,
+        allow_insecure=allow_insecure_url,
+        fingerprint=cert_fingerprint,
+        ca_bundle=ca_bundle,
+        token=token,
+        allow_token_over_http=allow_token_over_http,
+        timeout=timeout,
+    )
+
+
+def _finish(lines: list[str], failed: bool) -> None:
+    click.echo("\n".join(lines))
+    if failed:
+        sys.exit(1)
+
+
+@main.command(short_help="Move every ciphertext in files and directories to the active key.")
+@click.option(
+    "--check",
+    "mode",
+    flag_value="check",
+    help="Exit 1 if a value is under a key that is not active or in an older format; needs "
+    "--keys, not the decryptor (a CI gate).",
+)
+@click.option(
+    "--dry-run",
+    "mode",
+    flag_value="dry-run",
+    help="Print what would change (the default); nothing is written.",
+)
+@click.option(
+    "--in-place", "mode", flag_value="in-place", help="Rewrite the files, each atomically."
+)
+@click.option(
+    "--upgrade-legacy",
+    is_flag=True,
+    help="Bind Kamus's AES values made without key derivation to the identity found for them "
+    "(needs update on kamussecrets/legacy, cluster-wide).",
+)
+@click.option(
+    "--keys",
+    envvar="KAMUS_KEYS",
+    help="With --check: the cluster's key bundle, a file or an https URL (or $KAMUS_KEYS).",
+)
+@_options(_TRUST_ANCHOR)
+@_tree_options
+def rewrap(
+    paths: tuple[str, ...],
+    mode: str | None,
+    upgrade_legacy: bool,
+    keys: str | None,
+    trust_anchor: str | None,
+    namespace: str | None,
+    service_account: str | None,
+    **connection: Any,
+) -> None:
+    """Rewrap every Kamus ciphertext in PATHS (KamusSecrets, ConfigMaps of ciphertexts, raw
+    ciphertext files; directories are walked) under the active key. The decryptor does it:
+    no plaintext reaches this machine, and each value keeps its identity. YAML comments,
+    order and quoting are kept; only the ciphertexts change.
+
+    \b
+    Examples:
+      kubectl port-forward -n kamus svc/kamus-decryptor 9091:80 &
+      kamus rewrap deploy/ -u http://127.0.0.1:9091 --allow-insecure-url \\
+        --allow-token-over-http --kubeconfig-token --in-place
+      kamus rewrap . --check --keys .kamus/keys.json
+    """
+    from kamus.cli.rewrap import ask_decryptor, check_against, report, write_files
+    from kamus.cli.tree import scan
+
+    try:
+        found = scan(paths, namespace=namespace, service_account=service_account)
+        for skipped in found.skipped:
+            _say(f"{skipped.file}:{skipped.line}: skipped: {skipped.reason}")
+        if mode == "check":
+            if not keys:
+                raise UsageError(
+                    "--check needs the cluster's key bundle: --keys FILE|URL (or $KAMUS_KEYS), "
+                    "e.g. from kamus keys fetch"
+                )
+            from kamus.cli.keys import find_pin, load_verified
+
+            def connect(url: str) -> KamusClient:  # the bundle is public: no token goes there
+                return KamusClient(
+                    url,
+                    allow_insecure=connection["allow_insecure_url"],
+                    fingerprint=connection["cert_fingerprint"],
+                    ca_bundle=connection["ca_bundle"],
+                    timeout=connection["timeout"],
+                )
+
+            loaded = load_verified(keys, find_pin(trust_anchor), connect, _say)
+            outcome = report(found, check_against(found, loaded), mode="check")
+            _finish(outcome.lines, bool(outcome.failed or outcome.stale))
+            return
+        in_place = mode == "in-place"
+        with _decryptor_client(**connection) as client:
+            results = ask_decryptor(
+                client, found, check=not in_place, upgrade_legacy=upgrade_legacy
+            )
+        written, untouched = write_files(found, results) if in_place else ([], [])
+        outcome = report(
+            found,
+            results,
+            mode="in-place" if in_place else "dry-run",
+            written=written,
+            untouched=untouched,
+        )
+        _finish(outcome.lines, bool(outcome.failed))
+    except ClientError as error:
+        _fail(error)
+
+
+@main.command(short_help="Check that every ciphertext in files and directories opens.")
+@_tree_options
+def verify(
+    paths: tuple[str, ...],
+    namespace: str | None,
+    service_account: str | None,
+    **connection: Any,
+) -> None:
+    """Ask the decryptor whether each Kamus ciphertext in PATHS opens for the identity it is
+    bound to (the namespace and service account of its manifest). It never answers a
+    plaintext. Exits 1 if any value does not open.
+
+    \b
+    Examples:
+      kamus verify deploy/ -u https://kamus-decryptor.example --kubeconfig-token
+    """
+    from kamus.cli.rewrap import ask_decryptor, report
+    from kamus.cli.tree import scan
+
+    try:
+        found = scan(paths, namespace=namespace, service_account=service_account)
+        for skipped in found.skipped:
+            _say(f"{skipped.file}:{skipped.line}: skipped: {skipped.reason}")
+        with _decryptor_client(**connection) as client:
+            results = ask_decryptor(client, found, check=True)
+        outcome = report(found, results, mode="verify")
+        _finish(outcome.lines, bool(outcome.failed))
     except ClientError as error:
         _fail(error)

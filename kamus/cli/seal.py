@@ -10,6 +10,7 @@ import yaml
 
 from kamus.cli.client import UsageError
 from kamus.cli.inputs import yaml_documents
+from kamus.server.identity import SERVICE_ACCOUNT_ANNOTATION
 
 # Server-set or tool-set metadata that must not travel into git.
 _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
@@ -92,7 +93,7 @@ def seal_documents(
             for k, v in _mapping(doc.get("data"), f"{name}.data").items()
         }
         if output_format == "configmap":
-            out.append(_configmap(doc, metadata, ns, string_data, data, encrypt))
+            out.append(_configmap(doc, metadata, ns, service_account, string_data, data, encrypt))
             continue
         # The KamusSecret controller decrypts `data` values and base64-decodes them, so they are
         # encrypted as the base64 text they are.
@@ -122,6 +123,7 @@ def _configmap(
     doc: Mapping[str, Any],
     metadata: Mapping[str, Any],
     namespace: str,
+    service_account: str,
     string_data: Mapping[str, str],
     data: Mapping[str, str],
     encrypt: Encrypt,
@@ -136,9 +138,15 @@ def _configmap(
                 f"{metadata['name']}.data.{key} is binary; the init container writes text, so "
                 "seal it as a KamusSecret instead"
             ) from None
+    out_metadata = _metadata(metadata, namespace)
+    # Whom the values are bound to, so that `kamus rewrap` and `kamus verify` can find it.
+    out_metadata["annotations"] = {
+        **out_metadata.get("annotations", {}),
+        SERVICE_ACCOUNT_ANNOTATION: service_account,
+    }
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(metadata, namespace),
+        "metadata": out_metadata,
         "data": encrypt(namespace, values),
     }

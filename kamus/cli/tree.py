@@ -32,10 +32,10 @@ from ruamel.yaml.reader import ReaderError
 
 from kamus.cli.client import UsageError
 from kamus.cli.inputs import line_and_column
+from kamus.server.identity import SERVICE_ACCOUNT_ANNOTATION
 
 SUFFIXES = (".yaml", ".yml", ".json")
 KAMUS_SECRET_API_VERSIONS = ("soluto.com/v1alpha2", "soluto.com/v1alpha1")
-SERVICE_ACCOUNT_ANNOTATION = "kamus.soluto.com/service-account"
 
 _BOM = b"\xef\xbb\xbf"
 _ASCII_SPACE = " \t\n\r\x0b\x0c"

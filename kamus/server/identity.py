@@ -6,6 +6,9 @@ from typing import Annotated
 from pydantic import AfterValidator
 
 SERVICE_ACCOUNT_USER_PREFIX = "system:serviceaccount:"
+# On a ConfigMap of ciphertexts: the service account its values are bound to (its namespace is
+# the ConfigMap's). `kamus seal --format configmap` writes it; `kamus rewrap` reads it.
+SERVICE_ACCOUNT_ANNOTATION = "kamus.soluto.com/service-account"
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_LABEL = re.compile(_LABEL)

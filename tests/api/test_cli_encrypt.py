@@ -228,6 +228,8 @@ def test_seal_to_a_configmap_for_the_init_container(https: Encryptor) -> None:
     result = run(*args, "--format", "configmap", stdin=manifest())
     db, tls = yaml.safe_load_all(result.stdout)
     assert db["kind"] == "ConfigMap"
+    # kamus rewrap and kamus verify read the identity from it.
+    assert db["metadata"]["annotations"]["kamus.soluto.com/service-account"] == "app"
     assert decrypt(db["data"]["password"]) == "p4ss"
     assert decrypt(db["data"]["username"]) == "admin"
     assert decrypt(tls["data"]["key.pem"]) == "-----BEGIN KEY-----\n"
