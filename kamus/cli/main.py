@@ -262,9 +262,13 @@ def _user_token(
     token_file: str | None,
     context: str | None,
     allow_token_over_http: bool,
+    *,
+    to_encryptor: bool = True,
 ) -> str | None:
-    """The caller's token for an encryptor that authenticates callers, after refusing to send
-    one over plain http; warnings go to stderr."""
+    """The caller's token for a service that authenticates callers, after refusing to send one
+    over plain http; warnings go to stderr. A token the apiserver also accepts is worth a
+    warning when it goes to the encryptor, a public service; not when it goes to the
+    decryptor, which every secret is trusted to already."""
     from kamus.cli.client import (
         kubeconfig_token,
         read_token_file,
@@ -288,7 +292,7 @@ def _user_token(
         token, apiserver = read_token_file(token_file), None
     else:
         token, apiserver = kubeconfig_token(context)
-    if warning := token_audience_warning(token, apiserver):
+    if to_encryptor and (warning := token_audience_warning(token, apiserver)):
         click.echo(f"kamus: warning: {warning}", err=True)
     return token
 
@@ -1029,7 +1033,14 @@ def _decryptor_client(
             "cluster: kubectl port-forward svc/<release>-decryptor 9091:80, then "
             "-u http://127.0.0.1:9091 --allow-insecure-url --allow-token-over-http"
         )
-    token = _user_token(url, kubeconfig_token, token_file, kube_context, allow_token_over_http)
+    token = _user_token(
+        url,
+        kubeconfig_token,
+        token_file,
+        kube_context,
+        allow_token_over_http,
+        to_encryptor=False,
+    )
     if token is None:
         raise UsageError(
             "the decryptor needs your Kubernetes token: --kubeconfig-token, or --token-file FILE"

@@ -80,8 +80,9 @@ def ask_decryptor(
     upgrade_legacy: bool = False,
     batch_size: int = 500,
 ) -> Results:
-    """Each value's outcome from the decryptor; a refusal of the whole request (RBAC, rate,
-    outage) raises, since no value of it was looked at."""
+    """Each value's outcome from the decryptor. A request refused for its identity (RBAC, a bad
+    name) fails its values only; one refused for every request (the token, the rate, an
+    outage) raises."""
     results: Results = {}
     for identity, batch in _batches(scan, batch_size):
         namespace, _, service_account = identity.partition(":")
@@ -101,6 +102,13 @@ def ask_decryptor(
                 "svc/<release>-decryptor 9091:80, then -u http://127.0.0.1:9091 "
                 "--allow-insecure-url --allow-token-over-http)",
             )
+        if status in (400, 403, 413):
+            # This identity's request was refused (RBAC in its namespace, say): its values
+            # fail, and the other namespaces' go on.
+            reason = server_message(status, answer)
+            for index, found in batch:
+                results[index, found.key] = Outcome("failed", reason=reason)
+            continue
         if status != 200:
             raise ServerError(status, server_message(status, answer))
         items = json.loads(answer)["items"]
