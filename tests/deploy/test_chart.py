@@ -525,6 +525,37 @@ def test_encryptor_authentication_gets_a_token_and_auth_delegator(
     assert env["Encryptor__Audiences"] == "kamus-encryptor"
 
 
+def test_the_rewrap_roles_are_rendered_and_bound_to_nobody(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """kamus rewrap asks RBAC in the namespace, and cluster-wide for --upgrade-legacy
+    (decryptor/rewrap.py): the roles match those questions, and the chart binds neither."""
+    manifests = rendered["defaults"]
+    rewrap = named(manifests, "ClusterRole", "kamus-rewrap")
+    legacy = named(manifests, "ClusterRole", "kamus-rewrap-legacy")
+    assert rewrap["rules"] == [
+        {"apiGroups": ["soluto.com"], "resources": ["kamussecrets"], "verbs": ["update"]}
+    ]
+    assert legacy["rules"] == [
+        {"apiGroups": ["soluto.com"], "resources": ["kamussecrets/legacy"], "verbs": ["update"]}
+    ]
+    assert "rbac.authorization.k8s.io/aggregate-to-admin" not in rewrap["metadata"]["labels"]
+    bound = {
+        b["roleRef"]["name"]
+        for b in manifests
+        if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
+    }
+    assert not bound & {"kamus-rewrap", "kamus-rewrap-legacy"}
+    aggregated = render({"rbac": {"aggregateToAdmin": True}})
+    labels = named(aggregated, "ClusterRole", "kamus-rewrap")["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert "aggregate-to-admin" not in str(
+        named(aggregated, "ClusterRole", "kamus-rewrap-legacy")["metadata"]
+    )
+    without = of_kind(render({"rbac": {"rewrapRoles": False}}), "ClusterRole")
+    assert [m for m in without if "rewrap" in m["metadata"]["name"]] == []
+
+
 def test_the_controller_is_granted_everything_its_healthz_checks(
     rendered: dict[str, list[Manifest]],
 ) -> None:
