@@ -46,6 +46,10 @@ MAX_CIPHERTEXT_BLOB = 6144  # the KMS API's limit on Decrypt's CiphertextBlob
 _REJECTED = {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
 
 
+class IncorrectKey(DecryptionError):
+    """KMS says the blob is under another key than the one the alias names now."""
+
+
 def classify_aws_error(exc: Exception, operation: str) -> KmsError | None:
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
@@ -189,10 +193,14 @@ class AwsKmsKeyManager(CloudKeyManager):
             )
 
     async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
-        # The key the value names, not the alias: after the alias moves to a new key (a manual
-        # rotation), values under the old one still open. The encryption context binds them to
-        # the identity whatever the key.
-        return await self._unwrap(wrapped, sa_id, {CONTEXT_KEY: sa_id}, key_version)
+        context = {CONTEXT_KEY: sa_id}
+        try:
+            return await self._unwrap(wrapped, sa_id, context)
+        except IncorrectKey:
+            # The alias moved to a new key since (a manual rotation): the value's own key opens
+            # it, decrypt-only, until it is rewrapped. The encryption context still binds it to
+            # the identity. IAM must allow that key by id (docs/rotation.md).
+            return await self._unwrap(wrapped, sa_id, context, key_version)
 
     async def current_key_version(self, sa_id: str) -> str:
         alias = self.alias(sa_id)
@@ -200,21 +208,12 @@ class AwsKmsKeyManager(CloudKeyManager):
         key_id: str = response["KeyMetadata"]["KeyId"]
         return key_id
 
-    async def wrap_data_key(self, data_key: bytes, sa_id: str) -> Wrapped:
-        alias = self.alias(sa_id)
-        response = await self._calls(
-            "Encrypt",
-            lambda: self._client.encrypt(
-                KeyId=alias, Plaintext=data_key, EncryptionContext={CONTEXT_KEY: sa_id}
-            ),
-        )
-        return Wrapped(data_key, response["KeyId"].rsplit("/", 1)[-1], response["CiphertextBlob"])
-
     async def wrap_again(
         self, key_version: str, wrapped: bytes, data_key: bytes, sa_id: str
     ) -> Wrapped:
         """ReEncrypt: KMS unwraps and wraps again inside itself, so the data key is never sent
-        back to it; the identity's context must hold on both sides."""
+        back to it (we hold it only to check the value and MAC its new header); the identity's
+        context must hold on both sides."""
         context = {CONTEXT_KEY: sa_id}
         response = await self._calls(
             "ReEncrypt",
@@ -239,8 +238,8 @@ class AwsKmsKeyManager(CloudKeyManager):
         self, blob: bytes, sa_id: str, context: dict[str, str], key_id: str = ""
     ) -> bytes:
         self.check_wrapped("", blob)
-        # Without a key id (Kamus's values), the alias pins the service account's own key, as
-        # Kamus did.
+        # The alias pins the service account's own key, as Kamus did (and IAM policies may
+        # require it: kms:RequestAlias).
         key = key_id or self.alias(sa_id)
         try:
             response = await self._calls(
@@ -250,6 +249,8 @@ class AwsKmsKeyManager(CloudKeyManager):
                 ),
             )
         except KmsError as exc:
+            if exc.reason == "IncorrectKeyException" and not key_id:
+                raise IncorrectKey(exc.reason) from None
             raise DecryptionError(exc.reason) from None
         data_key: bytes = response["Plaintext"]
         return data_key

@@ -188,7 +188,9 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
     async def current_key_version(self, sa_id: str) -> str:
         return (await self._latest_key(kamus_key_id(sa_id))).properties.version or ""
 
-    async def wrap_data_key(self, data_key: bytes, sa_id: str) -> Wrapped:
+    async def wrap_again(
+        self, key_version: str, wrapped: bytes, data_key: bytes, sa_id: str
+    ) -> Wrapped:
         return _wrapped(await self._latest_key(kamus_key_id(sa_id)), data_key, sa_id)
 
     async def _latest_key(self, name: str) -> KeyVaultKey:

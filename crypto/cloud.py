@@ -128,16 +128,12 @@ class CloudKeyManager(ABC):
     async def current_key_version(self, sa_id: str) -> str:
         """The version of the service account's KMS key that new values are wrapped under."""
 
+    @abstractmethod
     async def wrap_again(
         self, key_version: str, wrapped: bytes, data_key: bytes, sa_id: str
     ) -> Wrapped:
-        """``data_key`` (which ``wrapped`` holds) wrapped under the current key version. AWS
-        overrides it with ReEncrypt, so the data key is never sent back to KMS."""
-        return await self.wrap_data_key(data_key, sa_id)
-
-    @abstractmethod
-    async def wrap_data_key(self, data_key: bytes, sa_id: str) -> Wrapped:
-        """A given data key wrapped by the service account's KMS key, current version."""
+        """``data_key`` (which ``wrapped`` holds, under ``key_version``) wrapped under the
+        service account's current key version."""
 
     @abstractmethod
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:

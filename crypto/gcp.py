@@ -241,9 +241,11 @@ class GoogleKmsKeyManager(CloudKeyManager):
         version: str = key.primary.name.rsplit("/", 1)[-1]
         return version
 
-    async def wrap_data_key(self, data_key: bytes, sa_id: str) -> Wrapped:
-        wrapped = await self._wrap(self.key_name(sa_id), data_key, sa_id)
-        return Wrapped(data_key, wrapped.name.rsplit("/", 1)[-1], wrapped.ciphertext)
+    async def wrap_again(
+        self, key_version: str, wrapped: bytes, data_key: bytes, sa_id: str
+    ) -> Wrapped:
+        response = await self._wrap(self.key_name(sa_id), data_key, sa_id)
+        return Wrapped(data_key, response.name.rsplit("/", 1)[-1], response.ciphertext)
 
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
         if fmt is not CiphertextFormat.LEGACY_RAW:
