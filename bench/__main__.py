@@ -20,6 +20,7 @@ from bench.kms_process import KmsProcess
 from bench.load import CONNECTIONS, WRK_THREADS, wrk_version
 from bench.measure import FULL, QUICK, Plan
 from bench.report import plot, table
+from bench.rewrap import rewrap_phase
 from bench.services import ROOT, Spec, new_key, running, serve_supports_workers
 from tests.k8s_double import KubeApiDouble
 
@@ -198,6 +199,8 @@ def main() -> None:
         results["pod_start"] = pod_phase(plan, logs, kube)
         results["worker_sweep"] = sweep_phase(plan, logs)
         results["sealing"] = sealing_phase(plan, logs)
+        say("8. kamus rewrap --in-place of a 1,000-value tree: AES, and AWS KMS (moto)")
+        results["rewrap"] = rewrap_phase(plan, logs, kube)
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     # Other work on the machine skews every number: the 1-minute load before and after.
     results["load_average"] = [load_before, round(os.getloadavg()[0], 2)]

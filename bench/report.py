@@ -115,7 +115,28 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.append(("6. encrypt req/s by --workers", f"skipped ({sweep['skipped']})", "", "-"))
     if "sealing" in results:
         out.extend(_sealing_rows(results["sealing"]))
+    if "rewrap" in results:
+        out.extend(_rewrap_rows(results["rewrap"]))
     return out
+
+
+def _rewrap_rows(rewrap: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    aes, aws = rewrap["aes"], rewrap["aws"]
+    return [
+        (
+            f"8. kamus rewrap --in-place, {aes['values']} values: AES (a1 -> m1)",
+            f"{aes['values_per_second']:.0f} values/s ({aes['seconds']:.1f} s)",
+            "",
+            "-",
+        ),
+        (
+            "   AWS KMS via moto, after the alias moved to a new key",
+            f"{aws['values_per_second']:.0f} values/s ({aws['seconds']:.1f} s), "
+            f"{aws['kms_calls'] / aws['values']:.1f} KMS calls per value",
+            "",
+            "-",
+        ),
+    ]
 
 
 def _sealing_rows(sealing: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -107,6 +107,7 @@ class CloudKeyManager(ABC):
         self._schedule = schedule
         self.sealing = Keyring(schedule=schedule, policy=self.policy)
         self._current: dict[str, tuple[float, str]] = {}
+        self._looking_up = asyncio.Lock()
 
     @abstractmethod
     async def new_data_key(self, sa_id: str) -> Wrapped: ...
@@ -252,14 +253,20 @@ class CloudKeyManager(ABC):
         return Rewrapped(RewrapStatus.REWRAPPED, opened.key_id, target, new)
 
     async def active_key_version(self, sa_id: str) -> str:
+        """The current key version, asked once per identity per 30 s: a batch's values wait
+        for one lookup rather than each making its own."""
         cached = self._current.get(sa_id)
         if cached and time.monotonic() - cached[0] < CURRENT_VERSION_SECONDS:
             return cached[1]
-        version = await self.current_key_version(sa_id)
-        if len(self._current) > 4096:
-            self._current.clear()
-        self._current[sa_id] = (time.monotonic(), version)
-        return version
+        async with self._looking_up:
+            cached = self._current.get(sa_id)
+            if cached and time.monotonic() - cached[0] < CURRENT_VERSION_SECONDS:
+                return cached[1]
+            version = await self.current_key_version(sa_id)
+            if len(self._current) > 4096:
+                self._current.clear()
+            self._current[sa_id] = (time.monotonic(), version)
+            return version
 
     def unreadable(self, ciphertext: str) -> MalformedCiphertext:
         return unreadable(

@@ -98,8 +98,8 @@ class RewrapStatus(StrEnum):
 
 @dataclass(frozen=True)
 class Rewrapped:
-    """The outcome of rewrapping one value. ``ciphertext`` is the new value (the old one when
-    unchanged, and ``None`` when only checked); never a plaintext."""
+    """The outcome of rewrapping one value. ``ciphertext`` is the new value, the old one when
+    unchanged (checked or not), ``None`` when checked and stale; never a plaintext."""
 
     status: RewrapStatus
     source_key_id: str

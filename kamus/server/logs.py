@@ -130,6 +130,20 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
             self.release()
 
 
+SDK_LOGGERS = (
+    "botocore",
+    "boto3",
+    "urllib3",
+    "kubernetes",
+    "azure",
+    "google",
+    "grpc",
+    "httpx",
+    "httpcore",
+    "aiohttp",
+)
+
+
 def configure_logging(level: str = "INFO") -> None:
     handler = JsonLinesHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -145,6 +159,12 @@ def configure_logging(level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # The SDKs write whole request and response bodies at DEBUG: botocore a KMS Decrypt's
+    # Plaintext (every data key, the sealing seed), the Kubernetes client its TokenReviews. DEBUG
+    # is for this project's own loggers, which never log a secret.
+    quiet = max(root.getEffectiveLevel(), logging.INFO)
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
 
 
 def audit(event: str, **fields: Any) -> None:
