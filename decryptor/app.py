@@ -27,14 +27,12 @@ from decryptor.values import entered, undecryptable
 from kamus.server.errors import ConfigurationError
 from kamus.server.health import Dependency, WatchedKeyManager, readiness
 from kamus.server.identity import parse_service_account_user, sa_id
-from kamus.server.kube import create_api_client
-from kamus.server.kubeauth.cache import CachingAuthenticator
 from kamus.server.kubeauth.callers import TokenCheck, bearer, peer_address
 from kamus.server.kubeauth.reviews import (
     Authenticator,
     AuthUnavailable,
     StaticTokenFileAuthenticator,
-    TokenReviewAuthenticator,
+    token_reviews,
 )
 from kamus.server.metrics import Metrics
 from kamus.server.providers import build_key_manager
@@ -74,23 +72,15 @@ async def build_authenticator(settings: Settings, metrics: Metrics) -> Authentic
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
     decryptor = settings.decryptor
-    reviews = TokenReviewAuthenticator(
-        await create_api_client(kube),
-        audiences=decryptor.audiences,
-        timeout_seconds=kube.request_timeout_seconds,
-        max_concurrency=kube.max_concurrent_requests,
-        max_concurrency_per_client=kube.max_concurrent_requests_per_client,
+    _, authenticator = await token_reviews(
+        kube,
+        decryptor.audiences,
+        cache_seconds=decryptor.token_review_cache_seconds,
+        cache_size=decryptor.token_review_cache_size,
+        observe=lambda result: metrics.token_review_cache.labels(result).inc(),
         access_review_cache_seconds=decryptor.access_review_cache_seconds,
     )
-    if decryptor.token_review_cache_seconds == 0:
-        return reviews
-    return CachingAuthenticator(
-        reviews,
-        ttl_seconds=decryptor.token_review_cache_seconds,
-        max_entries=decryptor.token_review_cache_size,
-        audiences=decryptor.audiences,
-        observe=lambda result: metrics.token_review_cache.labels(result).inc(),
-    )
+    return authenticator
 
 
 @dataclass

@@ -43,6 +43,7 @@ from kamus.server.kubeauth.reviews import (
     Authenticator,
     StaticTokenFileAuthenticator,
     TokenReviewAuthenticator,
+    token_reviews,
 )
 from kamus.server.metrics import Metrics
 from kamus.server.ratelimit import TokenBuckets, parse_limits
@@ -163,22 +164,12 @@ class RewrapCallers:
                 raise ConfigurationError(str(exc)) from None
             self._tokens = self._reviews
         else:
-            from kamus.server.kube import create_api_client
-            from kamus.server.kubeauth.cache import CachingAuthenticator
-
             decryptor = self._settings.decryptor
-            self._reviews = TokenReviewAuthenticator(
-                await create_api_client(kube),
-                audiences=decryptor.rewrap_audiences,
-                timeout_seconds=kube.request_timeout_seconds,
-                max_concurrency=kube.max_concurrent_requests,
-                max_concurrency_per_client=kube.max_concurrent_requests_per_client,
-            )
-            self._tokens = CachingAuthenticator(
-                self._reviews,
-                ttl_seconds=decryptor.token_review_cache_seconds,
-                max_entries=decryptor.token_review_cache_size,
-                audiences=decryptor.rewrap_audiences,
+            self._reviews, self._tokens = await token_reviews(
+                kube,
+                decryptor.rewrap_audiences,
+                cache_seconds=decryptor.token_review_cache_seconds,
+                cache_size=decryptor.token_review_cache_size,
                 observe=lambda result: self._metrics.token_review_cache.labels(result).inc(),
             )
         try:

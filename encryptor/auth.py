@@ -102,24 +102,14 @@ class EncryptorCallers:
             yield
             return
         # Only now: the Kubernetes client is heavy, and unused with authentication off.
-        from kamus.server.kube import create_api_client
-        from kamus.server.kubeauth.cache import CachingAuthenticator
-        from kamus.server.kubeauth.reviews import TokenReviewAuthenticator
+        from kamus.server.kubeauth.reviews import token_reviews
 
-        kube = self._settings.kubernetes
-        self._reviews = TokenReviewAuthenticator(
-            await create_api_client(kube),
-            audiences=self._settings.encryptor.audiences,
-            timeout_seconds=kube.request_timeout_seconds,
-            max_concurrency=kube.max_concurrent_requests,
-            max_concurrency_per_client=kube.max_concurrent_requests_per_client,
-        )
         encryptor = self._settings.encryptor
-        self._tokens = CachingAuthenticator(
-            self._reviews,
-            ttl_seconds=encryptor.token_review_cache_seconds,
-            max_entries=encryptor.token_review_cache_size,
-            audiences=self._settings.encryptor.audiences,
+        self._reviews, self._tokens = await token_reviews(
+            self._settings.kubernetes,
+            encryptor.audiences,
+            cache_seconds=encryptor.token_review_cache_seconds,
+            cache_size=encryptor.token_review_cache_size,
             observe=lambda result: self._metrics.token_review_cache.labels(result).inc(),
         )
         try:

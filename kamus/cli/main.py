@@ -450,6 +450,27 @@ def _tls_options(what: str, server: str = "the encryptor") -> list[Callable[[Any
     ]
 
 
+def _token_options(kubeconfig_help: str, token_file_more: str = "") -> list[Callable[[Any], Any]]:
+    """How to send the caller's Kubernetes token: to the encryptor, or to the decryptor's
+    rewrap."""
+    return [
+        click.option("--kubeconfig-token", is_flag=True, help=kubeconfig_help),
+        click.option("--kube-context", help="The kubeconfig context for --kubeconfig-token."),
+        click.option(
+            "--token-file",
+            envvar="KAMUS_TOKEN_FILE",
+            type=click.Path(dir_okay=False),
+            help=f"Send the token in this file (or $KAMUS_TOKEN_FILE){token_file_more}.",
+        ),
+        click.option(
+            "--allow-token-over-http",
+            is_flag=True,
+            help="Send the token over a plain-http URL (kubectl port-forward only: it "
+            "crosses the network in clear text).",
+        ),
+    ]
+
+
 def _output_options(what: str) -> list[Callable[[Any], Any]]:
     return [
         click.option("-o", "--output", help=f"Write {what} to this file instead of stdout."),
@@ -491,28 +512,11 @@ def client_options(command: Callable[..., None]) -> Callable[..., None]:
             envvar="KAMUS_URL",
             help="The encryptor's URL (or $KAMUS_URL); not with --offline.",
         ),
-        tls[0],
-        tls[1],
-        tls[2],
-        click.option(
-            "--kubeconfig-token",
-            is_flag=True,
-            help="Send the current kubeconfig user's token, for an encryptor with "
+        *tls[:3],
+        *_token_options(
+            "Send the current kubeconfig user's token, for an encryptor with "
             "Encryptor__Authentication=kubernetes.",
-        ),
-        click.option("--kube-context", help="The kubeconfig context for --kubeconfig-token."),
-        click.option(
-            "--token-file",
-            envvar="KAMUS_TOKEN_FILE",
-            type=click.Path(dir_okay=False),
-            help="Send the token in this file (or $KAMUS_TOKEN_FILE), one made for the "
-            "encryptor: kubectl create token SA --audience kamus-encryptor.",
-        ),
-        click.option(
-            "--allow-token-over-http",
-            is_flag=True,
-            help="Send the token over a plain-http URL (kubectl port-forward only: it "
-            "crosses the network in clear text).",
+            ", one made for the encryptor: kubectl create token SA --audience kamus-encryptor",
         ),
         tls[3],
         click.option(
@@ -994,23 +998,9 @@ def _tree_options(command: Callable[..., None]) -> Callable[..., None]:
             "through kubectl port-forward.",
         ),
         *tls[:3],
-        click.option(
-            "--kubeconfig-token",
-            is_flag=True,
-            help="Send the current kubeconfig user's token (RBAC must let it update "
-            "kamussecrets in each namespace).",
-        ),
-        click.option("--kube-context", help="The kubeconfig context for --kubeconfig-token."),
-        click.option(
-            "--token-file",
-            envvar="KAMUS_TOKEN_FILE",
-            type=click.Path(dir_okay=False),
-            help="Send the token in this file (or $KAMUS_TOKEN_FILE).",
-        ),
-        click.option(
-            "--allow-token-over-http",
-            is_flag=True,
-            help="Send the token over a plain-http URL (kubectl port-forward only).",
+        *_token_options(
+            "Send the current kubeconfig user's token (RBAC must let it update kamussecrets "
+            "in each namespace).",
         ),
         tls[3],
     )(command)

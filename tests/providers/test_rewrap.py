@@ -11,11 +11,8 @@ current key version for a while (``crypto.cloud.CURRENT_VERSION_SECONDS``, and K
 import base64
 import dataclasses
 import io
-import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Protocol
-from unittest.mock import patch
 
 import pytest
 
@@ -24,7 +21,6 @@ from crypto.cloud import CloudKeyManager
 from crypto.encoding import b64url_encode
 from crypto.lifecycle import LEGACY_KEY_ID, RetiredKey, Rewrapped, RewrapStatus
 from crypto.sealing import Keyring, Suite
-from kamus.server.logs import SDK_LOGGERS, configure_logging
 from tests.api.test_rewrap_api import sealed_to_generation
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
@@ -45,6 +41,7 @@ from tests.providers.test_key_manager_contract import (  # noqa: F401 (make_subj
 )
 from tests.support import leaks
 from tests.support.aio import run
+from tests.support.served_logs import served_logging
 from tests.support.values import kms_fields
 
 OTHER = "team-b:app"
@@ -410,32 +407,6 @@ def test_an_offline_value_moves_to_the_active_sealing_generation_with_only_the_s
         assert_no_plaintext(answer, plaintext)
 
 
-@contextmanager
-def served_at(level: str) -> Iterator[io.StringIO]:
-    """Logging as `kamus serve` configures it at ``level``, alone on the root logger and writing
-    to the stream yielded; pytest's handlers and logging's switches are put back afterwards."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    uvicorn = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "uvicorn.access")]
-    saved_uvicorn = [(log.handlers[:], log.propagate) for log in uvicorn]
-    switches = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
-    saved_switches = {name: getattr(logging, name) for name in switches}
-    saved_sdk = {name: logging.getLogger(name).level for name in SDK_LOGGERS}
-    stream = io.StringIO()
-    with patch("sys.stderr", stream):
-        configure_logging(level)
-    try:
-        yield stream
-    finally:
-        root.handlers[:], root.level = saved
-        for log, (handlers, propagate) in zip(uvicorn, saved_uvicorn, strict=True):
-            log.handlers[:], log.propagate = handlers, propagate
-        for name, value in saved_switches.items():
-            setattr(logging, name, value)
-        for name, sdk_level in saved_sdk.items():
-            logging.getLogger(name).setLevel(sdk_level)
-
-
 @pytest.mark.parametrize("name", ["aws", "gcp", "azure"])
 def test_at_debug_level_the_unwrapped_seed_reaches_no_log_line(
     request: pytest.FixtureRequest, name: str
@@ -445,7 +416,8 @@ def test_at_debug_level_the_unwrapped_seed_reaches_no_log_line(
     kms = kms_for(request, name)
     seed = str(run(kms.manager().new_sealing_seed()))
     manager = kms.manager(KeyManagement__Sealing__WrappedSeeds=seed)
-    with served_at("DEBUG") as out:
+    out = io.StringIO()
+    with served_logging(out, "DEBUG"):
         [master] = run(manager.sealing_masters())
     lines = out.getvalue()
     assert lines  # DEBUG lines were written: the check below saw something

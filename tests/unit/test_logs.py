@@ -6,13 +6,12 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-from unittest.mock import patch
 
 import pytest
 
-from kamus.server.logs import AUDIT_LOGGER, JsonLinesHandler, audit, configure_logging, log_fields
+from kamus.server.logs import AUDIT_LOGGER, JsonLinesHandler, audit, log_fields
+from tests.support.served_logs import served_logging
 
 
 class Stream(io.StringIO):
@@ -44,29 +43,6 @@ def stream() -> Iterator[Stream]:
         yield out
     finally:
         logging.setLogRecordFactory(make_record)
-
-
-@contextmanager
-def served_logging(stream: Stream) -> Iterator[None]:
-    """``configure_logging`` as ``kamus serve`` runs it, writing to ``stream``, alone on the root
-    logger; what it changed (pytest's handlers, such as caplog and the leak detector, and
-    logging's switches) is put back afterwards."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    uvicorn = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "uvicorn.access")]
-    saved_uvicorn = [(log.handlers[:], log.propagate) for log in uvicorn]
-    switches = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
-    saved_switches = {name: getattr(logging, name) for name in switches}
-    with patch("sys.stderr", stream):
-        configure_logging("INFO")
-    try:
-        yield
-    finally:
-        root.handlers[:], root.level = saved
-        for log, (handlers, propagate) in zip(uvicorn, saved_uvicorn, strict=True):
-            log.handlers[:], log.propagate = handlers, propagate
-        for name, value in saved_switches.items():
-            setattr(logging, name, value)
 
 
 def without_time(line: dict[str, Any]) -> dict[str, Any]:

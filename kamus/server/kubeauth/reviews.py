@@ -39,6 +39,8 @@ from kubernetes.aio.client import (
 from kubernetes.aio.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from kamus.server.kube import create_api_client
+from kamus.server.kubeauth.cache import CachingAuthenticator, Lookup
 from kamus.server.kubeauth.callers import (
     AuthBusy,
     Authenticator,
@@ -47,6 +49,7 @@ from kamus.server.kubeauth.callers import (
     NotAuthenticated,
 )
 from kamus.server.kubeauth.fair_share import FairShare, NoSlot
+from kamus.server.settings import KubernetesSettings
 
 __all__ = [
     "AuthBusy",
@@ -221,6 +224,38 @@ class TokenReviewAuthenticator:
 
     async def close(self) -> None:
         await self._api_client.close()
+
+
+async def token_reviews(
+    kube: KubernetesSettings,
+    audiences: Sequence[str],
+    *,
+    cache_seconds: float,
+    cache_size: int,
+    observe: Callable[[Lookup], None],
+    access_review_cache_seconds: float = 30.0,
+) -> tuple[TokenReviewAuthenticator, Authenticator]:
+    """TokenReviews for tokens made for ``audiences`` (none: the apiserver's), and the same
+    behind a cache of accepted tokens (``cache_seconds`` 0: none): what each service that
+    authenticates callers builds, with the first's SubjectAccessReviews for its RBAC checks."""
+    reviews = TokenReviewAuthenticator(
+        await create_api_client(kube),
+        audiences=audiences,
+        timeout_seconds=kube.request_timeout_seconds,
+        max_concurrency=kube.max_concurrent_requests,
+        max_concurrency_per_client=kube.max_concurrent_requests_per_client,
+        access_review_cache_seconds=access_review_cache_seconds,
+    )
+    if not cache_seconds:
+        return reviews, reviews
+    cached = CachingAuthenticator(
+        reviews,
+        ttl_seconds=cache_seconds,
+        max_entries=cache_size,
+        audiences=audiences,
+        observe=observe,
+    )
+    return reviews, cached
 
 
 def _digest(token: str) -> bytes:
