@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import os
 import subprocess
 import sys
@@ -24,7 +23,6 @@ from typing import Any
 
 import boto3
 import httpx
-from moto.server import ThreadedMotoServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.measure import Plan
@@ -32,7 +30,7 @@ from bench.services import Service, Spec, new_key, running
 from crypto import AESKeyManager
 from kamus.server.settings import Settings
 from tests.k8s_double import KubeApiDouble
-from tests.kms_doubles.aws import CREDENTIALS, REGION
+from tests.kms_doubles.aws import REGION, AwsKmsDouble
 
 USER = "bench@example.com"
 PER_FILE = 20
@@ -91,20 +89,11 @@ def _result(n: int, seconds: float, stdout: str, kms_calls: int | None = None) -
 
 
 @contextmanager
-def _moto() -> Iterator[dict[str, str]]:
-    """moto's KMS, reached directly (the tests' fault proxy in front would double each call's
-    cost), with this process pointed at it too: the values are made here, with the real
-    provider."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request, on stdout
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        **CREDENTIALS,
-        "AWS_ENDPOINT_URL_KMS": f"http://{host}:{port}",
-        "AWS_REGION": REGION,
-        "KeyManagement__Provider": "AwsKms",
-    }
+def _aws() -> Iterator[dict[str, str]]:
+    """moto's KMS behind the tests' proxy (which answers as AWS does where moto does not), with
+    this process pointed at it too: the values are made here, with the real provider."""
+    double = AwsKmsDouble().start()
+    env = {**double.env(), "KeyManagement__Provider": "AwsKms"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -115,7 +104,7 @@ def _moto() -> Iterator[dict[str, str]]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        server.stop()
+        double.shutdown()
 
 
 def _kms_calls(service: Service) -> int:
@@ -172,7 +161,7 @@ def rewrap_phase(plan: Plan, logs: Path, kube: KubeApiDouble) -> dict[str, Any]:
         seconds, stdout = _rewrap(logs / "tree-aes", s["decryptor-rewrap-aes"], token)
     results["aes"] = _result(n, seconds, stdout)
 
-    with _moto() as env:
+    with _aws() as env:
         values = _aws_values(n)
         _tree(logs / "tree-aws", values)
         client = boto3.client("kms", endpoint_url=env["AWS_ENDPOINT_URL_KMS"], region_name=REGION)

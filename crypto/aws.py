@@ -44,7 +44,6 @@ CONTEXT_KEY = "kamus:service-account"
 # Errors that mean "this ciphertext is not for this key or identity", never an outage.
 MAX_CIPHERTEXT_BLOB = 6144  # the KMS API's limit on Decrypt's CiphertextBlob
 _REJECTED = {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
-_ANOTHER_KEY = {"IncorrectKeyException", "AccessDeniedException"}
 
 
 class IncorrectKey(DecryptionError):
@@ -200,8 +199,7 @@ class AwsKmsKeyManager(CloudKeyManager):
         except IncorrectKey:
             # The alias may have moved to a new key since (a manual rotation): the value's own
             # key opens it, decrypt-only, until it is rewrapped. The encryption context still
-            # binds it to the identity. IAM must allow that key by ARN (docs/rotation.md). A
-            # value that is simply not ours costs a second Decrypt, refused as the first was.
+            # binds it to the identity. IAM must allow that key by ARN (docs/rotation.md).
             return await self._unwrap(wrapped, sa_id, context, key_version)
 
     async def current_key_version(self, sa_id: str) -> str:
@@ -251,9 +249,9 @@ class AwsKmsKeyManager(CloudKeyManager):
                 ),
             )
         except KmsError as exc:
-            # AWS answers IncorrectKeyException for a blob of another key than KeyId names;
-            # moto, and AWS when IAM allows the alias's key only, AccessDeniedException.
-            if exc.reason.rsplit(" ", 1)[-1] in _ANOTHER_KEY and not key_id:
+            # AWS's answer for a blob of another key than KeyId names. Not AccessDenied: a
+            # forged or foreign value would then cost a second call.
+            if exc.reason.endswith("IncorrectKeyException") and not key_id:
                 raise IncorrectKey(exc.reason) from None
             raise DecryptionError(exc.reason) from None
         data_key: bytes = response["Plaintext"]

@@ -6,6 +6,9 @@ private VPC endpoint would be configured in production.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import logging
 from typing import Any
 
@@ -13,6 +16,7 @@ import boto3
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from moto.kms.utils import _deserialize_ciphertext_blob
 from moto.server import ThreadedMotoServer
 
 from tests.support.servers import Faults, ThreadedServer, install_faults
@@ -29,6 +33,13 @@ def failing(operation: str, code: str, status: int = 400) -> Faults:
         when=lambda request: request.headers.get("x-amz-target") == f"TrentService.{operation}",
     )
 
+
+# What AWS answers a Decrypt (or ReEncrypt) whose KeyId is not the blob's key, where moto answers
+# AccessDeniedException: https://docs.aws.amazon.com/kms/latest/APIReference/API_Decrypt.html
+INCORRECT_KEY = {
+    "__type": "IncorrectKeyException",
+    "message": "The key ID in the request does not identify a CMK that can perform this operation.",
+}
 
 THROTTLED = Faults(
     fail_status=400, fail_body={"__type": "ThrottlingException", "message": "Rate exceeded"}
@@ -47,6 +58,8 @@ class AwsKmsDouble:
         self.faults = Faults()
         self.requests: list[str] = []  # the X-Amz-Target of every call, e.g. "TrentService.Decrypt"
         self._upstream = ""
+        self._http: httpx.AsyncClient | None = None
+        self._lookups: Any = None
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         install_faults(
             app,
@@ -60,21 +73,49 @@ class AwsKmsDouble:
 
         @app.api_route("/{path:path}", methods=["GET", "POST"])
         async def forward(path: str, request: Request) -> Response:
-            async with httpx.AsyncClient() as client:
-                upstream = await client.request(
-                    request.method,
-                    f"{self._upstream}/{path}",
-                    content=await request.body(),
-                    headers={k: v for k, v in request.headers.items() if k != "host"},
-                )
+            if self._http is None:  # one pool, on the proxy's own event loop
+                self._http = httpx.AsyncClient()
+            body = await request.body()
+            upstream = await self._http.request(
+                request.method,
+                f"{self._upstream}/{path}",
+                content=body,
+                headers={k: v for k, v in request.headers.items() if k != "host"},
+            )
             headers = {
                 k: v
                 for k, v in upstream.headers.items()
                 if k.lower() not in ("content-length", "transfer-encoding", "connection")
             }
-            return Response(upstream.content, status_code=upstream.status_code, headers=headers)
+            content = upstream.content
+            target = request.headers.get("x-amz-target", "")
+            if upstream.status_code == 400 and await asyncio.to_thread(
+                self._another_key, target, body, content
+            ):
+                content = json.dumps(INCORRECT_KEY).encode()
+            return Response(content, status_code=upstream.status_code, headers=headers)
 
         self._proxy = ThreadedServer(app)
+
+    def _another_key(self, target: str, request: bytes, answer: bytes) -> bool:
+        """Whether moto's AccessDenied is what AWS answers IncorrectKeyException: the blob is
+        under an existing key, other than the one the request names (moto tells the two cases
+        apart in its message only)."""
+        named = {"TrentService.Decrypt": "KeyId", "TrentService.ReEncrypt": "SourceKeyId"}
+        field = named.get(target)
+        if field is None or b"AccessDeniedException" not in answer:
+            return False
+        body = json.loads(request)
+        if not body.get(field):
+            return False
+        try:
+            blob = _deserialize_ciphertext_blob(base64.b64decode(body["CiphertextBlob"]))
+            client = self._lookups = self._lookups or self.client()  # boto3 clients are costly
+            actual = client.describe_key(KeyId=blob.key_id)["KeyMetadata"]["KeyId"]
+            requested = client.describe_key(KeyId=body[field])["KeyMetadata"]["KeyId"]
+        except Exception:  # no such key, or not a moto blob: AccessDenied it stays
+            return False
+        return bool(actual != requested)
 
     @property
     def url(self) -> str:
