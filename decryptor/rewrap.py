@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
@@ -46,11 +46,13 @@ from kamus.server.kubeauth.reviews import (
     token_reviews,
 )
 from kamus.server.metrics import Metrics
-from kamus.server.ratelimit import TokenBuckets, parse_limits
 from kamus.server.settings import Settings
 from kamus.server.web.api import BatchItems, check_batch_size, key_manager_unavailable
 from kamus.server.web.middleware import annotate
 from kamus.server.web.problems import ApiError, problem_responses
+
+if TYPE_CHECKING:
+    from kamus.server.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +122,15 @@ class RewrapCallers:
     def __init__(self, settings: Settings, metrics: Metrics, keys: WatchedKeyManager) -> None:
         self.service = RewrapService(settings, metrics, keys)
         decryptor = settings.decryptor
-        try:
-            self._buckets = TokenBuckets(
-                parse_limits(decryptor.rewrap_rate_limit, "Decryptor__RewrapRateLimit")
-            )
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
-        self._limited = bool(self._buckets.limits)
+        # Made on the first rewrap, as the Kubernetes client is: the rate limit's parser costs
+        # every replica 1.5 MB, and a bad setting then fails rewraps, not decryption.
+        self._buckets: TokenBuckets | None = None
         self._settings = settings
         self._metrics = metrics
         self._reviews: TokenReviewAuthenticator | StaticTokenFileAuthenticator | None = None
         self._tokens: Authenticator | None = None
+        self._open = False
+        self._building = asyncio.Lock()
         self.kubernetes = Dependency("kubernetes", self._answers, metrics.dependency_up)
         audience = decryptor.rewrap_audiences[0] if decryptor.rewrap_audiences else None
         self._check = TokenCheck(
@@ -156,44 +156,70 @@ class RewrapCallers:
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
-        kube = self._settings.kubernetes
-        if kube.token_auth_file is not None:
-            try:
-                self._reviews = StaticTokenFileAuthenticator(kube.token_auth_file)
-            except ValueError as exc:
-                raise ConfigurationError(str(exc)) from None
-            self._tokens = self._reviews
-        else:
-            decryptor = self._settings.decryptor
-            self._reviews, self._tokens = await token_reviews(
-                kube,
-                decryptor.rewrap_audiences,
-                cache_seconds=decryptor.token_review_cache_seconds,
-                cache_size=decryptor.token_review_cache_size,
-                observe=lambda result: self._metrics.token_review_cache.labels(result).inc(),
-            )
+        """Open for rewraps while the app runs. Their Kubernetes client is made on the first
+        rewrap: most decryptors never see one, and it would hold memory in every replica."""
+        self._open = True
         try:
             yield
         finally:
-            await self._tokens.close()
+            self._open = False
+            if self._tokens is not None:
+                await self._tokens.close()
             self._reviews = self._tokens = None
+
+    async def _authenticator(self) -> Authenticator:
+        if not self._open:
+            raise ApiError(
+                503, "starting", "the decryptor is starting", headers={"Retry-After": "1"}
+            )
+        async with self._building:
+            if self._tokens is None:
+                kube = self._settings.kubernetes
+                if kube.token_auth_file is not None:
+                    try:
+                        self._reviews = StaticTokenFileAuthenticator(kube.token_auth_file)
+                    except ValueError as exc:
+                        raise ConfigurationError(str(exc)) from None
+                    self._tokens = self._reviews
+                else:
+                    decryptor = self._settings.decryptor
+                    self._reviews, self._tokens = await token_reviews(
+                        kube,
+                        decryptor.rewrap_audiences,
+                        cache_seconds=decryptor.token_review_cache_seconds,
+                        cache_size=decryptor.token_review_cache_size,
+                        observe=lambda result: self._metrics.token_review_cache.labels(
+                            result
+                        ).inc(),
+                    )
+            return self._tokens
 
     async def identity(
         self, request: Request, credentials: HTTPAuthorizationCredentials | None
     ) -> Identity:
-        if self._tokens is None:
-            raise ApiError(
-                503, "starting", "the decryptor is starting", headers={"Retry-After": "1"}
-            )
-        return await self._check.identity(
-            request, credentials, self._tokens, client=peer_address(request)
-        )
+        tokens = await self._authenticator()
+        client = peer_address(request)
+        return await self._check.identity(request, credentials, tokens, client=client)
+
+    def _rate(self) -> "TokenBuckets":
+        if self._buckets is None:
+            from kamus.server import ratelimit
+
+            spec = self._settings.decryptor.rewrap_rate_limit
+            try:
+                limits = ratelimit.parse_limits(spec, "Decryptor__RewrapRateLimit")
+                self._buckets = ratelimit.TokenBuckets(limits)
+            except ValueError as exc:
+                log.error("rewraps are refused: %s", exc)
+                raise ApiError(503, "starting", f"the decryptor is misconfigured: {exc}") from None
+        return self._buckets
 
     def charge(self, request: Request, caller: Identity, cost: int, paid: int = 0) -> None:
         """Spend ``cost`` values of the caller's rate, or raise the 429."""
-        if not self._limited:
+        buckets = self._rate()
+        if not buckets.limits:
             return
-        refused = self._buckets.take(caller.username, cost, paid)
+        refused = buckets.take(caller.username, cost, paid)
         if refused is None:
             return
         limit, wait = refused

@@ -440,3 +440,16 @@ def test_a_decrypt_only_key_in_use_is_logged_once_per_interval(
     assert len(warnings) == 1
     assert key_id(base64.b64decode(previous_key)) in warnings[0]
     assert "run `kamus rewrap`" in warnings[0]
+
+
+def test_a_bad_rate_limit_setting_fails_rewraps_and_leaves_decryption_alone(
+    make_settings: SettingsFactory, kubeconfig: object, kube_api: KubeApiDouble, aes_key: str
+) -> None:
+    settings = make_settings(**{"Decryptor__RewrapRateLimit": "lots"})
+    grant_namespace(kube_api, ADMIN, "team-a")
+    value = aes_encrypt(aes_key, "x", "team-a:app")
+    with TestClient(create_app(settings)) as client:
+        refused = rewrap(client, bearer(kube_api.issue_user_token(ADMIN)), {"v": value})
+        assert decrypts_as(client, kube_api, value, "team-a", "app").text == "x"
+    assert refused.status_code == 503
+    assert "Decryptor__RewrapRateLimit='lots' is not a rate limit" in refused.json()["detail"]
