@@ -66,6 +66,8 @@ def _rewrap(root: Path, decryptor: Service, token: Path) -> tuple[float, str]:
         "--allow-token-over-http",
         "--token-file",
         str(token),
+        "--timeout",
+        "300",  # moto behind a proxy, in this process: each request is far slower than AWS
     ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)  # noqa: S603

@@ -33,6 +33,9 @@ from kamus.cli.client import (
 from kamus.cli.tree import Found, Scan
 
 REWRAP_PATH = "/api/v2/rewrap"
+# Values per request: small enough that one request ends well within --timeout when each value
+# costs KMS calls (three, after an AWS key moved), large enough to cost one TokenReview per 100.
+BATCH = 100
 KMS_KINDS = ("aws", "gcp", "azure")
 NOT_ROTATION = (
     "rewrap moves values to the active key; it does not change the secrets themselves: a secret "
@@ -78,7 +81,7 @@ def ask_decryptor(
     *,
     check: bool,
     upgrade_legacy: bool = False,
-    batch_size: int = 500,
+    batch_size: int = BATCH,
 ) -> Results:
     """Each value's outcome from the decryptor. A request refused for its identity (RBAC, a bad
     name) fails its values only; one refused for every request (the token, the rate, an
