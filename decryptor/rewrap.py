@@ -17,6 +17,7 @@ subresource, asked with no namespace), and only with ``"upgradeLegacy": true``.
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -211,7 +212,7 @@ class RewrapCallers:
                 self._buckets = ratelimit.TokenBuckets(limits)
             except ValueError as exc:
                 log.error("rewraps are refused: %s", exc)
-                raise ApiError(503, "starting", f"the decryptor is misconfigured: {exc}") from None
+                raise ApiError(503, "error", f"the decryptor is misconfigured: {exc}") from None
         return self._buckets
 
     def charge(self, request: Request, caller: Identity, cost: int, paid: int = 0) -> None:
@@ -223,7 +224,7 @@ class RewrapCallers:
         if refused is None:
             return
         limit, wait = refused
-        retry_after = max(1, -(-int(wait * 1000) // 1000))
+        retry_after = max(1, math.ceil(wait))
         self._metrics.rate_limited.inc()
         annotate(request, reason=f"rewrap rate limit {limit} reached")
         raise ApiError(
