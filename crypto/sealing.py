@@ -17,7 +17,7 @@
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -237,10 +237,6 @@ def public_keys(
     return out
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Keyring:
     """The sealing private keys a decryptor holds, found by key id: derived on demand from the
     master keys (the AES master keys, or the KMS modes' unwrapped seeds), active first. A kid
@@ -256,12 +252,10 @@ class Keyring:
         *,
         schedule: Schedule | None = None,
         policy: KeyPolicy | None = None,
-        clock: Callable[[], datetime] = _now,
     ) -> None:
         self._masters = tuple(masters)
         self.schedule = schedule or Schedule()
         self.policy = policy or KeyPolicy()
-        self._clock = clock
 
     def find(self, kid: str) -> SealingPrivateKey | None:
         parsed = parse_kid(kid)
@@ -293,12 +287,12 @@ class Keyring:
         """The key new values of ``suite`` are sealed to: the first master's generation now."""
         if not self._masters:
             raise ValueError("no sealing master key")
-        return derive(self._masters[0], suite, self.schedule.generation_at(self._clock()))
+        return derive(self._masters[0], suite, self.schedule.generation_at(datetime.now(UTC)))
 
     def state(self, key: SealingPrivateKey) -> State:
         if key.kid in self.policy.retired:
             return State.RETIRED
-        current = self.schedule.generation_at(self._clock())
+        current = self.schedule.generation_at(datetime.now(UTC))
         if (
             self._masters
             and key.generation in (current, current + 1)
@@ -353,9 +347,8 @@ class Keyring:
         becomes on rewrap."""
         target = self.active(Suite.X25519)
         data_key = m1.new_data_key()
-        return m1.seal(data_key, [_stanza(target, data_key, sa_id)], [plaintext], sa_id)[
-            0
-        ], target.kid
+        [value] = m1.seal(data_key, [_stanza(target, data_key, sa_id)], [plaintext], sa_id)
+        return value, target.kid
 
     def _holds(self, stanza: m1.Stanza) -> bool:
         key = self.find(stanza.kid) if stanza.kind.startswith("hpke-") else None
