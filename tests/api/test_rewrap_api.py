@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from crypto import m1
 from crypto.aes import key_id
-from crypto.sealing import Keyring, KeyState, SealingPublicKey, Suite, derive
+from crypto.sealing import EPOCH, Keyring, KeyState, SealingPublicKey, Suite, derive
 from decryptor.app import create_app
 from tests.k8s_double import KubeApiDouble
 from tests.support.settings import (
@@ -22,6 +22,7 @@ from tests.support.settings import (
     kamus_aes_value,
     new_key,
 )
+from tests.support.values import sealed_to_generation
 
 REWRAP = "/api/v2/rewrap"
 DECRYPT = "/api/v1/decrypt"
@@ -75,19 +76,6 @@ def decrypts_as(
     return client.post(DECRYPT, json={"data": ciphertext}, headers=bearer(token))
 
 
-def sealed_to_generation(master_b64: str, generation: int, plaintext: str, sa_id: str) -> str:
-    key = derive(base64.b64decode(master_b64), Suite.X25519, generation)
-    public = SealingPublicKey(key.kid, key.suite, key.public, KeyState.ACTIVE, m1_epoch(), None)
-    data_key = m1.new_data_key()
-    return m1.seal(data_key, [public.wrap(data_key, sa_id)], [plaintext.encode()], sa_id)[0]
-
-
-def m1_epoch() -> Any:
-    from crypto.sealing import EPOCH
-
-    return EPOCH
-
-
 def active_kid(master_b64: str) -> str:
     return Keyring(masters=[base64.b64decode(master_b64)]).active(Suite.X25519).kid
 
@@ -132,7 +120,7 @@ def test_an_m1_rewrap_changes_only_the_stanza_and_keeps_foreign_stanzas(
     other = derive(os.urandom(32), Suite.X25519, 5)  # another cluster's key
     data_key = m1.new_data_key()
     stanzas = [
-        SealingPublicKey(k.kid, k.suite, k.public, KeyState.ACTIVE, m1_epoch(), None).wrap(
+        SealingPublicKey(k.kid, k.suite, k.public, KeyState.ACTIVE, EPOCH, None).wrap(
             data_key, "team-a:app"
         )
         for k in (old, other)

@@ -20,8 +20,7 @@ from crypto import DecryptionError, MalformedCiphertext, m1
 from crypto.cloud import CloudKeyManager
 from crypto.encoding import b64url_encode
 from crypto.lifecycle import LEGACY_KEY_ID, RetiredKey, Rewrapped, RewrapStatus
-from crypto.sealing import Keyring, Suite
-from tests.api.test_rewrap_api import sealed_to_generation
+from crypto.sealing import EPOCH, Keyring, KeyState, SealingPublicKey, Suite, derive
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.kms_doubles.azure import KeyVaultDouble
 from tests.kms_doubles.gcp import CloudKmsDouble
@@ -42,7 +41,7 @@ from tests.providers.test_key_manager_contract import (  # noqa: F401 (make_subj
 from tests.support import leaks
 from tests.support.aio import run
 from tests.support.served_logs import served_logging
-from tests.support.values import kms_fields
+from tests.support.values import kms_fields, sealed_to_generation
 
 OTHER = "team-b:app"
 # Set on every manager: make_settings leaves earlier settings of the test in the environment.
@@ -424,3 +423,27 @@ def test_at_debug_level_the_unwrapped_seed_reaches_no_log_line(
     assert lines  # DEBUG lines were written: the check below saw something
     forms = [base64.b64encode(master).decode(), b64url_encode(master), master.hex()]
     assert not [form for form in forms if form in lines]
+
+
+def test_a_retired_sealing_stanza_beside_a_kms_stanza_opens_through_the_kms_one(
+    request: pytest.FixtureRequest,
+) -> None:
+    """A value with two recipients, this cluster's sealing key and its AWS key: retiring the
+    sealing generation leaves the KMS stanza to open it, as the KMS's own stanza is not retired."""
+    kms = kms_for(request, "aws")
+    seed = str(run(kms.manager().new_sealing_seed()))
+    seeded = {"KeyManagement__Sealing__WrappedSeeds": seed}
+    [master] = run(kms.manager(**seeded).sealing_masters())
+    old = derive(master, Suite.X25519, 0)
+    online = run(kms.manager(**seeded).new_data_key(OWNER))
+    plaintext = secret("two recipients: a sealing key and a KMS key")
+    hpke = SealingPublicKey(old.kid, old.suite, old.public, KeyState.ACTIVE, EPOCH, None).wrap(
+        online.data_key, OWNER
+    )
+    aws = m1.Stanza("aws", online.key_version, online.wrapped)
+    [value] = m1.seal(online.data_key, [hpke, aws], [plaintext], OWNER)
+    retired = kms.manager(**seeded, KeyManagement__RetiredKeyIds=old.kid)
+    assert run(retired.decrypt(value, OWNER)) == plaintext
+    only_sealed = sealed_to_generation(base64.b64encode(master).decode(), 0, "x", OWNER)
+    with pytest.raises(RetiredKey):
+        run(retired.decrypt(only_sealed, OWNER))

@@ -1,10 +1,13 @@
-"""Reading the fields of the values a KMS provider writes, whatever the format: the tests that
-check what reached the KMS need the key version and the wrapped data key."""
+"""Reading the fields of the values a KMS provider writes, whatever the format (the tests that
+check what reached the KMS need the key version and the wrapped data key), and making values
+sealed to a given generation."""
 
+import base64
 from dataclasses import dataclass
 
 from crypto import envelope, m1
 from crypto.formats import CiphertextFormat, classify
+from crypto.sealing import EPOCH, KeyState, SealingPublicKey, Suite, derive
 
 
 @dataclass(frozen=True)
@@ -22,3 +25,12 @@ def kms_fields(value: str) -> KmsFields:
     kms = value.split("$")[2]
     parsed = envelope.parse(value, kms)
     return KmsFields(kms, parsed.key_version, parsed.wrapped_key)
+
+
+def sealed_to_generation(master_b64: str, generation: int, plaintext: str, sa_id: str) -> str:
+    """An m1 value sealed offline to sealing key generation ``generation`` of a master key (an
+    AES key, or a KMS mode's unwrapped seed), as an old bundle would have sealed it."""
+    key = derive(base64.b64decode(master_b64), Suite.X25519, generation)
+    public = SealingPublicKey(key.kid, key.suite, key.public, KeyState.ACTIVE, EPOCH, None)
+    data_key = m1.new_data_key()
+    return m1.seal(data_key, [public.wrap(data_key, sa_id)], [plaintext.encode()], sa_id)[0]
