@@ -756,7 +756,10 @@ def fuzz_provider(
     print(f"  and {seeded.total()} seeds first: {dict(seeded.most_common(4))}")
     print(f"  {kms_calls} calls reached the {provider.name} KMS double during the fuzz")
     assert len(outcomes) >= 3, outcomes
-    assert kms_calls >= EXAMPLES_PER_DOUBLE // 6
+    # The fuzz gets past the parsers to the KMS. How far is random: over 300 inputs the Key
+    # Vault double with legacy reading off saw 70 to 112 calls in six runs, and 47 once in CI
+    # (2026-12-06), which an earlier bound of one in six failed.
+    assert kms_calls >= EXAMPLES_PER_DOUBLE // 10
 
 
 LEGACY_ON_OFF = pytest.mark.parametrize("legacy_on", [True, False], ids=["legacy-on", "legacy-off"])
