@@ -13,7 +13,6 @@ the layer cache; ``podman rmi`` them, and the base image, to measure a cold buil
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import httpx
 import pytest
 
 from tests.k8s_double import KubeApiDouble
+from tests.support.ports import free_port
 from tests.support.settings import new_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,13 +126,6 @@ def test_dockerfiles_share_the_build_and_the_user() -> None:
 
 
 # -- the images ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

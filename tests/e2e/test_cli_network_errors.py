@@ -27,6 +27,7 @@ from encryptor.app import create_app as create_encryptor
 from kamus.cli.client import KamusClient, NetworkError, wrong_service
 from kamus.server.settings import Settings
 from tests.k8s_double import KubeApiDouble
+from tests.support.ports import free_port
 from tests.support.servers import ThreadedServer
 from tests.support.settings import SettingsFactory
 
@@ -157,12 +158,6 @@ def nginx_behind_http() -> Iterator[Target]:
         thread.start()
         yield Target(f"http://127.0.0.1:{server.server_port}", ["--allow-insecure-url"])
         server.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

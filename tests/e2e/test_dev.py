@@ -19,16 +19,10 @@ import httpx
 import pytest
 
 from kamus.cli.dev import DevError, _Child, _wait_ready
+from tests.support.ports import free_port, free_ports
 from tests.support.processes import ignoring_sigint, spawn, stop
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def dev_command(state_dir: Path, ports: tuple[int, int]) -> list[str]:
@@ -41,7 +35,8 @@ def dev_command(state_dir: Path, ports: tuple[int, int]) -> list[str]:
 def start_dev(
     state_dir: Path, log: Path, *, sigint_ignored: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, str, str]:
-    command = dev_command(state_dir, (free_port(), free_port()))
+    encryptor_port, decryptor_port = free_ports(2)
+    command = dev_command(state_dir, (encryptor_port, decryptor_port))
     with log.open("wb") as out:
         process = spawn(
             ignoring_sigint(command) if sigint_ignored else command,
