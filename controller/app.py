@@ -24,6 +24,7 @@ from crypto import KeyManager
 from kamus.server.errors import ConfigurationError
 from kamus.server.kube import create_api_client
 from kamus.server.metrics import ControllerMetrics
+from kamus.server.process import cache_cleared_on_sighup
 from kamus.server.providers import build_key_manager
 from kamus.server.settings import Settings
 from kamus.server.web.app import KamusApp, create_base_app
@@ -111,7 +112,8 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
         task = asyncio.create_task(controller.run())
         state.update(controller=controller, access=AccessCheck(api, leases_in))
         try:
-            yield
+            with cache_cleared_on_sighup(keys):
+                yield
         finally:
             task.cancel()
             with suppress(asyncio.CancelledError):

@@ -28,7 +28,7 @@ from controller.pacing import TokenBucket
 from controller.reconcile import GROUP, PLURAL, VERSION
 from controller.workqueue import WorkQueue
 from crypto import KeyManager
-from crypto.errors import KeyManagerUnavailable
+from crypto.errors import KeyManagerUnavailable, KmsThrottled
 from kamus.server.lease import LeaderElector
 from kamus.server.metrics import ControllerMetrics
 from kamus.server.settings import ControllerSettings
@@ -177,7 +177,10 @@ class ControllerRunner:
             except KeyManagerUnavailable as exc:
                 outcome = "unavailable"
                 log.warning("%s/%s: key manager unavailable (%s)", *key, exc.reason)
-                self._queue.add_after(key, self._settings.retry_period_seconds * 2)
+                delay: float = self._settings.retry_period_seconds * 2
+                if isinstance(exc, KmsThrottled) and exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)  # no sooner than the KMS asked
+                self._queue.add_after(key, delay)
             except ApiException as exc:
                 outcome = "error"
                 log.warning("%s/%s: apiserver answered %s %s", *key, exc.status, exc.reason)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crypto.cloud import CloudKeyManager, Wrapped, WrappedSeed
+from crypto.datakeys import OFF, CacheLimits
 from crypto.encoding import b64_decode
 from crypto.errors import DecryptionError, MalformedCiphertext
 from crypto.formats import CiphertextFormat
@@ -27,6 +28,8 @@ from crypto.kms import (
     ensure_key,
     found,
     owner,
+    refused,
+    retry_after_seconds,
 )
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
 from crypto.lifecycle import KeyPolicy
@@ -44,6 +47,24 @@ CONTEXT_KEY = "kamus:service-account"
 # Errors that mean "this ciphertext is not for this key or identity", never an outage.
 MAX_CIPHERTEXT_BLOB = 6144  # the KMS API's limit on Decrypt's CiphertextBlob
 _REJECTED = {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException"}
+# Over a request rate or quota: retried with backoff (crypto/kms.py), never an outage. KMS itself
+# answers ThrottlingException (HTTP 400); the others are AWS's generic names for the same.
+_THROTTLED = {"ThrottlingException", "LimitExceededException", "RequestLimitExceeded"}
+# The key is disabled, pending deletion, or (for an external key store) unusable.
+_DISABLED = {"DisabledException", "KMSInvalidStateException", "KeyUnavailableException"}
+
+
+def leave_throttling_to_kamus(response: Any = None, **_: Any) -> bool | None:
+    """botocore's ``needs-retry`` hook: False (no retry) for a throttled answer, so that the
+    backoff in crypto/kms.py sees, counts and paces each one within the call's deadline; None
+    leaves every other answer to botocore's own retry policy (5xx, connection errors)."""
+    if response is None:
+        return None
+    error = response[1].get("Error", {}) if isinstance(response[1], dict) else {}
+    status = getattr(response[0], "status_code", None)
+    if error.get("Code") in _THROTTLED or status == 429:
+        return False
+    return None
 
 
 class IncorrectKey(DecryptionError):
@@ -57,13 +78,20 @@ def classify_aws_error(exc: Exception, operation: str) -> KmsError | None:
             return KmsError(Failure.NOT_FOUND, code)
         if code == "AlreadyExistsException":
             return KmsError(Failure.CONFLICT, code)
+        if code in _DISABLED:
+            return KmsError(Failure.DISABLED, code)
         if code in _REJECTED or (operation == "Decrypt" and code == "AccessDeniedException"):
             # On Decrypt, AccessDenied is also what a blob of a key we may not use gets (a
             # foreign or forged value): the caller's problem, answered 400. An IAM mistake on our
             # side shows up in the audit reason, and on encrypt as a 503.
             return KmsError(Failure.REJECTED, code)
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return KmsError(Failure.UNAVAILABLE, f"{code or 'error'} (HTTP {status})")
+        metadata = exc.response.get("ResponseMetadata", {})
+        status = metadata.get("HTTPStatusCode")
+        reason = f"{code or 'error'} (HTTP {status})"
+        if code in _THROTTLED or status == 429:
+            retry_after = retry_after_seconds(metadata.get("HTTPHeaders", {}).get("retry-after"))
+            return KmsError(Failure.THROTTLED, reason, retry_after)
+        return KmsError(Failure.UNAVAILABLE, reason)
     if isinstance(exc, BotoCoreError):
         return KmsError(Failure.UNAVAILABLE, type(exc).__name__)
     return None
@@ -87,6 +115,7 @@ class AwsKmsKeyManager(CloudKeyManager):
         wrapped_seeds: Sequence[WrappedSeed] = (),
         policy: KeyPolicy | None = None,
         schedule: Schedule | None = None,
+        cache: CacheLimits = OFF,
     ) -> None:
         super().__init__(
             sealed_output=sealed_output,
@@ -94,6 +123,7 @@ class AwsKmsKeyManager(CloudKeyManager):
             wrapped_seeds=wrapped_seeds,
             policy=policy,
             schedule=schedule,
+            cache=cache,
             observer=calls.observer,
         )
         self._client = client
@@ -253,7 +283,7 @@ class AwsKmsKeyManager(CloudKeyManager):
             # forged or foreign value would then cost a second call.
             if exc.reason.endswith("IncorrectKeyException") and not key_id:
                 raise IncorrectKey(exc.reason) from None
-            raise DecryptionError(exc.reason) from None
+            raise refused(exc) from None
         data_key: bytes = response["Plaintext"]
         return data_key
 

@@ -24,6 +24,8 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline import PipelineResponse
+from azure.core.pipeline.policies import RetryPolicy
 from azure.keyvault.keys import KeyClient, KeyVaultKey
 from azure.keyvault.keys.crypto import CryptographyClient, EncryptionAlgorithm, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -31,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from crypto import envelope
 from crypto.cloud import CloudKeyManager, Wrapped, WrappedSeed
+from crypto.datakeys import OFF, CacheLimits
 from crypto.encoding import b64_decode
 from crypto.errors import (
     DecryptionError,
@@ -49,6 +52,8 @@ from crypto.kms import (
     ensure_key,
     found,
     owner,
+    refused,
+    retry_after_seconds,
 )
 from crypto.legacy import cbc_decrypt, parse_legacy_envelope
 from crypto.lifecycle import KeyPolicy
@@ -72,6 +77,15 @@ def classify_azure_error(exc: Exception, operation: str) -> KmsError | None:
         status = exc.status_code or 0
         if status == 400 and operation in ("UnwrapKey", "Decrypt"):
             return KmsError(Failure.REJECTED, f"{name} (HTTP 400)")
+        if status == 403 and "disabled" in str(exc.message or "").lower():
+            # Key Vault's "Operation unwrapKey is not allowed on a disabled key." (403
+            # Forbidden, like a missing permission, which names no key state).
+            return KmsError(Failure.DISABLED, f"{name} (HTTP 403, key disabled)")
+        if status == 429:  # Key Vault says how long to wait, in seconds
+            # Typed as a protocol without headers; every transport's response has them.
+            headers = getattr(exc.response, "headers", None) or {}
+            retry_after = retry_after_seconds(headers.get("Retry-After"))
+            return KmsError(Failure.THROTTLED, f"{name} (HTTP 429)", retry_after)
         return KmsError(Failure.UNAVAILABLE, f"{name} (HTTP {status})")
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return KmsError(Failure.UNAVAILABLE, name)
@@ -82,6 +96,24 @@ def classify_azure_error(exc: Exception, operation: str) -> KmsError | None:
             "KeyManagement__KeyVault__VerifyChallengeResource=false",
         )
     return None
+
+
+class ThrottlingNotRetried(RetryPolicy[Any, Any]):
+    """azure-core's retry policy, except for 429: BlockingCalls retries throttling, counting each
+    answer and honouring its Retry-After asleep on the event loop, where azure-core would sleep
+    it out in a worker thread that holds one of the KMS concurrency slots."""
+
+    def is_retry(self, settings: dict[str, Any], response: PipelineResponse[Any, Any]) -> bool:
+        if response.http_response.status_code == 429:
+            return False
+        return bool(super().is_retry(settings, response))
+
+
+def client_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """A Key Vault client's keyword arguments: ``options`` (azure-core's ``retry_*`` ones
+    included) and a retry policy of the client's own, since a policy object is linked into one
+    client's pipeline and cannot be shared."""
+    return {**options, "retry_policy": ThrottlingNotRetried(**options)}
 
 
 MAX_RSA_CIPHERTEXT = 512  # bytes, for the largest Key Vault RSA key (4096 bits)
@@ -150,6 +182,7 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         wrapped_seeds: Sequence[WrappedSeed] = (),
         policy: KeyPolicy | None = None,
         schedule: Schedule | None = None,
+        cache: CacheLimits = OFF,
     ) -> None:
         super().__init__(
             sealed_output=sealed_output,
@@ -157,6 +190,7 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
             wrapped_seeds=wrapped_seeds,
             policy=policy,
             schedule=schedule,
+            cache=cache,
             observer=calls.observer,
         )
         self._keys = keys
@@ -276,7 +310,7 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
                     operation, lambda: client.decrypt(EncryptionAlgorithm.rsa_oaep, data).plaintext
                 )
         except KmsError as exc:
-            raise DecryptionError(exc.reason) from None
+            raise refused(exc) from None
         plaintext: bytes = result
         return plaintext
 
@@ -294,7 +328,9 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         cache_key = (key.name or "", key.properties.version or "")
         client = self._versions.get(cache_key)
         if client is None:
-            client = CryptographyClient(key, self._credential, **self._client_options)
+            client = CryptographyClient(
+                key, self._credential, **client_kwargs(self._client_options)
+            )
             self._versions[cache_key] = client
             if len(self._versions) > MAX_CACHED_VERSIONS:
                 self._versions.popitem(last=False)

@@ -20,12 +20,21 @@ whose sealing key this decryptor holds (values sealed offline): that one needs n
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crypto import envelope, m1
+from crypto.datakeys import OFF, CacheLimits, DataKeyCache, EntryKey
 from crypto.encoding import b64url_decode, b64url_encode
-from crypto.errors import DecryptionError, KeyManagerUnavailable, MalformedCiphertext
+from crypto.errors import (
+    DecryptionError,
+    KeyDisabled,
+    KeyManagerUnavailable,
+    MalformedCiphertext,
+)
 from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.kms import KmsObserver, NullObserver
 from crypto.lifecycle import (
@@ -41,6 +50,8 @@ from crypto.sealing import Keyring, Schedule, check_identity, no_stanza_held
 
 # How long the KMS key version a service account's key uses now is trusted (rewrap only).
 CURRENT_VERSION_SECONDS = 30.0
+
+Cipher = TypeVar("Cipher", m1.Opener, AESGCM)
 
 # The identity the seed is wrapped for. '_' is never in a namespace's name, so no workload's
 # identity (and no KMS key name, a hash of it) can be this one.
@@ -92,6 +103,7 @@ class CloudKeyManager(ABC):
         observer: KmsObserver | None = None,
         policy: KeyPolicy | None = None,
         schedule: Schedule | None = None,
+        cache: CacheLimits = OFF,
     ) -> None:
         self.sealed_output = sealed_output
         self.allow_legacy = allow_legacy
@@ -109,6 +121,7 @@ class CloudKeyManager(ABC):
         self.sealing = Keyring(schedule=schedule, policy=self.policy)
         self._current: dict[str, tuple[float, str]] = {}
         self._looking_up = asyncio.Lock()
+        self.data_keys: DataKeyCache[m1.Opener | AESGCM] = DataKeyCache(cache, self.observer)
 
     @abstractmethod
     async def new_data_key(self, sa_id: str) -> Wrapped: ...
@@ -174,21 +187,38 @@ class CloudKeyManager(ABC):
     async def encrypt(self, plaintext: bytes, sa_id: str) -> str:
         return (await self._encrypt(plaintext, sa_id))[0]
 
+    async def encrypt_many(self, plaintexts: Sequence[bytes], sa_id: str) -> list[str]:
+        """Values of one document (a request, a Secret) for one identity: one data key and one
+        KMS call for all of them. Each value carries the wrapped key, so it still opens alone,
+        and a decryptor's cache unwraps it once for the whole document."""
+        values, _ = await self._encrypt_document(plaintexts, sa_id)
+        return values
+
     async def _encrypt(self, plaintext: bytes, sa_id: str) -> tuple[str, str]:
         """A new value in the output format, and the key version that wrapped its data key."""
+        [value], key_version = await self._encrypt_document([plaintext], sa_id)
+        return value, key_version
+
+    async def _encrypt_document(
+        self, plaintexts: Sequence[bytes], sa_id: str
+    ) -> tuple[list[str], str]:
         key = await self.new_data_key(sa_id)
         if self.sealed_output:
             stanza = m1.Stanza(self.kind, key.key_version, key.wrapped)
-            return m1.seal(key.data_key, [stanza], [plaintext], sa_id)[0], key.key_version
-        sealed = envelope.seal(
-            key.data_key,
-            plaintext,
-            sa_id,
-            kms=self.kind,
-            key_version=key.key_version,
-            wrapped=key.wrapped,
-        )
-        return sealed, key.key_version
+            return m1.seal(key.data_key, [stanza], plaintexts, sa_id), key.key_version
+        # e1 under one key: a random 96-bit nonce per value, far below GCM's 2^32 bound.
+        values = [
+            envelope.seal(
+                key.data_key,
+                plaintext,
+                sa_id,
+                kms=self.kind,
+                key_version=key.key_version,
+                wrapped=key.wrapped,
+            )
+            for plaintext in plaintexts
+        ]
+        return values, key.key_version
 
     async def decrypt(self, ciphertext: str, sa_id: str) -> bytes:
         return (await self.open(ciphertext, sa_id)).plaintext
@@ -201,13 +231,14 @@ class CloudKeyManager(ABC):
             value = m1.parse(ciphertext)
             if await self._held_sealing(value):
                 return self.sealing.opened(value, sa_id)
-            stanza, data_key = await self._open_kms_stanza(value, sa_id)
-            return Opened(m1.open_value(value, data_key, sa_id), stanza.kid, State.ACTIVE, fmt)
+            stanza = self._kms_stanza(value, sa_id)
+            opener = await self._cached(m1.Opener, fmt, stanza.kid, stanza.wrapped, sa_id)
+            return Opened(opener.open(value, sa_id), stanza.kid, State.ACTIVE, fmt)
         if fmt is CiphertextFormat.ENVELOPE_V1:
             sealed = envelope.parse(ciphertext, self.kind)
             self.policy.check(sealed.key_version)
-            data_key = await self.unwrap_data_key(sealed.key_version, sealed.wrapped_key, sa_id)
-            plaintext = envelope.open_sealed(sealed, data_key, sa_id)
+            aead = await self._cached(AESGCM, fmt, sealed.key_version, sealed.wrapped_key, sa_id)
+            plaintext = envelope.open_with(sealed, aead, sa_id)
             return Opened(plaintext, sealed.key_version, State.ACTIVE, fmt)
         if not self.allow_legacy:
             raise legacy_switched_off(envelope.E1_HEADER, "KeyManagement__AllowLegacyCiphertexts")
@@ -288,8 +319,42 @@ class CloudKeyManager(ABC):
                 return False  # this provider's own stanza may still open it
             raise
 
+    async def _cached(
+        self,
+        cipher: type[Cipher],
+        fmt: CiphertextFormat,
+        key_version: str,
+        wrapped: bytes,
+        sa_id: str,
+    ) -> Cipher:
+        """The ready cipher of the data key ``wrapped`` holds for ``sa_id``: from the data-key
+        cache, or unwrapped by the KMS (one call, however many requests ask at once)."""
+        build: Callable[[bytes], m1.Opener | AESGCM] = (
+            m1.Opener if cipher is m1.Opener else envelope.cipher
+        )
+
+        async def unwrap() -> m1.Opener | AESGCM:
+            try:
+                return build(await self.unwrap_data_key(key_version, wrapped, sa_id))
+            except KeyDisabled:
+                # Its owner turned the key off: what it wrapped for this identity goes too.
+                self.data_keys.forget(sa_id, key_version)
+                raise
+
+        entry = EntryKey.of(self.kind, fmt.value, key_version, wrapped, sa_id)
+        found = await self.data_keys.get(entry, unwrap)
+        assert isinstance(found, cipher)  # the format is part of the entry's key
+        return found
+
     async def _open_kms_stanza(self, value: m1.M1, sa_id: str) -> tuple[m1.Stanza, bytes]:
-        """This provider's stanza of ``value`` and the data key it wraps for ``sa_id``."""
+        """This provider's stanza of ``value`` and the data key it wraps for ``sa_id``: for a
+        rewrap, which needs the key itself (never cached)."""
+        stanza = self._kms_stanza(value, sa_id)
+        return stanza, await self.unwrap_data_key(stanza.kid, stanza.wrapped, sa_id)
+
+    def _kms_stanza(self, value: m1.M1, sa_id: str) -> m1.Stanza:
+        """This provider's stanza of ``value``, checked: its shape, the key's state, and the
+        identity tag (no KMS call before all of these pass)."""
         stanza = next((s for s in value.stanzas if s.kind == self.kind), None)
         if stanza is None:
             raise no_stanza_held(
@@ -303,4 +368,4 @@ class CloudKeyManager(ABC):
         self.check_wrapped(stanza.kid, stanza.wrapped)
         self.policy.check(stanza.kid)
         check_identity(value, sa_id)
-        return stanza, await self.unwrap_data_key(stanza.kid, stanza.wrapped, sa_id)
+        return stanza

@@ -95,12 +95,21 @@ def parse(ciphertext: str, kms: str) -> Envelope:
     return Envelope(kms, parts[3], wrapped, sealed)
 
 
-def open_sealed(envelope: Envelope, data_key: bytes, sa_id: str) -> bytes:
+def cipher(data_key: bytes) -> AESGCM:
+    """The data key's cipher, ready: what the data-key cache keeps (crypto/datakeys.py)."""
     if len(data_key) != DATA_KEY_SIZE:
         raise DecryptionError("the unwrapped data key has the wrong size")
+    return AESGCM(data_key)
+
+
+def open_with(envelope: Envelope, aead: AESGCM, sa_id: str) -> bytes:
     nonce, sealed = envelope.sealed[:NONCE_SIZE], envelope.sealed[NONCE_SIZE:]
     aad = (envelope.header + sa_id).encode("utf-8")
     try:
-        return AESGCM(data_key).decrypt(nonce, sealed, aad)
+        return aead.decrypt(nonce, sealed, aad)
     except InvalidTag as exc:
         raise DecryptionError("e1 authentication failed (wrong identity or tampered)") from exc
+
+
+def open_sealed(envelope: Envelope, data_key: bytes, sa_id: str) -> bytes:
+    return open_with(envelope, cipher(data_key), sa_id)

@@ -45,6 +45,13 @@ def shown(field: str) -> str | None:
     return field if _SHOWABLE.fullmatch(field) else None
 
 
+class KeyDisabled(DecryptionError):
+    """The KMS refused to unwrap because the key (version) that wrapped the value is disabled,
+    pending deletion or gone: a decision of its owner, answered as any value that does not
+    open. The data-key cache drops what that key wrapped for the identity (crypto/datakeys.py).
+    """
+
+
 class KeyManagerUnavailable(Exception):
     """The key manager (a cloud KMS) could not be used right now: down, slow, throttling, or
     refusing our credentials. Callers answer 503; ``reason`` is for the audit log only.
@@ -53,6 +60,20 @@ class KeyManagerUnavailable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__("the key manager is unavailable; retry later")
         self.reason = reason
+
+
+class KmsThrottled(KeyManagerUnavailable):
+    """The KMS kept refusing a call for its request rate (throttling) until the call's deadline.
+
+    Still a 503 for the caller, but not an outage: the KMS answers, it is only busy, so this
+    does not make a replica unready (one noisy caller must not take it out of service).
+    ``retry_after`` is how many seconds the KMS asked us to wait, when it said (Key Vault's
+    ``Retry-After``); the caller's ``Retry-After`` follows it.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class KeyNotFoundError(Exception):

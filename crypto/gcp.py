@@ -20,8 +20,9 @@ from google.cloud import kms
 
 from crypto import envelope
 from crypto.cloud import CloudKeyManager, Wrapped, WrappedSeed
+from crypto.datakeys import OFF, CacheLimits
 from crypto.encoding import b64_decode
-from crypto.errors import DecryptionError, KeyManagerUnavailable, MalformedCiphertext
+from crypto.errors import KeyManagerUnavailable, MalformedCiphertext
 from crypto.formats import CiphertextFormat
 from crypto.keyid import kamus_key_id
 from crypto.kms import (
@@ -33,6 +34,7 @@ from crypto.kms import (
     ensure_key,
     found,
     owner,
+    refused,
 )
 from crypto.lifecycle import KeyPolicy
 from crypto.sealing import Schedule
@@ -40,8 +42,23 @@ from crypto.sealing import Schedule
 log = logging.getLogger(__name__)
 
 KMS = "gcp"
-RETRYABLE = (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError)
+# What Google's own retry repeats. Not throttling (TooManyRequests, and its gRPC subclass
+# ResourceExhausted): BlockingCalls retries that, and counts each one.
+RETRYABLE = (gexc.ServiceUnavailable, gexc.InternalServerError)
 SYMMETRIC = kms.CryptoKeyVersion.CryptoKeyVersionAlgorithm.GOOGLE_SYMMETRIC_ENCRYPTION
+
+
+def _rpc_status(exc: Exception) -> str | None:
+    """The google.rpc status name of an API error: gRPC raises its own class for each, while REST
+    raises by HTTP status (FAILED_PRECONDITION is a plain 400) and names it in the body."""
+    if isinstance(exc, gexc.FailedPrecondition):
+        return "FAILED_PRECONDITION"
+    response = getattr(exc, "response", None)
+    try:
+        status = response.json()["error"]["status"]  # type: ignore[union-attr]
+    except Exception:  # no response, or not Google's error document: no status to read
+        return None
+    return status if isinstance(status, str) else None
 
 
 def classify_gcp_error(exc: Exception, operation: str) -> KmsError | None:
@@ -50,8 +67,12 @@ def classify_gcp_error(exc: Exception, operation: str) -> KmsError | None:
         return KmsError(Failure.NOT_FOUND, name)
     if isinstance(exc, gexc.Conflict):  # AlreadyExists over gRPC, plain 409 over REST
         return KmsError(Failure.CONFLICT, name)
+    if _rpc_status(exc) == "FAILED_PRECONDITION":  # the key version is not ENABLED
+        return KmsError(Failure.DISABLED, name)
     if isinstance(exc, gexc.BadRequest) and operation == "Decrypt":
         return KmsError(Failure.REJECTED, name)
+    if isinstance(exc, gexc.TooManyRequests):  # HTTP 429, RESOURCE_EXHAUSTED
+        return KmsError(Failure.THROTTLED, f"{name} (HTTP {exc.code})")
     if isinstance(exc, gexc.GoogleAPICallError):
         return KmsError(Failure.UNAVAILABLE, f"{name} (HTTP {exc.code})")
     if isinstance(exc, gexc.RetryError | auth_exc.GoogleAuthError | OSError):
@@ -90,6 +111,7 @@ class GoogleKmsKeyManager(CloudKeyManager):
         wrapped_seeds: Sequence[WrappedSeed] = (),
         policy: KeyPolicy | None = None,
         schedule: Schedule | None = None,
+        cache: CacheLimits = OFF,
     ) -> None:
         super().__init__(
             sealed_output=sealed_output,
@@ -97,6 +119,7 @@ class GoogleKmsKeyManager(CloudKeyManager):
             wrapped_seeds=wrapped_seeds,
             policy=policy,
             schedule=schedule,
+            cache=cache,
             observer=calls.observer,
         )
         self._client = client
@@ -108,8 +131,8 @@ class GoogleKmsKeyManager(CloudKeyManager):
         self._rotation = rotation_period
         self._create_keys = create_keys
         self._locks = KeyLocks()
-        # Google's retry: exponential backoff with jitter, on throttling and 5xx, inside the
-        # deadline the BlockingCalls runner enforces.
+        # Google's retry: exponential backoff with jitter, on 5xx, inside the deadline the
+        # BlockingCalls runner enforces (which retries throttling itself).
         self._options: dict[str, Any] = {
             "retry": Retry(
                 predicate=lambda e: isinstance(e, RETRYABLE),
@@ -267,7 +290,7 @@ class GoogleKmsKeyManager(CloudKeyManager):
                 "Decrypt", lambda: self._client.decrypt(request=request, **self._options)
             )
         except KmsError as exc:
-            raise DecryptionError(exc.reason) from None
+            raise refused(exc) from None
         if response.plaintext_crc32c != _crc(response.plaintext):
             raise KeyManagerUnavailable("gcp Decrypt: CRC32C integrity check failed")
         plaintext: bytes = response.plaintext

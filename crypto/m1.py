@@ -26,8 +26,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -242,24 +243,39 @@ def parse(ciphertext: str) -> M1:
     )
 
 
-def verify_header(value: M1, data_key: bytes) -> Keys:
-    """The keys of ``value`` if ``data_key`` is the one its header commits to and its MAC holds.
-    Constant-time comparisons: a mismatch says nothing about where the keys differ."""
-    keys = derive_keys(data_key)
-    if not hmac.compare_digest(keys.commitment, value.commitment):
-        raise DecryptionError("m1 commitment does not match the data key")
-    if not hmac.compare_digest(_mac(keys, value.header_text), value.mac):
-        raise DecryptionError("m1 header MAC failed (a stanza or field was altered)")
-    return keys
+class Opener:
+    """A data key's m1 ciphers, ready to open any value whose header commits to it: what the
+    data-key cache keeps (crypto/datakeys.py). The payload and MAC keys go straight into
+    OpenSSL objects, and the raw data key is not kept."""
+
+    def __init__(self, data_key: bytes) -> None:
+        keys = derive_keys(data_key)
+        self._commitment = keys.commitment
+        self._mac = crypto_hmac.HMAC(keys.mac, hashes.SHA256())
+        self._payload = AESGCM(keys.payload)
+
+    def verify(self, value: M1) -> None:
+        """Constant-time checks: a mismatch says nothing about where the keys differ."""
+        if not hmac.compare_digest(self._commitment, value.commitment):
+            raise DecryptionError("m1 commitment does not match the data key")
+        mac = self._mac.copy()
+        mac.update((M1_HEADER + value.header_text).encode("ascii"))
+        try:
+            mac.verify(value.mac)
+        except InvalidSignature:
+            raise DecryptionError("m1 header MAC failed (a stanza or field was altered)") from None
+
+    def open(self, value: M1, sa_id: str) -> bytes:
+        self.verify(value)
+        nonce, sealed = value.payload[:NONCE_SIZE], value.payload[NONCE_SIZE:]
+        try:
+            return self._payload.decrypt(nonce, sealed, payload_aad(sa_id, self._commitment))
+        except InvalidTag as exc:
+            raise DecryptionError("m1 authentication failed (wrong identity or tampered)") from exc
 
 
 def open_value(value: M1, data_key: bytes, sa_id: str) -> bytes:
-    keys = verify_header(value, data_key)
-    nonce, sealed = value.payload[:NONCE_SIZE], value.payload[NONCE_SIZE:]
-    try:
-        return AESGCM(keys.payload).decrypt(nonce, sealed, payload_aad(sa_id, keys.commitment))
-    except InvalidTag as exc:
-        raise DecryptionError("m1 authentication failed (wrong identity or tampered)") from exc
+    return Opener(data_key).open(value, sa_id)
 
 
 def rewrap(value: M1, data_key: bytes, sa_id: str, stanzas: Sequence[Stanza]) -> str:

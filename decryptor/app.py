@@ -35,6 +35,7 @@ from kamus.server.kubeauth.reviews import (
     token_reviews,
 )
 from kamus.server.metrics import Metrics
+from kamus.server.process import cache_cleared_on_sighup
 from kamus.server.providers import build_key_manager
 from kamus.server.settings import Settings
 from kamus.server.web.api import (
@@ -355,8 +356,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: Decryptor = app.state.decryptor
     rewraps: RewrapCallers = app.state.rewrap
     if state.given_authenticator is not None:  # the caller's, and the caller closes it
-        async with rewraps.lifespan(), publishing(state):
-            yield
+        with cache_cleared_on_sighup(state.keys.inner):
+            async with rewraps.lifespan(), publishing(state):
+                yield
         return
     try:
         state.auth = await build_authenticator(state.settings, state.metrics)
@@ -364,8 +366,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("the decryptor cannot start: %s", exc)
         raise
     try:
-        async with rewraps.lifespan(), publishing(state):
-            yield
+        with cache_cleared_on_sighup(state.keys.inner):
+            async with rewraps.lifespan(), publishing(state):
+                yield
     finally:
         await state.auth.close()
         state.auth = None

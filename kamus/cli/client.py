@@ -405,9 +405,11 @@ def with_retries(
     deadline: float,
     retryable: Callable[[Exception], bool],
     on_retry: Callable[[Exception, float], None] = lambda exc, wait: None,
+    asked_wait: Callable[[Exception], float | None] = lambda exc: None,
 ) -> T:
     """Call until it succeeds, a non-retryable error, or the deadline (a ``time.monotonic``
-    instant), with jittered exponential backoff between tries."""
+    instant), with jittered exponential backoff between tries, and never sooner than the server
+    asked (``asked_wait``: the seconds of its ``Retry-After``), but never past the deadline."""
     wait = 0.5
     while True:
         try:
@@ -416,7 +418,8 @@ def with_retries(
             remaining = deadline - time.monotonic()
             if not retryable(exc) or remaining <= 0:
                 raise
-            pause = min(random.uniform(0.5, 1.0) * wait, remaining)  # noqa: S311 - jitter
+            pause = random.uniform(0.5, 1.0) * wait  # noqa: S311 - jitter
+            pause = min(max(pause, asked_wait(exc) or 0.0), remaining)
             on_retry(exc, pause)
             time.sleep(pause)
             wait = min(wait * 2, 8.0)

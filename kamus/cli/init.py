@@ -46,7 +46,13 @@ class InitError(ClientError):
 
 
 class _Unavailable(Exception):
-    """A 503: the decryptor (or what it depends on) is not ready yet; worth retrying."""
+    """A 503: the decryptor (or what it depends on) is not ready yet, or its KMS is throttling;
+    worth retrying, after the answer's ``Retry-After`` (in seconds) when it has one."""
+
+    def __init__(self, message: str, retry_after: str | None) -> None:
+        super().__init__(message)
+        seconds = (retry_after or "").strip()
+        self.retry_after = int(seconds) if seconds.isascii() and seconds.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ def _decrypt_batch(
         client.batch_api = False
         return None
     if status == 503:
-        raise _Unavailable(server_message(status, body))
+        raise _Unavailable(server_message(status, body), client.retry_after)
     if status != 200:
         names = ", ".join(str(files[n]) for n in ciphertexts)
         raise InitError(
@@ -227,7 +233,7 @@ def _batch_items(body: bytes, names: Mapping[str, str]) -> dict[str, dict[str, s
 def _decrypt_one(client: KamusClient, headers: dict[str, str], path: Path, ciphertext: str) -> str:
     status, body = client.post("/api/v1/decrypt", {"data": ciphertext}, headers)
     if status == 503:
-        raise _Unavailable(server_message(status, body))
+        raise _Unavailable(server_message(status, body), client.retry_after)
     if status == 404:
         # Asked only once the batch API was found missing (404 or 405): not a decryptor at all.
         raise wrong_service(client, "decryptor")
@@ -265,6 +271,9 @@ def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, st
     def on_retry(exc: Exception, wait: float) -> None:
         log(f"the decryptor is not ready ({exc}); retrying in {wait:.1f}s")
 
+    def asked_wait(exc: Exception) -> float | None:
+        return exc.retry_after if isinstance(exc, _Unavailable) else None
+
     def attempt() -> dict[str, str]:
         batch = _decrypt_batch(client, headers, files, ciphertexts)
         if batch is not None:
@@ -272,7 +281,13 @@ def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, st
         return {n: _decrypt_one(client, headers, files[n], c) for n, c in ciphertexts.items()}
 
     try:
-        return with_retries(attempt, deadline=deadline, retryable=retryable, on_retry=on_retry)
+        return with_retries(
+            attempt,
+            deadline=deadline,
+            retryable=retryable,
+            on_retry=on_retry,
+            asked_wait=asked_wait,
+        )
     except _Unavailable as exc:
         raise InitError(
             f"the decryptor at {options.url} still answered 503 after {options.timeout:g}s: {exc}"

@@ -3,11 +3,14 @@ credentials from the SDK's standard chain (or Kamus's explicit settings)."""
 
 import os
 import re
+from collections.abc import Callable
 from datetime import timedelta
+from typing import cast
 
-from crypto.aws import AwsKmsKeyManager, classify_aws_error
-from crypto.azure import AzureKeyVaultKeyManager, classify_azure_error
+from crypto.aws import AwsKmsKeyManager, classify_aws_error, leave_throttling_to_kamus
+from crypto.azure import AzureKeyVaultKeyManager, classify_azure_error, client_kwargs
 from crypto.cloud import WrappedSeed
+from crypto.datakeys import CacheLimits
 from crypto.gcp import GoogleKmsKeyManager, classify_gcp_error
 from crypto.kms import BlockingCalls, Classifier, KmsObserver
 from kamus.server.errors import ConfigurationError
@@ -35,6 +38,11 @@ def blocking_calls(
         classify=classify,
         observer=observer,
     )
+
+
+def cache_limits(km: KeyManagementSettings) -> CacheLimits:
+    cache = km.data_key_cache
+    return CacheLimits(cache.capacity, cache.max_age_seconds, cache.max_uses)
 
 
 def wrapped_seeds(km: KeyManagementSettings, kind: str) -> list[WrappedSeed]:
@@ -80,7 +88,9 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
     attempt = per_attempt_timeout(km)
     client = session.client(
         "kms",
-        # Standard retry mode: jittered exponential backoff on throttling and 5xx.
+        # Standard retry mode: jittered exponential backoff on 5xx (throttling: see below). botocore
+        # offers no way to leave throttling to BlockingCalls (which retries it further, within
+        # the deadline) on every version we accept, so its throttled retries go uncounted.
         config=Config(
             connect_timeout=attempt,
             read_timeout=attempt,
@@ -88,6 +98,11 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
             max_pool_connections=km.max_concurrent_calls,
         ),
         verify=ca_bundle(),  # None: botocore's own default (AWS_CA_BUNDLE, then certifi)
+    )
+    # First, so that its False (botocore >= 1.44 reads it as "do not retry") wins. The stubs
+    # type handlers as returning None; needs-retry handlers return a value by design.
+    client.meta.events.register_first(
+        "needs-retry.kms", cast(Callable[..., None], leave_throttling_to_kamus)
     )
     return AwsKmsKeyManager(
         client,
@@ -100,6 +115,7 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
         policy=key_policy(settings),
         schedule=schedule_of(settings),
         wrapped_seeds=wrapped_seeds(km, "aws"),
+        cache=cache_limits(km),
     )
 
 
@@ -183,6 +199,7 @@ def build_gcp(settings: Settings, observer: KmsObserver | None) -> GoogleKmsKeyM
         policy=key_policy(settings),
         schedule=schedule_of(settings),
         wrapped_seeds=wrapped_seeds(km, "gcp"),
+        cache=cache_limits(km),
     )
 
 
@@ -233,7 +250,9 @@ def build_azure(settings: Settings, observer: KmsObserver | None) -> AzureKeyVau
     attempt = per_attempt_timeout(km)
     options: dict[str, object] = {
         "verify_challenge_resource": kv.verify_challenge_resource,
-        # azure-core's retry: exponential backoff with jitter, honouring Retry-After.
+        # azure-core's retry: exponential backoff with jitter on 5xx and connection errors.
+        # Not on 429: client_kwargs leaves throttling to BlockingCalls, which honours
+        # Retry-After without holding a worker thread asleep.
         "retry_total": km.max_retries,
         "retry_backoff_factor": 0.5,
         "connection_timeout": attempt,
@@ -242,7 +261,7 @@ def build_azure(settings: Settings, observer: KmsObserver | None) -> AzureKeyVau
     if bundle := ca_bundle():
         options["connection_verify"] = bundle
     return AzureKeyVaultKeyManager(
-        KeyClient(vault_url, credential, **options),
+        KeyClient(vault_url, credential, **client_kwargs(options)),
         credential,
         blocking_calls(km, "azure", classify_azure_error, observer),
         client_options=options,
@@ -254,4 +273,5 @@ def build_azure(settings: Settings, observer: KmsObserver | None) -> AzureKeyVau
         policy=key_policy(settings),
         schedule=schedule_of(settings),
         wrapped_seeds=wrapped_seeds(km, "azure"),
+        cache=cache_limits(km),
     )

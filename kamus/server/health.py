@@ -1,10 +1,11 @@
 """Readiness that follows the dependencies: the Kubernetes API and the key manager.
 
 Real calls report their outcome: a dependency that failed (down, past its deadline, answering
-5xx or 429) makes ``/readyz`` answer 503, so that Kubernetes stops sending this replica requests
-it would only answer with 503 itself. While it is down, each ``/readyz`` (at most once a second)
-asks it again with a cheap call, since no request comes to find out that it is back; the first
-success, probe or real call, makes the replica ready again.
+5xx, or the Kubernetes API answering 429) makes ``/readyz`` answer 503, so that Kubernetes stops
+sending this replica requests it would only answer with 503 itself. A KMS that throttles does not:
+it answers, and another replica would meet the same quota. While a dependency is down, each
+``/readyz`` (at most once a second) asks it again with a cheap call, since no request comes to
+find out that it is back; the first success, probe or real call, makes the replica ready again.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ from prometheus_client import Gauge
 
 from crypto import KeyManager, classify
 from crypto.base import DocumentSealer, KeyLifecycle
-from crypto.errors import KeyManagerUnavailable
+from crypto.errors import KeyManagerUnavailable, KmsThrottled
 from crypto.lifecycle import Opened, Rewrapped, State
 from kamus.server.metrics import Metrics
 
@@ -81,7 +82,9 @@ class WatchedKeyManager:
     """A :class:`KeyManager` whose calls report to the key manager's :class:`Dependency`.
 
     Only :class:`KeyManagerUnavailable` counts as down: a value that does not decrypt, or a key
-    that does not exist, is an answer from a working KMS."""
+    that does not exist, is an answer from a working KMS. A KMS throttling calls
+    (:class:`KmsThrottled`) answers too, only not to everyone: one noisy caller must not take the
+    replica out of service, so it counts neither way."""
 
     def __init__(self, inner: KeyManager, metrics: Metrics) -> None:
         self._inner = inner
@@ -101,6 +104,8 @@ class WatchedKeyManager:
     async def _watch(self, call: Awaitable[T]) -> T:
         try:
             result = await call
+        except KmsThrottled:
+            raise
         except KeyManagerUnavailable as exc:
             self.dependency.failed(exc.reason)
             raise

@@ -82,6 +82,14 @@ class Metrics:
             ["provider"],
             registry=self.registry,
         )
+        self.kms_throttles = Counter(
+            "kamus_kms_throttled",
+            "Answers of the cloud key manager refusing a call for its request rate (throttling), "
+            "each retried with backoff within KeyManagement__TimeoutSeconds. AWS counts those "
+            "that outlast botocore's own retries.",
+            ["provider", "operation"],
+            registry=self.registry,
+        )
         self.token_reviews = Counter(
             "kamus_token_reviews",
             "Caller authentications by outcome.",
@@ -103,6 +111,13 @@ class Metrics:
             "kamus_token_review_cache",
             "TokenReview cache lookups: hit, miss (a TokenReview was sent) or coalesced (joined "
             "one in flight for the same token).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.data_key_cache_lookups = Counter(
+            "kamus_data_key_cache",
+            "Data-key cache lookups (KeyManagement__DataKeyCache__*): hit, miss (the KMS "
+            "unwrapped the key) or coalesced (joined an unwrap in flight for the same key).",
             ["result"],
             registry=self.registry,
         )
@@ -129,6 +144,12 @@ class Metrics:
 
     def key_created(self, provider: str) -> None:
         self.kms_keys_created.labels(provider).inc()
+
+    def kms_throttled(self, provider: str, operation: str) -> None:
+        self.kms_throttles.labels(provider, operation).inc()
+
+    def data_key_cache(self, result: str) -> None:
+        self.data_key_cache_lookups.labels(result).inc()
 
 
 class ControllerMetrics(Metrics):

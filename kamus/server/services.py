@@ -31,6 +31,11 @@ class Service:
     http_protocol: str
 
     def create_app(self, settings: "Settings") -> "FastAPI":
+        """The service's app, in a process that writes no core dump (``kamus serve`` and each
+        of its workers come through here; tests build apps directly)."""
+        from kamus.server.process import no_core_dumps
+
+        no_core_dumps()
         module: _AppModule = importlib.import_module(self.module)
         return module.create_app(settings)
 

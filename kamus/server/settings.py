@@ -117,6 +117,15 @@ class SealingSettings(_Section):
     wrapped_seeds_file: Path | None = Field(None, alias="WrappedSeedsFile")
 
 
+class DataKeyCacheSettings(_Section):
+    """Unwrapped data keys the KMS providers keep (crypto/datakeys.py): never plaintext values.
+    Any of the three at 0 turns the cache off."""
+
+    capacity: int = Field(1024, ge=0, le=1_000_000, alias="Capacity")
+    max_age_seconds: float = Field(300.0, ge=0, le=86_400, alias="MaxAgeSeconds")
+    max_uses: int = Field(10_000, ge=0, alias="MaxUses")
+
+
 class KeyManagementSettings(_Section):
     provider: Provider = Field("AESKey", alias="Provider")
     aes: AESSettings = Field(default_factory=AESSettings, alias="AES")
@@ -124,6 +133,9 @@ class KeyManagementSettings(_Section):
     google_kms: GoogleKmsSettings = Field(default_factory=GoogleKmsSettings, alias="GoogleKms")
     key_vault: KeyVaultSettings = Field(default_factory=KeyVaultSettings, alias="KeyVault")
     sealing: SealingSettings = Field(default_factory=SealingSettings, alias="Sealing")
+    data_key_cache: DataKeyCacheSettings = Field(
+        default_factory=DataKeyCacheSettings, alias="DataKeyCache"
+    )
     create_keys: bool = Field(True, alias="CreateKeys")
     allow_legacy_ciphertexts: bool = Field(True, alias="AllowLegacyCiphertexts")
     # Key ids whose values are refused on decrypt and on rewrap (crypto/lifecycle.py): what

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ class KamusDecryptor:
     plaintexts: dict[str, str | bytes] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
     unavailable: int = 0  # answer 503 this many more times
+    retry_after: str | None = None  # with this Retry-After
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -52,7 +54,8 @@ class KamusDecryptor:
             self.paths.append(request.url.path)
             if self.unavailable:
                 self.unavailable -= 1
-                return PlainTextResponse("starting", status_code=503)
+                headers = {"Retry-After": self.retry_after} if self.retry_after else None
+                return PlainTextResponse("starting", status_code=503, headers=headers)
             if request.headers.get("authorization") != f"Bearer {TOKEN}":
                 return Response(status_code=401)
             data = (await request.json())["data"]
@@ -289,6 +292,25 @@ def test_retries_while_the_decryptor_starts(
     )
     assert result.exit_code == 0, result.stderr
     assert result.stderr.count("not ready") == 2
+
+
+def test_waits_as_long_as_the_decryptor_asks_within_the_timeout(
+    kamus: KamusDecryptor, mount: Path, token_file: Path, tmp_path: Path
+) -> None:
+    """A 503's Retry-After (its KMS throttling, say) is the least wait, never past --timeout."""
+    kamus.unavailable, kamus.retry_after = 1, "1"
+    out = tmp_path / "out"
+    args = ("-e", str(mount), "-d", str(out), "-n", "o.json")
+    result = init(kamus.url, token_file, *args, "--timeout", "20")
+    assert result.exit_code == 0, result.stderr
+    assert "retrying in 1.0s" in result.stderr  # not the 0.25-0.5 s of its own first backoff
+
+    kamus.unavailable, kamus.retry_after = 1000, "30"
+    started = time.monotonic()
+    result = init(kamus.url, token_file, *args, "--timeout", "1")
+    assert result.exit_code == 1
+    assert "still answered 503 after 1s" in result.stderr
+    assert time.monotonic() - started < 5
 
 
 def test_gives_up_at_the_deadline(

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from moto.kms.utils import _deserialize_ciphertext_blob
 from moto.server import ThreadedMotoServer
 
-from tests.support.servers import Faults, ThreadedServer, install_faults
+from tests.support.servers import Faults, Quota, ThreadedServer, install_faults
 
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -41,9 +41,33 @@ INCORRECT_KEY = {
     "message": "The key ID in the request does not identify a CMK that can perform this operation.",
 }
 
+DISABLED = {
+    "__type": "DisabledException",
+    "message": "The request was rejected because the specified KMS key is not enabled.",
+}
+JSON_1_1 = "application/x-amz-json-1.1"
+
 THROTTLED = Faults(
     fail_status=400, fail_body={"__type": "ThrottlingException", "message": "Rate exceeded"}
 )
+
+
+# What the shared "cryptographic operations" request quota counts (AWS KMS quotas page); key
+# management calls (CreateKey, DescribeKey, aliases) have quotas of their own, not modelled.
+CRYPTO_OPERATIONS = frozenset(
+    {"Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncrypt"}
+)
+
+
+def is_crypto_call(request: Request) -> bool:
+    target = request.headers.get("x-amz-target", "")
+    return target.removeprefix("TrentService.") in CRYPTO_OPERATIONS
+
+
+def quota(per_second: float | None) -> Quota:
+    """AWS KMS's request quota on cryptographic operations: over it, the ``ThrottlingException``
+    of ``THROTTLED`` (HTTP 400), which botocore retries and then raises as a ClientError."""
+    return Quota(per_second, status=400, body=THROTTLED.fail_body, when=is_crypto_call)
 
 
 def _aws_error(status: int) -> dict[str, str]:
@@ -60,6 +84,7 @@ class AwsKmsDouble:
         self._upstream = ""
         self._http: httpx.AsyncClient | None = None
         self._lookups: Any = None
+        self._disabled: set[str] = set()  # key ids disable_key() turned off
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         install_faults(
             app,
@@ -76,6 +101,12 @@ class AwsKmsDouble:
             if self._http is None:  # one pool, on the proxy's own event loop
                 self._http = httpx.AsyncClient()
             body = await request.body()
+            target = request.headers.get("x-amz-target", "")
+            disabled = bool(self._disabled) and await asyncio.to_thread(
+                self._under_disabled_key, target, body
+            )
+            if disabled:
+                return Response(json.dumps(DISABLED), status_code=400, media_type=JSON_1_1)
             upstream = await self._http.request(
                 request.method,
                 f"{self._upstream}/{path}",
@@ -88,7 +119,6 @@ class AwsKmsDouble:
                 if k.lower() not in ("content-length", "transfer-encoding", "connection")
             }
             content = upstream.content
-            target = request.headers.get("x-amz-target", "")
             if upstream.status_code == 400 and await asyncio.to_thread(
                 self._another_key, target, body, content
             ):
@@ -96,6 +126,23 @@ class AwsKmsDouble:
             return Response(content, status_code=upstream.status_code, headers=headers)
 
         self._proxy = ThreadedServer(app)
+
+    def disable_key(self, key_id: str) -> None:
+        """``DisableKey``, with what AWS then answers a Decrypt of a blob under the key (moto
+        decrypts it regardless): ``DisabledException``."""
+        self.client().disable_key(KeyId=key_id)
+        self._disabled.add(self.client().describe_key(KeyId=key_id)["KeyMetadata"]["KeyId"])
+
+    def _under_disabled_key(self, target: str, request: bytes) -> bool:
+        if target not in ("TrentService.Decrypt", "TrentService.ReEncrypt"):
+            return False
+        try:
+            blob = _deserialize_ciphertext_blob(
+                base64.b64decode(json.loads(request)["CiphertextBlob"])
+            )
+        except Exception:  # not a moto blob: moto answers it
+            return False
+        return blob.key_id in self._disabled
 
     def _another_key(self, target: str, request: bytes, answer: bytes) -> bool:
         """Whether moto's AccessDenied is what AWS answers IncorrectKeyException: the blob is
@@ -145,6 +192,7 @@ class AwsKmsDouble:
 
     def reset(self) -> None:
         httpx.post(f"{self._upstream}/moto-api/reset").raise_for_status()
+        self._disabled.clear()
         self.faults = Faults()
         self.requests.clear()
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from tests.support.servers import Faults, ThreadedServer, install_faults
+from tests.support.servers import Faults, Quota, ThreadedServer, install_faults
 
 RESOURCE = "https://vault.azure.net"
 DEFAULT_KEY_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
@@ -42,6 +42,36 @@ def throttled(remaining: int | None = None) -> Faults:
     """Key Vault's 429. A zero Retry-After leaves azure-core to its own backoff, whose first retry
     is immediate (the second waits 1.6 s by default)."""
     return Faults(fail_status=429, fail_headers={"Retry-After": "0"}, remaining=remaining)
+
+
+KEY_OPERATIONS = ("/encrypt", "/decrypt", "/wrapkey", "/unwrapkey", "/sign", "/verify")
+
+
+def is_crypto_call(request: Request) -> bool:
+    """The cryptographic key operations, which Key Vault's service limits count apart from
+    key management (create, get)."""
+    return request.method == "POST" and request.url.path.endswith(KEY_OPERATIONS)
+
+
+def quota(per_second: float | None, window_seconds: float = 1.0) -> Quota:
+    """Key Vault's service limit on key operations (e.g. 2,000 RSA-HSM operations per 10 s:
+    ``quota(200, 10)``): over it, HTTP 429 with ``Retry-After`` and Key Vault's error document,
+    which azure-core retries after that wait and then raises as HttpResponseError."""
+    body = {
+        "error": {
+            "code": "Throttled",
+            "message": "Request was not processed because too many requests were received. "
+            "Reason: A1",
+        }
+    }
+    return Quota(
+        per_second,
+        status=429,
+        body=body,
+        retry_after=True,
+        window_seconds=window_seconds,
+        when=is_crypto_call,
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -187,6 +217,13 @@ class KeyVaultDouble:
         self._keys.setdefault(name, []).append(entry)
         return self._kid(name, entry)
 
+    def disable(self, name: str, version: str) -> None:
+        """The key version's ``enabled`` attribute turns false: no operation is allowed on it."""
+        entry = self._find(name, version)
+        if entry is None:
+            raise KeyError(f"{name}/{version}")
+        entry.enabled = False
+
     def public_key(self, name: str, version: str | None = None) -> rsa.RSAPublicKey:
         entry = self._find(name, version)
         if entry is None:
@@ -293,6 +330,10 @@ class KeyVaultDouble:
             entry = self._find(name, version)
             if entry is None:
                 return _error(404, "KeyNotFound", f"A key with (name/id) {name} was not found")
+            if not entry.enabled:  # Key Vault's answer, as for a missing permission: 403
+                return _error(
+                    403, "Forbidden", f"Operation {operation} is not allowed on a disabled key."
+                )
             body = await request.json()
             algorithm = OAEP_HASHES.get(body.get("alg", ""))
             if algorithm is None or operation not in ("encrypt", "decrypt", "wrapkey", "unwrapkey"):

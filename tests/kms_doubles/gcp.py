@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from tests.support.servers import Faults, ThreadedServer, install_faults
+from tests.support.servers import Faults, Quota, ThreadedServer, install_faults
 
 PROTECTION = {0: "PROTECTION_LEVEL_UNSPECIFIED", 1: "SOFTWARE", 2: "HSM"}
 PURPOSE = {1: "ENCRYPT_DECRYPT"}
@@ -49,6 +49,34 @@ def error_body(status: int, message: str = "injected by the test double") -> dic
     return {"error": {"code": status, "message": message, "status": STATUS.get(status, "UNKNOWN")}}
 
 
+def is_crypto_call(request: Request) -> bool:
+    """encrypt and decrypt: what Cloud KMS's "cryptographic requests" quota counts."""
+    return request.url.path.endswith((":encrypt", ":decrypt"))
+
+
+def quota(per_second: float | None) -> Quota:
+    """Cloud KMS's per-project quota on cryptographic requests: over it, HTTP 429 with Google's
+    RESOURCE_EXHAUSTED error (and its ErrorInfo), which the REST client raises as
+    TooManyRequests."""
+    body = error_body(
+        429,
+        "Quota exceeded for quota metric 'Cryptographic requests' and limit 'Cryptographic "
+        "requests per minute' of service 'cloudkms.googleapis.com'.",
+    )
+    body["error"]["details"] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "RATE_LIMIT_EXCEEDED",
+            "domain": "googleapis.com",
+            "metadata": {
+                "service": "cloudkms.googleapis.com",
+                "quota_metric": "cloudkms.googleapis.com/crypto_requests",
+            },
+        }
+    ]
+    return Quota(per_second, status=429, body=body, when=is_crypto_call)
+
+
 def crc(data: bytes) -> str:
     return str(google_crc32c.value(data))  # int64 fields travel as JSON strings
 
@@ -66,6 +94,7 @@ class CryptoKey:
     name: str
     body: dict[str, Any]
     versions: list[bytes] = field(default_factory=list)  # AES keys; version n is versions[n-1]
+    disabled: set[int] = field(default_factory=set)  # version numbers no longer ENABLED
 
     def resource(self) -> dict[str, Any]:
         template = self.body.get("versionTemplate", {})
@@ -163,6 +192,10 @@ class CloudKmsDouble:
     def rotate(self, key_name: str) -> None:
         """A new primary version, as scheduled rotation makes."""
         self.keys[key_name].versions.append(AESGCM.generate_key(256))
+
+    def disable(self, key_name: str, version: int) -> None:
+        """The version's state becomes DISABLED: Cloud KMS then refuses to decrypt with it."""
+        self.keys[key_name].disabled.add(version)
 
     def write_credentials(self, path: Path) -> Path:
         """A service-account key file, as ``GOOGLE_APPLICATION_CREDENTIALS`` names."""
@@ -304,6 +337,15 @@ class CloudKmsDouble:
         (version,) = struct.unpack(">I", ciphertext[:4])
         if not 1 <= version <= len(key.versions):
             return failed
+        if version in key.disabled:
+            # Cloud KMS's answer: 400 with the gRPC status FAILED_PRECONDITION.
+            body = error_body(
+                400,
+                f"{key.name}/cryptoKeyVersions/{version} is not enabled, "
+                "current state is: DISABLED.",
+            )
+            body["error"]["status"] = "FAILED_PRECONDITION"
+            return JSONResponse(body, status_code=400)
         try:
             plaintext = AESGCM(key.versions[version - 1]).decrypt(
                 ciphertext[4:16], ciphertext[16:], aad

@@ -226,14 +226,9 @@ def test_a_key_missing_right_after_creation_is_a_503_not_a_500(
     assert len(aliases(aws_kms)) == 1
 
 
+# Throttling is retried further, until the deadline: tests/providers/test_throttling.py.
 @pytest.mark.parametrize(
-    "faults",
-    [
-        Faults(fail_status=500),
-        Faults(fail_status=503),
-        THROTTLED,
-    ],
-    ids=["500", "503", "throttled"],
+    "faults", [Faults(fail_status=500), Faults(fail_status=503)], ids=["500", "503"]
 )
 def test_a_failing_kms_is_unavailable_after_retries(
     aws_kms: AwsKmsDouble, make_settings: SettingsFactory, faults: Faults

@@ -293,7 +293,8 @@ def test_the_decryptor_answers_503_when_cloud_kms_is_down(
 ) -> None:
     from decryptor.app import create_app
 
-    settings = make_settings(**GCP, **FAST)
+    # No data-key cache: the value decrypted before the outage would open from it.
+    settings = make_settings(**GCP, **FAST, KeyManagement__DataKeyCache__Capacity="0")
     ciphertext = run(build(make_settings).encrypt(b"s3cr3t", "team-a:app"))
     token = kube_api.issue_token("team-a", "app")
     with TestClient(create_app(settings)) as client:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,87 @@ class ThreadedServer:
 
 
 @dataclass
+class Quota:
+    """A KMS request quota: at most ``per_second * window_seconds`` calls admitted in any
+    window of ``window_seconds`` (a sliding window: no double burst where two windows meet), the
+    rest answered as the real service throttles (``status``, ``body``, and ``Retry-After`` when
+    ``retry_after`` is set, as Key Vault sends it). Only the requests ``when`` selects count
+    (crypto calls; not key lookups or creation); ``per_second`` None admits all and only
+    counts. ``admitted`` and ``throttled`` are what the bench and tests read.
+
+    Throttled calls take no slot, as at AWS, Google and Azure: a client retrying fast does not
+    push the window further out."""
+
+    per_second: float | None
+    status: int = 429
+    body: Any = None
+    retry_after: bool = False
+    window_seconds: float = 1.0
+    when: Callable[[Request], bool] = lambda request: True
+    clock: Callable[[], float] = time.monotonic
+    admitted: int = 0
+    throttled: int = 0
+
+    def __post_init__(self) -> None:
+        self._admitted_at: deque[float] = deque()
+        # The doubles answer on their server's thread; the bench reads the counts from another.
+        self._lock = threading.Lock()
+
+    @property
+    def limit(self) -> int | None:
+        """Calls admitted per window, or None when unlimited."""
+        if self.per_second is None:
+            return None
+        return max(1, int(self.per_second * self.window_seconds))
+
+    def take(self) -> bool:
+        """Whether one more call is admitted now; counts it either way."""
+        with self._lock:
+            now = self.clock()
+            while self._admitted_at and self._admitted_at[0] <= now - self.window_seconds:
+                self._admitted_at.popleft()
+            limit = self.limit
+            if limit is not None and len(self._admitted_at) >= limit:
+                self.throttled += 1
+                return False
+            self._admitted_at.append(now)
+            self.admitted += 1
+            return True
+
+    def admit(self, request: Request) -> bool:
+        """:meth:`take` for a request ``when`` selects; any other request is always admitted."""
+        return not self.when(request) or self.take()
+
+    def seconds_until_free(self) -> float:
+        """How long until the oldest call in the window leaves it (0 if there is room)."""
+        with self._lock:
+            limit = self.limit
+            if limit is None or len(self._admitted_at) < limit:
+                return 0.0
+            return max(0.0, self._admitted_at[0] + self.window_seconds - self.clock())
+
+    def refusal(self) -> Response:
+        """The throttling answer, in the service's own shape."""
+        headers = {}
+        if self.retry_after:  # whole seconds, at least 1, as Key Vault sends them
+            headers["Retry-After"] = str(max(1, math.ceil(self.seconds_until_free())))
+        return Response(
+            json.dumps(self.body),
+            status_code=self.status,
+            headers=headers,
+            media_type="application/json",
+        )
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "crypto_calls": self.admitted + self.throttled,
+                "admitted": self.admitted,
+                "throttled": self.throttled,
+            }
+
+
+@dataclass
 class Faults:
     """What a double does wrong, set by the test: answer late, or answer with an error."""
 
@@ -83,6 +166,7 @@ class Faults:
     fail_headers: dict[str, str] | None = None
     remaining: int | None = None  # fail only this many requests, then recover
     when: Callable[[Request], bool] | None = None  # fail only the requests this selects
+    quota: Quota | None = None  # the service's request quota: over it, its throttling answer
 
     def take(self, request: Request) -> bool:
         """Whether this request fails."""
@@ -114,8 +198,13 @@ def install_faults(
             return response
         on_request(request)
         faults = get()
+        # Counted as the call arrives; answered after the delay, as a real throttling answer
+        # comes back over the same network.
+        over_quota = faults.quota is not None and not faults.quota.admit(request)
         if faults.delay_seconds:
             await asyncio.sleep(faults.delay_seconds)
+        if over_quota and faults.quota is not None:
+            return faults.quota.refusal()
         if faults.take(request):
             status = faults.fail_status or 500
             body = faults.fail_body if faults.fail_body is not None else error_body(status)

@@ -1,12 +1,13 @@
 """What the services' APIs share: the v2 batch models and limits, readiness, and the answer to
 a key manager outage."""
 
+import math
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from crypto.errors import KeyManagerUnavailable
+from crypto.errors import KeyManagerUnavailable, KmsThrottled
 from kamus.server.settings import Settings
 from kamus.server.web.middleware import annotate
 from kamus.server.web.problems import ApiError
@@ -68,11 +69,16 @@ READINESS_RESPONSES: dict[int | str, dict[str, Any]] = {
 def key_manager_unavailable(
     request: Request, exc: KeyManagerUnavailable, settings: Settings
 ) -> HTTPException:
-    """The 503 for a KMS outage: the reason goes to the audit log, never to the caller."""
+    """The 503 for a KMS outage, or for a KMS that throttled the call until its deadline: then
+    ``Retry-After`` is the wait the KMS asked for, when it said. The reason goes to the audit log,
+    never to the caller."""
     annotate(request, reason=exc.reason)
+    detail = "the key manager is unavailable; retry later"
+    retry_after = settings.server.retry_after_seconds
+    if isinstance(exc, KmsThrottled):
+        detail = "the key manager is throttling requests; retry later"
+        if exc.retry_after is not None:
+            retry_after = max(1, math.ceil(exc.retry_after))  # whole seconds, as HTTP has them
     return ApiError(
-        503,
-        "key-manager-unavailable",
-        "the key manager is unavailable; retry later",
-        headers={"Retry-After": str(settings.server.retry_after_seconds)},
+        503, "key-manager-unavailable", detail, headers={"Retry-After": str(retry_after)}
     )
