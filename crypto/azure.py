@@ -201,6 +201,7 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         self._key_size = key_size
         self._create_keys = create_keys
         self._locks = KeyLocks()
+        self._looking_up_version = KeyLocks()
         self._latest: dict[str, tuple[float, KeyVaultKey]] = {}
         self._versions: OrderedDict[tuple[str, str], CryptographyClient] = OrderedDict()
 
@@ -319,8 +320,13 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         if cached is not None:
             self._versions.move_to_end((name, version))
             return cached
-        key = await self._calls("GetKey", lambda: self._keys.get_key(name, version))
-        return self._client_for(key)
+        # One GetKey for the requests that miss together (a rollout's pods): the others wait.
+        async with self._looking_up_version(f"{name}/{version}"):
+            cached = self._versions.get((name, version))
+            if cached is not None:
+                return cached
+            key = await self._calls("GetKey", lambda: self._keys.get_key(name, version))
+            return self._client_for(key)
 
     def _client_for(self, key: KeyVaultKey) -> CryptographyClient:
         """The cached client of a key version. Built from the key itself, it never fetches it

@@ -62,7 +62,14 @@ class KeyManagerUnavailable(Exception):
         self.reason = reason
 
 
-class KmsThrottled(KeyManagerUnavailable):
+class KeyManagerBusy(KeyManagerUnavailable):
+    """The key manager answers, but not to this call in time: every one of this process's KMS
+    call slots (``KeyManagement__MaxConcurrentCalls``) stayed taken until its deadline, or the KMS
+    throttled it (:class:`KmsThrottled`). A 503 for the caller, and not an outage: the replica
+    stays ready, since taking it out of service would only load the others more."""
+
+
+class KmsThrottled(KeyManagerBusy):
     """The KMS kept refusing a call for its request rate (throttling) until the call's deadline.
 
     Still a 503 for the caller, but not an outage: the KMS answers, it is only busy, so this

@@ -25,6 +25,7 @@ from typing import Protocol, TypeVar
 from crypto.errors import (
     DecryptionError,
     KeyDisabled,
+    KeyManagerBusy,
     KeyManagerUnavailable,
     KeyNotFoundError,
     KmsThrottled,
@@ -150,11 +151,15 @@ class BlockingCalls:
         deadline = self.clock() + self.timeout_seconds
         throttled: KmsError | None = None  # the last throttled answer
         answers = 0
+        queued = False  # waiting for a slot, not for the KMS
         try:
             # One deadline for everything: the slots, the attempts and the sleeps between them.
             async with asyncio.timeout(self.timeout_seconds):
                 while True:
                     try:
+                        queued = True
+                        await self._slots.acquire()  # released when the worker is done
+                        queued = False
                         return await self._attempt(operation, call)
                     except KmsError as error:
                         if error.failure is not Failure.THROTTLED:
@@ -167,6 +172,12 @@ class BlockingCalls:
                     # Outside the slot: a call waiting for the KMS's rate holds no thread.
                     await self.sleep(delay)
         except TimeoutError:
+            if throttled is None and queued:
+                # Never sent: this process has as many calls in flight as it allows.
+                raise KeyManagerBusy(
+                    f"{self.provider} {operation}: no free call slot within "
+                    f"{self.timeout_seconds:g}s (KeyManagement__MaxConcurrentCalls)"
+                ) from None
             if throttled is None:
                 raise KeyManagerUnavailable(
                     f"{self.provider} {operation}: no answer within {self.timeout_seconds:g}s"
@@ -175,15 +186,24 @@ class BlockingCalls:
         raise self._gave_up(throttled, answers)
 
     async def _attempt(self, operation: str, call: Callable[[], T]) -> T:
-        """One call to the KMS, reported on its own: ``kms_call`` is per attempt, so that
-        ``kamus_kms_calls_total`` counts the requests that reached the KMS (its quota counts each
-        retry of a throttled call too) and the latency histogram times each of them, outcome
-        ``throttled`` included; a call that is not throttled is one attempt, as before."""
+        """One call to the KMS, in a slot, reported on its own: ``kms_call`` is per attempt, so
+        that ``kamus_kms_calls_total`` counts the requests that reached the KMS (its quota counts
+        each retry of a throttled call too; a call that never got a slot is not one) and the
+        latency histogram times each of them, outcome ``throttled`` included."""
         start = self.clock()
         outcome = "timeout"  # unless an answer says otherwise: the deadline cancelled the wait
+        loop = asyncio.get_running_loop()
         try:
-            async with self._slots:
-                result = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            try:
+                worker = self._pool.submit(call)
+            except BaseException:
+                self._slots.release()
+                raise
+            # The slot goes back when the worker is free, not when the deadline stops our wait:
+            # a call cut short still runs in its thread, and the next call would wait for that
+            # thread inside its own attempt, counted as a KMS call it never made.
+            worker.add_done_callback(lambda _: self._release_from(loop))
+            result = await asyncio.wrap_future(worker)
             outcome = "success"
             return result
         except Exception as exc:
@@ -199,6 +219,11 @@ class BlockingCalls:
             raise KmsError(error.failure, reason, error.retry_after) from None
         finally:
             self.observer.kms_call(self.provider, operation, outcome, self.clock() - start)
+
+    def _release_from(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A slot back, from the worker's thread; nothing to give back once the loop is gone."""
+        with contextlib.suppress(RuntimeError):  # the event loop closed (the process stops)
+            loop.call_soon_threadsafe(self._slots.release)
 
     def _backoff(self, answers: int, retry_after: float | None) -> float:
         """The wait after the ``answers``-th throttled answer: full jitter, and never less than
@@ -235,12 +260,18 @@ async def answered(calls: BlockingCalls, operation: str, call: Callable[[], obje
 
 
 class KeyLocks:
-    """One lock per key name, so concurrent first encrypts in a process create a key once."""
+    """One lock per key name, so concurrent first encrypts in a process create a key once.
 
-    def __init__(self) -> None:
+    Names can come from callers (a key version in a value), so the locks nobody holds are
+    dropped once there are ``max_idle`` of them."""
+
+    def __init__(self, max_idle: int = 4096) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
+        self._max_idle = max_idle
 
     def __call__(self, name: str) -> asyncio.Lock:
+        if len(self._locks) > self._max_idle:
+            self._locks = {n: lock for n, lock in self._locks.items() if lock.locked()}
         return self._locks.setdefault(name, asyncio.Lock())
 
 

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,6 +247,38 @@ def _decrypt_one(client: KamusClient, headers: dict[str, str], path: Path, ciphe
         raise InitError(f"{exc}: kamus init writes text values only") from None
 
 
+def decrypt_with(
+    client: KamusClient,
+    token: str,
+    files: Mapping[str, Path],
+    ciphertexts: Mapping[str, str],
+    *,
+    deadline: float,
+    on_retry: Callable[[Exception, float], None],
+) -> dict[str, str]:
+    """The values, as kamus init asks for them: one v2 batch (one v1 call per value from a
+    decryptor without it), retried on a 503 or a network error with jittered backoff, never
+    sooner than the 503's ``Retry-After``, until ``deadline`` (a ``time.monotonic`` instant).
+    The rollout benchmark (bench/rollout.py) sends its pods' requests through here too."""
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def retryable(exc: Exception) -> bool:
+        return isinstance(exc, _Unavailable | NetworkError)
+
+    def asked_wait(exc: Exception) -> float | None:
+        return exc.retry_after if isinstance(exc, _Unavailable) else None
+
+    def attempt() -> dict[str, str]:
+        batch = _decrypt_batch(client, headers, files, dict(ciphertexts))
+        if batch is not None:
+            return batch
+        return {n: _decrypt_one(client, headers, files[n], c) for n, c in ciphertexts.items()}
+
+    return with_retries(
+        attempt, deadline=deadline, retryable=retryable, on_retry=on_retry, asked_wait=asked_wait
+    )
+
+
 def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, str]:
     try:
         token = decode_text(options.token_file.read_bytes(), str(options.token_file)).strip()
@@ -262,31 +294,18 @@ def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, st
     ciphertexts = {name: _read_text(path).strip(string.whitespace) for name, path in files.items()}
     check_identity(files, ciphertexts, token)
     client = KamusClient(options.url, allow_insecure=True, ca_bundle=options.ca_bundle)
-    headers = {"Authorization": f"Bearer {token}"}
-    deadline = time.monotonic() + options.timeout
-
-    def retryable(exc: Exception) -> bool:
-        return isinstance(exc, _Unavailable | NetworkError)
 
     def on_retry(exc: Exception, wait: float) -> None:
         log(f"the decryptor is not ready ({exc}); retrying in {wait:.1f}s")
 
-    def asked_wait(exc: Exception) -> float | None:
-        return exc.retry_after if isinstance(exc, _Unavailable) else None
-
-    def attempt() -> dict[str, str]:
-        batch = _decrypt_batch(client, headers, files, ciphertexts)
-        if batch is not None:
-            return batch
-        return {n: _decrypt_one(client, headers, files[n], c) for n, c in ciphertexts.items()}
-
     try:
-        return with_retries(
-            attempt,
-            deadline=deadline,
-            retryable=retryable,
+        return decrypt_with(
+            client,
+            token,
+            files,
+            ciphertexts,
+            deadline=time.monotonic() + options.timeout,
             on_retry=on_retry,
-            asked_wait=asked_wait,
         )
     except _Unavailable as exc:
         raise InitError(

@@ -19,7 +19,7 @@ from prometheus_client import Gauge
 
 from crypto import KeyManager, classify
 from crypto.base import DocumentSealer, KeyLifecycle
-from crypto.errors import KeyManagerUnavailable, KmsThrottled
+from crypto.errors import KeyManagerBusy, KeyManagerUnavailable
 from crypto.lifecycle import Opened, Rewrapped, State
 from kamus.server.metrics import Metrics
 
@@ -82,9 +82,9 @@ class WatchedKeyManager:
     """A :class:`KeyManager` whose calls report to the key manager's :class:`Dependency`.
 
     Only :class:`KeyManagerUnavailable` counts as down: a value that does not decrypt, or a key
-    that does not exist, is an answer from a working KMS. A KMS throttling calls
-    (:class:`KmsThrottled`) answers too, only not to everyone: one noisy caller must not take the
-    replica out of service, so it counts neither way."""
+    that does not exist, is an answer from a working KMS. A KMS throttling calls, or all of this
+    process's call slots taken (:class:`KeyManagerBusy`), is not an outage either: one noisy
+    caller must not take the replica out of service, so it counts neither way."""
 
     def __init__(self, inner: KeyManager, metrics: Metrics) -> None:
         self._inner = inner
@@ -104,7 +104,7 @@ class WatchedKeyManager:
     async def _watch(self, call: Awaitable[T]) -> T:
         try:
             result = await call
-        except KmsThrottled:
+        except KeyManagerBusy:
             raise
         except KeyManagerUnavailable as exc:
             self.dependency.failed(exc.reason)

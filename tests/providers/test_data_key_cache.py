@@ -165,6 +165,7 @@ def test_fifty_concurrent_requests_for_one_value_make_one_kms_call(
 
     assert asyncio.run(rollout()) == [SECRET.encode()] * 50
     assert crypto_calls(double.requests) == 1
+    assert len(double.requests) <= 2  # Key Vault: and at most one read of the key version
 
 
 def test_values_already_cached_keep_opening_while_the_kms_is_down(
@@ -260,3 +261,24 @@ def test_a_disabled_key_is_a_value_that_does_not_open_not_an_outage(
     response = decrypt_v1(client, kube_api.issue_token("team-a", "app"), value)
     assert response.status_code == 400, response.text
     assert client.get("/readyz").status_code == 200
+
+
+def test_key_vault_reads_a_key_version_once_for_the_misses_of_a_rollout(
+    azure_kv: KeyVaultDouble, make_settings: SettingsFactory
+) -> None:
+    """20 values under one key version, missed at once by a fresh decryptor: 20 unwraps, and
+    one read of the key version that they all wait for, not 20."""
+    env = provider_env("azure", azure_kv)
+    values = [
+        asyncio.run(build_key_manager(make_settings(**env)).encrypt(b"v", "team-a:app"))
+        for _ in range(20)
+    ]
+    manager = build_key_manager(make_settings(**env))
+    azure_kv.requests.clear()
+
+    async def rollout() -> list[bytes]:
+        return list(await asyncio.gather(*(manager.decrypt(v, "team-a:app") for v in values)))
+
+    assert asyncio.run(rollout()) == [b"v"] * 20
+    assert crypto_calls(azure_kv.requests) == 20
+    assert sum(r.startswith("GET /keys/") for r in azure_kv.requests) == 1

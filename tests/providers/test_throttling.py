@@ -8,6 +8,8 @@ sleeping past the deadline, and each throttled answer is counted in
 throttles is up, only busy. Throttled answers go through the real SDK clients to the doubles.
 """
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +22,15 @@ from starlette.requests import Request
 
 from crypto.azure import AzureKeyVaultKeyManager
 from crypto.cloud import CloudKeyManager
-from crypto.errors import KeyManagerUnavailable, KmsThrottled
-from crypto.kms import BlockingCalls, Failure, KmsError, answered, retry_after_seconds
+from crypto.errors import KeyManagerBusy, KeyManagerUnavailable, KmsThrottled
+from crypto.kms import (
+    BlockingCalls,
+    Failure,
+    KmsError,
+    NullObserver,
+    answered,
+    retry_after_seconds,
+)
 from decryptor.app import create_app as create_decryptor
 from kamus.server.health import WatchedKeyManager
 from kamus.server.metrics import Metrics
@@ -458,3 +467,42 @@ def test_the_503_says_when_to_retry(
     outage = key_manager_unavailable(request, KeyManagerUnavailable("down"), settings)
     assert outage.headers is not None
     assert outage.headers["Retry-After"] == "7"
+
+
+async def test_a_call_that_never_gets_a_slot_is_busy_not_an_outage_and_not_counted() -> None:
+    """Every call slot taken until the deadline (a rollout without the data-key cache): the
+    KMS was never asked, so nothing is counted as a KMS call, and the replica stays ready."""
+    events: list[tuple[str, str]] = []
+
+    class Observer(NullObserver):
+        def kms_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+            events.append((operation, outcome))
+
+    calls = BlockingCalls(
+        "fake",
+        timeout_seconds=0.3,
+        max_concurrency=1,
+        classify=lambda exc, operation: None,
+        observer=Observer(),
+    )
+    release = threading.Event()
+    try:
+        slow = asyncio.ensure_future(calls("Slow", lambda: release.wait(5)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(KeyManagerBusy) as info:
+            await calls("Queued", lambda: True)
+        assert not isinstance(info.value, KmsThrottled)
+        assert "KeyManagement__MaxConcurrentCalls" in info.value.reason
+        with pytest.raises(KeyManagerUnavailable):
+            await slow  # the one in the slot had its answer too late: that is an outage
+    finally:
+        release.set()
+        calls.close()
+    assert events == [("Slow", "timeout")]
+
+    keys = WatchedKeyManager(
+        Throttled(KeyManagerBusy("fake Decrypt: no free call slot")), Metrics()
+    )
+    with pytest.raises(KeyManagerBusy):
+        await keys.decrypt("v", SA)
+    assert keys.dependency.up

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import HTTPException, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from crypto.errors import KeyManagerUnavailable, KmsThrottled
+from crypto.errors import KeyManagerBusy, KeyManagerUnavailable, KmsThrottled
 from kamus.server.settings import Settings
 from kamus.server.web.middleware import annotate
 from kamus.server.web.problems import ApiError
@@ -79,6 +79,8 @@ def key_manager_unavailable(
         detail = "the key manager is throttling requests; retry later"
         if exc.retry_after is not None:
             retry_after = max(1, math.ceil(exc.retry_after))  # whole seconds, as HTTP has them
+    elif isinstance(exc, KeyManagerBusy):
+        detail = "the key manager is busy; retry later"
     return ApiError(
         503, "key-manager-unavailable", detail, headers={"Retry-After": str(retry_after)}
     )
