@@ -1,5 +1,5 @@
 """``python -m bench [--quick] [--out DIR]``: run every measurement, print the table, and write
-``DIR/results.json`` and ``DIR/performance.png``."""
+``DIR/results.json``, ``DIR/performance.png`` and (measurement 9) ``DIR/rollout.png``."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import measure, sealing
+from bench import measure, rollout, sealing
 from bench.kms_process import KmsProcess
 from bench.load import CONNECTIONS, WRK_THREADS, wrk_version
 from bench.measure import FULL, QUICK, Plan
-from bench.report import plot, table
+from bench.report import plot, plot_rollout, table
 from bench.rewrap import rewrap_phase
 from bench.services import ROOT, Spec, new_key, running, serve_supports_workers
 from tests.k8s_double import KubeApiDouble
@@ -91,9 +91,8 @@ def aes_phase(plan: Plan, logs: Path, kube: KubeApiDouble) -> dict[str, Any]:
 def pod_phase(plan: Plan, logs: Path, kube: KubeApiDouble) -> dict[str, Any]:
     """Measurement 2: GoogleKms provider against the Cloud KMS double, both doubles delayed."""
     say("2. pod start with 20 secrets: Kamus's flow against kamus init's batch")
-    with KmsProcess(logs / "gcp-sa.json", measure.KMS_DELAY) as kms:
-        gcp = {**kms.env, "KeyManagement__Provider": "GoogleKms"}
-        gcp |= NO_RATE_LIMIT
+    with KmsProcess("gcp", logs, measure.KMS_DELAY) as kms:
+        gcp = {**kms.env, **NO_RATE_LIMIT}  # kms.env sets KeyManagement__Provider=GoogleKms
         kube_env = {**gcp, "KUBECONFIG": str(kube.write_kubeconfig(logs / "kubeconfig"))}
         specs = [
             Spec("encryptor-gcp", "encryptor", gcp, plan.workers),
@@ -201,14 +200,27 @@ def main() -> None:
         results["sealing"] = sealing_phase(plan, logs)
         say("8. kamus rewrap --in-place of a 1,000-value tree: AES, and AWS KMS (moto)")
         results["rewrap"] = rewrap_phase(plan, logs, kube)
+        rollout_plan = rollout.QUICK if plan.quick else rollout.FULL
+        say(
+            f"9. a rollout: {', '.join(map(str, rollout_plan.pods))} pods x {rollout.VALUES} "
+            f"values at once, against {', '.join(rollout_plan.kms)} (bench/rollout.py)"
+        )
+        results["rollout"] = rollout.rollout_phase(rollout_plan, logs, kube, report=say)
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     # Other work on the machine skews every number: the 1-minute load before and after.
     results["load_average"] = [load_before, round(os.getloadavg()[0], 2)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out / "performance.png")
+    plot_rollout(
+        {"mode": results["mode"], "load_average": results["load_average"], **results["rollout"]},
+        args.out / "rollout.png",
+    )
     print(table(results))
-    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'performance.png'}")
+    print(
+        f"\nwrote {args.out / 'results.json'}, {args.out / 'performance.png'} and "
+        f"{args.out / 'rollout.png'}"
+    )
 
 
 if __name__ == "__main__":

@@ -117,7 +117,185 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.extend(_sealing_rows(results["sealing"]))
     if "rewrap" in results:
         out.extend(_rewrap_rows(results["rewrap"]))
+    if "rollout" in results:
+        out.extend(_rollout_rows(results["rollout"]))
     return out
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _rollout_rows(rollout: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Measurement 9 in the bench's table: per KMS double, the largest rollout's three flows
+    and issue 20's targets."""
+    out = []
+    for target in rollout["targets"]:
+        kind, n = target["kms"], target["pods"]
+        runs = {r["flow"]: r for r in rollout["runs"] if r["kms"] == kind and r["pods"] == n}
+        flows = [runs.get(name) for name in ("kamus", "cache_off", "cache_on")]
+
+        def each(field: str, show: Any = str, flows: list[Any] = flows) -> str:
+            return " / ".join("-" if run is None else show(run[field]) for run in flows)
+
+        out += [
+            (
+                f"9. rollout, {kind} N={n}: KMS calls, Kamus flow / cache off / on",
+                f"{each('double_admitted')} (throttled {each('throttled')})",
+                f"on <= {target['kms_calls_target']}",
+                _verdict(target["kms_calls_pass"]),
+            ),
+            (
+                "   p99 pod start: Kamus flow / cache off / on (s)",
+                f"{each('p99_seconds', _seconds)}; pods failed {each('pods_failed')}",
+                "0 failed",
+                _verdict(target["pods_failed_pass"]),
+            ),
+            (
+                "   p99, cache on / KMS without delay or quota",
+                f"{_seconds(target['p99_seconds'])} / "
+                f"{_seconds(target['reference_p99_seconds'])} s = "
+                + ("-" if target["p99_ratio"] is None else f"{target['p99_ratio']:.2f}x"),
+                f"<= {target['p99_ratio_target']}x",
+                _verdict(target["p99_pass"]),
+            ),
+        ]
+    return out
+
+
+def rollout_table(results: dict[str, Any]) -> str:
+    """``python -m bench.rollout``'s table: a line per run, then issue 20's targets."""
+    plan = results["plan"]
+    header = (
+        "kms",
+        "N",
+        "flow",
+        "KMS calls",
+        "at double",
+        "throttled",
+        "503 pods",
+        "failed",
+        "> timeout",
+        "p50 s",
+        "p99 s",
+        "wall s",
+    )
+    lines = [header]
+    for run in results["runs"]:
+        lines.append(
+            (
+                run["kms"],
+                str(run["pods"]),
+                run["label"],
+                str(run["kms_calls"]),
+                str(run["double_crypto_calls"]),
+                str(run["throttled"]),
+                str(run["pods_with_503"]),
+                str(run["pods_failed"]),
+                str(run.get("pods_over_timeout", "-")),
+                _seconds(run["p50_seconds"]),
+                _seconds(run["p99_seconds"]),
+                f"{run['wall_seconds']:.2f}",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    rule = "  ".join("-" * w for w in widths)
+    before, after = results["load_average"]
+    text = [
+        f"\nRollout ({results['mode']}): N pods x 20 values at once, one decryptor; KMS double "
+        f"+{plan['delay'] * 1e3:g} ms a call, quota {plan['quota']:g} crypto calls/s; "
+        f"load average {before} before, {after} after",
+        "KMS calls: the decryptor's kamus_kms_calls_total (its timeouts included); at double: "
+        "crypto calls that reached the KMS double, throttled ones included; > timeout: pods "
+        "that got their values, later than kamus init's --timeout",
+        rule,
+    ]
+    for line in lines:
+        text.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+        if line is header:
+            text.append(rule)
+    text.append("")
+    for target in results["targets"]:
+        text.append(
+            f"target, {target['kms']} N={target['pods']}, cache on: "
+            f"KMS calls {target['kms_calls']} <= {target['kms_calls_target']} "
+            f"{_verdict(target['kms_calls_pass'])}; pods failed {target['pods_failed']} "
+            f"{_verdict(target['pods_failed_pass'])}; p99 {_seconds(target['p99_seconds'])} s "
+            f"/ reference {_seconds(target['reference_p99_seconds'])} s = "
+            + ("-" if target["p99_ratio"] is None else f"{target['p99_ratio']:.2f}x")
+            + f" <= {target['p99_ratio_target']}x {_verdict(target['p99_pass'])}"
+        )
+    return "\n".join(text)
+
+
+_FLOW_COLOURS = {
+    "kamus": "#c44e52",
+    "cache_off": "#dd8452",
+    "cache_on": "#4c72b0",
+    "reference": "#8c8c8c",
+}
+_FLOW_NAMES = {
+    "kamus": "Kamus flow",
+    "cache_off": "ours, cache off",
+    "cache_on": "ours, cache on",
+    "reference": "reference",
+}
+
+
+def _grouped(
+    ax: Axes,
+    runs: list[dict[str, Any]],
+    value: Any,
+    unit: str = "",
+    label_format: str = "{:,.0f}",
+) -> None:
+    """Bars of ``value(run)`` grouped by pod count, one colour per flow."""
+    counts = sorted({run["pods"] for run in runs})
+    flows = [f for f in _FLOW_NAMES if any(run["flow"] == f for run in runs)]
+    width = 0.8 / len(flows)
+    for i, flow in enumerate(flows):
+        mine = {run["pods"]: run for run in runs if run["flow"] == flow}
+        xs = [j + (i - (len(flows) - 1) / 2) * width for j, n in enumerate(counts) if n in mine]
+        ys = [value(mine[n]) for n in counts if n in mine]
+        heights = [0 if y is None else y for y in ys]
+        bars = ax.bar(xs, heights, width, color=_FLOW_COLOURS[flow], label=_FLOW_NAMES[flow])
+        labels = ["-" if y is None else label_format.format(y) + unit for y in ys]
+        ax.bar_label(bars, labels=labels, fontsize=7)
+    ax.set_xticks(range(len(counts)), [f"N = {n} pods" for n in counts])
+
+
+def plot_rollout(results: dict[str, Any], path: Path) -> None:
+    """Measurement 9: for each KMS double a row of pod start, KMS calls and pods hit."""
+    kinds = list(dict.fromkeys(run["kms"] for run in results["runs"]))
+    fig, axes = plt.subplots(len(kinds), 3, figsize=(16, 4.2 * len(kinds)), squeeze=False)
+    plan = results["plan"]
+    for row, kind in zip(axes, kinds, strict=True):
+        runs = [run for run in results["runs"] if run["kms"] == kind]
+        ax = row[0]
+        _grouped(ax, runs, lambda run: run["p99_seconds"], " s", "{:.2f}")
+        ax.set_title(f"{kind}: p99 pod start (s; '-': over 1% of pods failed)")
+        ax.legend(fontsize=7)
+        ax = row[1]
+        _grouped(ax, runs, lambda run: run["double_admitted"] or None)
+        ax.set_yscale("log")  # 20 against 4,000
+        ax.set_title(f"{kind}: KMS crypto calls served per rollout (log)")
+        ax = row[2]
+        _grouped(ax, runs, lambda run: run["pods_with_503"])
+        ax.set_ylim(0, max(run["pods"] for run in runs) * 1.1)  # out of N pods
+        failed = ", ".join(
+            f"{_FLOW_NAMES[run['flow']]} N={run['pods']}: {run['pods_failed']}"
+            for run in runs
+            if run["pods_failed"]
+        )
+        ax.set_title(f"{kind}: pods that got a 503\npods failed: {failed or 'none'}", fontsize=9)
+    fig.suptitle(
+        f"Rollout ({results['mode']}): pods x 20 values at once, one decryptor; KMS double "
+        f"+{plan['delay'] * 1e3:g} ms a call, quota {plan['quota']:g}/s; "
+        f"load average {results['load_average'][0]}-{results['load_average'][1]}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _rewrap_rows(rewrap: dict[str, Any]) -> list[tuple[str, str, str, str]]:
