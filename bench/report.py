@@ -43,6 +43,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "-",
         ),
         (
+            "   with Encryptor__DataKeyReuseSeconds=5 / bare",
+            f"{enc['reuse']['median_rps']:.0f} req/s = {enc['reuse_over_bare']:.2f}",
+            "",
+            "-",
+        ),
+        (
             "   reference: encryption work alone, raw ASGI / bare",
             f"{enc['floor']['median_rps']:.0f} req/s = {enc['floor_over_bare']:.2f}"
             f" (kamus / it = {enc['kamus_over_floor']:.2f})",

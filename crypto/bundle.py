@@ -209,9 +209,16 @@ class Bundle:
     ) -> list[str]:
         """m1 values of ``plaintexts`` for ``sa_id``: one data key and one HPKE operation for
         the whole document."""
+        sealer = self.sealer(sa_id, now, post_quantum=post_quantum, expired_keys=expired_keys)
+        return [sealer.seal(plaintext) for plaintext in plaintexts]
+
+    def sealer(
+        self, sa_id: str, now: datetime, *, post_quantum: bool = False, expired_keys: bool = False
+    ) -> m1.Sealer:
+        """A fresh data key, wrapped to the sealing key in use for ``sa_id``, ready to seal."""
         data_key = m1.new_data_key()
         stanza = self.sealing_key(now, post_quantum=post_quantum).wrap(data_key, sa_id)
-        return m1.seal(data_key, [stanza], plaintexts, sa_id, expired_keys=expired_keys)
+        return m1.Sealer(data_key, [stanza], sa_id, expired_keys=expired_keys)
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:

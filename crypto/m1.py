@@ -155,6 +155,31 @@ def _header_text(
     return b64url_encode(json.dumps(header, separators=(",", ":")).encode("utf-8"))
 
 
+class Sealer:
+    """Values for one identity under one data key: the header and its MAC made once, a fresh
+    nonce for each value. Each value carries the stanzas, so it opens alone."""
+
+    def __init__(
+        self,
+        data_key: bytes,
+        stanzas: Sequence[Stanza],
+        sa_id: str,
+        *,
+        expired_keys: bool = False,
+    ) -> None:
+        keys = derive_keys(data_key)
+        header = _header_text(keys.commitment, sa_id, stanzas, expired_keys)
+        self._prefix = f"{M1_HEADER}{header}${b64url_encode(_mac(keys, header))}$"
+        self._cipher = AESGCM(keys.payload)
+        self._aad = payload_aad(sa_id, keys.commitment)
+
+    def seal(self, plaintext: bytes) -> str:
+        nonce = os.urandom(NONCE_SIZE)
+        return self._prefix + b64url_encode(
+            nonce + self._cipher.encrypt(nonce, plaintext, self._aad)
+        )
+
+
 def seal(
     data_key: bytes,
     stanzas: Sequence[Stanza],
@@ -163,18 +188,9 @@ def seal(
     *,
     expired_keys: bool = False,
 ) -> list[str]:
-    """m1 values of ``plaintexts`` under one data key: one header and one MAC for all, a fresh
-    nonce for each. Each value carries the stanzas, so it opens alone."""
-    keys = derive_keys(data_key)
-    header = _header_text(keys.commitment, sa_id, stanzas, expired_keys)
-    prefix = f"{M1_HEADER}{header}${b64url_encode(_mac(keys, header))}$"
-    cipher = AESGCM(keys.payload)
-    aad = payload_aad(sa_id, keys.commitment)
-    values = []
-    for plaintext in plaintexts:
-        nonce = os.urandom(NONCE_SIZE)
-        values.append(prefix + b64url_encode(nonce + cipher.encrypt(nonce, plaintext, aad)))
-    return values
+    """m1 values of ``plaintexts`` under one data key: one header and one MAC for all."""
+    sealer = Sealer(data_key, stanzas, sa_id, expired_keys=expired_keys)
+    return [sealer.seal(plaintext) for plaintext in plaintexts]
 
 
 def _malformed(fact: str) -> MalformedCiphertext:

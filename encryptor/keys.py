@@ -54,5 +54,6 @@ def build_keys(
     )
     if seals_to_bundle:
         assert source is not None
-        return SealingKeyManager(source), source
+        reuse = settings.encryptor.data_key_reuse_seconds
+        return SealingKeyManager(source, reuse_seconds=reuse), source
     return key_manager or build_key_manager(settings, observer=metrics), source

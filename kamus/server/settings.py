@@ -204,6 +204,9 @@ class EncryptorSettings(_Section):
     token_review_cache_size: int = Field(10_000, ge=1, alias="TokenReviewCacheSize")
     # Per client address (kamus/server/ratelimit.py); "off" turns it off.
     rate_limit: str = Field("20/second;600/minute", alias="RateLimit")
+    # Sealing to a bundle: single values for one identity share a data key for this long
+    # (kamus/server/sealing.py); 0: a fresh data key and HPKE wrap per request.
+    data_key_reuse_seconds: float = Field(0.0, ge=0, le=300, alias="DataKeyReuseSeconds")
     trusted_proxies: CommaList = Field(default_factory=list, alias="TrustedProxies")
     client_ip_header: str = Field("X-Forwarded-For", alias="ClientIpHeader")
     # The signed public key bundle to seal with (the chart mounts the decryptor's ConfigMap

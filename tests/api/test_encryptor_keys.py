@@ -13,10 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from crypto import AESKeyManager, bundle
+from crypto.errors import DecryptionError
 from crypto.sealing import Schedule
 from encryptor.app import create_app
+from kamus.server import sealing
 from kamus.server.errors import ConfigurationError
-from kamus.server.sealing import RELOAD_CHECK_SECONDS
+from kamus.server.sealing import RELOAD_CHECK_SECONDS, BundleSource, SealingKeyManager
 from kamus.server.settings import Settings
 from tests.support.kms import AWS
 from tests.support.settings import SettingsFactory
@@ -149,3 +151,55 @@ def test_a_kms_encryptor_writes_e1_with_the_legacy_output_format(
     settings = make_settings(**AWS, Encryptor__OutputFormat="legacy")
     with TestClient(create_app(settings)) as client:
         assert client.post("/api/v1/encrypt", json=BODY).text.startswith("kamus$e1$aws$")
+
+
+def header(value: str) -> str:
+    return value.rsplit("$", 1)[0]
+
+
+def test_data_key_reuse_is_off_unless_set(bundled: Bundled) -> None:
+    with TestClient(create_app(bundled(export(os.urandom(32))))) as client:
+        values = [client.post("/api/v1/encrypt", json=BODY).text for _ in range(2)]
+    assert header(values[0]) != header(values[1])
+
+
+def test_reused_data_keys_are_per_identity_window_and_bundle(tmp_path: Path) -> None:
+    """Encryptor__DataKeyReuseSeconds: single values of one identity share a data key (and so
+    a header) for that long, each opening alone as that identity only; another identity, the end
+    of the window, too many values, or a renewed bundle make a fresh one."""
+    master = os.urandom(32)
+    path = tmp_path / "keys.json"
+    path.write_text(export(master))
+    now = [0.0]
+    keys = SealingKeyManager(BundleSource(file=path), reuse_seconds=5.0, monotonic=lambda: now[0])
+
+    def seal(sa_id: str = "team-a:app", text: bytes = b"s3cret") -> str:
+        return asyncio.run(keys.encrypt(text, sa_id))
+
+    first, second = seal(), seal(text=b"other")
+    assert header(first) == header(second)
+    assert first != second
+    assert opens(master, first) == b"s3cret"
+    assert opens(master, second) == b"other"
+    with pytest.raises(DecryptionError):
+        asyncio.run(AESKeyManager(master).decrypt(first, "team-b:app"))
+    theirs = seal("team-b:app")
+    assert header(theirs) != header(first)
+    assert asyncio.run(AESKeyManager(master).decrypt(theirs, "team-b:app")) == b"s3cret"
+
+    now[0] = 4.9
+    assert header(seal()) == header(first)
+    now[0] = 5.0
+    renewed = seal()
+    assert header(renewed) != header(first)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sealing, "MAX_REUSES", 2)
+        assert header(seal()) == header(renewed)  # the second use of this key
+        assert header(seal()) != header(renewed)
+
+    another = os.urandom(32)  # a renewed bundle (as the chart's ConfigMap delivers it)
+    renewed_file = tmp_path / "renewed.json"
+    renewed_file.write_text(export(another))
+    keys.source = BundleSource(file=renewed_file)
+    assert opens(another, seal()) == b"s3cret"

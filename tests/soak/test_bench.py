@@ -39,10 +39,12 @@ def test_quick_bench_reports_every_measurement(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
 
     enc = results["encrypt_throughput"]
-    for name in ("kamus", "bare", "fastapi", "floor"):
+    for name in ("kamus", "bare", "fastapi", "floor", "reuse"):
         positive(enc, f"{name}.median_rps", f"{name}.requests")
         assert enc[name]["errors"] == 0
-    positive(enc, "ratio", "fastapi_over_bare", "floor_over_bare", "kamus_over_floor")
+    positive(
+        enc, "ratio", "fastapi_over_bare", "floor_over_bare", "kamus_over_floor", "reuse_over_bare"
+    )
 
     pod = results["pod_start"]
     positive(pod, "speedup", "speedup_warm", "speedup_with_process_start")
