@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from crypto import m1
+from crypto.datakeys import OFF, CacheLimits, CacheObserver, DataKeyCache
 from crypto.encoding import b64url_decode, b64url_encode
 from crypto.errors import DecryptionError, MalformedCiphertext, shown
 from crypto.formats import PREFIX, CiphertextFormat, classify, legacy_switched_off, unreadable
@@ -83,6 +85,8 @@ class AESKeyManager:
         sealed_output: bool = True,
         policy: KeyPolicy | None = None,
         schedule: Schedule | None = None,
+        cache: CacheLimits = OFF,
+        observer: CacheObserver | None = None,
     ) -> None:
         keys = [key, *previous_keys]
         for k in keys:
@@ -97,7 +101,11 @@ class AESKeyManager:
         self._allow_legacy = allow_legacy
         self.sealed_output = sealed_output
         self.policy = policy or KeyPolicy()
-        self.sealing = Keyring(masters=keys, schedule=schedule, policy=self.policy)
+        # m1 values sealed to this Kamus's keys: each stanza an X25519 agreement to unwrap.
+        self.data_keys: DataKeyCache[m1.Opener | AESGCM] = DataKeyCache(cache, observer)
+        self.sealing = Keyring(
+            masters=keys, schedule=schedule, policy=self.policy, cache=self.data_keys
+        )
 
     @property
     def active_key_id(self) -> str:

@@ -118,10 +118,10 @@ class CloudKeyManager(ABC):
         self._unwrapping = asyncio.Lock()
         self.policy = policy or KeyPolicy()
         self._schedule = schedule
-        self.sealing = Keyring(schedule=schedule, policy=self.policy)
+        self.data_keys: DataKeyCache[m1.Opener | AESGCM] = DataKeyCache(cache, self.observer)
+        self.sealing = Keyring(schedule=schedule, policy=self.policy, cache=self.data_keys)
         self._current: dict[str, tuple[float, str]] = {}
         self._looking_up = asyncio.Lock()
-        self.data_keys: DataKeyCache[m1.Opener | AESGCM] = DataKeyCache(cache, self.observer)
 
     @abstractmethod
     async def new_data_key(self, sa_id: str) -> Wrapped: ...
@@ -180,7 +180,10 @@ class CloudKeyManager(ABC):
                             ) from exc
                     self._masters = masters
                     self.sealing = Keyring(
-                        masters=masters, schedule=self._schedule, policy=self.policy
+                        masters=masters,
+                        schedule=self._schedule,
+                        policy=self.policy,
+                        cache=self.data_keys,
                     )
         return self._masters
 

@@ -120,6 +120,21 @@ class DataKeyCache(Generic[T]):
         # the others wait on.
         return await asyncio.shield(task)
 
+    def get_now(self, key: EntryKey, unwrap: Callable[[], T]) -> T:
+        """:meth:`get` for an unwrap done in the caller's thread, without awaiting (an HPKE
+        decapsulation with a sealing key this process holds): nothing can run meanwhile, so
+        nothing needs to share it."""
+        if not self.limits.enabled:
+            return unwrap()
+        entry = self._fresh(key.digest)
+        if entry is not None:
+            self._observe("hit")
+            return self._use(key.digest, entry)
+        self._observe("miss")
+        value = unwrap()
+        self._file(key, value)
+        return value
+
     def forget(self, sa_id: str, key_version: str) -> int:
         """Drop every entry the identity's KMS key version wrapped (the KMS said it is disabled
         or gone). Only that identity's: a caller can make the KMS refuse only their own key."""
@@ -155,13 +170,16 @@ class DataKeyCache(Generic[T]):
             self._in_flight.pop(key.digest, None)
             if task.cancelled() or task.exception() is not None or epoch != self._epoch:
                 return
-            entry = _Entry(task.result(), key.kms_key, self._clock())
-            self._entries[key.digest] = entry
-            self._use(key.digest, entry)  # the miss that made it is its first use
-            while len(self._entries) > self.limits.capacity:
-                self._entries.popitem(last=False)
+            self._file(key, task.result())
 
         return file
+
+    def _file(self, key: EntryKey, value: T) -> None:
+        entry = _Entry(value, key.kms_key, self._clock())
+        self._entries[key.digest] = entry
+        self._use(key.digest, entry)  # the miss that made it is its first use
+        while len(self._entries) > self.limits.capacity:
+            self._entries.popitem(last=False)
 
     def _observe(self, result: str) -> None:
         if self._observer is not None:

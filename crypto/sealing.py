@@ -25,9 +25,11 @@ from enum import StrEnum
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto import m1
+from crypto.datakeys import DataKeyCache, EntryKey
 from crypto.errors import DecryptionError, MalformedCiphertext
 from crypto.formats import CiphertextFormat
 from crypto.lifecycle import KeyPolicy, Opened, RetiredKey, Rewrapped, RewrapStatus, State
@@ -252,10 +254,16 @@ class Keyring:
         *,
         schedule: Schedule | None = None,
         policy: KeyPolicy | None = None,
+        cache: DataKeyCache[m1.Opener | AESGCM] | None = None,
     ) -> None:
         self._masters = tuple(masters)
         self.schedule = schedule or Schedule()
         self.policy = policy or KeyPolicy()
+        # The data keys its stanzas unwrapped (an X25519 agreement each), shared with the key
+        # manager's cache: a rollout's pods present the same values.
+        self.data_keys: DataKeyCache[m1.Opener | AESGCM] = (
+            cache if cache is not None else DataKeyCache()
+        )
 
     def find(self, kid: str) -> SealingPrivateKey | None:
         parsed = parse_kid(kid)
@@ -303,19 +311,21 @@ class Keyring:
 
     def open(self, ciphertext: str, sa_id: str) -> tuple[bytes, str]:
         """The plaintext of an m1 value as ``sa_id``, and the key id that opened it."""
-        value = m1.parse(ciphertext)
-        held = self.held(value)
-        if held is None:
-            raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")
-        return open_held(value, held, sa_id), held[1].kid
+        opened = self.opened(m1.parse(ciphertext), sa_id)
+        return opened.plaintext, opened.key_id
 
     def opened(self, value: m1.M1, sa_id: str) -> Opened:
         """An m1 value opened through the stanza held here, with the key's id and state."""
         held = self.held(value)
         if held is None:
             raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")
-        plaintext = open_held(value, held, sa_id)
-        return Opened(plaintext, held[1].kid, self.state(held[1]), CiphertextFormat.SEALED_V1)
+        check_identity(value, sa_id)
+        stanza, key = held
+        fmt = CiphertextFormat.SEALED_V1
+        entry = EntryKey.of(stanza.kind, fmt.value, key.kid, stanza.wrapped, sa_id)
+        opener = self.data_keys.get_now(entry, lambda: m1.Opener(key.unwrap(stanza, sa_id)))
+        assert isinstance(opener, m1.Opener)  # the format is part of the entry's key
+        return Opened(opener.open(value, sa_id), key.kid, self.state(key), fmt)
 
     def rewrap(
         self,
@@ -372,12 +382,6 @@ def check_identity(value: m1.M1, sa_id: str) -> None:
         raise DecryptionError("the identity is not '<namespace>:<service-account>'") from None
     if value.identity_tag != tag:
         raise DecryptionError("m1 value was made for another identity (identity tag)")
-
-
-def open_held(value: m1.M1, held: tuple[m1.Stanza, SealingPrivateKey], sa_id: str) -> bytes:
-    check_identity(value, sa_id)
-    stanza, key = held
-    return m1.open_value(value, key.unwrap(stanza, sa_id), sa_id)
 
 
 def no_stanza_held(value: m1.M1, fact: str) -> MalformedCiphertext:

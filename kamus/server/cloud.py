@@ -10,11 +10,10 @@ from typing import cast
 from crypto.aws import AwsKmsKeyManager, classify_aws_error, leave_throttling_to_kamus
 from crypto.azure import AzureKeyVaultKeyManager, classify_azure_error, client_kwargs
 from crypto.cloud import WrappedSeed
-from crypto.datakeys import CacheLimits
 from crypto.gcp import GoogleKmsKeyManager, classify_gcp_error
 from crypto.kms import BlockingCalls, Classifier, KmsObserver
 from kamus.server.errors import ConfigurationError
-from kamus.server.lifecycle import key_policy, schedule_of
+from kamus.server.lifecycle import cache_limits, key_policy, schedule_of
 from kamus.server.settings import KeyManagementSettings, Settings, secret_setting
 
 
@@ -38,11 +37,6 @@ def blocking_calls(
         classify=classify,
         observer=observer,
     )
-
-
-def cache_limits(km: KeyManagementSettings) -> CacheLimits:
-    cache = km.data_key_cache
-    return CacheLimits(cache.capacity, cache.max_age_seconds, cache.max_uses)
 
 
 def wrapped_seeds(km: KeyManagementSettings, kind: str) -> list[WrappedSeed]:
@@ -115,7 +109,7 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
         policy=key_policy(settings),
         schedule=schedule_of(settings),
         wrapped_seeds=wrapped_seeds(km, "aws"),
-        cache=cache_limits(km),
+        cache=cache_limits(settings),
     )
 
 
@@ -199,7 +193,7 @@ def build_gcp(settings: Settings, observer: KmsObserver | None) -> GoogleKmsKeyM
         policy=key_policy(settings),
         schedule=schedule_of(settings),
         wrapped_seeds=wrapped_seeds(km, "gcp"),
-        cache=cache_limits(km),
+        cache=cache_limits(settings),
     )
 
 
@@ -273,5 +267,5 @@ def build_azure(settings: Settings, observer: KmsObserver | None) -> AzureKeyVau
         policy=key_policy(settings),
         schedule=schedule_of(settings),
         wrapped_seeds=wrapped_seeds(km, "azure"),
-        cache=cache_limits(km),
+        cache=cache_limits(settings),
     )

@@ -9,7 +9,7 @@ from crypto import KAMUS_PUBLIC_DEFAULT_KEY, AESKeyManager, KeyManager
 from crypto.aes import KEY_SIZES
 from crypto.kms import KmsObserver
 from kamus.server.errors import ConfigurationError
-from kamus.server.lifecycle import key_policy, schedule_of
+from kamus.server.lifecycle import cache_limits, key_policy, schedule_of
 from kamus.server.settings import AESSettings, Settings, secret_setting
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -> KeyManager:
     km = settings.key_management
     if km.provider == "AESKey":
-        return _build_aes(settings)
+        return _build_aes(settings, observer)
     # Imported here: an AES deployment never loads the cloud SDKs.
     from kamus.server import cloud
 
@@ -76,7 +76,7 @@ def aes_master_keys(aes: AESSettings) -> list[bytes]:
     ]
 
 
-def _build_aes(settings: Settings) -> AESKeyManager:
+def _build_aes(settings: Settings, observer: KmsObserver | None) -> AESKeyManager:
     aes = settings.key_management.aes
     active, *previous = aes_master_keys(aes)
     return AESKeyManager(
@@ -87,4 +87,6 @@ def _build_aes(settings: Settings) -> AESKeyManager:
         sealed_output=settings.encryptor.output_format == "m1",
         policy=key_policy(settings),
         schedule=schedule_of(settings),
+        cache=cache_limits(settings),
+        observer=observer,
     )

@@ -3,10 +3,12 @@ that concurrent misses share one unwrap. The providers' use of it, against the K
 tests/providers/test_data_key_cache.py."""
 
 import asyncio
+import os
 from collections import Counter
 
 import pytest
 
+from crypto import AESKeyManager
 from crypto.datakeys import CacheLimits, DataKeyCache, EntryKey
 from crypto.errors import DecryptionError
 
@@ -236,3 +238,22 @@ def test_an_unwrap_in_flight_when_the_cache_is_cleared_files_nothing() -> None:
         assert len(keys) == 0
 
     asyncio.run(scenario())
+
+
+def test_the_aes_provider_unwraps_a_sealed_value_once_per_identity() -> None:
+    """An m1 value sealed to this Kamus's own keys: its stanza's X25519 agreement is made once,
+    then the cached key opens it; another identity presenting it still fails."""
+    lookups = Lookups()
+    master = os.urandom(32)
+    manager = AESKeyManager(master, cache=CacheLimits(), observer=lookups)
+    value, _ = manager.sealing.seal(b"s3cret", "team-a:app")  # as an encryptor seals it
+
+    async def scenario() -> None:
+        for _ in range(3):
+            assert await manager.decrypt(value, "team-a:app") == b"s3cret"
+        with pytest.raises(DecryptionError):
+            await manager.decrypt(value, "team-b:app")
+
+    asyncio.run(scenario())
+    assert lookups.results == {"miss": 1, "hit": 2}  # team-b is refused before any lookup
+    assert len(manager.data_keys) == 1
