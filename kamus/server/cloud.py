@@ -82,9 +82,8 @@ def build_aws(settings: Settings, observer: KmsObserver | None) -> AwsKmsKeyMana
     attempt = per_attempt_timeout(km)
     client = session.client(
         "kms",
-        # Standard retry mode: jittered exponential backoff on 5xx (throttling: see below). botocore
-        # offers no way to leave throttling to BlockingCalls (which retries it further, within
-        # the deadline) on every version we accept, so its throttled retries go uncounted.
+        # Standard retry mode: jittered exponential backoff on 5xx and connection errors;
+        # throttling is left to BlockingCalls by the needs-retry hook below.
         config=Config(
             connect_timeout=attempt,
             read_timeout=attempt,
