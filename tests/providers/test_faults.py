@@ -28,11 +28,13 @@ from tests.support.settings import SettingsFactory
 SECRET = "fault-injection-s3cr3t"
 leaks.register(SECRET)
 V1 = {"data": SECRET, "service-account": "app", "namespace": "team-a"}
-# A deadline the "slow" fault overruns, and no SDK retries, so that each case takes seconds.
+# A deadline the "slow" fault (2.5 s) overruns, and no SDK retries, so that each case takes
+# seconds. Not 1 s: an encrypt for a new service account on AWS is five calls, CreateKey among
+# them, and moto's CreateKey on a loaded machine once took longer than that after recovery.
 # No data-key cache: a value decrypted before the outage would keep opening from it
 # (tests/providers/test_data_key_cache.py shows that), and each request here must reach the KMS.
 FAST = {
-    "KeyManagement__TimeoutSeconds": "1",
+    "KeyManagement__TimeoutSeconds": "2",
     "KeyManagement__MaxRetries": "0",
     "KeyManagement__DataKeyCache__Capacity": "0",
     "Kubernetes__RequestTimeoutSeconds": "1",
