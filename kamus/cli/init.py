@@ -32,10 +32,9 @@ from kamus.cli.client import (
     with_retries,
     wrong_service,
 )
-from kamus.cli.formats import FORMATS
+from kamus.cli.formats import FORMATS, TEMPLATE_FILE
 from kamus.cli.inputs import InputError, decode_text, json_document
 
-TEMPLATE_FILE = "template.j2"
 DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
 
 Secret = str | dict[str, Any] | list[Any]

@@ -46,14 +46,14 @@ def main() -> None:
 main.add_command(create_key_secret)
 
 
-@main.command(short_help="Run the encryptor, the decryptor or the controller.")
+@main.command(short_help="Run the encryptor, the decryptor, the controller or the injector.")
 @click.argument("service", type=click.Choice(NAMES))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
     help="Port to listen on (0: any free one). Default: 9090 for the encryptor, 9091 for the "
-    "decryptor, 9092 for the controller.",
+    "decryptor, 9092 for the controller, 8443 for the injector.",
 )
 @click.option(
     "--workers",
@@ -61,8 +61,8 @@ main.add_command(create_key_secret)
     help="Worker processes for the encryptor or the decryptor (default: Server__Workers, 1).",
 )
 def serve(service: ServiceName, host: str, port: int | None, workers: int | None) -> None:
-    """Run the encryptor, the decryptor or the controller, configured from the environment
-    (Kamus's setting names: README.md, Settings).
+    """Run the encryptor, the decryptor, the controller or the injector, configured from the
+    environment (Kamus's setting names: README.md, Settings).
 
     \b
     Examples:
@@ -117,7 +117,7 @@ def serve(service: ServiceName, host: str, port: int | None, workers: int | None
                 interval_seconds=tls.tls_reload_seconds,
             )
             if tls.tls_cert_file and tls.tls_key_file
-            else None
+            else _built_in_tls(spec)
         ),
         # uvloop when installed; httptools (a dependency) with deadlines for slow clients.
         loop="auto",
@@ -129,6 +129,17 @@ def serve(service: ServiceName, host: str, port: int | None, workers: int | None
         server_header=False,
         lifespan="on",
     )
+
+
+def _built_in_tls(spec: Service) -> Callable[..., ssl.SSLContext] | None:
+    """The service's own TLS (the injector's CA), for when no certificate files are set."""
+    if spec.built_in_tls is None:
+        return None
+    import importlib
+
+    module, _, name = spec.built_in_tls.partition(":")
+    factory: Callable[..., ssl.SSLContext] = getattr(importlib.import_module(module), name)()
+    return factory
 
 
 def _http_protocol(spec: Service) -> str:

@@ -53,18 +53,21 @@ async def request_json(
     api: ApiClient,
     method: str,
     path: str,
-    body: Mapping[str, object] | None = None,
+    body: Mapping[str, object] | list[object] | None = None,
+    *,
+    content_type: str = "application/json",
 ) -> dict[str, object]:
     """One request as JSON, without the client's generated API classes (the core API alone is
     about 23 MB of RSS: docs/performance.md). Raises ``ApiException`` for any other answer than
-    2xx, as the generated classes do."""
+    2xx, as the generated classes do. A JSON patch is a list with ``content_type``
+    ``application/json-patch+json``."""
     from kubernetes.aio.client.exceptions import ApiException
 
     params = await api.param_serialize(
         method=method,
         resource_path=path,
-        header_params={"Accept": "application/json", "Content-Type": "application/json"},
-        body=dict(body) if body is not None else None,
+        header_params={"Accept": "application/json", "Content-Type": content_type},
+        body=(list(body) if isinstance(body, list) else dict(body)) if body is not None else None,
         auth_settings=["BearerToken"],
     )
     response = await api.call_api(*params)

@@ -177,3 +177,26 @@ class ControllerMetrics(Metrics):
             "1 while this process holds the leader lease and reconciles.",
             registry=self.registry,
         )
+
+
+class InjectorMetrics(Metrics):
+    def __init__(self) -> None:
+        super().__init__()
+        self.injector_admissions = Counter(
+            "kamus_injector_admissions",
+            "Pod admissions answered by outcome (injected, skipped, denied).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.injector_certificate_expiry = Gauge(
+            "kamus_injector_certificate_expiry_timestamp_seconds",
+            "When the certificate this replica serves expires (Unix time).",
+            registry=self.registry,
+        )
+        self.injector_ca_bundle_patches = Counter(
+            "kamus_injector_ca_bundle_patches",
+            "Writes of the webhook configuration's caBundle by outcome (patched, unchanged, "
+            "error), by the replica holding the Lease.",
+            ["outcome"],
+            registry=self.registry,
+        )

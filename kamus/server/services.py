@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from kamus.server.settings import Settings
 
-ServiceName = Literal["encryptor", "decryptor", "controller"]
+ServiceName = Literal["encryptor", "decryptor", "controller", "injector"]
 NAMES: tuple[ServiceName, ...] = get_args(ServiceName)
 
 
@@ -29,6 +29,9 @@ class Service:
     multi_worker: bool
     # The encryptor alone trusts proxies (Encryptor__TrustedProxies) for the client address.
     http_protocol: str
+    # "module:Class" of the uvicorn ssl_context_factory the service serves with when no
+    # certificate files are configured (the injector's own CA); None: plain http then.
+    built_in_tls: str | None = None
 
     def create_app(self, settings: "Settings") -> "FastAPI":
         """The service's app, in a process that writes no core dump (``kamus serve`` and each
@@ -44,4 +47,8 @@ SERVICES: dict[ServiceName, Service] = {
     "encryptor": Service("encryptor", "encryptor.app", 9090, True, "EncryptorProtocol"),
     "decryptor": Service("decryptor", "decryptor.app", 9091, True, "SlowClientProtocol"),
     "controller": Service("controller", "controller.app", 9092, False, "SlowClientProtocol"),
+    # The apiserver is its only client; the chart maps 443 to this port.
+    "injector": Service(
+        "injector", "injector.app", 8443, False, "SlowClientProtocol", "injector.tls:BuiltInTls"
+    ),
 }

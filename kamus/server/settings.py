@@ -283,6 +283,49 @@ class ControllerSettings(_Section):
         return self
 
 
+class InjectorSettings(_Section):
+    """``kamus serve injector`` (injector/): what the admission webhook injects, and its own TLS."""
+
+    # The injected kamus-init container: its image (the chart's decryptor image), how the
+    # kubelet pulls it, and the decryptor it asks (KAMUS_URL).
+    image: str = Field("", alias="Image")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", alias="ImagePullPolicy"
+    )
+    decryptor_url: str = Field("", alias="DecryptorUrl")
+    # The label the chart's decryptor NetworkPolicy admits ("key=value"), added to every pod.
+    client_label: str = Field("kamus.soluto.com/client=true", alias="ClientLabel")
+    run_as_user: int = Field(10001, ge=1, alias="RunAsUser")
+    cpu_request: str = Field("10m", alias="CpuRequest")
+    memory_request: str = Field("64Mi", alias="MemoryRequest")
+    memory_limit: str = Field("128Mi", alias="MemoryLimit")
+    # The projected token's lifetime; the kubelet refuses less than 10 minutes.
+    token_expiration_seconds: int = Field(600, ge=600, le=86400, alias="TokenExpirationSeconds")
+    # Built-in TLS (when Server__TlsCertFile is unset): where the CA Secret and the Lease live
+    # (else POD_NAMESPACE), the Service the leaf names, and the webhook whose caBundle the
+    # Lease's holder keeps current.
+    namespace: str | None = Field(None, alias="Namespace")
+    service_name: str = Field("kamus-injector", alias="ServiceName")
+    ca_secret_name: str = Field("kamus-injector-ca", alias="CaSecretName")
+    webhook_name: str = Field("kamus-injector", alias="WebhookName")
+    lease_name: str = Field("kamus-injector-ca", alias="LeaseName")
+    leaf_validity_seconds: int = Field(30 * 86400, ge=3, alias="LeafValiditySeconds")
+    # More names or addresses for the leaf (tests and `kamus doctor` use 127.0.0.1).
+    extra_hosts: CommaList = Field(default_factory=list, alias="ExtraHosts")
+
+    _split = field_validator("extra_hosts", mode="before")(_split_commas)
+
+    @field_validator("client_label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        key, sep, _ = value.partition("=")
+        if not sep or not key:
+            raise ValueError(
+                "Injector__ClientLabel is key=value, e.g. kamus.soluto.com/client=true"
+            )
+        return value
+
+
 class ServerSettings(_Section):
     # TLS serving (the Helm chart mounts these from a Secret, or from cert-manager).
     tls_cert_file: Path | None = Field(None, alias="TlsCertFile")
@@ -344,5 +387,6 @@ class Settings(BaseSettings):
     encryptor: EncryptorSettings = Field(default_factory=EncryptorSettings, alias="Encryptor")
     decryptor: DecryptorSettings = Field(default_factory=DecryptorSettings, alias="Decryptor")
     controller: ControllerSettings = Field(default_factory=ControllerSettings, alias="Controller")
+    injector: InjectorSettings = Field(default_factory=InjectorSettings, alias="Injector")
     server: ServerSettings = Field(default_factory=ServerSettings, alias="Server")
     logging: LoggingSettings = Field(default_factory=LoggingSettings, alias="Logging")
