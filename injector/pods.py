@@ -290,7 +290,10 @@ def _volumes(request: Request, settings: Settings) -> list[dict[str, Any]]:
     if settings.decryptor.audiences:
         token["audience"] = settings.decryptor.audiences[0]
     volumes: list[dict[str, Any]] = [
-        {"name": SECRETS_VOLUME, "emptyDir": {"medium": "Memory"}},
+        {
+            "name": SECRETS_VOLUME,
+            "emptyDir": {"medium": "Memory", "sizeLimit": settings.injector.volume_size_limit},
+        },
         {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}},
     ]
     for index, name in enumerate(request.config_maps):

@@ -299,6 +299,8 @@ class InjectorSettings(_Section):
     cpu_request: str = Field("10m", alias="CpuRequest")
     memory_request: str = Field("64Mi", alias="MemoryRequest")
     memory_limit: str = Field("128Mi", alias="MemoryLimit")
+    # The in-memory volume counts against the pod's memory: a bound on what it may hold.
+    volume_size_limit: str = Field("1Mi", alias="VolumeSizeLimit")
     # The projected token's lifetime; the kubelet refuses less than 10 minutes.
     token_expiration_seconds: int = Field(600, ge=600, le=86400, alias="TokenExpirationSeconds")
     # Built-in TLS (when Server__TlsCertFile is unset): where the CA Secret and the Lease live

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -20,6 +21,7 @@ from injector.pods import decide
 from kamus.server.settings import Settings
 from tests.k8s_double import KubeApiDouble
 from tests.k8s_double.resources import json_patch
+from tests.support.chart import KUBERNETES_VERSIONS
 from tests.support.mounts import configmap_mount
 from tests.support.processes import Deployment, deploy
 from tests.support.settings import new_key
@@ -186,3 +188,59 @@ def test_a_token_without_the_decryptors_audience_is_refused(
     assert result.returncode != 0
     assert "401" in result.stderr
     assert not (app_view(pod, tmp_path / "pod", "web") / "password").exists()
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "example" / "injected" / "deployment.yaml"
+
+
+def example_pod() -> dict[str, Any]:
+    """The example Deployment's pod as its ReplicaSet creates it."""
+    deployment: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    template = deployment["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", **template}
+    pod["metadata"] = {
+        **template["metadata"],
+        "generateName": "kamus-example-injected-5d8f9-",
+        "namespace": deployment["metadata"]["namespace"],
+    }
+    return pod
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_example_deployment_and_its_injected_pod_validate(version: str) -> None:
+    kubernetes_validate.validate(yaml.safe_load(EXAMPLE.read_text()), version, strict=True)
+    settings = injector_settings("http://kamus-decryptor.kamus.svc:80")
+    decision = decide(example_pod(), "kamus-example", settings)
+    assert decision.patch is not None, decision.reason
+    kubernetes_validate.validate(json_patch(example_pod(), decision.patch), version, strict=True)
+
+
+def test_the_example_deployment_gets_its_config_json_through_the_injector(
+    deployment: Deployment, kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    settings = injector_settings(deployment.decryptor.url)
+    pod = example_pod()
+    decision = decide(pod, "kamus-example", settings)
+    assert decision.patch is not None, decision.reason
+    patched = json_patch(pod, decision.patch)
+    values = {"db-password": "example-db-password", "db-username": "app"}
+    sealed = {
+        name: deployment.encrypt(value, "kamus-example", "kamus-example-sa").text
+        for name, value in values.items()
+    }
+    token = kube_api.issue_token(
+        "kamus-example", "kamus-example-sa", audiences=[AUDIENCE], expires_in=600
+    )
+    root = tmp_path / "pod"
+    result = run_init_container(patched, root, {"kamus-example-encrypted": sealed}, token)
+    assert result.returncode == 0, result.stderr
+    folder = app_view(patched, root, "app")
+    assert json.loads((folder / "config.json").read_text()) == values
+    # What the app container runs, on what kamus-init wrote (paths under the scratch root).
+    [app] = patched["spec"]["containers"]
+    script = app["args"][0].replace("/secrets/", f"{folder}/")
+    script = script[: script.index('echo "ready"') + len('echo "ready"')]  # not its idle loop
+    ran = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert "  db-password\n  db-username\nready\n" in ran.stdout
+    assert "example-db-password" not in ran.stdout

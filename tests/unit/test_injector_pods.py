@@ -140,7 +140,7 @@ def test_the_init_container_is_locked_down_and_alone_holds_the_token() -> None:
     ]
     assert holders == ["kamus-init"]
     [secrets] = [v for v in patched["spec"]["volumes"] if v["name"] == "kamus-secrets"]
-    assert secrets["emptyDir"] == {"medium": "Memory"}
+    assert secrets["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
     for container in patched["spec"]["containers"]:
         mounts = {m["name"]: m for m in container.get("volumeMounts") or []}
         if container["name"] == "api":
