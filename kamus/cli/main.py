@@ -1190,3 +1190,45 @@ def verify(
         _finish(outcome.lines, bool(outcome.failed))
     except ClientError as error:
         _fail(error)
+
+
+@main.command(
+    short_help="Check that injection, the encryptor and the decryptor work for a namespace."
+)
+@click.option(
+    "-n", "--namespace", required=True, help="Where a workload would run (the dry-run pod's)."
+)
+@click.option(
+    "-a",
+    "--service-account",
+    required=True,
+    help="The workload's service account (the dry-run pod runs as it).",
+)
+@click.option("--encryptor-url", envvar="KAMUS_ENCRYPTOR_URL", help="The encryptor's URL.")
+@click.option("--decryptor-url", envvar="KAMUS_URL", help="The decryptor's URL (or $KAMUS_URL).")
+@click.option(
+    "--ca-bundle",
+    envvar="KAMUS_CA_BUNDLE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA certificates for https services (or $KAMUS_CA_BUNDLE).",
+)
+def doctor(
+    namespace: str,
+    service_account: str,
+    encryptor_url: str | None,
+    decryptor_url: str | None,
+    ca_bundle: str | None,
+) -> None:
+    """Check, with the kubeconfig's credentials (or the pod's, in a cluster), that a pod in
+    NAMESPACE running as SERVICE_ACCOUNT would get Kamus's init container (a server-side dry-run
+    create: nothing is created), that the encryptor and the decryptor answer, and that you may
+    encrypt for the namespace. One verdict per check; exits 1 if any FAILs.
+
+    \b
+    Examples:
+      kamus doctor -n team-a -a api --encryptor-url https://kamus.example.com
+    """
+    from kamus.cli.doctor import run_doctor
+
+    checks = run_doctor(namespace, service_account, encryptor_url, decryptor_url, ca_bundle)
+    _finish([check.line() for check in checks], any(c.verdict == "FAIL" for c in checks))
