@@ -2,6 +2,8 @@
 
 import base64
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +219,16 @@ def test_built_in_tls_makes_its_ca_once_and_serves_a_leaf_for_the_service(
     assert again["data"] == secret["data"]
     assert SERVING.leaf is not None
     assert SERVING.leaf.serial != leaf.serial
+
+
+def test_the_injector_process_never_loads_a_key_provider() -> None:
+    """It holds no key: neither crypto/ nor a cloud SDK is ever imported by it."""
+    probe = (
+        "import sys, injector.app, injector.tls, injector.pods; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'crypto', 'encryptor', 'decryptor', 'controller', 'boto3', 'google', 'azure'}))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]"
