@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Literal
@@ -83,6 +84,21 @@ def _validate(settings: Settings) -> None:
         )
 
 
+def decryptor_ca(settings: Settings) -> str | None:
+    """The PEM of ``Injector__DecryptorCaFile``, checked, read once at start."""
+    path = settings.injector.decryptor_ca_file
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="ascii")
+        ssl.create_default_context(cadata=text)
+    except (OSError, UnicodeDecodeError, ssl.SSLError, ValueError):
+        raise ConfigurationError(
+            f"Injector__DecryptorCaFile {path} cannot be read as PEM CA certificates"
+        ) from None
+    return text
+
+
 def injector_namespace(settings: Settings) -> str | None:
     return settings.injector.namespace or os.environ.get("POD_NAMESPACE") or None
 
@@ -90,6 +106,7 @@ def injector_namespace(settings: Settings) -> str | None:
 def create_app(settings: Settings | None = None) -> KamusApp:
     settings = settings or Settings()
     _validate(settings)
+    ca = decryptor_ca(settings)
     metrics = InjectorMetrics()
     built_in_tls = settings.server.tls_cert_file is None
     state: dict[str, Any] = {}
@@ -174,7 +191,7 @@ def create_app(settings: Settings | None = None) -> KamusApp:
             metrics.injector_admissions.labels("skipped").inc()
             annotate(request, injection="skipped", reason="not a pod creation")
             return _answer(admission.uid, allowed=True)
-        decision = decide(pod, admission.namespace, settings)
+        decision = decide(pod, admission.namespace, settings, ca)
         metrics.injector_admissions.labels(decision.outcome).inc()
         annotate(request, injection=decision.outcome)
         if decision.reason:

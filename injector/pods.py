@@ -311,8 +311,11 @@ def _volumes(request: Request, settings: Settings) -> list[dict[str, Any]]:
     return volumes
 
 
-def init_container(request: Request, settings: Settings) -> dict[str, Any]:
-    """``kamus init`` with the flags the annotations ask for, locked down."""
+def init_container(
+    request: Request, settings: Settings, decryptor_ca: str | None = None
+) -> dict[str, Any]:
+    """``kamus init`` with the flags the annotations ask for, locked down; ``decryptor_ca``:
+    the PEM an https decryptor's certificate chains to."""
     folders = [f"{INPUTS}/encrypted/{i}" for i in range(len(request.config_maps))]
     mounts: list[dict[str, Any]] = [
         {"name": SECRETS_VOLUME, "mountPath": request.mount_path},
@@ -341,6 +344,7 @@ def init_container(request: Request, settings: Settings) -> dict[str, Any]:
         "env": [
             {"name": "KAMUS_URL", "value": s.decryptor_url},
             {"name": "TOKEN_FILE_PATH", "value": f"{TOKEN_DIR}/token"},
+            *([{"name": "KAMUS_CA_CERT", "value": decryptor_ca}] if decryptor_ca else []),
         ],
         "resources": {
             "requests": {"cpu": s.cpu_request, "memory": s.memory_request},
@@ -359,7 +363,9 @@ def init_container(request: Request, settings: Settings) -> dict[str, Any]:
     }
 
 
-def patch(pod: Pod, request: Request, settings: Settings) -> list[Operation]:
+def patch(
+    pod: Pod, request: Request, settings: Settings, decryptor_ca: str | None = None
+) -> list[Operation]:
     """The JSON patch that injects ``request`` into ``pod``; :class:`Denied` on a clash."""
     spec = _mapping(pod.get("spec"))
     existing = set(_names(_list(spec.get("volumes"))))
@@ -371,7 +377,7 @@ def patch(pod: Pod, request: Request, settings: Settings) -> list[Operation]:
             "rename it"
         )
     operations: list[Operation] = []
-    init = init_container(request, settings)
+    init = init_container(request, settings, decryptor_ca)
     if not spec.get("initContainers"):
         operations.append({"op": "add", "path": "/spec/initContainers", "value": [init]})
     else:
@@ -411,7 +417,9 @@ def patch(pod: Pod, request: Request, settings: Settings) -> list[Operation]:
     return operations
 
 
-def decide(pod: Pod, namespace: str, settings: Settings) -> Decision:
+def decide(
+    pod: Pod, namespace: str, settings: Settings, decryptor_ca: str | None = None
+) -> Decision:
     """What the webhook answers for the creation of ``pod`` in ``namespace``."""
     if not opted_in(pod):
         return Decision("skipped", f"no {INJECT}=true label")
@@ -419,6 +427,6 @@ def decide(pod: Pod, namespace: str, settings: Settings) -> Decision:
         return Decision("skipped", "already injected")
     try:
         request = parse(pod, namespace, settings)
-        return Decision("injected", "", patch(pod, request, settings))
+        return Decision("injected", "", patch(pod, request, settings, decryptor_ca))
     except Denied as exc:
         return Decision("denied", str(exc))

@@ -203,6 +203,7 @@ class KamusClient:
         allow_insecure: bool = False,
         fingerprint: str | None = None,
         ca_bundle: str | None = None,
+        ca_data: str | None = None,
         timeout: float = 30.0,
         token: str | None = None,
         allow_token_over_http: bool = False,
@@ -226,7 +227,16 @@ class KamusClient:
         self._base = parts.path.rstrip("/")
         self._timeout = timeout
         self._pin = parse_fingerprint(fingerprint) if fingerprint else None
-        self._context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+        self._context = None
+        if ca_bundle or ca_data:
+            try:
+                self._context = ssl.create_default_context(cafile=ca_bundle, cadata=ca_data)
+            except (ssl.SSLError, ValueError):
+                # The file is checked to exist by the option; what is wrong is its content.
+                raise UsageError(
+                    "the CA certificates given (--ca-bundle or $KAMUS_CA_CERT) are not PEM "
+                    "certificates"
+                ) from None
         self._connection: http.client.HTTPConnection | None = None
         # Learned from a 404: an original Kamus has no batch API; ask it only once.
         self.batch_api = True

@@ -65,6 +65,7 @@ class InitOptions:
     timeout: float = 60.0
     file_mode: int = 0o600
     ca_bundle: str | None = None
+    ca_data: str | None = None  # PEM text ($KAMUS_CA_CERT, set by the injector)
 
 
 def log(message: str) -> None:
@@ -292,7 +293,9 @@ def decrypt_all(options: InitOptions, files: Mapping[str, Path]) -> dict[str, st
     # with a newline); ASCII whitespace only, as at the decryptor.
     ciphertexts = {name: _read_text(path).strip(string.whitespace) for name, path in files.items()}
     check_identity(files, ciphertexts, token)
-    client = KamusClient(options.url, allow_insecure=True, ca_bundle=options.ca_bundle)
+    client = KamusClient(
+        options.url, allow_insecure=True, ca_bundle=options.ca_bundle, ca_data=options.ca_data
+    )
 
     def on_retry(exc: Exception, wait: float) -> None:
         log(f"the decryptor is not ready ({exc}); retrying in {wait:.1f}s")

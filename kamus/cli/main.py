@@ -940,6 +940,11 @@ def keys_verify(file: str, trust_anchor: str | None) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="CA certificates for an https decryptor (or $KAMUS_CA_BUNDLE).",
 )
+@click.option(
+    "--ca-cert",
+    envvar="KAMUS_CA_CERT",
+    help="The same as PEM text rather than a file (or $KAMUS_CA_CERT: the injector sets it).",
+)
 def init(
     encrypted_folders: str,
     decrypted_path: str,
@@ -950,6 +955,7 @@ def init(
     timeout: float,
     file_mode: str,
     ca_bundle: str | None,
+    ca_cert: str | None,
 ) -> None:
     """Decrypt mounted ciphertexts into files: Kamus's init container.
 
@@ -977,6 +983,7 @@ def init(
                 timeout=timeout,
                 file_mode=mode,
                 ca_bundle=ca_bundle,
+                ca_data=ca_cert or None,
             )
         )
     except ClientError as error:

@@ -293,6 +293,8 @@ class InjectorSettings(_Section):
         "IfNotPresent", alias="ImagePullPolicy"
     )
     decryptor_url: str = Field("", alias="DecryptorUrl")
+    # An https decryptor's CA certificates (PEM), given to kamus-init as $KAMUS_CA_CERT.
+    decryptor_ca_file: Path | None = Field(None, alias="DecryptorCaFile")
     # The label the chart's decryptor NetworkPolicy admits ("key=value"), added to every pod.
     client_label: str = Field("kamus.soluto.com/client=true", alias="ClientLabel")
     run_as_user: int = Field(10001, ge=1, alias="RunAsUser")

@@ -232,3 +232,14 @@ def test_the_injector_process_never_loads_a_key_provider() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert loaded.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate"])
+def test_a_decryptor_ca_that_does_not_load_stops_the_start(
+    files_mode: SettingsFactory, tmp_path: Path, content: str | None
+) -> None:
+    path = tmp_path / "ca.crt"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigurationError, match=f"Injector__DecryptorCaFile {path} cannot be"):
+        create_app(files_mode(Injector__DecryptorCaFile=str(path)))

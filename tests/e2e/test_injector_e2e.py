@@ -7,23 +7,27 @@
 
 import json
 import os
+import ssl
 import stat
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
+import trustme
 import yaml
 
+from injector.app import decryptor_ca
 from injector.pods import decide
 from kamus.server.settings import Settings
 from tests.k8s_double import KubeApiDouble
 from tests.k8s_double.resources import json_patch
 from tests.support.chart import KUBERNETES_VERSIONS
 from tests.support.mounts import configmap_mount
-from tests.support.processes import Deployment, deploy
+from tests.support.processes import Deployment, deploy, kamus_serve
 from tests.support.settings import new_key
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "injector"
@@ -244,3 +248,58 @@ def test_the_example_deployment_gets_its_config_json_through_the_injector(
     assert ran.returncode == 0, ran.stderr
     assert "  db-password\n  db-username\nready\n" in ran.stdout
     assert "example-db-password" not in ran.stdout
+
+
+def test_an_https_decryptor_is_trusted_through_the_ca_the_injector_passes(
+    kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    """With the chart's tls.enabled the decryptor serves https: kamus-init gets the CA as
+    $KAMUS_CA_CERT, read once by the injector from Injector__DecryptorCaFile."""
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(tmp_path / "tls.pem")
+    ca.cert_pem.write_to_path(tmp_path / "ca.crt")
+    key_file = tmp_path / "aes-key"
+    key_file.write_text(new_key())
+    env = {
+        "KeyManagement__AES__KeyFile": str(key_file),
+        "Decryptor__Audiences": AUDIENCE,
+        "Server__TlsCertFile": str(tmp_path / "tls.pem"),
+        "Server__TlsKeyFile": str(tmp_path / "tls.pem"),
+        "KUBECONFIG": str(kube_api.write_kubeconfig(tmp_path / "kubeconfig")),
+    }
+    trusting = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    with (
+        kamus_serve("decryptor", env, tmp_path / "decryptor.log", verify=trusting) as decryptor,
+        kamus_serve(
+            "encryptor", {"KeyManagement__AES__KeyFile": str(key_file)}, tmp_path / "e.log"
+        ) as encryptor,
+    ):
+        assert decryptor.url.startswith("https://")
+        settings = Settings.model_validate(
+            {
+                "Injector": {
+                    "Image": "ghcr.io/kamus-py/kamus-decryptor:0.1.0",
+                    "DecryptorUrl": decryptor.url,
+                    "DecryptorCaFile": str(tmp_path / "ca.crt"),
+                },
+                "Decryptor": {"Audiences": [AUDIENCE]},
+            }
+        )
+        pod: dict[str, Any] = yaml.safe_load((GOLDEN / "minimal" / "pod.yaml").read_text())
+        decision = decide(pod, "team-a", settings, decryptor_ca(settings))
+        assert decision.patch is not None, decision.reason
+        patched = json_patch(pod, decision.patch)
+        body = {"data": "over https", "service-account": "web", "namespace": "team-a"}
+        sealed = httpx.post(f"{encryptor.url}/api/v1/encrypt", json=body, timeout=30).text
+        token = kube_api.issue_token("team-a", "web", audiences=[AUDIENCE], expires_in=600)
+        maps = {"web-secrets": {"password": sealed}}
+        result = run_init_container(patched, tmp_path / "pod", maps, token)
+        assert result.returncode == 0, result.stderr
+        assert (app_view(patched, tmp_path / "pod", "web") / "password").read_text() == "over https"
+        # Without the CA, the same init container refuses the decryptor's certificate.
+        init = next(c for c in patched["spec"]["initContainers"] if c["name"] == "kamus-init")
+        init["env"] = [e for e in init["env"] if e["name"] != "KAMUS_CA_CERT"]
+        init["args"] += ["--timeout", "1"]  # it retries meanwhile: a certificate may be renewed
+        refused = run_init_container(patched, tmp_path / "untrusting", maps, token)
+        assert refused.returncode != 0
+        assert "certificate" in refused.stderr
