@@ -1,29 +1,45 @@
-"""Namespaced API objects for the Kubernetes API double, stored and watched as kube-apiserver does.
+"""API objects for the Kubernetes API double, stored and watched as kube-apiserver does.
 
-One generic store serves every resource in :data:`RESOURCE_TYPES` (Secrets, ConfigMaps, Events,
-Leases and KamusSecrets) over the apiserver's REST URLs, so a controller can be tested with the
-official client only: create, get, list, replace, patch, delete, a ``status`` subresource, and
-watch.
+One generic store serves every resource in :data:`RESOURCE_TYPES` over the apiserver's REST URLs,
+so a controller can be tested with the official client only: create, get, list, replace, patch
+(JSON patch, merge patch, and strategic merge patch for built-in types), delete, a ``status``
+subresource, watch, and ``?dryRun=All`` on every write. Namespaced: Secrets, ConfigMaps, Events,
+Leases, KamusSecrets and Pods, at ``/api[s]/.../namespaces/{namespace}/{plural}[/{name}]`` (and
+listed or watched across namespaces at ``.../{plural}``). Cluster-scoped:
+MutatingWebhookConfigurations, ValidatingAdmissionPolicies (with ``status``) and their bindings,
+at ``/apis/{group}/{version}/{plural}[/{name}]``. Pod creation goes through admission
+(``admission.py``).
 
 What the apiserver does that clients depend on, and so does the double:
 
 * ``metadata.resourceVersion`` is one cluster-wide counter (etcd's revision), bumped by every
   write; a replace or patch whose ``resourceVersion`` differs from the stored one is a 409
   Conflict (optimistic concurrency: leader election on a Lease relies on it). A write that changes
-  nothing bumps nothing and sends no watch event.
+  nothing bumps nothing and sends no watch event. A dry run stores nothing and answers what it
+  would have stored (a create without a resourceVersion).
 * A watch replays the history after its ``resourceVersion``, then streams live changes; a
   ``resourceVersion`` older than the retained history (see :meth:`ResourceStore.compact`) is
   answered with 200 and a single ``ERROR`` event carrying a 410 Status, as after an etcd
   compaction.
-* Custom resources (``ResourceType.custom``) have ``metadata.generation``, bumped only by changes
-  outside ``metadata`` and ``status``; with a status subresource, writes to the resource ignore
-  ``status`` and writes to ``/status`` change only ``status``.
+* Custom resources (``ResourceType.custom``) and the admission configuration types have
+  ``metadata.generation``, bumped only by changes outside ``metadata`` and ``status``; with a
+  status subresource, writes to the resource ignore ``status`` and writes to ``/status`` change
+  only ``status``.
+* A strategic merge patch merges the lists that have a merge key (containers, volumes, env,
+  volumeMounts, webhooks, ownerReferences...: see ``_MERGE_KEYS``) item by item, with the
+  ``$patch`` and ``$deleteFromPrimitiveList`` directives.
+* Pods are defaulted (a subset: restartPolicy, dnsPolicy, the containers' imagePullPolicy...,
+  and the service account ``default``) and validated as the apiserver validates them, for
+  what tests need: containers required, with names and images; container names unique across
+  containers and initContainers; volume names unique; every volumeMount naming a volume, at a
+  mountPath unique in its container. A refusal is 422 Invalid, worded as the apiserver's.
 * Deleting an object deletes its dependents (``metadata.ownerReferences``), standing in for the
   garbage collector, synchronously.
 
-Not modelled: namespaces (any namespace exists), schema validation of custom resources,
-server-side apply, pagination (``limit`` is ignored: a list is always complete), bookmarks,
-finalizers and graceful deletion.
+Not modelled: namespaces as objects (any namespace exists; admission reads labels a test gives
+them), schema validation of custom resources and of the admission configuration types, the rest
+of pod validation and the immutability of a pod's spec, server-side apply, pagination (``limit``
+is ignored: a list is always complete), bookmarks, finalizers and graceful deletion.
 """
 
 from __future__ import annotations
@@ -40,7 +56,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -87,8 +103,20 @@ class ResourceType:
     # object rather than a Status, and a strategic merge patch is refused (415).
     custom: bool = False
     status_subresource: bool = False
+    # Cluster-scoped types (namespaced False) are stored under the namespace "" and served at
+    # /apis/{group}/{version}/{plural}[/{name}], their objects without metadata.namespace.
+    namespaced: bool = True
+    # A built-in type with metadata.generation (custom resources always have one).
+    generation: bool = False
     # Defaulting and validation on every write of the whole object (not of /status).
     normalize: Callable[[Object], None] | None = field(default=None, compare=False)
+    # Defaulting alone, as the apiserver applies it when it decodes a body: before admission, and
+    # again after each mutating webhook's patch.
+    default: Callable[[Object], None] | None = field(default=None, compare=False)
+
+    @property
+    def tracks_generation(self) -> bool:
+        return self.custom or self.generation
 
     @property
     def api_version(self) -> str:
@@ -170,6 +198,141 @@ def _normalize_config_map(config_map: Object) -> None:
             )
 
 
+_CONTAINER_LISTS = ("initContainers", "containers")
+
+
+def _default_pod(pod: Object) -> None:
+    """The defaults the apiserver gives a pod that its tests may see (a subset: no resources, no
+    probes' defaults, no priority), and the ServiceAccount admission plugin's service account
+    (but not its ``kube-api-access-*`` token volume)."""
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return
+    for key, value in (
+        ("restartPolicy", "Always"),
+        ("terminationGracePeriodSeconds", 30),
+        ("dnsPolicy", "ClusterFirst"),
+        ("schedulerName", "default-scheduler"),
+        ("enableServiceLinks", True),
+    ):
+        spec.setdefault(key, value)
+    if not isinstance(spec.get("securityContext"), dict):
+        spec["securityContext"] = {}
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    spec["serviceAccountName"] = spec["serviceAccount"] = account
+    for list_name in _CONTAINER_LISTS:
+        for container in spec.get(list_name) or ():
+            if not isinstance(container, dict):
+                continue
+            image = str(container.get("image") or "")
+            tag = image.rpartition("/")[2].partition("@")[0]
+            latest = ":" not in tag or tag.endswith(":latest")
+            pull = "Always" if latest and "@" not in image else "IfNotPresent"
+            container.setdefault("imagePullPolicy", pull)
+            container.setdefault("terminationMessagePath", "/dev/termination-log")
+            container.setdefault("terminationMessagePolicy", "File")
+
+
+FieldError = tuple[str, str, str]  # field path, the cause's reason, its message
+
+
+def _pod_errors(pod: Object) -> list[FieldError]:
+    """The apiserver's pod validation, in its order, for what tests need: required containers,
+    names and images; container names unique across containers and initContainers; volume names
+    unique; every volumeMount naming a volume, at a mountPath unique within its container."""
+    errors: list[FieldError] = []
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return [("spec.containers", "FieldValueRequired", "Required value")]
+
+    def duplicate(path: str, value: object) -> None:
+        errors.append((path, "FieldValueDuplicate", f"Duplicate value: {json.dumps(value)}"))
+
+    volumes: set[str] = set()
+    for i, volume in enumerate(spec.get("volumes") or ()):
+        name = volume.get("name") if isinstance(volume, dict) else None
+        path = f"spec.volumes[{i}].name"
+        if not name:
+            errors.append((path, "FieldValueRequired", "Required value"))
+        elif name in volumes:
+            duplicate(path, name)
+        else:
+            volumes.add(name)
+    if not spec.get("containers"):
+        errors.append(("spec.containers", "FieldValueRequired", "Required value"))
+    names: set[str] = set()
+    # The regular containers are validated first; an init container clashing with one of them
+    # is the duplicate.
+    for list_name in ("containers", "initContainers"):
+        for i, container in enumerate(spec.get(list_name) or ()):
+            base = f"spec.{list_name}[{i}]"
+            if not isinstance(container, dict):
+                errors.append((base, "FieldValueInvalid", "Invalid value: not an object"))
+                continue
+            name = container.get("name")
+            if not name:
+                errors.append((f"{base}.name", "FieldValueRequired", "Required value"))
+            elif name in names:
+                duplicate(f"{base}.name", name)
+            else:
+                names.add(name)
+            if not container.get("image"):
+                errors.append((f"{base}.image", "FieldValueRequired", "Required value"))
+            paths: set[str] = set()
+            for j, mount in enumerate(container.get("volumeMounts") or ()):
+                at = f"{base}.volumeMounts[{j}]"
+                mount = mount if isinstance(mount, dict) else {}
+                volume_name = mount.get("name")
+                if not volume_name:
+                    errors.append((f"{at}.name", "FieldValueRequired", "Required value"))
+                elif volume_name not in volumes:
+                    errors.append(
+                        (
+                            f"{at}.name",
+                            "FieldValueNotFound",
+                            f"Not found: {json.dumps(volume_name)}",
+                        )
+                    )
+                mount_path = mount.get("mountPath")
+                if not mount_path:
+                    errors.append((f"{at}.mountPath", "FieldValueRequired", "Required value"))
+                elif mount_path in paths:
+                    errors.append(
+                        (
+                            f"{at}.mountPath",
+                            "FieldValueInvalid",
+                            f"Invalid value: {json.dumps(mount_path)}: must be unique",
+                        )
+                    )
+                else:
+                    paths.add(mount_path)
+    return errors
+
+
+def invalid(kind: str, name: str, errors: list[FieldError]) -> ApiError:
+    """422 Invalid, worded as the apiserver words a field error list."""
+    texts = [f"{path}: {message}" for path, _, message in errors]
+    summary = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    causes = [{"reason": r, "message": m, "field": f} for f, r, m in errors]
+    return ApiError(
+        422,
+        "Invalid",
+        f'{kind} "{name}" is invalid: {summary}',
+        name=name,
+        kind=kind,
+        causes=causes,
+    )
+
+
+def _normalize_pod(pod: Object) -> None:
+    _default_pod(pod)
+    errors = _pod_errors(pod)
+    if errors:
+        raise invalid("Pod", (pod.get("metadata") or {}).get("name", ""), errors)
+    if not isinstance(pod.get("status"), dict):
+        pod["status"] = {"phase": "Pending"}  # what the apiserver gives a new pod
+
+
 SECRETS = ResourceType("", "v1", "secrets", "Secret", normalize=_normalize_secret)
 CONFIG_MAPS = ResourceType("", "v1", "configmaps", "ConfigMap", normalize=_normalize_config_map)
 EVENTS = ResourceType("", "v1", "events", "Event")
@@ -177,8 +340,48 @@ LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
 KAMUS_SECRETS = ResourceType(
     "soluto.com", "v1alpha2", "kamussecrets", "KamusSecret", custom=True, status_subresource=True
 )
+PODS = ResourceType(
+    "", "v1", "pods", "Pod", status_subresource=True, normalize=_normalize_pod, default=_default_pod
+)
+ADMISSION_GROUP = "admissionregistration.k8s.io"
+MUTATING_WEBHOOK_CONFIGURATIONS = ResourceType(
+    ADMISSION_GROUP,
+    "v1",
+    "mutatingwebhookconfigurations",
+    "MutatingWebhookConfiguration",
+    namespaced=False,
+    generation=True,
+)
+VALIDATING_ADMISSION_POLICIES = ResourceType(
+    ADMISSION_GROUP,
+    "v1",
+    "validatingadmissionpolicies",
+    "ValidatingAdmissionPolicy",
+    namespaced=False,
+    generation=True,
+    status_subresource=True,
+)
+VALIDATING_ADMISSION_POLICY_BINDINGS = ResourceType(
+    ADMISSION_GROUP,
+    "v1",
+    "validatingadmissionpolicybindings",
+    "ValidatingAdmissionPolicyBinding",
+    namespaced=False,
+    generation=True,
+)
 RESOURCE_TYPES: dict[tuple[str, str, str], ResourceType] = {
-    (t.group, t.version, t.plural): t for t in (SECRETS, CONFIG_MAPS, EVENTS, LEASES, KAMUS_SECRETS)
+    (t.group, t.version, t.plural): t
+    for t in (
+        SECRETS,
+        CONFIG_MAPS,
+        EVENTS,
+        LEASES,
+        KAMUS_SECRETS,
+        PODS,
+        MUTATING_WEBHOOK_CONFIGURATIONS,
+        VALIDATING_ADMISSION_POLICIES,
+        VALIDATING_ADMISSION_POLICY_BINDINGS,
+    )
 }
 
 
@@ -281,6 +484,90 @@ def json_patch(target: Any, operations: Any) -> Any:
     return doc
 
 
+# Strategic merge: the merge key of each list field that has one, by field name (unambiguous
+# for the types the double serves). Lists without one are replaced, but for ``finalizers``, whose
+# strategy is a merge of values.
+_MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "volumes": "name",
+    "env": "name",
+    "volumeMounts": "mountPath",
+    "volumeDevices": "devicePath",
+    "ports": "containerPort",
+    "imagePullSecrets": "name",
+    "hostAliases": "ip",
+    "resourceClaims": "name",
+    "conditions": "type",
+    "ownerReferences": "uid",
+    "webhooks": "name",
+}
+_MERGED_VALUE_LISTS = {"finalizers"}
+
+
+def _directive(value: Any) -> Any:
+    return value.get("$patch") if isinstance(value, dict) else None
+
+
+def strategic_merge_patch(target: Any, patch: Any) -> Any:
+    """A strategic merge patch: a merge patch but for lists with a merge key (merged item by
+    item; ``$patch: delete`` removes one, ``$patch: replace`` replaces the list or map) and the
+    ``$deleteFromPrimitiveList/`` directive. ``$setElementOrder`` and ``$retainKeys`` are
+    accepted and ignored."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if _directive(patch) == "replace":
+        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key in ("$patch", "$retainKeys") or key.startswith("$setElementOrder/"):
+            continue
+        if key.startswith("$deleteFromPrimitiveList/"):
+            name = key.partition("/")[2]
+            if isinstance(result.get(name), list) and isinstance(value, list):
+                result[name] = [v for v in result[name] if v not in value]
+            continue
+        if value is None or _directive(value) == "delete":
+            result.pop(key, None)
+        elif isinstance(value, list) and key in _MERGE_KEYS:
+            current = result.get(key)
+            result[key] = _merge_list(current if isinstance(current, list) else [], value, key)
+        elif isinstance(value, list) and key in _MERGED_VALUE_LISTS:
+            kept = result.get(key)
+            values: list[Any] = kept if isinstance(kept, list) else []
+            result[key] = [*values, *(v for v in value if v not in values)]
+        else:
+            result[key] = strategic_merge_patch(result.get(key), value)
+    return result
+
+
+def _merge_list(current: list[Any], patch: list[Any], field_name: str) -> list[Any]:
+    key = _MERGE_KEYS[field_name]
+    if any(_directive(item) == "replace" for item in patch):
+        return [
+            {k: v for k, v in item.items() if k != "$patch"} if isinstance(item, dict) else item
+            for item in copy.deepcopy(patch)
+            if _directive(item) != "replace" or len(item) > 1
+        ]
+    items = copy.deepcopy(current)
+    for item in patch:
+        if not isinstance(item, dict) or key not in item:
+            raise PatchError(f"map: {item!r} does not contain declared merge key: {key}")
+        index = next(
+            (n for n, e in enumerate(items) if isinstance(e, dict) and e.get(key) == item[key]),
+            None,
+        )
+        if _directive(item) == "delete":
+            if index is not None:
+                del items[index]
+        elif index is None:
+            items.append(strategic_merge_patch({}, item))
+        else:
+            items[index] = strategic_merge_patch(items[index], item)
+    return items
+
+
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -290,11 +577,11 @@ def apply_patch(rt: ResourceType, current: Object, content_type: str, patch: Any
     if content_type == JSON_PATCH:
         return json_patch(current, patch)
     if content_type == MERGE_PATCH or (content_type == STRATEGIC_MERGE_PATCH and not rt.custom):
-        # A strategic merge differs from a merge patch only for lists with merge keys
-        # (containers, ownerReferences...); none of what the double serves needs them.
         if not isinstance(patch, dict):
             raise PatchError("a merge patch is a JSON object")
-        return merge_patch(current, patch)
+        if content_type == MERGE_PATCH:
+            return merge_patch(current, patch)
+        return strategic_merge_patch(current, patch)
     # Custom resources have no Go struct to carry strategic merge keys: the apiserver refuses
     # that patch type for them (the python client's CoreV1Api sends it for dict bodies).
     raise ApiError(
@@ -385,7 +672,7 @@ class _Watcher:
         watch cache reports them."""
         obj = change.obj
         if change.rt != self.rt or (
-            self.namespace and obj["metadata"]["namespace"] != self.namespace
+            self.namespace and obj["metadata"].get("namespace") != self.namespace
         ):
             return None
         now = self.matches(obj)
@@ -422,6 +709,17 @@ def _prune_nulls(value: Any) -> Any:
 def _spec_of(obj: Object) -> Object:
     """Everything ``metadata.generation`` tracks: the object but its metadata and status."""
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "kind", "apiVersion")}
+
+
+def check_namespace(rt: ResourceType, meta: Object, namespace: str) -> None:
+    """A namespaced object's ``metadata.namespace``, if set, must be the request's (a
+    cluster-scoped object's is ignored and dropped, as the apiserver does)."""
+    if rt.namespaced and meta.get("namespace") not in (None, "", namespace):
+        raise ApiError(
+            400,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )
 
 
 # The fields of metadata that only the apiserver sets; a write cannot change them.
@@ -498,20 +796,28 @@ class ResourceStore:
                 for (rt, ns, _), obj in self._objects.items()
                 if rt.plural == plural and namespace in (None, ns)
             ]
-        return sorted(found, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+        return sorted(
+            found, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        )
 
     # -- verbs -----------------------------------------------------------------------------
 
-    def create(self, rt: ResourceType, namespace: str, body: Object) -> Object:
+    def create(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        body: Object,
+        *,
+        dry_run: bool = False,
+        validate: Callable[[Object], None] | None = None,
+    ) -> Object:
+        """Store a new object (``namespace`` "" for a cluster-scoped type). ``validate`` is
+        validating admission: it sees the object as it would be stored and raises to refuse it.
+        A ``dry_run`` does everything but store: it answers the object, without a
+        resourceVersion, as the apiserver does."""
         obj = _prune_nulls(body)
         meta = obj.get("metadata") or {}
-        if meta.get("namespace") not in (None, "", namespace):
-            raise ApiError(
-                400,
-                "BadRequest",
-                "the namespace of the provided object does not match the namespace sent on the "
-                "request",
-            )
+        check_namespace(rt, meta, namespace)
         name = meta.get("name") or ""
         if not name and meta.get("generateName"):
             name = meta["generateName"] + secrets.token_hex(3)[:5]
@@ -533,14 +839,21 @@ class ResourceStore:
             )
         for key in _SYSTEM_METADATA:
             meta.pop(key, None)
-        meta.update(name=name, namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
-        if rt.custom:
+        meta.pop("namespace", None)
+        meta["name"] = name
+        if rt.namespaced:
+            meta["namespace"] = namespace
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now())
+        if rt.tracks_generation:
             meta["generation"] = 1
         obj["metadata"] = meta
         if rt.status_subresource:
             obj.pop("status", None)  # the status is written through /status only
         if rt.normalize is not None:
             rt.normalize(obj)
+        obj.update(kind=rt.kind, apiVersion=rt.api_version)
+        if validate is not None:
+            validate(copy.deepcopy(obj))
         with self._lock:
             if (rt, namespace, name) in self._objects:
                 raise ApiError(
@@ -549,6 +862,8 @@ class ResourceStore:
                     f'{rt.qualified} "{name}" already exists',
                     **rt.details(name),
                 )
+            if dry_run:
+                return copy.deepcopy(obj)
             return self._commit(rt, "ADDED", obj)
 
     def get(self, rt: ResourceType, namespace: str, name: str) -> Object:
@@ -577,10 +892,18 @@ class ResourceStore:
         }
 
     def replace(
-        self, rt: ResourceType, namespace: str, name: str, body: Object, *, status: bool = False
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        body: Object,
+        *,
+        status: bool = False,
+        dry_run: bool = False,
     ) -> Object:
         with self._lock:
-            return self._update(rt, self._current(rt, namespace, name), body, status=status)
+            current = self._current(rt, namespace, name)
+            return self._update(rt, current, body, status=status, dry_run=dry_run)
 
     def patch(
         self,
@@ -591,6 +914,7 @@ class ResourceStore:
         patch: Any,
         *,
         status: bool = False,
+        dry_run: bool = False,
     ) -> Object:
         with self._lock:
             current = self._current(rt, namespace, name)
@@ -601,10 +925,16 @@ class ResourceStore:
             if not isinstance(candidate, dict):
                 raise ApiError(422, "Invalid", "the patch does not leave an object")
             # A patch that sets metadata.resourceVersion is a precondition, as in a replace.
-            return self._update(rt, current, candidate, status=status)
+            return self._update(rt, current, candidate, status=status, dry_run=dry_run)
 
     def delete(
-        self, rt: ResourceType, namespace: str, name: str, options: Object | None = None
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        options: Object | None = None,
+        *,
+        dry_run: bool = False,
     ) -> Object:
         preconditions = (options or {}).get("preconditions") or {}
         with self._lock:
@@ -620,7 +950,7 @@ class ResourceStore:
                         f"{current['metadata'][key]}",
                         **rt.details(name),
                     )
-            deleted = self._delete(rt, current)
+            deleted = copy.deepcopy(current) if dry_run else self._delete(rt, current)
         if rt.custom:
             return deleted  # the custom resource store answers with the deleted object
         return {
@@ -696,7 +1026,9 @@ class ResourceStore:
             )
         return obj
 
-    def _update(self, rt: ResourceType, current: Object, body: Object, *, status: bool) -> Object:
+    def _update(
+        self, rt: ResourceType, current: Object, body: Object, *, status: bool, dry_run: bool
+    ) -> Object:
         candidate = _prune_nulls(body)
         meta = candidate.get("metadata") or {}
         name = current["metadata"]["name"]
@@ -707,13 +1039,7 @@ class ResourceStore:
                 f"the name of the object ({meta['name']}) does not match the name on the URL "
                 f"({name})",
             )
-        if meta.get("namespace") not in (None, "", current["metadata"]["namespace"]):
-            raise ApiError(
-                400,
-                "BadRequest",
-                "the namespace of the provided object does not match the namespace sent on the "
-                "request",
-            )
+        check_namespace(rt, meta, current["metadata"].get("namespace", ""))
         conflict = f'Operation cannot be fulfilled on {rt.qualified} "{name}": '
         if meta.get("resourceVersion") not in (None, "", current["metadata"]["resourceVersion"]):
             raise ApiError(
@@ -742,23 +1068,26 @@ class ResourceStore:
         else:
             new = candidate
             new["metadata"] = {
-                **meta,
+                **{k: v for k, v in meta.items() if k != "namespace"},
                 **{k: current["metadata"][k] for k in _SYSTEM_METADATA if k in current["metadata"]},
                 "name": name,
-                "namespace": current["metadata"]["namespace"],
                 "resourceVersion": current["metadata"]["resourceVersion"],
             }
+            if rt.namespaced:
+                new["metadata"]["namespace"] = current["metadata"]["namespace"]
             if rt.status_subresource:
                 new.pop("status", None)
                 if "status" in current:
                     new["status"] = copy.deepcopy(current["status"])
             if rt.normalize is not None:
                 rt.normalize(new)
-            if rt.custom and _spec_of(new) != _spec_of(current):
+            if rt.tracks_generation and _spec_of(new) != _spec_of(current):
                 new["metadata"]["generation"] = current["metadata"]["generation"] + 1
         new.update(kind=rt.kind, apiVersion=rt.api_version)
-        if new == current:
-            return copy.deepcopy(current)  # a no-op write: no new resourceVersion, no event
+        if new == current or dry_run:
+            # A no-op write: no new resourceVersion, no event. A dry run answers what it would
+            # have stored, at the current resourceVersion.
+            return copy.deepcopy(new)
         return self._commit(rt, "MODIFIED", new, old=current)
 
     def _delete(self, rt: ResourceType, obj: Object) -> Object:
@@ -771,7 +1100,9 @@ class ResourceStore:
             if dependent is None:
                 continue
             refs = dependent["metadata"].get("ownerReferences") or []
-            if dependent["metadata"]["namespace"] != meta["namespace"] or not any(
+            # A namespaced owner owns only in its namespace; a cluster-scoped one in any.
+            owner_namespace = meta.get("namespace")
+            if owner_namespace not in (None, dependent["metadata"].get("namespace")) or not any(
                 ref.get("uid") == meta["uid"] for ref in refs
             ):
                 continue
@@ -789,7 +1120,7 @@ class ResourceStore:
 
     @staticmethod
     def _key(rt: ResourceType, obj: Object) -> tuple[ResourceType, str, str]:
-        return (rt, obj["metadata"]["namespace"], obj["metadata"]["name"])
+        return (rt, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
 
     def _commit(
         self, rt: ResourceType, kind: str, obj: Object, old: Object | None = None
@@ -839,13 +1170,40 @@ def served(group: str, resource: str, verb: str) -> bool:
     return False
 
 
-def install_resource_routes(app: FastAPI, store: ResourceStore, authorize: Authorize) -> None:
-    """The REST routes of every type in :data:`RESOURCE_TYPES`, on ``app``."""
+@dataclass(frozen=True)
+class AdmissionAttributes:
+    """What admission knows of a write: the caller's request, the type, the namespace ("" for a
+    cluster-scoped type), the operation and whether it is a dry run."""
+
+    request: Request
+    rt: ResourceType
+    namespace: str
+    operation: str
+    dry_run: bool
+    field_manager: str | None = None
+
+
+class Admission(Protocol):
+    """Admission control on creates: ``mutate`` before the object is defaulted and validated
+    (it answers the object to store, or raises :class:`ApiError`), ``validate`` after (it
+    raises to refuse the object as it would be stored)."""
+
+    async def mutate(self, attrs: AdmissionAttributes, obj: Object) -> Object: ...
+
+    def validate(self, attrs: AdmissionAttributes, obj: Object) -> None: ...
+
+
+def install_resource_routes(
+    app: FastAPI, store: ResourceStore, authorize: Authorize, admission: Admission | None = None
+) -> None:
+    """The REST routes of every type in :data:`RESOURCE_TYPES`, on ``app``: namespaced types
+    under ``.../namespaces/{namespace}/{plural}`` (and listed across namespaces at
+    ``.../{plural}``), cluster-scoped ones at ``.../{plural}[/{name}]``."""
 
     def endpoint(status: bool) -> Callable[[Request], Awaitable[Response]]:
         async def serve(request: Request) -> Response:
             try:
-                return await _serve(store, authorize, request, status=status)
+                return await _serve(store, authorize, admission, request, status=status)
             except ApiError as exc:
                 return JSONResponse(exc.body, status_code=exc.code)
 
@@ -860,18 +1218,52 @@ def install_resource_routes(app: FastAPI, store: ResourceStore, authorize: Autho
         app.add_route(
             namespaced + "/{name}/status", endpoint(True), methods=["GET", "PUT", "PATCH"]
         )
-        app.add_route(prefix + "/{plural}", endpoint(False), methods=["GET"])  # all namespaces
+        # All namespaces (list and watch), or a cluster-scoped type's collection.
+        app.add_route(prefix + "/{plural}", endpoint(False), methods=["GET", "POST"])
+        cluster = prefix + "/{plural}/{name}"
+        app.add_route(cluster, endpoint(False), methods=["GET", "PUT", "PATCH", "DELETE"])
+        app.add_route(cluster + "/status", endpoint(True), methods=["GET", "PUT", "PATCH"])
+
+
+NOT_FOUND = "the server could not find the requested resource"
+
+
+def _dry_run(request: Request) -> bool:
+    values = request.query_params.getlist("dryRun")
+    for value in values:
+        if value != "All":
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'dryRun: Unsupported value: "{value}": supported values: "All"',
+            )
+    return bool(values)
 
 
 async def _serve(
-    store: ResourceStore, authorize: Authorize, request: Request, *, status: bool
+    store: ResourceStore,
+    authorize: Authorize,
+    admission: Admission | None,
+    request: Request,
+    *,
+    status: bool,
 ) -> Response:
     params = request.path_params
     rt = RESOURCE_TYPES.get((params.get("group", ""), params["version"], params["plural"]))
     if rt is None or (status and not rt.status_subresource):
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise ApiError(404, "NotFound", NOT_FOUND)
     namespace: str | None = params.get("namespace")
     name: str | None = params.get("name")
+    if namespace is not None and not rt.namespaced:
+        raise ApiError(404, "NotFound", NOT_FOUND)  # a cluster-scoped type in a namespace
+    if name is not None and namespace is None and rt.namespaced:
+        raise ApiError(404, "NotFound", NOT_FOUND)  # a namespaced object needs its namespace
+    if name is None and namespace is None and rt.namespaced and request.method == "POST":
+        raise ApiError(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
     query = request.query_params
     watching = query.get("watch", "").lower() in ("true", "1")
     resource = f"{rt.plural}/status" if status else rt.plural
@@ -886,21 +1278,59 @@ async def _serve(
     if name is None and request.method == "GET":
         matches = selector(query.get("labelSelector"), query.get("fieldSelector"))
         return JSONResponse(store.list(rt, namespace, matches))
-    assert namespace is not None  # the all-namespaces routes only list and watch
+    scope = namespace or ""  # the store keeps cluster-scoped objects under ""
+    dry_run = _dry_run(request)
     if name is None:
-        return JSONResponse(store.create(rt, namespace, await _object(request)), status_code=201)
+        return JSONResponse(
+            await _create(store, admission, request, rt, scope, dry_run), status_code=201
+        )
     if request.method == "GET":
-        return JSONResponse(store.get(rt, namespace, name))
+        return JSONResponse(store.get(rt, scope, name))
     if request.method == "PUT":
         body = await _object(request)
-        return JSONResponse(store.replace(rt, namespace, name, body, status=status))
+        return JSONResponse(store.replace(rt, scope, name, body, status=status, dry_run=dry_run))
     if request.method == "PATCH":
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         patch = await _json(request)
-        return JSONResponse(store.patch(rt, namespace, name, content_type, patch, status=status))
+        return JSONResponse(
+            store.patch(rt, scope, name, content_type, patch, status=status, dry_run=dry_run)
+        )
     options = await _json(request) if await request.body() else None  # DeleteOptions, if any
-    return JSONResponse(
-        store.delete(rt, namespace, name, options if isinstance(options, dict) else None)
+    options = options if isinstance(options, dict) else None
+    if options is not None and options.get("dryRun"):
+        dry_run = True
+    return JSONResponse(store.delete(rt, scope, name, options, dry_run=dry_run))
+
+
+async def _create(
+    store: ResourceStore,
+    admission: Admission | None,
+    request: Request,
+    rt: ResourceType,
+    namespace: str,
+    dry_run: bool,
+) -> Object:
+    """A create as the apiserver runs it: decode and default, mutating admission, then (in
+    the store) validation, validating admission, and the write unless it is a dry run."""
+    body = await _object(request)
+    if admission is None:
+        return store.create(rt, namespace, body, dry_run=dry_run)
+    body = _prune_nulls(body)
+    meta = body.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    check_namespace(rt, meta, namespace)
+    if rt.namespaced:
+        meta["namespace"] = namespace
+    body["metadata"] = meta
+    body.update(kind=rt.kind, apiVersion=rt.api_version)
+    if rt.default is not None:
+        rt.default(body)
+    attrs = AdmissionAttributes(
+        request, rt, namespace, "CREATE", dry_run, request.query_params.get("fieldManager")
+    )
+    body = await admission.mutate(attrs, body)
+    return store.create(
+        rt, namespace, body, dry_run=dry_run, validate=lambda obj: admission.validate(attrs, obj)
     )
 
 

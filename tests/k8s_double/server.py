@@ -7,17 +7,27 @@ It serves what Kamus needs from a cluster, the way kube-apiserver does:
   ``kubernetes.io`` claims), verified for signature, issuer, expiry, audience and whether the
   service account still exists.
 * ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`` for "may I create TokenReviews"
-  and "may I <verb> <resource>" for the objects below (less :attr:`KubeApiDouble.denied_access`).
+  and "may I <verb> <resource>" for the objects below: the admin's RBAC (less
+  :attr:`KubeApiDouble.denied_access`), or what :meth:`KubeApiDouble.grant` gives another caller.
 * ``GET /version``.
-* Secrets, ConfigMaps, Events, Leases and KamusSecrets: create, get, list, watch, replace, patch,
-  delete and the ``status`` subresource, from the store in ``resources.py``; tests inspect and
-  disturb it with :meth:`KubeApiDouble.objects`, :meth:`~KubeApiDouble.drop_watches`,
-  :meth:`~KubeApiDouble.compact` and :meth:`~KubeApiDouble.reset_resources`.
+* Secrets, ConfigMaps, Events, Leases, KamusSecrets, Pods, and the cluster-scoped
+  MutatingWebhookConfigurations, ValidatingAdmissionPolicies and their bindings: create, get,
+  list, watch, replace, patch, delete and the ``status`` subresource, from the store in
+  ``resources.py``; tests inspect and disturb it with :meth:`KubeApiDouble.objects`,
+  :meth:`~KubeApiDouble.drop_watches`, :meth:`~KubeApiDouble.compact` and
+  :meth:`~KubeApiDouble.reset_resources`.
+* Admission on pod creation (``admission.py``): mutating webhooks called over HTTPS, pod
+  validation, ValidatingAdmissionPolicies. Tests label namespaces in
+  :attr:`KubeApiDouble.namespace_labels`, say where a webhook's Service is in
+  :attr:`~KubeApiDouble.service_endpoints`, and read the calls in
+  :attr:`~KubeApiDouble.admission_calls`.
 
-Callers authenticate with a bearer token, as against a real apiserver; only tokens in
-``reviewers`` may create TokenReviews (the ``system:auth-delegator`` binding) or use the
-objects, but not for what ``denied_access`` lists (missing RBAC). Faults can be injected: a
-delay (slow), a status code (failing), or :meth:`stop` (unreachable).
+Callers authenticate with a bearer token, as against a real apiserver. Tokens in ``reviewers``
+(the admin, ``kubernetes-admin`` in ``system:masters``) may create TokenReviews (the
+``system:auth-delegator`` binding) and use the objects, but not for what ``denied_access`` lists
+(missing RBAC); other valid tokens may do what :meth:`KubeApiDouble.grant` gives them, the RBAC
+that SubjectAccessReviews answer from too. Faults can be injected: a delay (slow), a status code
+(failing), or :meth:`stop` (unreachable).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from tests.k8s_double.admission import AdmissionCall, AdmissionControl
 from tests.k8s_double.resources import (
     ResourceStore,
     install_resource_routes,
@@ -51,6 +62,7 @@ from tests.support.servers import Faults, ThreadedServer, install_faults
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SA_PREFIX = "system:serviceaccount:"
 ADMIN_USER = "kubernetes-admin"  # who the admin token (and an unauthenticated proxy) acts as
+ADMIN_GROUPS = ["system:masters", "system:authenticated"]
 
 
 def status_object(code: int, reason: str, message: str, **details: Any) -> JSONResponse:
@@ -110,15 +122,16 @@ class KubeApiDouble:
         # subresource; requests and SelfSubjectAccessReviews for them are refused.
         self.denied_access: set[tuple[str, str, str]] = set()
         self.reviews: list[ReviewRecord] = []
-        # RBAC for SubjectAccessReviews: (subject, group, resource, verb, namespace), where the
-        # subject is a user name or "group:<name>" and the namespace "*" stands for a
-        # ClusterRoleBinding. See grant().
+        # RBAC for SubjectAccessReviews and for callers other than the admin: (subject, group,
+        # resource, verb, namespace), where the subject is a user name or "group:<name>" and the
+        # namespace "*" stands for a ClusterRoleBinding. See grant().
         self.grants: set[tuple[str, str, str, str, str]] = set()
         self.access_reviews: list[dict[str, Any]] = []  # the SubjectAccessReview specs asked
         self.received = 0  # API requests that arrived, answered or not
         self.deleted_service_accounts: set[tuple[str, str]] = set()
         self._sa_uids: dict[tuple[str, str], str] = {}
         self.resources = ResourceStore()
+        self.admission = AdmissionControl(self.resources, self._request_user)
         self.app = self._build_app()
         self._server = ThreadedServer(self.app, host=self.host, port=self.listen_port)
         if self.tls:
@@ -175,10 +188,39 @@ class KubeApiDouble:
     # -- API objects (test controls; safe to call from any thread) -----------------------------
 
     def reset_resources(self) -> None:
-        """An empty cluster: no objects, no history, no open watches (they are ended), and no
-        :attr:`denied_access`."""
+        """An empty cluster: no objects, no history, no open watches (they are ended), no
+        :attr:`denied_access`, no :attr:`namespace_labels`, :attr:`service_endpoints` or
+        :attr:`admission_calls`."""
         self.resources.reset()
         self.denied_access.clear()
+        self.admission.reset()
+
+    # -- admission (see admission.py) ----------------------------------------------------------
+
+    @property
+    def namespace_labels(self) -> dict[str, dict[str, str]]:
+        """Labels of namespaces, for webhooks' and policies' namespaceSelectors: every namespace
+        exists and has ``kubernetes.io/metadata.name``; a test adds more here."""
+        return self.admission.namespace_labels
+
+    @namespace_labels.setter
+    def namespace_labels(self, value: dict[str, dict[str, str]]) -> None:
+        self.admission.namespace_labels = value
+
+    @property
+    def service_endpoints(self) -> dict[tuple[str, str], tuple[str, int]]:
+        """Services for webhooks' ``clientConfig.service``: (namespace, name) -> (host, port)
+        where the double connects, naming ``<name>.<namespace>.svc`` in TLS."""
+        return self.admission.service_endpoints
+
+    @service_endpoints.setter
+    def service_endpoints(self, value: dict[tuple[str, str], tuple[str, int]]) -> None:
+        self.admission.service_endpoints = value
+
+    @property
+    def admission_calls(self) -> list[AdmissionCall]:
+        """The mutating webhook calls made so far, in order."""
+        return self.admission.calls
 
     def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """Copies of the stored ``plural`` objects (``"secrets"``, ``"kamussecrets"``...)."""
@@ -278,7 +320,8 @@ class KubeApiDouble:
     def grant(
         self, subject: str, *, group: str, resource: str, verb: str, namespace: str = "*"
     ) -> None:
-        """RBAC for SubjectAccessReviews: ``subject`` (a user name, or ``group:<name>``) may
+        """RBAC for SubjectAccessReviews, and for requests by a caller other than the admin:
+        ``subject`` (a user name, or ``group:<name>``) may
         ``verb`` ``resource`` (``plural/subresource`` for a subresource, ``*`` for every
         resource) in ``namespace`` (``*``: a ClusterRoleBinding, the only grant that answers a
         review without a namespace)."""
@@ -341,6 +384,47 @@ class KubeApiDouble:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
+    def _identity(self, request: Request) -> tuple[dict[str, Any], bool] | None:
+        """The caller's UserInfo and whether it is the admin, or None if not authenticated.
+        Without ``require_auth`` (``kubectl proxy``) the caller is the admin."""
+        admin = {"username": ADMIN_USER, "groups": list(ADMIN_GROUPS)}
+        if not self.require_auth:
+            return admin, True
+        token = self._caller(request)
+        if token is None:
+            return None
+        if token in self.reviewers:
+            return admin, True
+        try:
+            claims, _ = self._verify(token, self.api_audiences)
+        except ValueError:
+            return None
+        return self._user_info(claims), False
+
+    def _request_user(self, request: Request) -> dict[str, Any]:
+        """The UserInfo of an authorized caller (for AdmissionReviews)."""
+        identity = self._identity(request)
+        assert identity is not None, "admission runs for authenticated callers only"
+        return identity[0]
+
+    def _granted(
+        self, subjects: set[str], group: str, resource: str, verb: str, namespace: str | None
+    ) -> bool:
+        """Whether :attr:`grants` let one of ``subjects`` ``verb`` ``resource`` in
+        ``namespace`` (None: at the cluster scope, which only a ClusterRoleBinding covers)."""
+        resources = {resource, "*"}  # RBAC's resources: ["*"] also covers subresources
+        scopes = (namespace or "*", "*")
+        return any(
+            (s, group, r, verb, ns) in self.grants
+            for s in subjects
+            for r in resources
+            for ns in scopes
+        )
+
+    @staticmethod
+    def _subjects(user: dict[str, Any]) -> set[str]:
+        return {user["username"]} | {f"group:{g}" for g in user.get("groups") or ()}
+
     def _authorize(
         self,
         request: Request,
@@ -354,20 +438,16 @@ class KubeApiDouble:
         """None if the caller may ``verb`` the ``resource``, else the apiserver's 401/403.
 
         Tokens in ``reviewers`` (the admin) may do anything the double serves but
-        :attr:`denied_access`; other valid tokens nothing; anything else is not authenticated.
-        Without ``require_auth`` (``kubectl proxy``) the caller is the admin."""
-        user = ADMIN_USER
-        if self.require_auth:
-            token = self._caller(request)
-            if token is None:
-                return status_object(401, "Unauthorized", "Unauthorized")
-            if token not in self.reviewers:
-                try:
-                    claims, _ = self._verify(token, self.api_audiences)
-                except ValueError:
-                    return status_object(401, "Unauthorized", "Unauthorized")
-                user = claims["sub"]
-        if user == ADMIN_USER and (group, resource, verb) not in self.denied_access:
+        :attr:`denied_access`; other valid tokens what :meth:`grant` gives them (their user
+        name or one of their groups); anything else is not authenticated."""
+        identity = self._identity(request)
+        if identity is None:
+            return status_object(401, "Unauthorized", "Unauthorized")
+        info, is_admin = identity
+        user = info["username"]
+        if is_admin and (group, resource, verb) not in self.denied_access:
+            return None
+        if not is_admin and self._granted(self._subjects(info), group, resource, verb, namespace):
             return None
         plural = resource.partition("/")[0]
         qualified = f"{plural}.{group}" if group else plural
@@ -457,18 +537,16 @@ class KubeApiDouble:
             spec = body.get("spec") or {}
             self.access_reviews.append(spec)
             attrs = spec.get("resourceAttributes") or {}
-            subjects = {spec.get("user")} | {f"group:{g}" for g in spec.get("groups") or ()}
+            subjects = {spec.get("user") or ""} | {f"group:{g}" for g in spec.get("groups") or ()}
             resource = attrs.get("resource") or ""
             if attrs.get("subresource"):
                 resource += "/" + attrs["subresource"]  # as RBAC rules name it: "plural/sub"
-            wanted = (attrs.get("group") or "", resource, attrs.get("verb"))
-            scopes = (attrs.get("namespace") or "*", "*")
-            resources = {wanted[1], "*"}  # RBAC's resources: ["*"] also covers subresources
-            allowed = any(
-                (s, wanted[0], r, wanted[2], ns) in self.grants
-                for s in subjects
-                for r in resources
-                for ns in scopes
+            allowed = self._granted(
+                subjects,
+                attrs.get("group") or "",
+                resource,
+                attrs.get("verb") or "",
+                attrs.get("namespace") or None,
             )
             status: dict[str, Any] = {"allowed": allowed}
             if allowed:
@@ -487,20 +565,32 @@ class KubeApiDouble:
             group, verb = attrs.get("group") or "", attrs.get("verb") or ""
             resource = "/".join(filter(None, [attrs.get("resource"), attrs.get("subresource")]))
             allowed = may_review and self._may(group, resource, verb)
+            identity = None if may_review else self._identity(request)
+            if identity is not None:  # another caller: what grant() gives it
+                allowed = self._granted(
+                    self._subjects(identity[0]),
+                    group,
+                    resource,
+                    verb,
+                    attrs.get("namespace") or None,
+                )
             status: dict[str, Any] = {"allowed": allowed}
-            if allowed:
+            if allowed and identity is not None:
+                status["reason"] = "RBAC: allowed by a binding the test granted"
+            elif allowed:
                 binding = "kamus-auth-delegator" if resource == "tokenreviews" else "kamus"
                 status["reason"] = f'RBAC: allowed by ClusterRoleBinding "{binding}"'
             return review_object("SelfSubjectAccessReview", "authorization.k8s.io/v1", spec, status)
 
-        # Secrets, ConfigMaps, Events, Leases, KamusSecrets (the generic routes are GET-only where
-        # they overlap the reviews' paths, so those POSTs still reach the handlers above).
+        # Every type of resources.py, with admission on pod creation (admission.py). The reviews'
+        # routes above come first, so their POSTs reach them, not the generic collection route.
         install_resource_routes(
             app,
             self.resources,
             lambda request, verb, group, resource, namespace, name: self._authorize(
                 request, resource, group, verb=verb, namespace=namespace, name=name
             ),
+            self.admission,
         )
 
         # Control endpoints, for the standalone double (tests call the methods directly).

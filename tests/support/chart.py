@@ -4,6 +4,7 @@ image and example tests read it."""
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,18 @@ def render(
     crds: bool = False,
     helm: Path = HELM,
     upgrade: bool = False,
+    api_versions: Sequence[str] = (),
+    kube_version: str | None = None,
 ) -> list[Manifest]:
-    result = render_raw(values, chart=chart, crds=crds, helm=helm, upgrade=upgrade)
+    result = render_raw(
+        values,
+        chart=chart,
+        crds=crds,
+        helm=helm,
+        upgrade=upgrade,
+        api_versions=api_versions,
+        kube_version=kube_version,
+    )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -39,12 +50,20 @@ def render_raw(
     crds: bool = False,
     helm: Path = HELM,
     upgrade: bool = False,
+    api_versions: Sequence[str] = (),
+    kube_version: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``helm template`` of the chart as release ``kamus`` in namespace ``kamus``; ``upgrade``
-    renders it as ``helm upgrade`` would (``.Release.IsUpgrade``)."""
+    renders it as ``helm upgrade`` would (``.Release.IsUpgrade``). ``api_versions`` and
+    ``kube_version`` are what the cluster would tell ``helm install`` (``.Capabilities``), e.g.
+    ``admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy`` and ``1.30.0``."""
     if not helm.exists():
         pytest.fail(f"{helm} is missing: `make test` installs it (deploy/tools/install-helm.sh)")
     args = [str(helm), "template", "kamus", str(chart), "--namespace", "kamus", "--values", "-"]
+    for api_version in api_versions:
+        args += ["--api-versions", api_version]
+    if kube_version:
+        args += ["--kube-version", kube_version]
     return subprocess.run(
         [*args, *(["--include-crds"] if crds else []), *(["--is-upgrade"] if upgrade else [])],
         input=json.dumps(values or {}),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from kamus.cli.main import main
@@ -90,9 +91,14 @@ def test_each_service_has_its_own_default_port_as_in_the_images_and_the_chart() 
         assert f'"--port", "{port}"]' in dockerfile
         assert f"EXPOSE {port}\n" in dockerfile
     for service, port in ports.items():
+        if service == "injector":  # a value: 10250 passes a private GKE cluster's firewall
+            values = yaml.safe_load((ROOT / "deploy/helm/kamus/values.yaml").read_text())
+            assert values["injector"]["port"] == port
+            continue
         template = (ROOT / f"deploy/helm/kamus/templates/{service}.yaml").read_text()
         assert f'"port" {port} ' in template
     assert "9091 for the decryptor" in help_text("serve")
+    assert "8443 for the injector" in help_text("serve")
 
 
 def test_kamus_serve_and_the_worker_factories_start_the_same_registry() -> None:

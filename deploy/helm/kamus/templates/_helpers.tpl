@@ -297,19 +297,26 @@ topologySpreadConstraints:
 {{- end -}}
 
 {{- define "kamus.scheduling" -}}
-{{- with .Values.nodeSelector }}
+{{- include "kamus.schedulingWith" (dict "root" . "affinity" .Values.affinity) }}
+{{- end -}}
+
+{{/* kamus.scheduling with an affinity of the caller's (the injector adds its anti-affinity).
+Arguments: root, affinity. */}}
+{{- define "kamus.schedulingWith" -}}
+{{- $root := .root -}}
+{{- with $root.Values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.tolerations }}
+{{- with $root.Values.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.affinity }}
+{{- with .affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.image.pullSecrets }}
+{{- with $root.Values.image.pullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -325,4 +332,59 @@ checksum/config: {{ print (include (print $root.Template.BasePath "/configmap.ya
 {{- if include "kamus.mountsKeys" . }}
 checksum/keys: {{ $root.Values.keyManagement | toJson | sha256sum }}
 {{- end }}
+{{- end -}}
+
+
+{{/* The in-cluster URL of the encryptor's or the decryptor's Service, as clients use it.
+Arguments: root, component. */}}
+{{- define "kamus.serviceUrl" -}}
+{{- printf "%s://%s.%s.svc:%s" (ternary "https" "http" .root.Values.tls.enabled) (include "kamus.name" .) .root.Release.Namespace (include "kamus.port" .) -}}
+{{- end -}}
+
+{{/* The injector (templates/injector.yaml). Every name derives from <fullname>-injector. */}}
+{{- define "kamus.injector.name" -}}
+{{- include "kamus.name" (dict "root" . "component" "injector") -}}
+{{- end -}}
+
+{{/* Built-in TLS: the Secret of the CA the injector makes, and the Lease of the replica that
+patches the webhook's caBundle. */}}
+{{- define "kamus.injector.caSecretName" -}}
+{{- printf "%s-ca" (include "kamus.injector.name" .) -}}
+{{- end -}}
+
+{{- define "kamus.injector.leaseName" -}}
+{{- printf "%s-ca-bundle" (include "kamus.injector.name" .) -}}
+{{- end -}}
+
+{{/* cert-manager: the serving certificate's Secret. */}}
+{{- define "kamus.injector.tlsSecretName" -}}
+{{- printf "%s-tls" (include "kamus.injector.name" .) -}}
+{{- end -}}
+
+{{/* Whether the cluster has admissionregistration.k8s.io/v1 policies (Kubernetes 1.30+): the
+ValidatingAdmissionPolicy and the webhook's matchConditions need them. `helm install` asks the
+cluster; `helm template` knows only what --api-versions tells it. */}}
+{{- define "kamus.injector.hasPolicies" -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy" -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces the webhook and the policy never see: the control plane's, and the
+release's own, so that the injector never waits on itself (vault-k8s #258). */}}
+{{- define "kamus.injector.excludedNamespaces" -}}
+{{- list "kube-system" "kube-public" .Release.Namespace | uniq | toJson -}}
+{{- end -}}
+
+{{/* Which pods the webhook and the policy apply to: the opted-in ones, outside the excluded
+namespaces. */}}
+{{- define "kamus.injector.selectors" -}}
+objectSelector:
+  matchLabels:
+    kamus.soluto.com/inject: "true"
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: {{ include "kamus.injector.excludedNamespaces" . }}
 {{- end -}}
