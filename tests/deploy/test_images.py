@@ -10,9 +10,11 @@ The built images are kept in podman's store (localhost/kamus-*:test), so that a 
 the layer cache; ``podman rmi`` them, and the base image, to measure a cold build.
 """
 
+import base64
 import json
 import os
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
@@ -349,7 +351,7 @@ print(json.dumps({
 _IMPORT_ALL = """
 import importlib, pkgutil
 names = []
-for package in ("crypto", "encryptor", "decryptor", "controller", "kamus"):
+for package in ("crypto", "encryptor", "decryptor", "controller", "injector", "kamus"):
     module = importlib.import_module(package)
     names.append(package)
     for info in pkgutil.walk_packages(module.__path__, package + "."):
@@ -495,3 +497,77 @@ def test_healthcheck_passes(images: Images, encryptor: Encryptor, decryptor: Con
         closed = f"KAMUS_HEALTHCHECK_URL=http://127.0.0.1:{free_port()}/healthz"
         failed = images.podman.run("exec", "--env", closed, container.id, *test[1:], check=False)
         assert failed.returncode != 0
+
+
+@pytest.mark.slow
+def test_decryptor_image_runs_the_injector_with_its_own_ca(
+    images: Images, kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    """``kamus serve injector`` from the decryptor image, as the chart runs it: its CA made in
+    the (double's) cluster, its leaf loaded from memory, an AdmissionReview answered over TLS
+    that chains to that CA."""
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
+    port = free_port()
+    env = {
+        "KUBECONFIG": "/etc/kamus/kubeconfig",
+        "Injector__Image": images.decryptor,
+        "Injector__DecryptorUrl": "http://kamus-decryptor.kamus.svc:80",
+        "Injector__Namespace": "kamus",
+        "Injector__ExtraHosts": "127.0.0.1",
+    }
+    args = ["run", "--detach", "--no-healthcheck", "--network=host", "--read-only"]
+    for name, value in env.items():
+        args += ["--env", f"{name}={value}"]
+    args += ["--volume", f"{kubeconfig}:/etc/kamus/kubeconfig:ro"]
+    args += ["--volume", f"{kube_api.ca_file}:{kube_api.ca_file}:ro"]
+    args += ["--entrypoint", "kamus", images.decryptor, "serve", "injector"]
+    container = images.podman.run(*args, "--host", "127.0.0.1", "--port", str(port)).stdout.strip()
+    images.containers.append(container)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        # The CA is made by the injector as it starts, before it listens: trust only that.
+        deadline = time.monotonic() + 60
+        trusted: ssl.SSLContext | None = None
+        while True:
+            secrets = kube_api.objects("secrets", "kamus")
+            if secrets and trusted is None:
+                ca = base64.b64decode(secrets[0]["data"]["ca.crt"]).decode()
+                trusted = ssl.create_default_context(cadata=ca)
+            try:
+                if trusted and httpx.get(f"{url}/readyz", verify=trusted).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                logs = images.podman.run("logs", container, check=False)
+                pytest.fail(f"the injector did not get ready:\n{_tail(logs.stdout + logs.stderr)}")
+            time.sleep(0.2)
+        pod = {
+            "metadata": {
+                "name": "web-0",
+                "labels": {"kamus.soluto.com/inject": "true"},
+                "annotations": {"kamus.soluto.com/secrets-from": "web-secrets"},
+            },
+            "spec": {"serviceAccountName": "web", "containers": [{"name": "web", "image": "w"}]},
+        }
+        review = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "c0ffee",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "namespace": "team-a",
+                "operation": "CREATE",
+                "object": pod,
+            },
+        }
+        assert trusted is not None
+        answer = httpx.post(f"{url}/mutate", json=review, verify=trusted, timeout=10).json()
+        assert answer["response"]["uid"] == "c0ffee"
+        patch = json.loads(base64.b64decode(answer["response"]["patch"]))
+        [init] = [op["value"][0] for op in patch if op["path"] == "/spec/initContainers"]
+        assert init["image"] == images.decryptor
+        assert init["command"] == ["kamus"]
+    finally:
+        images.podman.run("rm", "--force", "--time=2", container, check=False)
+        images.containers.remove(container)

@@ -403,13 +403,13 @@ def test_the_readme_flow_encrypt_sh_init_container_app_and_kamussecret(
 ) -> None:
     folder = tmp_path / "example"
     shutil.copytree(EXAMPLE, folder)
-    before = {p.name: p.read_text() for p in folder.iterdir()}
+    before = {p.name: p.read_text() for p in folder.iterdir() if p.is_file()}
 
     # encrypt.sh fills the manifests in place: ciphertexts where the placeholders were, and
     # not another byte changed.
     filled = encrypt_sh(folder, deployment.encryptor.url)
     assert filled.returncode == 0, filled.stderr
-    after = {p.name: p.read_text() for p in folder.iterdir()}
+    after = {p.name: p.read_text() for p in folder.iterdir() if p.is_file()}
     assert set(after) == set(before)  # no leftovers
     values = encrypted_values(load(folder))
     assert set(values) == set(encrypted_values(load()))
@@ -483,7 +483,7 @@ def test_the_readme_flow_encrypt_sh_init_container_app_and_kamussecret(
     again = encrypted_values(manifests)
     assert not set(again.values()) & set(values.values())
     for plaintext in own.values():
-        assert plaintext not in "".join(p.read_text() for p in folder.iterdir())
+        assert plaintext not in "".join(p.read_text() for p in folder.rglob("*") if p.is_file())
     volumes = kubelet_volumes(manifests, token, tmp_path / "pod-again")
     result = run_init(manifests, volumes, deployment.decryptor.url)
     assert result.returncode == 0, result.stderr
@@ -519,8 +519,8 @@ def test_encrypt_sh_stops_on_a_refusal_and_leaves_the_manifests_alone(
             "serviceAccount: kamus-example-sa", "serviceAccount: default"
         )
     )
-    before = {p.name: p.read_text() for p in folder.iterdir()}
+    before = {p.name: p.read_text() for p in folder.iterdir() if p.is_file()}
     result = encrypt_sh(folder, deployment.encryptor.url)
     assert result.returncode == 5  # kamus encrypt: the server refused
     assert "default" in result.stderr
-    assert {p.name: p.read_text() for p in folder.iterdir()} == before
+    assert {p.name: p.read_text() for p in folder.iterdir() if p.is_file()} == before
