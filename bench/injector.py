@@ -100,7 +100,6 @@ def main() -> None:
                 "Injector__DecryptorUrl": "http://kamus-decryptor.kamus.svc:80",
                 "Injector__Namespace": "kamus",
                 "Injector__ExtraHosts": "127.0.0.1",
-                "Logging__Level": "WARNING",
             }
             with kamus_serve(
                 "injector", env, logs / "injector.log", ready_path="/readyz", verify=False
