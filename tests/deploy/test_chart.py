@@ -33,6 +33,7 @@ from tests.support.chart import (
     of_kind,
     render,
     render_raw,
+    trivy_scan,
 )
 from tests.support.processes import deploy
 from tests.support.settings import new_key
@@ -1091,43 +1092,7 @@ ACCEPTED_FINDINGS = {
 def test_trivy_finds_no_high_or_critical_misconfiguration(
     rendered: dict[str, list[Manifest]], tmp_path: Path
 ) -> None:
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    for case, docs in rendered.items():
-        (manifests / f"{case}.yaml").write_text(yaml.safe_dump_all(docs))
-    report = tmp_path / "trivy.json"
-    result = subprocess.run(
-        [
-            str(BIN / "trivy"),
-            "config",
-            "--skip-check-update",
-            "--quiet",
-            "--severity",
-            "HIGH,CRITICAL",
-            "--format",
-            "json",
-            "--output",
-            str(report),
-            str(manifests),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TRIVY_CACHE_DIR": str(tmp_path / "cache")},
-        check=False,
-    )
-    findings = json.loads(report.read_text())
-    assert result.returncode == 0, result.stderr
-    failures = [
-        f"{r['Target']}: {m['ID']} {m['Message']}"
-        for r in findings.get("Results", [])
-        for m in r.get("Misconfigurations", []) or []
-        if m["Status"] == "FAIL" and (m["ID"], m["Message"]) not in ACCEPTED_FINDINGS
-    ]
-    assert not failures, "\n".join(failures)
-    scanned = {r["Target"] for r in findings.get("Results", [])}
-    assert len(scanned) == len(rendered), "trivy scanned fewer files than it was given"
-    successes = sum(r.get("MisconfSummary", {}).get("Successes", 0) for r in findings["Results"])
+    successes = trivy_scan(rendered, tmp_path, ACCEPTED_FINDINGS)
     assert successes > 100  # it really ran its Kubernetes checks
 
 

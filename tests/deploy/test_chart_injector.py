@@ -5,7 +5,6 @@ for each relevant values set and each answer the cluster may give about its APIs
 import contextlib
 import copy
 import json
-import os
 import re
 import shutil
 import ssl
@@ -33,6 +32,7 @@ from tests.support.chart import (
     of_kind,
     render,
     render_raw,
+    trivy_scan,
 )
 from tests.support.cluster import eventually
 from tests.support.processes import Deployment, Service, deploy, kamus_serve, run_kamus
@@ -1034,44 +1034,8 @@ def test_trivy_finds_no_high_or_critical_misconfiguration(
     rendered: dict[str, list[Manifest]], tmp_path: Path
 ) -> None:
     """As test_chart.py scans its values sets, over the injector's (which it does not render)."""
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    for case in ENABLED:
-        docs = injector_objects(rendered[case])
-        (manifests / f"{case}.yaml").write_text(yaml.safe_dump_all(docs))
-    report = tmp_path / "trivy.json"
-    result = subprocess.run(
-        [
-            str(BIN / "trivy"),
-            "config",
-            "--skip-check-update",
-            "--quiet",
-            "--severity",
-            "HIGH,CRITICAL",
-            "--format",
-            "json",
-            "--output",
-            str(report),
-            str(manifests),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TRIVY_CACHE_DIR": str(tmp_path / "cache")},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    findings = json.loads(report.read_text())
-    failures = [
-        f"{r['Target']}: {m['ID']} {m['Message']}"
-        for r in findings.get("Results", [])
-        for m in r.get("Misconfigurations", []) or []
-        if m["Status"] == "FAIL" and (m["ID"], m["Message"]) not in ACCEPTED_FINDINGS
-    ]
-    assert not failures, "\n".join(failures)
-    scanned = {r["Target"] for r in findings.get("Results", [])}
-    assert len(scanned) == len(ENABLED), "trivy scanned fewer files than it was given"
-    successes = sum(r.get("MisconfSummary", {}).get("Successes", 0) for r in findings["Results"])
+    renders = {case: injector_objects(rendered[case]) for case in ENABLED}
+    successes = trivy_scan(renders, tmp_path, ACCEPTED_FINDINGS)
     assert successes > 50  # it really ran its Kubernetes checks
 
 

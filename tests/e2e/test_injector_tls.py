@@ -11,8 +11,6 @@ itself calls the webhook, trusting the caBundle it stores, for a dry-run pod, an
 import base64
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,14 +185,7 @@ def test_the_apiserver_calls_the_webhook_trusting_the_bundle_it_stores(
     assert kube_api.objects("pods", "team-a") == []  # a dry run stores nothing
 
     kubeconfig = kube_api.write_kubeconfig(tmp_path / "doctor-kubeconfig")
-    doctor = subprocess.run(
-        [sys.executable, "-m", "kamus", "doctor", "-n", "team-a", "-a", "web"],
-        env={"PATH": "/usr/bin:/bin", "KUBECONFIG": str(kubeconfig)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    doctor = run_kamus("doctor", "-n", "team-a", "-a", "web", env={"KUBECONFIG": str(kubeconfig)})
     assert doctor.stdout.startswith("PASS  injector   the webhook injected kamus-init"), (
         doctor.stdout
     )
@@ -203,14 +194,7 @@ def test_the_apiserver_calls_the_webhook_trusting_the_bundle_it_stores(
 
     # The apiserver cannot reach the webhook: opted-in pods fail (Fail), and the doctor says why.
     kube_api.service_endpoints[(NAMESPACE, SERVICE)] = ("127.0.0.1", 9)
-    doctor = subprocess.run(
-        [sys.executable, "-m", "kamus", "doctor", "-n", "team-a", "-a", "web"],
-        env={"PATH": "/usr/bin:/bin", "KUBECONFIG": str(kubeconfig)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    doctor = run_kamus("doctor", "-n", "team-a", "-a", "web", env={"KUBECONFIG": str(kubeconfig)})
     assert doctor.returncode == 1
     assert "FAIL  injector   the apiserver cannot call the webhook" in doctor.stdout
     assert "failed calling webhook" in doctor.stdout

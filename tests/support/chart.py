@@ -2,6 +2,7 @@
 image and example tests read it."""
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -90,3 +91,40 @@ def key_job_command(manifests: list[Manifest], name: str = "kamus-keys") -> list
     command: list[str] = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command == ["kamus", "create-key-secret", "--name", name, "--namespace", "kamus"]
     return command
+
+
+def trivy_scan(
+    renders: dict[str, list[Manifest]], tmp_path: Path, accepted: set[tuple[str, str]]
+) -> int:
+    """``trivy config`` (HIGH and CRITICAL) over each render as a file of its own: fails on any
+    finding not in ``accepted`` ((id, message) pairs, each with its reason where it is defined)
+    or a file left unscanned; returns how many checks passed, to prove it really ran."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    for case, docs in renders.items():
+        (manifests / f"{case}.yaml").write_text(yaml.safe_dump_all(docs))
+    report = tmp_path / "trivy.json"
+    result = subprocess.run(
+        [
+            *(str(BIN / "trivy"), "config", "--skip-check-update", "--quiet"),
+            *("--severity", "HIGH,CRITICAL", "--format", "json", "--output", str(report)),
+            str(manifests),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRIVY_CACHE_DIR": str(tmp_path / "cache")},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    findings = json.loads(report.read_text())
+    failures = [
+        f"{r['Target']}: {m['ID']} {m['Message']}"
+        for r in findings.get("Results", [])
+        for m in r.get("Misconfigurations", []) or []
+        if m["Status"] == "FAIL" and (m["ID"], m["Message"]) not in accepted
+    ]
+    assert not failures, "\n".join(failures)
+    scanned = {r["Target"] for r in findings.get("Results", [])}
+    assert len(scanned) == len(renders), "trivy scanned fewer files than it was given"
+    return sum(r.get("MisconfSummary", {}).get("Successes", 0) for r in findings["Results"])
