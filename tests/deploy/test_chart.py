@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -30,6 +29,7 @@ from tests.support.chart import (
     Manifest,
     key_job_command,
     named,
+    notes,
     of_kind,
     render,
     render_raw,
@@ -1034,24 +1034,6 @@ def test_incomplete_settings_fail_with_what_to_set(values: dict[str, Any], messa
     result = render_raw(values)
     assert result.returncode == 1
     assert message in result.stderr, result.stderr
-
-
-def notes(values: dict[str, Any], tmp_path: Path, *, upgrade: bool = False) -> str:
-    """NOTES.txt as ``helm install`` prints it (``helm template`` skips it): render a copy of
-    the chart in which the notes are a ConfigMap value."""
-    chart = tmp_path / "kamus"
-    shutil.copytree(CHART, chart, dirs_exist_ok=True)
-    templates = chart / "templates"
-    body = (templates / "NOTES.txt").read_text()
-    (templates / "_notes.tpl").write_text('{{- define "test.notes" -}}' + body + "{{- end -}}")
-    (templates / "notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
-        'data:\n  notes: |\n{{ include "test.notes" . | indent 4 }}\n'
-    )
-    rendered = render(values, chart=chart, upgrade=upgrade)
-    [config] = [m for m in rendered if m["metadata"]["name"] == "notes"]
-    text: str = config["data"]["notes"]
-    return text
 
 
 def test_notes_give_a_correct_walk_through(tmp_path: Path) -> None:

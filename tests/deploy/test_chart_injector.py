@@ -6,7 +6,6 @@ import contextlib
 import copy
 import json
 import re
-import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from tests.support.chart import (
     KUBERNETES_VERSIONS,
     Manifest,
     named,
+    notes,
     of_kind,
     render,
     render_raw,
@@ -899,29 +899,11 @@ def test_helm_test_refuses_a_namespace_the_webhook_skips(namespace: str) -> None
 # --- NOTES ---------------------------------------------------------------------------------------
 
 
-def notes(values: dict[str, Any], tmp_path: Path, apis: list[str]) -> str:
-    """NOTES.txt as ``helm install`` prints it (``helm template`` skips it), as in
-    test_chart.py, with the APIs the cluster has."""
-    chart = tmp_path / "kamus"
-    shutil.copytree(CHART, chart, dirs_exist_ok=True)
-    templates = chart / "templates"
-    body = (templates / "NOTES.txt").read_text()
-    (templates / "_notes.tpl").write_text('{{- define "test.notes" -}}' + body + "{{- end -}}")
-    (templates / "notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
-        'data:\n  notes: |\n{{ include "test.notes" . | indent 4 }}\n'
-    )
-    manifests = render(values, chart=chart, api_versions=apis)
-    [config] = [m for m in manifests if m["metadata"]["name"] == "notes"]
-    text: str = config["data"]["notes"]
-    return text
-
-
 def test_notes_say_how_to_use_the_injector_and_when_the_policy_was_left_out(
     tmp_path: Path,
 ) -> None:
-    assert "injector" not in notes({}, tmp_path, [POLICIES])
-    with_policy = notes({"injector": ON}, tmp_path, [POLICIES])
+    assert "injector" not in notes({}, tmp_path, api_versions=[POLICIES])
+    with_policy = notes({"injector": ON}, tmp_path, api_versions=[POLICIES])
     assert 'kamus.soluto.com/inject: "true"' in with_policy
     assert "kamus.soluto.com/secrets-from" in with_policy
     assert "kamus-injector" in with_policy
@@ -932,12 +914,14 @@ def test_notes_say_how_to_use_the_injector_and_when_the_policy_was_left_out(
     assert "ValidatingAdmissionPolicy kamus-injector denies" in with_policy
     assert "left out" not in with_policy
     assert "Secret kamus-injector-ca" in with_policy
-    without = notes({"injector": ON}, tmp_path, [])
+    without = notes({"injector": ON}, tmp_path, api_versions=[])
     assert "ValidatingAdmissionPolicy" in without
     assert "was left out" in without
     assert "Kubernetes < 1.30" in without
     assert f"--api-versions {POLICIES}" in without
-    cert_manager = notes({"injector": {**ON, "certManager": {"enabled": True}}}, tmp_path, [])
+    cert_manager = notes(
+        {"injector": {**ON, "certManager": {"enabled": True}}}, tmp_path, api_versions=[]
+    )
     assert "cert-manager issues its certificate" in cert_manager
     assert "kamus-injector-ca" not in cert_manager
     # The doctor command the notes give uses the options it has.

@@ -3,6 +3,7 @@ image and example tests read it."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -128,3 +129,27 @@ def trivy_scan(
     scanned = {r["Target"] for r in findings.get("Results", [])}
     assert len(scanned) == len(renders), "trivy scanned fewer files than it was given"
     return sum(r.get("MisconfSummary", {}).get("Successes", 0) for r in findings["Results"])
+
+
+def notes(
+    values: dict[str, Any],
+    tmp_path: Path,
+    *,
+    upgrade: bool = False,
+    api_versions: Sequence[str] = (),
+) -> str:
+    """NOTES.txt as ``helm install`` prints it (``helm template`` skips it): render a copy of
+    the chart in which the notes are a ConfigMap value, for a cluster with ``api_versions``."""
+    chart = tmp_path / "kamus"
+    shutil.copytree(CHART, chart, dirs_exist_ok=True)
+    templates = chart / "templates"
+    body = (templates / "NOTES.txt").read_text()
+    (templates / "_notes.tpl").write_text('{{- define "test.notes" -}}' + body + "{{- end -}}")
+    (templates / "notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data:\n  notes: |\n{{ include "test.notes" . | indent 4 }}\n'
+    )
+    rendered = render(values, chart=chart, upgrade=upgrade, api_versions=api_versions)
+    [config] = [m for m in rendered if m["metadata"]["name"] == "notes"]
+    text: str = config["data"]["notes"]
+    return text
