@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.aio.client import ApiClient
 
 from crypto import bundle
@@ -29,6 +28,7 @@ from kamus.server.metrics import Metrics
 from kamus.server.sealing import export_bundle
 from kamus.server.settings import Settings
 from tests.k8s_double import KubeApiDouble
+from tests.support.kubeclient import sync_client
 from tests.support.settings import SettingsFactory, new_key
 
 NAME, NAMESPACE = "kamus-public-keys", "kamus"
@@ -60,9 +60,8 @@ async def api(settings: Settings) -> AsyncIterator[ApiClient]:
 @pytest.fixture
 def core(kubeconfig: Path) -> Iterator[k8s.CoreV1Api]:
     """The test's own view of the cluster (the synchronous client, as a user's kubectl)."""
-    client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
-    yield k8s.CoreV1Api(client)
-    client.close()
+    with sync_client(kubeconfig) as client:
+        yield k8s.CoreV1Api(client)
 
 
 def publisher(

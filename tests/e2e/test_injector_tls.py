@@ -19,10 +19,10 @@ from typing import Any, cast
 import pytest
 from cryptography import x509
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from tests.k8s_double import KubeApiDouble
 from tests.support.cluster import eventually
+from tests.support.kubeclient import sync_client
 from tests.support.processes import Service, deploy, kamus_serve, run_kamus
 from tests.support.settings import new_key
 
@@ -80,10 +80,8 @@ def webhook_configuration() -> dict[str, Any]:
 
 @pytest.fixture
 def api(kube_api: KubeApiDouble, tmp_path: Path) -> Iterator[k8s.ApiClient]:
-    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
-    client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
-    yield client
-    client.close()
+    with sync_client(kube_api.write_kubeconfig(tmp_path / "kubeconfig")) as client:
+        yield client
 
 
 @pytest.fixture

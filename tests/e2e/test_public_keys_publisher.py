@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from crypto import bundle
 from tests.k8s_double import KubeApiDouble
 from tests.support.cluster import eventually
+from tests.support.kubeclient import sync_client
 from tests.support.processes import Service, kamus_serve, stop
 from tests.support.settings import new_key
 
@@ -44,10 +44,7 @@ def test_one_decryptor_publishes_restores_and_hands_over(tmp_path: Path) -> None
     key = new_key()
     pin = bundle.fingerprint(bundle.anchor_from_master(base64.b64decode(key)).public_key())
     with KubeApiDouble() as kube, ExitStack() as stack:
-        api = k8s_config.new_client_from_config(
-            config_file=str(kube.write_kubeconfig(tmp_path / "test.kubeconfig"))
-        )
-        stack.callback(api.close)
+        api = stack.enter_context(sync_client(kube.write_kubeconfig(tmp_path / "test.kubeconfig")))
         core, leases = k8s.CoreV1Api(api), k8s.CoordinationV1Api(api)
         env = {
             "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "decryptor.kubeconfig")),
@@ -125,10 +122,7 @@ def test_an_encryptor_with_only_the_published_bundle_seals_for_the_decryptor(
     kubelet mounts it) and no key at all; the decryptor opens what it seals."""
     key = new_key()
     with KubeApiDouble() as kube, ExitStack() as stack:
-        api = k8s_config.new_client_from_config(
-            config_file=str(kube.write_kubeconfig(tmp_path / "test.kubeconfig"))
-        )
-        stack.callback(api.close)
+        api = stack.enter_context(sync_client(kube.write_kubeconfig(tmp_path / "test.kubeconfig")))
         core = k8s.CoreV1Api(api)
         decryptor = stack.enter_context(
             kamus_serve(

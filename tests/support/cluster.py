@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from crypto import AESKeyManager
 from tests.k8s_double import KubeApiDouble
+from tests.support.kubeclient import close
 from tests.support.processes import Service, kamus_serve
 from tests.support.settings import new_key
 
@@ -63,7 +64,7 @@ class Cluster:
 
     def close(self) -> None:
         """Close the client's pooled TLS connections, so the double can stop at once."""
-        self.api.close()
+        close(self.api)
 
     def encrypt(self, value: str | bytes, sa_id: str) -> str:
         data = value.encode() if isinstance(value, str) else value

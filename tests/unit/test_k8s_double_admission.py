@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from kubernetes import client, config, watch
 
 from tests.k8s_double import KubeApiDouble
+from tests.support.kubeclient import close
 from tests.support.ports import free_port
 from tests.support.servers import ThreadedServer
 
@@ -120,14 +121,6 @@ def webhook(_webhook_server: Webhook, kube_api: KubeApiDouble) -> Webhook:
     _webhook_server.delay = 0.0
     kube_api.service_endpoints[SERVICE] = _webhook_server.address
     return _webhook_server
-
-
-def close(api_client: client.ApiClient) -> None:
-    """Close the client's pooled connections (see test_k8s_double_resources.close)."""
-    pools = api_client.rest_client.pool_manager.pools
-    for key in list(pools.keys()):
-        pools[key].close()
-    api_client.close()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from kubernetes.aio.watch import Watch
 from pydantic import ValidationError
 
 from tests.k8s_double import Faults, KubeApiDouble
+from tests.support.kubeclient import close
 
 GROUP, VERSION, PLURAL = "soluto.com", "v1alpha2", "kamussecrets"
 NS = "team-a"
@@ -32,16 +33,6 @@ def api(kube_api: KubeApiDouble, tmp_path: Path) -> Iterator[client.ApiClient]:
     api_client: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig))
     yield api_client
     close(api_client)
-
-
-def close(api_client: client.ApiClient) -> None:
-    """Close the sync client's connections, which its ``close()`` leaves open until garbage
-    collection (urllib3 2's ``PoolManager.clear`` no longer closes the pools): uvicorn's shutdown
-    waits for open TLS connections, so one left open makes stopping the double take 10 s."""
-    pools = api_client.rest_client.pool_manager.pools
-    for key in list(pools.keys()):
-        pools[key].close()
-    api_client.close()
 
 
 @pytest.fixture
