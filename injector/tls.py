@@ -115,7 +115,6 @@ class CertificateKeeper:
         self.authority: Authority | None = None
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
         self._bundle_interval = bundle_interval_seconds
-        self.bundle_patches = 0
         from kamus.server.lease import LeaderElector
 
         self._election = LeaderElector(
@@ -220,12 +219,8 @@ class CertificateKeeper:
                 f"Secret {self._where()} holds no ca.crt and ca.key; delete it and the "
                 "injector makes a new CA"
             )
-        try:
-            cert, key = base64.b64decode(data["ca.crt"]), base64.b64decode(data["ca.key"])
-        except ValueError:
-            raise CertificateError(
-                f"Secret {self._where()}: ca.crt or ca.key is not base64"
-            ) from None
+        # The apiserver stores only valid base64 in a Secret's data.
+        cert, key = base64.b64decode(data["ca.crt"]), base64.b64decode(data["ca.key"])
         try:
             return Authority.load(cert, key, self._clock())
         except CertificateError as exc:
@@ -251,8 +246,6 @@ class CertificateKeeper:
         """One check of the webhook configuration's caBundle: ``patched``, ``unchanged`` or
         ``error`` (logged and counted; never raises but for cancellation)."""
         outcome = await self._patch_bundle()
-        if outcome == "patched":
-            self.bundle_patches += 1
         if self._metrics is not None:
             self._metrics.injector_ca_bundle_patches.labels(outcome).inc()
         return outcome
