@@ -2,6 +2,7 @@
 double through the real asyncio client: the CA Secret it makes, finds or refuses, and the
 caBundle it keeps, with each way that can fail saying what to fix."""
 
+import asyncio
 import base64
 import logging
 import re
@@ -110,7 +111,9 @@ async def test_an_unreachable_apiserver_is_an_error_round_and_a_clear_start_fail
     caplog.set_level(logging.WARNING)
     kept = keeper(api, settings)
     await kept.start()
-    kube_api.stop()
+    # In a thread: the client's loop must answer the TLS close of its idle connection, or the
+    # double's shutdown waits for it.
+    await asyncio.to_thread(kube_api.stop)
     try:
         assert await kept.patch_bundle_once() == "error"
         assert "apiserver unreachable" in caplog.text
