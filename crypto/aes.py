@@ -40,7 +40,16 @@ from crypto.lifecycle import (
     State,
 )
 from crypto.m1 import M1_HEADER, parse
-from crypto.sealing import Keyring, Schedule, Suite, no_stanza_held
+from crypto.recipients import Recipient
+from crypto.sealing import (
+    Keyring,
+    Schedule,
+    Suite,
+    change_recipients,
+    check_identity,
+    no_stanza_held,
+    only_m1,
+)
 
 A1_HEADER = PREFIX + "a1$"
 NONCE_SIZE = 12
@@ -172,6 +181,35 @@ class AESKeyManager:
         else:
             new = await self.encrypt(opened.plaintext, sa_id)
         return Rewrapped(RewrapStatus.REWRAPPED, opened.key_id, target, new)
+
+    async def change_recipients(
+        self,
+        ciphertext: str,
+        sa_id: str,
+        *,
+        add: Sequence[Recipient] = (),
+        remove: Sequence[str] = (),
+        check_only: bool = False,
+    ) -> Rewrapped:
+        """An m1 value with recipients added or removed, through the sealing key held here."""
+        value = only_m1(ciphertext)
+        held = self.sealing.held(value)
+        if held is None or value.threshold > 1:
+            raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")
+        stanza, key = held
+        check_identity(value, sa_id)
+        data_key = key.unwrap(stanza, sa_id)
+        return await change_recipients(
+            value,
+            ciphertext,
+            data_key,
+            sa_id,
+            key.kid,
+            add=add,
+            remove=remove,
+            policy=self.policy.recipients,
+            check_only=check_only,
+        )
 
     def _open_a1(self, ciphertext: str, sa_id: str) -> tuple[str, bytes]:
         # Every check before the tag's is a shape fact (MalformedCiphertext); see crypto.errors.

@@ -7,6 +7,7 @@ enforces on ``Decrypt`` and CloudTrail records.
 """
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from crypto.cloud import CloudKeyManager, Wrapped, WrappedSeed
 from crypto.datakeys import OFF, CacheLimits
 from crypto.encoding import b64_decode
-from crypto.errors import DecryptionError, MalformedCiphertext
+from crypto.errors import DecryptionError, KeyManagerUnavailable, MalformedCiphertext
 from crypto.formats import CiphertextFormat
 from crypto.keyid import kamus_key_id
 from crypto.kms import (
@@ -52,6 +53,14 @@ _REJECTED = {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyU
 _THROTTLED = {"ThrottlingException", "LimitExceededException", "RequestLimitExceeded"}
 # The key is disabled, pending deletion, or (for an external key store) unusable.
 _DISABLED = {"DisabledException", "KMSInvalidStateException", "KeyUnavailableException"}
+# A KMS key named explicitly as an m1 recipient: its key ARN (a key id, or a multi-Region key's
+# mrk- id) or an alias ARN, in the aws, aws-us-gov and aws-cn partitions. Never a bare key id:
+# that is what the stanza of a service account's own key names.
+KEY_ARN = re.compile(
+    r"arn:aws(?:-us-gov|-cn)?:kms:(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}):[0-9]{12}:"
+    r"(?:key/(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+    r"|alias/[A-Za-z0-9/_-]{1,250})"
+)
 
 
 def leave_throttling_to_kamus(response: Any = None, **_: Any) -> bool | None:
@@ -101,6 +110,10 @@ class AwsKmsKeyManager(CloudKeyManager):
     kind = KMS
     display_name = "AWS KMS"
     legacy_reads = "legacy Kamus env$ values"
+    key_name_example = (
+        "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab, or "
+        "arn:aws:kms:eu-west-1:111122223333:alias/<name>"
+    )
 
     def __init__(
         self,
@@ -116,6 +129,7 @@ class AwsKmsKeyManager(CloudKeyManager):
         policy: KeyPolicy | None = None,
         schedule: Schedule | None = None,
         cache: CacheLimits = OFF,
+        recipient_keys: Sequence[str] = (),
     ) -> None:
         super().__init__(
             sealed_output=sealed_output,
@@ -125,6 +139,7 @@ class AwsKmsKeyManager(CloudKeyManager):
             schedule=schedule,
             cache=cache,
             observer=calls.observer,
+            recipient_keys=recipient_keys,
         )
         self._client = client
         self._calls = calls
@@ -256,6 +271,43 @@ class AwsKmsKeyManager(CloudKeyManager):
             ),
         )
         return Wrapped(data_key, response["KeyId"].rsplit("/", 1)[-1], response["CiphertextBlob"])
+
+    def is_key_name(self, name: str) -> bool:
+        return KEY_ARN.fullmatch(name) is not None
+
+    async def wrap_with_key(self, key_name: str, secret: bytes, sa_id: str) -> bytes:
+        """``Encrypt`` under the key ``key_name`` names, with the identity's encryption context:
+        KMS then requires the same context on ``Decrypt``, as for the service account's key."""
+        self._check_named(key_name)
+        response = await self._calls(
+            "Encrypt",
+            lambda: self._client.encrypt(
+                KeyId=key_name, Plaintext=secret, EncryptionContext={CONTEXT_KEY: sa_id}
+            ),
+        )
+        blob: bytes = response["CiphertextBlob"]
+        return blob
+
+    async def unwrap_with_key(self, key_name: str, wrapped: bytes, sa_id: str) -> bytes:
+        """``Decrypt`` pinned to ``key_name`` (KMS refuses a blob of any other key), with the
+        identity's encryption context."""
+        self._check_named(key_name)
+        return await self._unwrap(wrapped, sa_id, {CONTEXT_KEY: sa_id}, key_name)
+
+    def _check_named(self, key_name: str) -> None:
+        """A KMS key is used in its own Region: one named in another than this client's would
+        only come back as "not found" (a value that does not open), so say what is wrong."""
+        match = KEY_ARN.fullmatch(key_name)
+        if match is None:
+            raise KeyManagerUnavailable(
+                f"{key_name[:200]!r} is not a full AWS KMS key name ({self.key_name_example})"
+            )
+        region = self._client.meta.region_name
+        if region and match["region"] != region:
+            raise KeyManagerUnavailable(
+                f"the KMS key {key_name} is in {match['region']}, and this Kamus's AWS KMS "
+                f"client in {region}: name a key (or multi-Region replica) in {region}"
+            )
 
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
         if fmt is not CiphertextFormat.LEGACY_ENVELOPE:

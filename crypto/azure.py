@@ -5,14 +5,19 @@ The key is named by the Kamus key id, so keys Kamus created are used as they are
 so encrypting costs no Key Vault call once the key is known. Key Vault's OAEP takes
 no label, so the identity rides inside the wrapped blob instead: ``data key || SHA-256(sa_id)``,
 checked after every unwrap. Unwrapping is one remote call.
+
+A key named explicitly as an ``m1`` recipient (its URL) is wrapped the same way, and its wrapped
+form records the key version that wrapped it (:meth:`AzureKeyVaultKeyManager.wrap_with_key`).
 """
 
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +31,7 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline import PipelineResponse
 from azure.core.pipeline.policies import RetryPolicy
-from azure.keyvault.keys import KeyClient, KeyVaultKey
+from azure.keyvault.keys import KeyClient, KeyType, KeyVaultKey
 from azure.keyvault.keys.crypto import CryptographyClient, EncryptionAlgorithm, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -65,6 +70,14 @@ KMS = "azure"
 WRAP = KeyWrapAlgorithm.rsa_oaep_256
 KEY_REFRESH_SECONDS = 300.0  # pick up a rotated key version within five minutes
 MAX_CACHED_VERSIONS = 256
+MAX_CACHED_VAULTS = 64  # Key Vault clients of vaults other than this Kamus's own
+# A key named explicitly as an m1 recipient: a Key Vault (or Managed HSM) key URL, with or without
+# a version. Any https host: private endpoints and sovereign clouds have vault hosts of their own.
+KEY_URL = re.compile(
+    r"(?P<vault>https://[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?)"
+    r"/keys/(?P<name>[A-Za-z0-9-]{1,127})(?:/(?P<version>[A-Za-z0-9]{1,64}))?"
+)
+_VERSION = re.compile(rb"[A-Za-z0-9]{1,64}")
 
 
 def classify_azure_error(exc: Exception, operation: str) -> KmsError | None:
@@ -128,8 +141,58 @@ def _check_rsa_size(wrapped: bytes) -> None:
         )
 
 
+@dataclass(frozen=True)
+class NamedKey:
+    """A key URL's parts: the vault (``https://host[:port]``), the key, and its version ("" for
+    the latest)."""
+
+    vault: str
+    name: str
+    version: str
+
+    @classmethod
+    def parse(cls, url: str) -> "NamedKey | None":
+        match = KEY_URL.fullmatch(url)
+        if match is None:
+            return None
+        return cls(_vault_id(match["vault"]), match["name"], match["version"] or "")
+
+
+def _vault_id(url: str) -> str:
+    """A vault URL as the caches file it: no trailing slash, lowercase (hosts are)."""
+    return url.rstrip("/").lower()
+
+
+def _pack_named(version: str, rsa_ciphertext: bytes) -> bytes:
+    """A named key's wrapped form: ``len(version) (1 byte) || version (ASCII) || RSA-OAEP``."""
+    raw = version.encode("ascii")
+    return bytes([len(raw)]) + raw + rsa_ciphertext
+
+
+def _unpack_named(wrapped: bytes) -> tuple[str, bytes]:
+    """The key version and RSA ciphertext of :func:`_pack_named`'s form, size-checked."""
+    size = wrapped[0] if wrapped else 0
+    version = wrapped[1 : 1 + size]
+    if len(version) != size or not _VERSION.fullmatch(version):
+        raise MalformedCiphertext(
+            "the wrapped key names no valid Key Vault key version",
+            "its wrapped key names no valid Key Vault key version",
+        )
+    ciphertext = wrapped[1 + size :]
+    _check_rsa_size(ciphertext)
+    return version.decode("ascii"), ciphertext
+
+
 def _identity_digest(sa_id: str) -> bytes:
     return hashlib.sha256(sa_id.encode("utf-8")).digest()
+
+
+def _bound_data_key(blob: bytes, sa_id: str) -> bytes:
+    """The data key of an unwrapped blob, whose digest must be ``sa_id``'s."""
+    data_key, digest = blob[: envelope.DATA_KEY_SIZE], blob[envelope.DATA_KEY_SIZE :]
+    if not hmac.compare_digest(digest, _identity_digest(sa_id)):
+        raise DecryptionError("the wrapped data key is bound to another identity")
+    return data_key
 
 
 def _wrapped(key: KeyVaultKey, data_key: bytes, sa_id: str) -> Wrapped:
@@ -166,6 +229,7 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
     kind = KMS
     display_name = "Azure Key Vault"
     legacy_reads = "legacy Kamus base64 and env$ values"
+    key_name_example = "https://<vault>.vault.azure.net/keys/<name>, optionally /<version>"
 
     def __init__(
         self,
@@ -183,6 +247,7 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         policy: KeyPolicy | None = None,
         schedule: Schedule | None = None,
         cache: CacheLimits = OFF,
+        recipient_keys: Sequence[str] = (),
     ) -> None:
         super().__init__(
             sealed_output=sealed_output,
@@ -192,6 +257,7 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
             schedule=schedule,
             cache=cache,
             observer=calls.observer,
+            recipient_keys=recipient_keys,
         )
         self._keys = keys
         self._credential = credential
@@ -203,7 +269,16 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         self._locks = KeyLocks()
         self._looking_up_version = KeyLocks()
         self._latest: dict[str, tuple[float, KeyVaultKey]] = {}
-        self._versions: OrderedDict[tuple[str, str], CryptographyClient] = OrderedDict()
+        # (vault, key name, version) -> its client; the vault is the one of the key's URL.
+        self._versions: OrderedDict[tuple[str, str, str], CryptographyClient] = OrderedDict()
+        self._vault = _vault_id(keys.vault_url)
+        self._vaults: OrderedDict[str, KeyClient] = OrderedDict()
+        # The vaults a named key may be in when the SDK does not check a vault's challenge
+        # (KeyManagement__KeyVault__VerifyChallengeResource=false): then any other host would be
+        # sent this identity's Key Vault token.
+        self._trusted_vaults = {self._vault} | {
+            named.vault for key in recipient_keys if (named := NamedKey.parse(key)) is not None
+        }
 
     async def new_data_key(self, sa_id: str) -> Wrapped:
         name = kamus_key_id(sa_id)
@@ -259,6 +334,15 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         await answered(self._calls, "GetKey", lambda: self._keys.get_key(PROBE_NAME))
 
     def check_wrapped(self, key_version: str, wrapped: bytes) -> None:
+        named = NamedKey.parse(key_version)
+        if named is not None:  # a key named explicitly: its URL, and the version in the blob
+            version, _ = _unpack_named(wrapped)
+            if named.version and version != named.version:
+                raise MalformedCiphertext(
+                    "the wrapped key names another version than its key URL",
+                    "its wrapped key names another Key Vault key version than its key URL",
+                )
+            return
         if not key_version:
             raise MalformedCiphertext(
                 "the value names no Key Vault key version",
@@ -269,10 +353,84 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
     async def unwrap_data_key(self, key_version: str, wrapped: bytes, sa_id: str) -> bytes:
         self.check_wrapped(key_version, wrapped)
         blob = await self._remote("UnwrapKey", kamus_key_id(sa_id), key_version, wrapped)
-        data_key, digest = blob[: envelope.DATA_KEY_SIZE], blob[envelope.DATA_KEY_SIZE :]
-        if not hmac.compare_digest(digest, _identity_digest(sa_id)):
-            raise DecryptionError("the wrapped data key is bound to another identity")
-        return data_key
+        return _bound_data_key(blob, sa_id)
+
+    def is_key_name(self, name: str) -> bool:
+        return NamedKey.parse(name) is not None
+
+    async def wrap_with_key(self, key_name: str, secret: bytes, sa_id: str) -> bytes:
+        """``secret`` wrapped as the service account's own keys wrap a data key (RSA-OAEP-256 by
+        the key's public half, locally, of ``secret || SHA-256(sa_id)``), under the version the
+        URL names or else the key's latest (read at most every five minutes).
+
+        The wrapped form records that version, since unwrapping needs it and the stanza's key
+        id stays the URL as given: ``len(version) (1 byte) || version (ASCII) || RSA-OAEP
+        ciphertext``, for versioned URLs too (one layout; it must then match the URL's). So an
+        unversioned URL follows the key's rotation, and its older values keep opening as long
+        as their version is enabled."""
+        named = self._parse_named(key_name)
+        key = await self._named_key(key_name, named)
+        if key.key_type not in (KeyType.rsa, KeyType.rsa_hsm):
+            raise KeyManagerUnavailable(
+                f"azure key {key_name} is a {key.key_type} key; a recipient must be an RSA key"
+            )
+        version = key.properties.version or ""
+        if not _VERSION.fullmatch(version.encode("ascii", "replace")) or (
+            named.version and version != named.version
+        ):
+            raise KeyManagerUnavailable(f"azure key {key_name}: Key Vault answered another key")
+        return _pack_named(version, _wrap_locally(key, secret + _identity_digest(sa_id)))
+
+    async def unwrap_with_key(self, key_name: str, wrapped: bytes, sa_id: str) -> bytes:
+        """``UnwrapKey`` with the version the wrapped form records, then the identity's digest
+        checked, as for the service account's own keys."""
+        named = self._parse_named(key_name)
+        self.check_wrapped(key_name, wrapped)
+        version, ciphertext = _unpack_named(wrapped)
+        blob = await self._remote("UnwrapKey", named.name, version, ciphertext, named.vault)
+        return _bound_data_key(blob, sa_id)
+
+    def _parse_named(self, key_name: str) -> NamedKey:
+        named = NamedKey.parse(key_name)
+        if named is None:
+            raise KeyManagerUnavailable(
+                f"{key_name[:200]!r} is not a full Key Vault key URL ({self.key_name_example})"
+            )
+        if (
+            self._client_options.get("verify_challenge_resource") is False
+            and named.vault not in self._trusted_vaults
+        ):
+            raise KeyManagerUnavailable(
+                f"azure key {key_name} is in another vault than this Kamus's, and the vault's "
+                "challenge is not verified (VerifyChallengeResource=false), so this identity's "
+                "token would go to it: list the key in KeyManagement__RecipientKeys"
+            )
+        return named
+
+    async def _named_key(self, key_name: str, named: NamedKey) -> KeyVaultKey:
+        """The key a URL names (its version, else its latest), read at most every five minutes."""
+        cached = self._latest.get(key_name)
+        if cached and time.monotonic() - cached[0] < KEY_REFRESH_SECONDS:
+            return cached[1]
+        keys = self._vault_client(named.vault)
+        key: KeyVaultKey = await self._calls(
+            "GetKey", lambda: keys.get_key(named.name, named.version or None)
+        )
+        self._latest[key_name] = (time.monotonic(), key)
+        return key
+
+    def _vault_client(self, vault: str) -> KeyClient:
+        """The key client of ``vault``: this Kamus's own, or one made (and kept) for another."""
+        if not vault or vault == self._vault:
+            return self._keys
+        client = self._vaults.get(vault)
+        if client is None:
+            client = KeyClient(vault, self._credential, **client_kwargs(self._client_options))
+            self._vaults[vault] = client
+            if len(self._vaults) > MAX_CACHED_VAULTS:
+                self._vaults.popitem(last=False)
+        self._vaults.move_to_end(vault)
+        return client
 
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
         name = kamus_key_id(sa_id)
@@ -301,9 +459,11 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
             raise DecryptionError("legacy envelope key is not base64") from None
         return cbc_decrypt(data_key, *cbc)
 
-    async def _remote(self, operation: str, name: str, version: str, data: bytes) -> bytes:
+    async def _remote(
+        self, operation: str, name: str, version: str, data: bytes, vault: str = ""
+    ) -> bytes:
         try:
-            client = await self._version_client(name, version)
+            client = await self._version_client(name, version, vault)
             if operation == "UnwrapKey":
                 result = await self._calls(operation, lambda: client.unwrap_key(WRAP, data).key)
             else:
@@ -315,23 +475,27 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
         plaintext: bytes = result
         return plaintext
 
-    async def _version_client(self, name: str, version: str) -> CryptographyClient:
-        cached = self._versions.get((name, version))
+    async def _version_client(self, name: str, version: str, vault: str = "") -> CryptographyClient:
+        """The client of a key version in ``vault`` (by default this Kamus's own)."""
+        vault = vault or self._vault
+        cache_key = (vault, name, version)
+        cached = self._versions.get(cache_key)
         if cached is not None:
-            self._versions.move_to_end((name, version))
+            self._versions.move_to_end(cache_key)
             return cached
         # One GetKey for the requests that miss together (a rollout's pods): the others wait.
-        async with self._looking_up_version(f"{name}/{version}"):
-            cached = self._versions.get((name, version))
+        async with self._looking_up_version(f"{vault}/keys/{name}/{version}"):
+            cached = self._versions.get(cache_key)
             if cached is not None:
                 return cached
-            key = await self._calls("GetKey", lambda: self._keys.get_key(name, version))
-            return self._client_for(key)
+            keys = self._vault_client(vault)
+            key = await self._calls("GetKey", lambda: keys.get_key(name, version))
+            return self._client_for(key, vault)
 
-    def _client_for(self, key: KeyVaultKey) -> CryptographyClient:
+    def _client_for(self, key: KeyVaultKey, vault: str) -> CryptographyClient:
         """The cached client of a key version. Built from the key itself, it never fetches it
         again, so each remote operation is exactly one Key Vault call."""
-        cache_key = (key.name or "", key.properties.version or "")
+        cache_key = (vault, key.name or "", key.properties.version or "")
         client = self._versions.get(cache_key)
         if client is None:
             client = CryptographyClient(

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from crypto.lifecycle import Opened, Rewrapped
+from crypto.recipients import Recipient
 
 
 @runtime_checkable
@@ -46,3 +47,19 @@ class KeyLifecycle(Protocol):
         """``ciphertext`` under the active key, in the output format, for the same identity;
         :class:`crypto.DecryptionError` if it does not open as ``sa_id``. Never a plaintext."""
         ...
+
+
+@runtime_checkable
+class RecipientEditor(Protocol):
+    """A key manager that adds and removes the recipients of m1 values it opens (every
+    provider here), keeping their payload: ``kamus recipients`` through the decryptor."""
+
+    async def change_recipients(
+        self,
+        ciphertext: str,
+        sa_id: str,
+        *,
+        add: Sequence[Recipient] = (),
+        remove: Sequence[str] = (),
+        check_only: bool = False,
+    ) -> Rewrapped: ...

@@ -212,6 +212,10 @@ class Bundle:
         sealer = self.sealer(sa_id, now, post_quantum=post_quantum, expired_keys=expired_keys)
         return [sealer.seal(plaintext) for plaintext in plaintexts]
 
+    def recipient(self, now: datetime, *, post_quantum: bool = False) -> "BundleRecipient":
+        """This cluster as a recipient of a multi-recipient value: its sealing key in use."""
+        return BundleRecipient(self, self.sealing_key(now, post_quantum=post_quantum))
+
     def sealer(
         self, sa_id: str, now: datetime, *, post_quantum: bool = False, expired_keys: bool = False
     ) -> m1.Sealer:
@@ -219,6 +223,26 @@ class Bundle:
         data_key = m1.new_data_key()
         stanza = self.sealing_key(now, post_quantum=post_quantum).wrap(data_key, sa_id)
         return m1.Sealer(data_key, [stanza], sa_id, expired_keys=expired_keys)
+
+
+@dataclass(frozen=True)
+class BundleRecipient:
+    """A cluster, named by its anchor (``anchor:ed25519:…``); its stanza is HPKE to the sealing
+    key its bundle says to use."""
+
+    bundle: Bundle
+    key: SealingPublicKey
+
+    @property
+    def name(self) -> str:
+        return f"anchor:{self.bundle.anchor}"
+
+    @property
+    def kid(self) -> str:
+        return self.key.kid
+
+    async def wrap(self, secret: bytes, sa_id: str) -> m1.Stanza:
+        return self.key.wrap(secret, sa_id)
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:

@@ -46,7 +46,15 @@ from crypto.lifecycle import (
     RewrapStatus,
     State,
 )
-from crypto.sealing import Keyring, Schedule, check_identity, no_stanza_held
+from crypto.recipients import Recipient
+from crypto.sealing import (
+    Keyring,
+    Schedule,
+    change_recipients,
+    check_identity,
+    no_stanza_held,
+    only_m1,
+)
 
 # How long the KMS key version a service account's key uses now is trusted (rewrap only).
 CURRENT_VERSION_SECONDS = 30.0
@@ -89,6 +97,23 @@ class Wrapped:
     wrapped: bytes
 
 
+@dataclass(frozen=True)
+class KmsRecipient:
+    """A KMS key named explicitly as a recipient (``aws:<ARN>``, ``gcp:<CryptoKey name>``,
+    ``azure:<key URL>``), wrapped through ``manager``'s credentials."""
+
+    manager: "CloudKeyManager"
+    key_name: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.manager.kind}:{self.key_name}"
+
+    async def wrap(self, secret: bytes, sa_id: str) -> m1.Stanza:
+        wrapped = await self.manager.wrap_with_key(self.key_name, secret, sa_id)
+        return m1.Stanza(self.manager.kind, self.key_name, wrapped)
+
+
 class CloudKeyManager(ABC):
     kind: str  # the stanza kind and e1 provider name: aws, gcp, azure
     display_name: str  # for messages: AWS KMS, Google Cloud KMS, Azure Key Vault
@@ -104,8 +129,18 @@ class CloudKeyManager(ABC):
         policy: KeyPolicy | None = None,
         schedule: Schedule | None = None,
         cache: CacheLimits = OFF,
+        recipient_keys: Sequence[str] = (),
     ) -> None:
         self.sealed_output = sealed_output
+        # KMS keys named explicitly in m1 stanzas that this decryptor opens (multi-cluster values
+        # sealed with --recipient aws:<ARN> and the like): a stanza naming any other is skipped.
+        self.recipient_keys = frozenset(recipient_keys)
+        # A key version listed by mistake would make this identity's own stanzas look named.
+        if bad := sorted(k for k in self.recipient_keys if not self.is_key_name(k)):
+            raise ValueError(
+                f"KeyManagement__RecipientKeys: {bad[0][:200]!r} is not a full "
+                f"{self.display_name} key name ({self.key_name_example})"
+            )
         self.allow_legacy = allow_legacy
         self.observer = observer or NullObserver()
         for seed in wrapped_seeds:
@@ -149,6 +184,31 @@ class CloudKeyManager(ABC):
     ) -> Wrapped:
         """``data_key`` (which ``wrapped`` holds, under ``key_version``) wrapped under the
         service account's current key version."""
+
+    @abstractmethod
+    def is_key_name(self, name: str) -> bool:
+        """Whether ``name`` has the shape of a full key name of this KMS (an ARN, a CryptoKey's
+        resource name, a Key Vault key URL): a recipient named explicitly."""
+
+    @abstractmethod
+    async def wrap_with_key(self, key_name: str, secret: bytes, sa_id: str) -> bytes:
+        """``secret`` wrapped by the KMS key ``key_name`` (not the service account's own), with
+        ``sa_id`` bound as the provider binds it for its own keys."""
+
+    @abstractmethod
+    async def unwrap_with_key(self, key_name: str, wrapped: bytes, sa_id: str) -> bytes:
+        """What :meth:`wrap_with_key` wrapped; :class:`DecryptionError` if the KMS refuses it
+        for this identity."""
+
+    def recipient(self, key_name: str) -> "KmsRecipient":
+        if not self.is_key_name(key_name):
+            raise ValueError(
+                f"{key_name[:200]!r} is not a full {self.display_name} key name "
+                f"({self.key_name_example})"
+            )
+        return KmsRecipient(self, key_name)
+
+    key_name_example: str = ""
 
     @abstractmethod
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
@@ -232,10 +292,15 @@ class CloudKeyManager(ABC):
         fmt = classify(ciphertext)
         if fmt is CiphertextFormat.SEALED_V1:
             value = m1.parse(ciphertext)
-            if await self._held_sealing(value):
+            self.policy.recipients.check(value)
+            if value.threshold > 1 or await self._held_sealing(value):
+                if value.threshold > 1 and self.wrapped_seeds:
+                    await self.sealing_masters()
                 return self.sealing.opened(value, sa_id)
             stanza = self._kms_stanza(value, sa_id)
-            opener = await self._cached(m1.Opener, fmt, stanza.kid, stanza.wrapped, sa_id)
+            opener = await self._cached(
+                m1.Opener, fmt, stanza.kid, stanza.wrapped, sa_id, named=self._named(stanza)
+            )
             return Opened(opener.open(value, sa_id), stanza.kid, State.ACTIVE, fmt)
         if fmt is CiphertextFormat.ENVELOPE_V1:
             sealed = envelope.parse(ciphertext, self.kind)
@@ -266,6 +331,8 @@ class CloudKeyManager(ABC):
                 return self.sealing.rewrap(ciphertext, value, held, sa_id, check_only=check_only)
             stanza, data_key = await self._open_kms_stanza(value, sa_id)
             m1.open_value(value, data_key, sa_id)
+            if self._named(stanza):  # the KMS rotates a named key's versions behind its name
+                return Rewrapped(RewrapStatus.UNCHANGED, stanza.kid, stanza.kid, ciphertext)
             current = await self.active_key_version(sa_id)
             if stanza.kid == current:
                 return Rewrapped(RewrapStatus.UNCHANGED, stanza.kid, current, ciphertext)
@@ -273,7 +340,7 @@ class CloudKeyManager(ABC):
                 return Rewrapped(RewrapStatus.STALE, stanza.kid, current, None)
             key = await self.wrap_again(stanza.kid, stanza.wrapped, data_key, sa_id)
             fresh = m1.Stanza(self.kind, key.key_version, key.wrapped)
-            kept = [s for s in value.stanzas if s.kind != self.kind]
+            kept = [s for s in value.stanzas if s is not stanza]
             new = m1.rewrap(value, data_key, sa_id, [fresh, *kept])
             return Rewrapped(RewrapStatus.REWRAPPED, stanza.kid, key.key_version, new)
         opened = await self.open(ciphertext, sa_id)
@@ -286,6 +353,41 @@ class CloudKeyManager(ABC):
             return Rewrapped(RewrapStatus.STALE, opened.key_id, target, None)
         new, target = await self._encrypt(opened.plaintext, sa_id)
         return Rewrapped(RewrapStatus.REWRAPPED, opened.key_id, target, new)
+
+    async def change_recipients(
+        self,
+        ciphertext: str,
+        sa_id: str,
+        *,
+        add: Sequence[Recipient] = (),
+        remove: Sequence[str] = (),
+        check_only: bool = False,
+    ) -> Rewrapped:
+        """An m1 value with recipients added or removed: its data key unwrapped through the
+        stanza held here (a sealing key, this provider's own or a named key)."""
+        value = only_m1(ciphertext)
+        if value.threshold > 1:
+            raise no_stanza_held(value, "a threshold, which a decryptor does not change")
+        if await self._held_sealing(value):
+            held = self.sealing.held(value)
+            assert held is not None
+            stanza, key = held
+            check_identity(value, sa_id)
+            source, data_key = key.kid, key.unwrap(stanza, sa_id)
+        else:
+            kms_stanza, data_key = await self._open_kms_stanza(value, sa_id)
+            source = kms_stanza.kid
+        return await change_recipients(
+            value,
+            ciphertext,
+            data_key,
+            sa_id,
+            source,
+            add=add,
+            remove=remove,
+            policy=self.policy.recipients,
+            check_only=check_only,
+        )
 
     async def active_key_version(self, sa_id: str) -> str:
         """The current key version, asked once per identity per 30 s: a batch's values wait
@@ -329,16 +431,20 @@ class CloudKeyManager(ABC):
         key_version: str,
         wrapped: bytes,
         sa_id: str,
+        *,
+        named: bool = False,
     ) -> Cipher:
         """The ready cipher of the data key ``wrapped`` holds for ``sa_id``: from the data-key
-        cache, or unwrapped by the KMS (one call, however many requests ask at once)."""
+        cache, or unwrapped by the KMS (one call, however many requests ask at once).
+        ``named``: ``key_version`` is a key named explicitly, not a version of the identity's."""
         build: Callable[[bytes], m1.Opener | AESGCM] = (
             m1.Opener if cipher is m1.Opener else envelope.cipher
         )
+        unwrap_key = self.unwrap_with_key if named else self.unwrap_data_key
 
         async def unwrap() -> m1.Opener | AESGCM:
             try:
-                return build(await self.unwrap_data_key(key_version, wrapped, sa_id))
+                return build(await unwrap_key(key_version, wrapped, sa_id))
             except KeyDisabled:
                 # Its owner turned the key off: what it wrapped for this identity goes too.
                 self.data_keys.forget(sa_id, key_version)
@@ -353,16 +459,32 @@ class CloudKeyManager(ABC):
         """This provider's stanza of ``value`` and the data key it wraps for ``sa_id``: for a
         rewrap, which needs the key itself (never cached)."""
         stanza = self._kms_stanza(value, sa_id)
-        return stanza, await self.unwrap_data_key(stanza.kid, stanza.wrapped, sa_id)
+        unwrap = self.unwrap_with_key if self._named(stanza) else self.unwrap_data_key
+        return stanza, await unwrap(stanza.kid, stanza.wrapped, sa_id)
+
+    def _named(self, stanza: m1.Stanza) -> bool:
+        return stanza.kind == self.kind and stanza.kid in self.recipient_keys
 
     def _kms_stanza(self, value: m1.M1, sa_id: str) -> m1.Stanza:
-        """This provider's stanza of ``value``, checked: its shape, the key's state, and the
-        identity tag (no KMS call before all of these pass)."""
-        stanza = next((s for s in value.stanzas if s.kind == self.kind), None)
+        """This provider's stanza of ``value`` (a lookup: a key named explicitly that is
+        configured here, else one that names a version of the identity's own key; another
+        cluster's named key is skipped, never tried), checked: its shape, the key's state, and
+        the identity tag (no KMS call before all of these pass)."""
+        ours = [s for s in value.stanzas if s.kind == self.kind]
+        stanza = next((s for s in ours if self._named(s)), None) or next(
+            (s for s in ours if not self.is_key_name(s.kid)), None
+        )
         if stanza is None:
             raise no_stanza_held(
-                value, f"no {self.kind} stanza and no stanza for a sealing key this Kamus holds"
+                value,
+                f"no {self.kind} stanza for a key of this Kamus and no stanza for a sealing key "
+                "it holds",
             )
+        if self._named(stanza):
+            self.check_wrapped(stanza.kid, stanza.wrapped)
+            self.policy.check(stanza.kid)
+            check_identity(value, sa_id)
+            return stanza
         if not envelope.is_key_version(stanza.kid):
             raise MalformedCiphertext(
                 f"m1 {self.kind} stanza has a malformed key version",

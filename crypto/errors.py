@@ -35,6 +35,19 @@ class MalformedCiphertext(DecryptionError):
         return f"this is not a Kamus ciphertext: {self.fact}"
 
 
+class Refused(DecryptionError):
+    """The value and this Kamus's configuration do not go together, told before any key is used:
+    a recipient policy, or a threshold value whose groups are not held here. Said to the caller
+    as it is, with what to do; it names only recipients read from the value's header."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(reason)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 _SHOWABLE = re.compile(r"[A-Za-z0-9_-]{1,16}")
 
 

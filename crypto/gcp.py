@@ -8,6 +8,7 @@ in transit is caught.
 """
 
 import logging
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +47,14 @@ KMS = "gcp"
 # ResourceExhausted): BlockingCalls retries that, and counts each one.
 RETRYABLE = (gexc.ServiceUnavailable, gexc.InternalServerError)
 SYMMETRIC = kms.CryptoKeyVersion.CryptoKeyVersionAlgorithm.GOOGLE_SYMMETRIC_ENCRYPTION
+# A crypto key named explicitly as an m1 recipient: its full resource name. Not a version's
+# (``.../cryptoKeyVersions/<n>``): Cloud KMS decrypts with a CryptoKey, finding the version in
+# the ciphertext; nor a bare version number, which is what the stanza of a service account's
+# own key names.
+KEY_NAME = re.compile(
+    r"projects/[a-z0-9][a-z0-9.:-]{0,62}/locations/[a-z0-9-]{1,63}"
+    r"/keyRings/[A-Za-z0-9_-]{1,63}/cryptoKeys/[A-Za-z0-9_-]{1,63}"
+)
 
 
 def _rpc_status(exc: Exception) -> str | None:
@@ -93,6 +102,7 @@ class GoogleKmsKeyManager(CloudKeyManager):
     kind = KMS
     display_name = "Google Cloud KMS"
     legacy_reads = "legacy Kamus base64 values"
+    key_name_example = "projects/<project>/locations/<location>/keyRings/<ring>/cryptoKeys/<key>"
 
     def __init__(
         self,
@@ -112,6 +122,7 @@ class GoogleKmsKeyManager(CloudKeyManager):
         policy: KeyPolicy | None = None,
         schedule: Schedule | None = None,
         cache: CacheLimits = OFF,
+        recipient_keys: Sequence[str] = (),
     ) -> None:
         super().__init__(
             sealed_output=sealed_output,
@@ -121,6 +132,7 @@ class GoogleKmsKeyManager(CloudKeyManager):
             schedule=schedule,
             cache=cache,
             observer=calls.observer,
+            recipient_keys=recipient_keys,
         )
         self._client = client
         self._calls = calls
@@ -270,16 +282,38 @@ class GoogleKmsKeyManager(CloudKeyManager):
         response = await self._wrap(self.key_name(sa_id), data_key, sa_id)
         return Wrapped(data_key, response.name.rsplit("/", 1)[-1], response.ciphertext)
 
+    def is_key_name(self, name: str) -> bool:
+        return KEY_NAME.fullmatch(name) is not None
+
+    async def wrap_with_key(self, key_name: str, secret: bytes, sa_id: str) -> bytes:
+        """``Encrypt`` with the crypto key ``key_name`` (its primary version), the identity as
+        additional authenticated data, CRC32C-checked both ways."""
+        self._check_named(key_name)
+        ciphertext: bytes = (await self._wrap(key_name, secret, sa_id)).ciphertext
+        return ciphertext
+
+    async def unwrap_with_key(self, key_name: str, wrapped: bytes, sa_id: str) -> bytes:
+        self._check_named(key_name)
+        return await self._unwrap(wrapped, sa_id, sa_id.encode("utf-8"), key_name)
+
+    def _check_named(self, key_name: str) -> None:
+        if not self.is_key_name(key_name):
+            raise KeyManagerUnavailable(
+                f"{key_name[:200]!r} is not a full Cloud KMS crypto key name "
+                f"({self.key_name_example})"
+            )
+
     async def open_legacy(self, ciphertext: str, sa_id: str, fmt: CiphertextFormat) -> bytes:
         if fmt is not CiphertextFormat.LEGACY_RAW:
             raise self.unreadable(ciphertext)
         # Kamus encrypted the UTF-8 value itself under the key, without AAD.
         return await self._unwrap(b64_decode(ciphertext), sa_id, b"")
 
-    async def _unwrap(self, blob: bytes, sa_id: str, aad: bytes) -> bytes:
+    async def _unwrap(self, blob: bytes, sa_id: str, aad: bytes, name: str = "") -> bytes:
+        """Decrypt with the crypto key ``name``, by default the service account's own."""
         self.check_wrapped("", blob)
         request = {
-            "name": self.key_name(sa_id),
+            "name": name or self.key_name(sa_id),
             "ciphertext": blob,
             "additional_authenticated_data": aad,
             "ciphertext_crc32c": _crc(blob),

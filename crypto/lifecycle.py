@@ -17,12 +17,13 @@ data key (AWS: the key's id; GCP: the version number; Azure: the version).
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from crypto import m1
 from crypto.errors import DecryptionError, MalformedCiphertext
 from crypto.formats import CiphertextFormat, classify
+from crypto.recipients import RecipientPolicy
 
 LEGACY_KEY_ID = "legacy"  # Kamus's KMS values name no key version
 
@@ -67,13 +68,24 @@ class LegacyNeedsIdentity(DecryptionError):
 
 @dataclass(frozen=True)
 class KeyPolicy:
-    """The operator's word on keys: which are retired."""
+    """The operator's word on keys: which are retired, and which recipients an m1 value must,
+    or must not, carry."""
 
     retired: frozenset[str] = frozenset()
+    recipients: RecipientPolicy = field(default_factory=RecipientPolicy)
 
     @classmethod
-    def of(cls, retired: Iterable[str]) -> "KeyPolicy":
-        return cls(frozenset(k.strip() for k in retired if k.strip()))
+    def of(
+        cls,
+        retired: Iterable[str],
+        *,
+        required: Iterable[str] = (),
+        forbidden: Iterable[str] = (),
+    ) -> "KeyPolicy":
+        def clean(items: Iterable[str]) -> tuple[str, ...]:
+            return tuple(k.strip() for k in items if k.strip())
+
+        return cls(frozenset(clean(retired)), RecipientPolicy(clean(required), clean(forbidden)))
 
     def check(self, key_id: str) -> None:
         if key_id in self.retired:

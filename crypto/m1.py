@@ -14,6 +14,10 @@ docs/ciphertext-format.md)::
   the identity and the commitment but not the stanzas, so rewrapping never touches the payload.
 * Key-committing: the commitment and the MAC pin ``K``; a stanza that unwraps to any other key
   fails before the payload is opened, so every recipient reads the same plaintext or nothing.
+* Any one stanza opens a value by default. With a threshold ``t`` (header field ``t``), ``K`` is
+  split with Shamir's scheme into one share per recipient *group* (stanza field ``g``), and shares
+  of ``t`` groups are needed: the commitment still pins ``K``, so a forged share fails the same
+  way.
 
 Nothing here knows how a stanza is wrapped or unwrapped: :mod:`crypto.sealing` does HPKE.
 """
@@ -43,10 +47,12 @@ TAG_SIZE = 16
 MAC_SIZE = 32
 MAX_HEADER_BYTES = 64 * 1024  # a post-quantum stanza is about 1.2 KB
 MAX_STANZAS = 32
+MAX_GROUPS = 32
 _KIND = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _KID = re.compile(r"[\x21-\x7e]{1,512}")  # printable ASCII: HPKE kids, KMS ARNs, Key Vault URLs
 _TAG = re.compile(r"[0-9a-f]{8}")
-_FIELDS = {"c", "id", "s", "xk"}
+_FIELDS = {"c", "id", "s", "xk", "t"}
+_GROUP = re.compile(r"[1-9][0-9]?")
 
 
 def split_identity(sa_id: str) -> tuple[str, str]:
@@ -86,11 +92,18 @@ class Stanza:
     kid: str
     wrapped: bytes
     extra: tuple[tuple[str, str], ...] = ()
+    group: int | None = None  # with a threshold: the group whose share it wraps
+
+    @property
+    def name(self) -> str:
+        """How messages and recipient policies name it: ``<kind>:<kid>``."""
+        return f"{self.kind}:{self.kid}"
 
     def to_json(self) -> dict[str, str]:
         return {
             "k": self.kind,
             "kid": self.kid,
+            **({"g": str(self.group)} if self.group is not None else {}),
             "w": b64url_encode(self.wrapped),
             **dict(self.extra),
         }
@@ -129,27 +142,89 @@ class M1:
     expired_keys: bool
     mac: bytes
     payload: bytes = field(repr=False)
+    threshold: int = 1
 
     def stanza_for(self, owns: Callable[[Stanza], bool]) -> Stanza | None:
         return next((s for s in self.stanzas if owns(s)), None)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The stanza kinds present, each once: what a decrypt audit line shows."""
+        return sorted({s.kind for s in self.stanzas})
+
+    @property
+    def groups(self) -> dict[int, list[Stanza]]:
+        """With a threshold, the stanzas of each group."""
+        out: dict[int, list[Stanza]] = {}
+        for stanza in self.stanzas:
+            out.setdefault(stanza.group or 0, []).append(stanza)
+        return dict(sorted(out.items()))
 
 
 def new_data_key() -> bytes:
     return os.urandom(DATA_KEY_SIZE)
 
 
+def split_data_key(data_key: bytes, groups: int, threshold: int) -> list[bytes]:
+    """``K`` in shares, one per group (group ``i`` gets the ``i``-th), any ``threshold`` of which
+    give it back. pycryptodome's Shamir works on 16-byte secrets (GF(2^128)), so each half of
+    ``K`` is split alone, at the same points."""
+    from Crypto.Protocol.SecretSharing import Shamir  # threshold values are rare: loaded then
+
+    if not 2 <= threshold <= groups <= MAX_GROUPS:
+        raise ValueError(f"a threshold is 2 to the number of groups (at most {MAX_GROUPS})")
+    halves = [Shamir.split(threshold, groups, data_key[i : i + 16]) for i in (0, 16)]
+    return [low + high for (_, low), (_, high) in zip(*halves, strict=True)]
+
+
+def combine_shares(shares: dict[int, bytes]) -> bytes:
+    """``K`` from shares by group number: exactly a threshold's worth, each 32 bytes."""
+    from Crypto.Protocol.SecretSharing import Shamir
+
+    if any(len(share) != DATA_KEY_SIZE for share in shares.values()):
+        raise DecryptionError("an unwrapped share has the wrong size")
+    return b"".join(
+        Shamir.combine([(group, share[i : i + 16]) for group, share in shares.items()])
+        for i in (0, 16)
+    )
+
+
+def _check_groups(stanzas: Sequence[Stanza], threshold: int) -> None:
+    grouped = [s.group for s in stanzas]
+    if threshold == 1:
+        if any(g is not None for g in grouped):
+            raise ValueError("stanzas have groups only with a threshold")
+        return
+    if any(g is None for g in grouped):
+        raise ValueError("with a threshold, every stanza names its group")
+    # Numbers, not positions: a share is the polynomial at its group's number, so a group whose
+    # stanzas were all removed leaves a gap.
+    numbers = set(grouped)
+    if not all(1 <= g <= MAX_GROUPS for g in numbers if g) or len(numbers) < threshold:
+        raise ValueError(
+            f"the value needs shares of {threshold} groups but would hold {len(numbers)}"
+        )
+
+
 def _header_text(
-    data_key_commitment: bytes, sa_id: str, stanzas: Sequence[Stanza], expired_keys: bool
+    data_key_commitment: bytes,
+    sa_id: str,
+    stanzas: Sequence[Stanza],
+    expired_keys: bool,
+    threshold: int = 1,
 ) -> str:
     if not stanzas:
         raise ValueError("an m1 value needs at least one stanza")
     if len(stanzas) > MAX_STANZAS:
         raise ValueError(f"an m1 value holds at most {MAX_STANZAS} stanzas")
+    _check_groups(stanzas, threshold)
     header: dict[str, object] = {
         "c": b64url_encode(data_key_commitment),
         "id": identity_tag(sa_id),
         "s": [s.to_json() for s in stanzas],
     }
+    if threshold > 1:
+        header["t"] = threshold
     if expired_keys:
         header["xk"] = True  # sealed to an expired bundle on purpose: reviewers should see it
     return b64url_encode(json.dumps(header, separators=(",", ":")).encode("utf-8"))
@@ -166,9 +241,10 @@ class Sealer:
         sa_id: str,
         *,
         expired_keys: bool = False,
+        threshold: int = 1,
     ) -> None:
         keys = derive_keys(data_key)
-        header = _header_text(keys.commitment, sa_id, stanzas, expired_keys)
+        header = _header_text(keys.commitment, sa_id, stanzas, expired_keys, threshold)
         self._prefix = f"{M1_HEADER}{header}${b64url_encode(_mac(keys, header))}$"
         self._cipher = AESGCM(keys.payload)
         self._aad = payload_aad(sa_id, keys.commitment)
@@ -187,9 +263,10 @@ def seal(
     sa_id: str,
     *,
     expired_keys: bool = False,
+    threshold: int = 1,
 ) -> list[str]:
     """m1 values of ``plaintexts`` under one data key: one header and one MAC for all."""
-    sealer = Sealer(data_key, stanzas, sa_id, expired_keys=expired_keys)
+    sealer = Sealer(data_key, stanzas, sa_id, expired_keys=expired_keys, threshold=threshold)
     return [sealer.seal(plaintext) for plaintext in plaintexts]
 
 
@@ -214,8 +291,11 @@ def _parse_stanza(raw: object) -> Stanza:
         raise _malformed("header has a stanza without a valid key id")
     if not isinstance(wrapped, str) or not wrapped:
         raise _malformed("header has a stanza without a wrapped key")
-    extra = tuple(sorted((k, v) for k, v in raw.items() if k not in ("k", "kid", "w")))
-    return Stanza(kind, kid, b64url_decode(wrapped), extra)
+    group = raw.get("g")
+    if group is not None and not _GROUP.fullmatch(group):
+        raise _malformed("header has a stanza with a malformed group")
+    extra = tuple(sorted((k, v) for k, v in raw.items() if k not in ("k", "kid", "w", "g")))
+    return Stanza(kind, kid, b64url_decode(wrapped), extra, int(group) if group else None)
 
 
 def parse(ciphertext: str) -> M1:
@@ -243,19 +323,28 @@ def parse(ciphertext: str) -> M1:
         raise _malformed(f"header does not hold 1 to {MAX_STANZAS} stanzas")
     if expired not in (None, True):
         raise _malformed("expired-keys flag is malformed")
+    threshold = header.get("t", 1)
+    if type(threshold) is not int or not (2 if "t" in header else 1) <= threshold <= MAX_GROUPS:
+        raise _malformed("threshold is malformed")
     mac, payload = b64url_decode(mac_text), b64url_decode(payload_text)
     if len(mac) != MAC_SIZE:
         raise _malformed("MAC has the wrong length")
     if len(payload) < NONCE_SIZE + TAG_SIZE:
         raise _malformed("payload is shorter than a nonce and a tag")
+    parsed = tuple(_parse_stanza(s) for s in stanzas)
+    try:
+        _check_groups(parsed, threshold)
+    except ValueError:
+        raise _malformed("stanza groups do not match its threshold") from None
     return M1(
         header_text=header_text,
         identity_tag=tag,
         commitment=commitment_bytes,
-        stanzas=tuple(_parse_stanza(s) for s in stanzas),
+        stanzas=parsed,
         expired_keys=expired is True,
         mac=mac,
         payload=payload,
+        threshold=threshold,
     )
 
 
@@ -299,5 +388,5 @@ def rewrap(value: M1, data_key: bytes, sa_id: str, stanzas: Sequence[Stanza]) ->
     the header must commit to, and never the plaintext."""
     open_value(value, data_key, sa_id)  # the payload must open as sa_id, or nothing is rewritten
     keys = derive_keys(data_key)
-    header = _header_text(keys.commitment, sa_id, stanzas, value.expired_keys)
+    header = _header_text(keys.commitment, sa_id, stanzas, value.expired_keys, value.threshold)
     return f"{M1_HEADER}{header}${b64url_encode(_mac(keys, header))}${b64url_encode(value.payload)}"

@@ -17,7 +17,7 @@
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -30,9 +30,18 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto import m1
 from crypto.datakeys import DataKeyCache, EntryKey
-from crypto.errors import DecryptionError, MalformedCiphertext
+from crypto.errors import DecryptionError, MalformedCiphertext, Refused
 from crypto.formats import CiphertextFormat
 from crypto.lifecycle import KeyPolicy, Opened, RetiredKey, Rewrapped, RewrapStatus, State
+from crypto.recipients import (
+    OpenedOffline,
+    Recipient,
+    RecipientPolicy,
+    Unwrap,
+    check_held,
+    gather_data_key,
+    restanza,
+)
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 DEFAULT_PERIOD = timedelta(days=90)
@@ -276,6 +285,22 @@ class Keyring:
                 return key
         return None
 
+    def _owned(self, stanza: m1.Stanza) -> SealingPrivateKey | None:
+        """The key of an HPKE stanza, if held here and not retired: a lookup by key id."""
+        key = self.find(stanza.kid) if stanza.kind.startswith("hpke-") else None
+        if key is None or stanza.kind != key.suite.stanza_kind or key.kid in self.policy.retired:
+            return None
+        return key
+
+    def unwrapper(self, sa_id: str) -> Callable[[m1.Stanza], Unwrap | None]:
+        """For :func:`crypto.recipients.gather_data_key`: how each stanza held here opens."""
+
+        def owned(stanza: m1.Stanza) -> Unwrap | None:
+            key = self._owned(stanza)
+            return None if key is None else functools.partial(key.unwrap, stanza, sa_id)
+
+        return owned
+
     def held(self, value: m1.M1) -> tuple[m1.Stanza, SealingPrivateKey] | None:
         """The first stanza naming a sealing key held here and not retired, and the key: a
         lookup by key id. Only retired keys held: :class:`RetiredKey`, a shape fact too."""
@@ -316,6 +341,9 @@ class Keyring:
 
     def opened(self, value: m1.M1, sa_id: str) -> Opened:
         """An m1 value opened through the stanza held here, with the key's id and state."""
+        self.policy.recipients.check(value)
+        if value.threshold > 1:
+            return self._opened_threshold(value, sa_id)
         held = self.held(value)
         if held is None:
             raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")
@@ -325,6 +353,21 @@ class Keyring:
         entry = EntryKey.of(stanza.kind, fmt.value, key.kid, stanza.wrapped, sa_id)
         opener = self.data_keys.get_now(entry, lambda: m1.Opener(key.unwrap(stanza, sa_id)))
         assert isinstance(opener, m1.Opener)  # the format is part of the entry's key
+        return Opened(opener.open(value, sa_id), key.kid, self.state(key), fmt)
+
+    def _opened_threshold(self, value: m1.M1, sa_id: str) -> Opened:
+        """A threshold value, from shares of the groups whose sealing keys are held here."""
+        owned = self.unwrapper(sa_id)
+        check_held(value, owned)
+        check_identity(value, sa_id)
+        fmt = CiphertextFormat.SEALED_V1
+        first = next(s for s in value.stanzas if owned(s))
+        # The whole header names the shares: its text is the entry's "wrapped key".
+        entry = EntryKey.of("threshold", fmt.value, first.kid, value.header_text.encode(), sa_id)
+        opener = self.data_keys.get_now(entry, lambda: m1.Opener(gather_data_key(value, owned)[0]))
+        assert isinstance(opener, m1.Opener)
+        key = self._owned(first)
+        assert key is not None
         return Opened(opener.open(value, sa_id), key.kid, self.state(key), fmt)
 
     def rewrap(
@@ -340,6 +383,12 @@ class Keyring:
         the same suite. The payload is unchanged, the other stanzas (other clusters', KMS ones)
         are kept, and the value must open as ``sa_id`` first."""
         stanza, key = held
+        if value.threshold > 1:
+            raise Refused(
+                "m1 threshold value: not rewrapped by a decryptor",
+                "a threshold value is rewrapped offline, by holders of enough of its groups' "
+                "keys (kamus recipients add/remove --identity)",
+            )
         check_identity(value, sa_id)
         data_key = key.unwrap(stanza, sa_id)
         m1.open_value(value, data_key, sa_id)
@@ -391,3 +440,46 @@ def no_stanza_held(value: m1.M1, fact: str) -> MalformedCiphertext:
         "m1 ciphertext has no stanza for a key held here",
         f"it has {fact}" + (f" (it names {', '.join(named)})" if named else ""),
     )
+
+
+async def change_recipients(
+    value: m1.M1,
+    ciphertext: str,
+    data_key: bytes,
+    sa_id: str,
+    source: str,
+    *,
+    add: Sequence[Recipient],
+    remove: Sequence[str],
+    policy: RecipientPolicy,
+    check_only: bool,
+) -> Rewrapped:
+    """``value`` (whose ``data_key`` a stanza held here, ``source``, unwrapped) with stanzas for
+    ``add`` and without those matching ``remove``: the payload stays. Refused if the result would
+    break this cluster's recipient policy, or leave nobody able to open it."""
+    m1.open_value(value, data_key, sa_id)
+    stanzas = [await r.wrap(data_key, sa_id) for r in add]
+    opened = OpenedOffline(sa_id, data_key, ())
+    try:
+        new = restanza(value, opened, add=stanzas, remove=remove)
+    except ValueError as exc:
+        raise Refused("m1 recipient change refused", str(exc)) from None
+    if new is None:
+        return Rewrapped(RewrapStatus.UNCHANGED, source, source, ciphertext)
+    policy.check(m1.parse(new))
+    if check_only:
+        return Rewrapped(RewrapStatus.STALE, source, source, None)
+    return Rewrapped(RewrapStatus.REWRAPPED, source, source, new)
+
+
+def only_m1(ciphertext: str) -> m1.M1:
+    """An m1 value to change the recipients of; any other format has none."""
+    from crypto.formats import classify
+
+    if classify(ciphertext) is not CiphertextFormat.SEALED_V1:
+        raise Refused(
+            "not an m1 value: it has no recipients",
+            "only m1 values have recipients to add or remove: move this one to m1 first "
+            "(kamus rewrap)",
+        )
+    return m1.parse(ciphertext)

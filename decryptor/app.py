@@ -23,7 +23,7 @@ from crypto.errors import KeyManagerUnavailable
 from crypto.lifecycle import RetiredKey, State
 from decryptor.rewrap import REWRAP_PATH, RewrapCallers
 from decryptor.rewrap import router as rewrap_router
-from decryptor.values import entered, undecryptable
+from decryptor.values import entered, stanza_kinds, undecryptable
 from kamus.server.errors import ConfigurationError
 from kamus.server.health import Dependency, WatchedKeyManager, readiness
 from kamus.server.identity import parse_service_account_user, sa_id
@@ -225,6 +225,8 @@ async def decrypt(body: DecryptRequest, request: Request, identity: Caller) -> R
     state = state_of(request)
     ciphertext = entered(body.data)
     annotate(request, format=str(classify(ciphertext)))
+    if kinds := stanza_kinds(ciphertext):
+        annotate(request, stanzas=",".join(kinds))
     try:
         plaintext = await state.open_value(ciphertext, identity)
     except DecryptionError as exc:
@@ -276,10 +278,12 @@ async def decrypt_batch(
     check_batch_size(request, body.items, state.settings)
     slots = asyncio.Semaphore(state.settings.server.batch_concurrency)
     reasons: list[str] = []
+    kinds: set[str] = set()
 
     async def one(ciphertext: str) -> BatchItem:
         async with slots:
             try:
+                kinds.update(stanza_kinds(entered(ciphertext)))
                 plaintext = await state.open_value(entered(ciphertext), identity)
             except DecryptionError as exc:
                 reasons.append(exc.reason)
@@ -294,6 +298,8 @@ async def decrypt_batch(
     except KeyManagerUnavailable as exc:
         raise key_manager_unavailable(request, exc, state.settings) from None
     annotate(request, items=len(results), failed=len(reasons))
+    if kinds:
+        annotate(request, stanzas=",".join(sorted(kinds)))
     if reasons:
         annotate(request, reason="; ".join(sorted(set(reasons)))[:500])
     return BatchResponse(items=dict(zip(body.items, results, strict=True)))

@@ -21,6 +21,7 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -28,7 +29,10 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from crypto import DecryptionError
+from crypto.bundle import Bundle, BundleError
+from crypto.bundle import load as load_bundle
 from crypto.errors import KeyManagerUnavailable
+from crypto.recipients import AGE_KIND, KMS_KINDS, AgeRecipient, Recipient
 from decryptor.values import entered, undecryptable
 from kamus.server.errors import ConfigurationError
 from kamus.server.health import Dependency, WatchedKeyManager
@@ -68,6 +72,9 @@ PERMISSION = {"group": "soluto.com", "resource": "kamussecrets", "verb": "update
 LEGACY_PERMISSION = {**PERMISSION, "subresource": "legacy"}
 
 
+RecipientName = Annotated[str, Field(min_length=1, max_length=600, pattern=r"^[!-~]+$")]
+
+
 class RewrapRequest(BaseModel):
     model_config = ConfigDict(validate_by_name=False, validate_by_alias=True, extra="forbid")
 
@@ -87,6 +94,32 @@ class RewrapRequest(BaseModel):
         description="Only check: say whether each value opens for the identity and whether a "
         "rewrap would change it; no value is returned.",
     )
+    add_recipients: list[RecipientName] = Field(
+        [],
+        alias="addRecipients",
+        max_length=16,
+        description="Instead of moving values to the active key, add these recipients to each m1 "
+        "value: age:age1…, aws:<key ARN>, gcp:<CryptoKey name>, azure:<key URL>. Each must be "
+        "listed in Decryptor__AllowedRecipients.",
+    )
+    add_bundles: list[Annotated[str, Field(max_length=65_536)]] = Field(
+        [],
+        alias="addBundles",
+        max_length=8,
+        description="Clusters to add as recipients: their signed key bundles (the JSON text), "
+        "each signed by an anchor listed in Decryptor__AllowedRecipients as anchor:ed25519:….",
+    )
+    remove_recipients: list[RecipientName] = Field(
+        [],
+        alias="removeRecipients",
+        max_length=16,
+        description="Remove the stanzas matching these <kind>:<key id> patterns (* matches "
+        "anything), e.g. age:* or hpke-x25519:x25519:g3:*.",
+    )
+
+    @property
+    def changes_recipients(self) -> bool:
+        return bool(self.add_recipients or self.add_bundles or self.remove_recipients)
 
 
 class RewrapItem(BaseModel):
@@ -314,7 +347,14 @@ async def rewrap(
     annotate(request, namespace=body.namespace, service_account=body.service_account)
     check_batch_size(request, body.items, state.settings)
     callers.charge(request, caller, len(body.items), paid=1)
+    if body.changes_recipients and body.upgrade_legacy:
+        raise ApiError(
+            400, "invalid-request", "upgradeLegacy and a change of recipients go in separate calls"
+        )
     await callers.authorize(request, caller, body.namespace, legacy=body.upgrade_legacy)
+    additions: list[Recipient] = []
+    if body.changes_recipients:
+        additions = allowed_additions(request, body, state)
     slots = asyncio.Semaphore(state.settings.server.batch_concurrency)
     counted: dict[str, int] = {}
     reasons: list[str] = []
@@ -322,12 +362,21 @@ async def rewrap(
     async def one(ciphertext: str) -> RewrapItem:
         async with slots:
             try:
-                result = await state.keys.rewrap(
-                    entered(ciphertext),
-                    identity,
-                    upgrade_legacy=body.upgrade_legacy,
-                    check_only=body.check,
-                )
+                if body.changes_recipients:
+                    result = await state.keys.change_recipients(
+                        entered(ciphertext),
+                        identity,
+                        add=additions,
+                        remove=body.remove_recipients,
+                        check_only=body.check,
+                    )
+                else:
+                    result = await state.keys.rewrap(
+                        entered(ciphertext),
+                        identity,
+                        upgrade_legacy=body.upgrade_legacy,
+                        check_only=body.check,
+                    )
             except DecryptionError as exc:
                 reasons.append(exc.reason)
                 counted["failed"] = counted.get("failed", 0) + 1
@@ -352,3 +401,65 @@ async def rewrap(
     if reasons:
         annotate(request, reason="; ".join(sorted(set(reasons)))[:500])
     return RewrapResponse(items=dict(zip(body.items, results, strict=True)))
+
+
+def allowed_additions(
+    request: Request, body: RewrapRequest, state: RewrapService
+) -> list[Recipient]:
+    """The recipients to add, each one the operator allows (``Decryptor__AllowedRecipients``):
+    whoever may rewrap must never add a key of their own and then read the values with it."""
+    allowed = set(state.settings.decryptor.allowed_recipients)
+    added: list[Recipient] = []
+    annotate(request, recipients_added=len(body.add_recipients) + len(body.add_bundles))
+    for spec in body.add_recipients:
+        if spec not in allowed:
+            annotate(request, reason="recipient not in Decryptor__AllowedRecipients")
+            raise ApiError(
+                403,
+                "recipient-not-allowed",
+                f"{spec[:100]} is not in Decryptor__AllowedRecipients: through the decryptor, only "
+                "the recipients the operator lists there may be added (add others offline, with "
+                "a key that opens the values)",
+            )
+        kind, _, key = spec.partition(":")
+        try:
+            if kind == AGE_KIND:
+                added.append(AgeRecipient(key))
+                continue
+            recipient = state.keys.kms_recipient(spec) if kind in KMS_KINDS else None
+        except ValueError as exc:
+            raise ApiError(400, "invalid-request", f"recipient {spec[:100]}: {exc}") from None
+        if recipient is None:
+            raise ApiError(
+                400,
+                "invalid-request",
+                f"this decryptor cannot wrap for {kind[:20]} recipients: its provider is another "
+                "(add it offline with kamus recipients add --identity)",
+            )
+        added.append(recipient)
+    anchors = [a.removeprefix("anchor:") for a in allowed if a.startswith("anchor:")]
+    now = datetime.now(UTC)
+    for n, text in enumerate(body.add_bundles, 1):
+        loaded = next((b for a in anchors if (b := _bundle_under(text, a)) is not None), None)
+        if loaded is None:
+            annotate(request, reason="bundle anchor not in Decryptor__AllowedRecipients")
+            raise ApiError(
+                403,
+                "recipient-not-allowed",
+                f"key bundle {n} is not signed by an anchor listed in "
+                "Decryptor__AllowedRecipients (anchor:ed25519:…), or its signature does not hold",
+            )
+        if loaded.expiry(now)[0] == "expired":
+            raise ApiError(400, "invalid-request", f"key bundle {n} has expired: send a current one")
+        try:
+            added.append(loaded.recipient(now))
+        except BundleError as exc:
+            raise ApiError(400, "invalid-request", f"key bundle {n}: {exc}") from None
+    return added
+
+
+def _bundle_under(text: str, anchor: str) -> Bundle | None:
+    try:
+        return load_bundle(text, anchor)
+    except BundleError:
+        return None

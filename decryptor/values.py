@@ -2,7 +2,8 @@
 
 import string
 
-from crypto import DecryptionError, MalformedCiphertext
+from crypto import DecryptionError, MalformedCiphertext, m1
+from crypto.errors import Refused
 from crypto.lifecycle import LegacyNeedsIdentity, RetiredKey
 
 
@@ -17,9 +18,20 @@ def entered(ciphertext: str) -> str:
 def undecryptable(identity: str, exc: DecryptionError) -> str:
     """What the caller is told: a shape fact as it is, anything a key decided as one message
     (crypto.errors says why)."""
-    if isinstance(exc, MalformedCiphertext | RetiredKey | LegacyNeedsIdentity):
+    if isinstance(exc, MalformedCiphertext | RetiredKey | LegacyNeedsIdentity | Refused):
         return str(exc)
     return (
         f"the data cannot be decrypted as {identity}; check that it was encrypted for this "
         "namespace and service account with this Kamus's key"
     )
+
+
+def stanza_kinds(ciphertext: str) -> list[str]:
+    """The recipient kinds an m1 value carries (its audit line shows them, so an operator sees
+    which values a break-glass key could open); nothing for other formats or a bad header."""
+    if not ciphertext.startswith(m1.M1_HEADER):
+        return []
+    try:
+        return m1.parse(ciphertext).kinds
+    except MalformedCiphertext:
+        return []

@@ -8,7 +8,7 @@ bundle file vouches for its own signature, and its fingerprint is shown so that 
 compare it, since whoever could change the file could change the keys in it.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,64 +215,6 @@ def check_identity(namespace: str, service_account: str) -> str:
         except ValueError as exc:
             raise UsageError(f"{name} {value[:80]!r} {exc}") from None
     return sa_id(namespace, service_account)
-
-
-@dataclass(frozen=True)
-class OfflineSealer:
-    """Seals to a verified bundle: one data key and one HPKE operation per call."""
-
-    bundle: bundle.Bundle
-    when: datetime
-    post_quantum: bool
-    expired_keys: bool
-
-    @property
-    def kid(self) -> str:
-        """The key it seals to."""
-        try:
-            return self.bundle.sealing_key(self.when, post_quantum=self.post_quantum).kid
-        except bundle.BundleError as exc:
-            raise BundleRefused(str(exc)) from None
-
-    def seal(self, identity: str, plaintexts: Sequence[str]) -> list[str]:
-        if not plaintexts:
-            return []
-        try:
-            return self.bundle.seal(
-                [p.encode("utf-8") for p in plaintexts],
-                identity,
-                self.when,
-                post_quantum=self.post_quantum,
-                expired_keys=self.expired_keys,
-            )
-        except bundle.BundleError as exc:
-            raise BundleRefused(str(exc)) from None
-
-    def seal_values(
-        self, namespace: str, service_account: str, values: Mapping[str, str]
-    ) -> dict[str, str]:
-        """One Secret's values for one identity, under one data key."""
-        identity = check_identity(namespace, service_account)
-        names = list(values)
-        return dict(zip(names, self.seal(identity, [values[n] for n in names]), strict=True))
-
-
-def load_for_sealing(
-    keys: str,
-    pin: Pin | None,
-    connect: Callable[[str], KamusClient],
-    warn: Warn,
-    *,
-    allow_expired: bool,
-    post_quantum: bool,
-    when: datetime,
-) -> OfflineSealer:
-    """The sealer for ``--keys FILE|URL``, after every check ``--offline`` makes."""
-    loaded = load_verified(keys, pin, connect, warn)
-    expired = check_expiry(loaded, when, warn, allow_expired=allow_expired, refuse=True)
-    sealer = OfflineSealer(loaded, when, post_quantum, expired_keys=expired)
-    _ = sealer.kid  # a bundle without a usable key of the suite is refused before any sealing
-    return sealer
 
 
 def load_verified(

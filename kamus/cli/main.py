@@ -23,7 +23,7 @@ from kamus.server.logs import configure_logging
 from kamus.server.services import NAMES, SERVICES, Service, ServiceName
 
 if TYPE_CHECKING:
-    from kamus.cli.keys import OfflineSealer
+    from kamus.cli.recipients import Sealing
 
 # The service modules (settings, providers, FastAPI) load only in `kamus serve`: `kamus init`
 # runs at every pod start, and importing them cost it more time than decrypting.
@@ -360,28 +360,53 @@ class Connection:
 
 @dataclass(frozen=True)
 class Offline:
-    """``--offline`` and its options: seal to a signed key bundle, with no encryptor."""
+    """``--offline`` and its options: seal to signed key bundles and other recipients, with no
+    encryptor."""
 
     offline: bool
-    keys: str | None
-    trust_anchor: str | None
+    keys: tuple[str, ...]
+    recipient: tuple[str, ...]
+    threshold: int | None
+    trust_anchor: tuple[str, ...]
     allow_expired_keys: bool
     post_quantum: bool
     pin_from_env: bool = False
 
-    def sealer(self, connection: Connection) -> "OfflineSealer":
-        """The verified bundle of ``--keys``, ready to seal; its warnings go to stderr."""
-        from kamus.cli.keys import find_pin, load_for_sealing, now
+    def sealer(self, connection: Connection, target: Path) -> "Sealing":
+        """The recipients of the command line, else of the ``.kamus.yaml`` rule for ``target``
+        (what is being sealed), every bundle verified; warnings go to stderr."""
+        from kamus.cli.keys import find_pin, now, project_pin
+        from kamus.cli.recipients import Choice, prepare, rule_for
 
-        assert self.keys is not None
-        return load_for_sealing(
-            self.keys,
-            find_pin(self.trust_anchor, from_env=self.pin_from_env),
+        if self.keys or self.recipient:
+            choice = Choice.of_options(self.keys, self.recipient, self.threshold)
+        else:
+            if self.threshold:
+                raise UsageError("--threshold goes with the recipients it splits the key among")
+            found = rule_for(target)
+            if found is None:
+                raise UsageError(
+                    "--offline needs --keys FILE|URL (or $KAMUS_KEYS): the cluster's signed key "
+                    "bundle, e.g. from kamus keys fetch -u https://kamus.example.com -o keys.json; "
+                    "or --recipient, or a recipients rule in .kamus.yaml whose path matches "
+                    f"{target}"
+                )
+            choice = found
+        pins = [
+            pin
+            for anchor in self.trust_anchor
+            if (pin := find_pin(anchor, from_env=self.pin_from_env)) is not None
+        ]
+        if not pins and not choice.pins and (top := project_pin()) is not None:
+            pins = [top]
+        return prepare(
+            choice,
+            pins,
             connection.public,
             _say,
+            when=now(),
             allow_expired=self.allow_expired_keys,
             post_quantum=self.post_quantum,
-            when=now(),
         )
 
 
@@ -394,7 +419,14 @@ _OFFLINE = tuple(field.name for field in fields(Offline) if field.name != "pin_f
 # Options that only mean something with an encryptor: given on the command line with --offline,
 # they are a mistake worth stopping for (from the environment, they are left unused).
 _ONLINE_ONLY = ("kamus_url", "kubeconfig_token", "kube_context", "token_file")
-_OFFLINE_ONLY = ("keys", "trust_anchor", "allow_expired_keys", "post_quantum")
+_OFFLINE_ONLY = (
+    "keys",
+    "recipient",
+    "threshold",
+    "trust_anchor",
+    "allow_expired_keys",
+    "post_quantum",
+)
 
 
 def _flag(name: str) -> str:
@@ -412,11 +444,6 @@ def _check_modes(ctx: click.Context, connection: Connection, offline: Offline) -
             raise UsageError(
                 f"--offline contacts no encryptor, so {', '.join(map(_flag, clash))} has no use: "
                 "drop it (the keys come from --keys)"
-            )
-        if not offline.keys:
-            raise UsageError(
-                "--offline needs --keys FILE|URL (or $KAMUS_KEYS): the cluster's signed key "
-                "bundle, e.g. from kamus keys fetch -u https://kamus.example.com -o keys.json"
             )
     elif clash := [n for n in _OFFLINE_ONLY if n in given]:
         raise UsageError(f"{', '.join(map(_flag, clash))} goes with --offline")
@@ -538,10 +565,31 @@ def client_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--keys",
             envvar="KAMUS_KEYS",
-            help="With --offline: the key bundle, a file or an https URL (or $KAMUS_KEYS). A URL "
-            "needs a pinned anchor (--trust-anchor).",
+            multiple=True,
+            help="With --offline: a cluster's key bundle, a file or an https URL (or $KAMUS_KEYS). "
+            "A URL needs a pinned anchor (--trust-anchor). Repeat it for several clusters: any "
+            "one of them opens the value.",
         ),
-        _TRUST_ANCHOR,
+        click.option(
+            "--recipient",
+            multiple=True,
+            help="With --offline: another recipient, repeatable: age:age1… (a break-glass key "
+            "for kamus recover), aws:<key ARN>, gcp:<CryptoKey name> or azure:<key URL>.",
+        ),
+        click.option(
+            "--threshold",
+            type=click.IntRange(2, 32),
+            help="With --offline: split the data key so that this many recipients (each --keys "
+            "and --recipient a group of its own) are needed to open a value. Default: any one.",
+        ),
+        click.option(
+            "--trust-anchor",
+            envvar="KAMUS_TRUST_ANCHOR",
+            multiple=True,
+            help="The pinned anchor fingerprint of the key bundle, ed25519:… (or "
+            "$KAMUS_TRUST_ANCHOR; default: trust-anchor in .kamus.yaml at the repository root). "
+            "Repeat it for several clusters' bundles.",
+        ),
         click.option(
             "--allow-expired-keys",
             is_flag=True,
@@ -629,9 +677,12 @@ def encrypt(
             if sys.stdin.isatty() and not click.confirm("Encrypt it with the newline?", err=True):
                 raise UsageError("aborted: nothing was encrypted")
         if offline.offline:
-            sealer = offline.sealer(connection)
-            [ciphertext] = sealer.seal(identity, [text])
-            done = f"sealed offline for {identity} with key {sealer.kid}"
+            sealer = offline.sealer(connection, Path(output or "."))
+            try:
+                [ciphertext] = sealer.seal(identity, [text])
+            finally:
+                sealer.close()
+            done = f"sealed offline for {identity} to {sealer.describe()}"
         else:
             with connection.client() as client:
                 ciphertext = encrypt_one(client, namespace, service_account, text)
@@ -701,7 +752,9 @@ def seal(
         text = decode_text(manifest.read(), source)
         with contextlib.ExitStack() as stack:
             if offline.offline:
-                sealer = offline.sealer(connection)
+                target = output or (name if source != "stdin" else ".")
+                sealer = offline.sealer(connection, Path(target))
+                stack.callback(sealer.close)
 
                 def encrypt(namespace: str, values: Mapping[str, str]) -> dict[str, str]:
                     return sealer.seal_values(namespace, service_account, values)
@@ -1137,16 +1190,7 @@ def rewrap(
                 )
             from kamus.cli.keys import find_pin, load_verified
 
-            def connect(url: str) -> KamusClient:  # the bundle is public: no token goes there
-                return KamusClient(
-                    url,
-                    allow_insecure=connection["allow_insecure_url"],
-                    fingerprint=connection["cert_fingerprint"],
-                    ca_bundle=connection["ca_bundle"],
-                    timeout=connection["timeout"],
-                )
-
-            loaded = load_verified(keys, find_pin(trust_anchor), connect, _say)
+            loaded = load_verified(keys, find_pin(trust_anchor), _bundle_client(connection), _say)
             outcome = report(found, check_against(found, loaded), mode="check")
             _finish(outcome.lines, bool(outcome.failed or outcome.stale))
             return
@@ -1239,3 +1283,290 @@ def doctor(
 
     checks = run_doctor(namespace, service_account, encryptor_url, decryptor_url, ca_bundle)
     _finish([check.line() for check in checks], any(c.verdict == "FAIL" for c in checks))
+
+
+@main.command(short_help="Open values with the break-glass age key, locally (disaster recovery).")
+@click.argument("source", type=click.File("rb"), default="-")
+@click.option(
+    "-i",
+    "--identity",
+    "identities",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="An age identity file (age-keygen's AGE-SECRET-KEY-1… lines). Repeat it to bring "
+    "the shares of a threshold value.",
+)
+@_options(*_output_options("the plaintext"))
+@click.option(
+    "--force", is_flag=True, help="Write plaintext to a terminal (it may stay in its scrollback)."
+)
+def recover(
+    source: BinaryIO,
+    identities: tuple[str, ...],
+    output: str | None,
+    overwrite: bool,
+    force: bool,
+) -> None:
+    """Open the values in SOURCE (a file, or '-' for stdin) with the break-glass age key, with
+    no cluster: a raw ciphertext becomes its plaintext, a KamusSecret the Secret it stands for,
+    a ConfigMap of ciphertexts its plain values. Only values sealed with an age recipient
+    (--recipient age:…) open. For the disaster-recovery runbook (docs/disaster-recovery.md).
+
+    \b
+    Examples:
+      kamus recover -i dr.agekey deploy/db-kamussecret.yaml -o db-secret.yaml
+      kamus recover -i alice.agekey -i bob.agekey value.txt | kubectl apply -f -
+    """
+    from kamus.cli.inputs import decode_text
+    from kamus.cli.recipients import read_identities
+    from kamus.cli.recover import recover as open_all
+
+    name = str(getattr(source, "name", "-"))
+    where = "stdin" if name in ("-", "<stdin>") else name
+    try:
+        if output is None and sys.stdout.isatty() and not force:
+            raise UsageError(
+                "refusing to write plaintext to a terminal: give -o FILE, pipe it to a command, "
+                "or pass --force"
+            )
+        keys = read_identities(identities)
+        plaintext = open_all(decode_text(source.read(), where), keys, where)
+        if output is None:
+            sys.stdout.buffer.write(plaintext)
+            sys.stdout.buffer.flush()
+            return
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+            with os.fdopen(os.open(output, flags, 0o600), "wb") as handle:
+                handle.write(plaintext)
+        except FileExistsError:
+            raise UsageError(f"{output} exists; pass --overwrite to replace it") from None
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+        _say(f"wrote {output} (mode 0600)")
+    except ClientError as error:
+        _fail(error)
+
+
+@main.group(short_help="Add or remove recipients of every value in files and directories.")
+def recipients() -> None:
+    """Add a cluster, a break-glass key or a KMS key to every m1 value of a tree, or remove
+    one, keeping each value's payload, YAML comments, order and quoting.
+
+    Offline, with --identity, the holder of the break-glass age key opens the values here and
+    may add any recipient (they can read the values anyway). Through the decryptor (-u), only
+    recipients the operator lists in Decryptor__AllowedRecipients may be added, and RBAC must
+    let the caller update kamussecrets in each namespace. See docs/multi-cluster.md.
+    """
+
+
+def _recipients_options(command: Callable[..., None]) -> Callable[..., None]:
+    return _options(
+        click.option(
+            "--in-place",
+            is_flag=True,
+            help="Rewrite the files, each atomically (default: dry run).",
+        ),
+        click.option(
+            "-i",
+            "--identity",
+            "identities",
+            multiple=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Work offline, opening the values with this age identity file (the "
+            "break-glass key); no decryptor is contacted.",
+        ),
+        _tree_options,
+    )(command)
+
+
+def _change_recipients(
+    paths: tuple[str, ...],
+    namespace: str | None,
+    service_account: str | None,
+    in_place: bool,
+    identities: tuple[str, ...],
+    connection: dict[str, Any],
+    *,
+    add: list[Any],
+    add_names: list[str],
+    bundles: list[str],
+    remove: list[str],
+) -> None:
+    from kamus.cli.rewrap import ask_decryptor, change_offline, report, write_files
+    from kamus.cli.tree import scan
+
+    found = scan(paths, namespace=namespace, service_account=service_account)
+    for skipped in found.skipped:
+        _say(f"{skipped.file}:{skipped.line}: skipped: {skipped.reason}")
+    if identities:
+        import asyncio
+
+        from kamus.cli.recipients import read_identities
+
+        keys = read_identities(identities)
+        with asyncio.Runner() as runner:
+            results = change_offline(found, keys, add, remove, runner.run)
+        if not in_place:  # a dry run reports what would change
+            results = {
+                k: replace(o, status="stale", new=None) if o.status == "rewrapped" else o
+                for k, o in results.items()
+            }
+    else:
+        body = {"addRecipients": add_names, "addBundles": bundles, "removeRecipients": remove}
+        with _decryptor_client(**connection) as client:
+            results = ask_decryptor(client, found, check=not in_place, recipients=body)
+    written, untouched = write_files(found, results) if in_place else ([], [])
+    outcome = report(
+        found,
+        results,
+        mode="in-place" if in_place else "dry-run",
+        written=written,
+        untouched=untouched,
+        recipients=True,
+    )
+    _finish(outcome.lines, bool(outcome.failed))
+
+
+@recipients.command("add", short_help="Add recipients to every value in files and directories.")
+@click.option(
+    "--keys",
+    multiple=True,
+    help="A cluster to add: its key bundle, a file or an https URL. Repeatable.",
+)
+@click.option(
+    "--recipient",
+    "added",
+    multiple=True,
+    help="A recipient to add: age:age1…, aws:<key ARN>, gcp:<CryptoKey name>, azure:<key URL>. "
+    "Repeatable.",
+)
+@click.option(
+    "--trust-anchor",
+    multiple=True,
+    envvar="KAMUS_TRUST_ANCHOR",
+    help="The pinned anchor of each --keys bundle (default: trust-anchor in .kamus.yaml).",
+)
+@_recipients_options
+def recipients_add(
+    paths: tuple[str, ...],
+    keys: tuple[str, ...],
+    added: tuple[str, ...],
+    trust_anchor: tuple[str, ...],
+    in_place: bool,
+    identities: tuple[str, ...],
+    namespace: str | None,
+    service_account: str | None,
+    **connection: Any,
+) -> None:
+    """Add recipients to every m1 value in PATHS (KamusSecrets, ConfigMaps of ciphertexts, raw
+    ciphertext files; directories are walked). A value that has them already is left alone.
+
+    \b
+    Examples:
+      kamus recipients add deploy/ --keys .kamus/us.json -i dr.agekey --in-place
+      kamus recipients add deploy/ --recipient age:age1… -u http://127.0.0.1:9091 \\
+        --allow-insecure-url --allow-token-over-http --kubeconfig-token --in-place
+    """
+    from kamus.cli.keys import find_pin, project_pin
+    from kamus.cli.recipients import Choice, load_pinned, prepare
+
+    try:
+        if not keys and not added:
+            raise UsageError("name what to add: --keys FILE|URL, or --recipient")
+        pins = [p for a in trust_anchor if (p := find_pin(a)) is not None]
+        if not pins and (top := project_pin()) is not None:
+            pins = [top]
+        connect = _bundle_client(connection)
+        if identities:
+            from kamus.cli.keys import now
+
+            sealing = prepare(
+                Choice.of_options(keys, added, None),
+                pins,
+                connect,
+                _say,
+                when=now(),
+                allow_expired=False,
+                post_quantum=False,
+            )
+            sealing.close()
+            add = [r for group in sealing.groups for r in group]
+            bundles: list[str] = []
+        else:
+            Choice.of_options(keys, added, None)  # the same checks of each name
+            add = []
+            bundles = [load_pinned(k, pins, connect, _say).text for k in keys]
+        _change_recipients(
+            paths,
+            namespace,
+            service_account,
+            in_place,
+            identities,
+            connection,
+            add=add,
+            add_names=list(added),
+            bundles=bundles,
+            remove=[],
+        )
+    except ClientError as error:
+        _fail(error)
+
+
+@recipients.command(
+    "remove", short_help="Remove recipients from every value in files and directories."
+)
+@click.option(
+    "--recipient",
+    "removed",
+    multiple=True,
+    required=True,
+    help="What to remove, as <kind>:<key id> (* matches anything): age:age1…, age:*, "
+    "hpke-x25519:x25519:g3:*, aws:arn:aws:kms:eu-west-1:*. Repeatable.",
+)
+@_recipients_options
+def recipients_remove(
+    paths: tuple[str, ...],
+    removed: tuple[str, ...],
+    in_place: bool,
+    identities: tuple[str, ...],
+    namespace: str | None,
+    service_account: str | None,
+    **connection: Any,
+) -> None:
+    """Remove the stanzas matching --recipient from every m1 value in PATHS. A value is never
+    left without a recipient, and a value that has none of them is left alone.
+
+    \b
+    Examples:
+      kamus recipients remove deploy/ --recipient 'age:*' -i dr.agekey --in-place
+    """
+    try:
+        _change_recipients(
+            paths,
+            namespace,
+            service_account,
+            in_place,
+            identities,
+            connection,
+            add=[],
+            add_names=[],
+            bundles=[],
+            remove=list(removed),
+        )
+    except ClientError as error:
+        _fail(error)
+
+
+def _bundle_client(connection: Mapping[str, Any]) -> Callable[[str], KamusClient]:
+    def connect(url: str) -> KamusClient:  # the bundle is public: no token goes there
+        return KamusClient(
+            url,
+            allow_insecure=connection["allow_insecure_url"],
+            fingerprint=connection["cert_fingerprint"],
+            ca_bundle=connection["ca_bundle"],
+            timeout=connection["timeout"],
+        )
+
+    return connect

@@ -14,16 +14,18 @@ active key, or checked, with no plaintext ever reaching this machine (docs/rotat
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from crypto import m1
 from crypto.bundle import Bundle
-from crypto.errors import MalformedCiphertext
+from crypto.errors import DecryptionError, MalformedCiphertext
 from crypto.formats import CiphertextFormat
 from crypto.lifecycle import named_key_ids
-from crypto.sealing import KeyState
+from crypto.recipients import AgeIdentities, Recipient, open_offline, restanza
+from crypto.sealing import KeyState, only_m1
 from kamus.cli.client import (
     KamusClient,
     ServerError,
@@ -82,6 +84,7 @@ def ask_decryptor(
     check: bool,
     upgrade_legacy: bool = False,
     batch_size: int = BATCH,
+    recipients: Mapping[str, list[str]] | None = None,
 ) -> Results:
     """Each value's outcome from the decryptor. A request refused for its identity (RBAC, a bad
     name) fails its values only; one refused for every request (the token, the rate, an
@@ -95,6 +98,7 @@ def ask_decryptor(
             "items": {str(n): found.ciphertext for n, (_, found) in enumerate(batch)},
             "upgradeLegacy": upgrade_legacy,
             "check": check,
+            **(recipients or {}),
         }
         status, answer = post_within_rate_limit(client, REWRAP_PATH, body)
         if status in (404, 405):
@@ -128,6 +132,46 @@ def ask_decryptor(
                 )
             results[index, found.key] = outcome
     return results
+
+
+def change_offline(
+    scan: Scan,
+    identities: AgeIdentities,
+    add: Sequence[Recipient],
+    remove: Sequence[str],
+    run: Callable[[Coroutine[Any, Any, list[m1.Stanza]]], list[m1.Stanza]],
+) -> Results:
+    """Each value with recipients added or removed here, opened with the break-glass age
+    identities: their holder can read the values anyway, so may give them to anyone."""
+    results: Results = {}
+    for index, found in _values(scan):
+        try:
+            value = only_m1(found.ciphertext)
+            opened = open_offline(value, identities)
+            if opened.sa_id != found.identity:
+                raise DecryptionError(
+                    f"it was made for {opened.sa_id}, not {found.identity} as its manifest says"
+                )
+            stanzas = run(_wrap_all(add, opened.data_key, opened.sa_id))
+            new = restanza(value, opened, add=stanzas, remove=remove)
+        except MalformedCiphertext as exc:
+            results[index, found.key] = Outcome("failed", reason=exc.fact)
+            continue
+        except DecryptionError as exc:
+            shown = str(exc) if type(exc) is not DecryptionError else exc.reason
+            results[index, found.key] = Outcome("failed", reason=shown)
+            continue
+        except ValueError as exc:
+            results[index, found.key] = Outcome("failed", reason=str(exc))
+            continue
+        source = opened.used[0].name if opened.used else ""
+        status: Status = "unchanged" if new is None else "rewrapped"
+        results[index, found.key] = Outcome(status, source, source, new)
+    return results
+
+
+async def _wrap_all(add: Sequence[Recipient], data_key: bytes, sa_id: str) -> list[m1.Stanza]:
+    return [await r.wrap(data_key, sa_id) for r in add]
 
 
 def check_against(scan: Scan, loaded: Bundle) -> Results:
@@ -209,6 +253,7 @@ def report(
     mode: Literal["check", "dry-run", "in-place", "verify"],
     written: Sequence[Path] = (),
     untouched: Sequence[Path] = (),
+    recipients: bool = False,
 ) -> Report:
     """By file:line, every value that is not current or failed; then the counts per source key
     id → target, and the files written or left alone."""
@@ -222,9 +267,13 @@ def report(
         if outcome.status == "failed":
             lines.append(f"{where}: failed: {outcome.reason}")
         elif outcome.status in ("stale", "rewrapped"):
-            moves[outcome.source or "?", outcome.target or "?"] += 1
+            if not recipients:
+                moves[outcome.source or "?", outcome.target or "?"] += 1
             verb = {"stale": "would rewrap", "rewrapped": "rewrapped"}[outcome.status]
-            if mode == "check":
+            if recipients:
+                verb = {"stale": "would change", "rewrapped": "changed"}[outcome.status]
+                lines.append(f"{where}: recipients {verb} (opened with {outcome.source})")
+            elif mode == "check":
                 lines.append(f"{where}: not current: {outcome.reason}")
             elif mode == "verify":
                 lines.append(f"{where}: opens; a rewrap would move it to {outcome.target}")
@@ -264,6 +313,10 @@ def report(
                 f"{len(untouched)} files left untouched because a value in them failed: "
                 + ", ".join(str(p) for p in untouched)
             )
-    if mode in ("dry-run", "in-place") and (statuses["stale"] or statuses["rewrapped"]):
+    if (
+        mode in ("dry-run", "in-place")
+        and not recipients
+        and (statuses["stale"] or statuses["rewrapped"])
+    ):
         lines.append(NOT_ROTATION)
     return Report(lines, statuses["failed"], statuses["stale"], list(written))

@@ -18,9 +18,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Gauge
 
 from crypto import KeyManager, classify
-from crypto.base import DocumentSealer, KeyLifecycle
+from crypto.base import DocumentSealer, KeyLifecycle, RecipientEditor
 from crypto.errors import KeyManagerBusy, KeyManagerUnavailable
 from crypto.lifecycle import Opened, Rewrapped, State
+from crypto.recipients import Recipient
 from kamus.server.metrics import Metrics
 
 T = TypeVar("T")
@@ -152,6 +153,33 @@ class WatchedKeyManager:
                 ciphertext, sa_id, upgrade_legacy=upgrade_legacy, check_only=check_only
             )
         )
+
+    async def change_recipients(
+        self,
+        ciphertext: str,
+        sa_id: str,
+        *,
+        add: Sequence[Recipient],
+        remove: Sequence[str],
+        check_only: bool,
+    ) -> Rewrapped:
+        if not isinstance(self._inner, RecipientEditor):
+            raise TypeError(f"{type(self._inner).__name__} cannot change recipients")
+        return await self._watch(
+            self._inner.change_recipients(
+                ciphertext, sa_id, add=add, remove=remove, check_only=check_only
+            )
+        )
+
+    def kms_recipient(self, spec: str) -> Recipient | None:
+        """``aws:<ARN>`` (or gcp, azure) as a recipient wrapped by this provider, or ``None``
+        when this decryptor's provider is another."""
+        from crypto.cloud import CloudKeyManager
+
+        kind, _, name = spec.partition(":")
+        if isinstance(self._inner, CloudKeyManager) and self._inner.kind == kind:
+            return self._inner.recipient(name)
+        return None
 
     async def check(self) -> None:
         await self._watch(self._inner.check())

@@ -15,7 +15,12 @@ def schedule_of(settings: Settings) -> Schedule:
 
 
 def key_policy(settings: Settings) -> KeyPolicy:
-    return KeyPolicy.of(settings.key_management.retired_key_ids)
+    decryptor = settings.decryptor
+    return KeyPolicy.of(
+        settings.key_management.retired_key_ids,
+        required=decryptor.required_recipients,
+        forbidden=decryptor.forbidden_recipients,
+    )
 
 
 def cache_limits(settings: Settings) -> CacheLimits:

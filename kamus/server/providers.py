@@ -27,7 +27,10 @@ def build_key_manager(settings: Settings, observer: KmsObserver | None = None) -
         "GoogleKms": cloud.build_gcp,
         "AzureKeyVault": cloud.build_azure,
     }
-    return builders[km.provider](settings, observer)
+    try:
+        return builders[km.provider](settings, observer)
+    except ValueError as exc:  # a setting the provider refuses, e.g. KeyManagement__RecipientKeys
+        raise ConfigurationError(str(exc)) from None
 
 
 def _decode_key(text: str, name: str) -> bytes:

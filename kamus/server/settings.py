@@ -141,12 +141,15 @@ class KeyManagementSettings(_Section):
     # Key ids whose values are refused on decrypt and on rewrap (crypto/lifecycle.py): what
     # kamus_decryptions_total{key_id} shows, e.g. an AES key's id or x25519:g3:<16 hex>.
     retired_key_ids: CommaList = Field(default_factory=list, alias="RetiredKeyIds")
+    # KMS keys named explicitly as m1 recipients (an ARN, a CryptoKey name, a Key Vault key URL)
+    # that this cluster opens with its credentials (docs/multi-cluster.md).
+    recipient_keys: CommaList = Field(default_factory=list, alias="RecipientKeys")
     timeout_seconds: float = Field(10.0, gt=0, alias="TimeoutSeconds")
     max_retries: int = Field(3, ge=0, le=10, alias="MaxRetries")
     # A pod's 20 values decrypt at once: the calls of one batch run concurrently.
     max_concurrent_calls: int = Field(32, ge=1, alias="MaxConcurrentCalls")
 
-    _split = field_validator("retired_key_ids", mode="before")(_split_commas)
+    _split = field_validator("retired_key_ids", "recipient_keys", mode="before")(_split_commas)
 
 
 class ActiveDirectorySettings(_Section):
@@ -187,8 +190,21 @@ class DecryptorSettings(_Section):
     rewrap_rate_limit: str = Field("200/second", alias="RewrapRateLimit")
     # A value opened under a decrypt-only key is logged once per key id per this many seconds.
     decrypt_only_warning_seconds: float = Field(3600.0, gt=0, alias="DecryptOnlyWarningSeconds")
+    # m1 recipient policy (crypto/recipients.py, docs/multi-cluster.md): `<kind>:<key id>`
+    # patterns a value's stanzas must (Required) or must not (Forbidden) match, e.g. age:*; and
+    # the recipients a rewrap may add (Allowed: age:age1…, anchor:ed25519:…, aws:arn:…).
+    required_recipients: CommaList = Field(default_factory=list, alias="RequiredRecipients")
+    forbidden_recipients: CommaList = Field(default_factory=list, alias="ForbiddenRecipients")
+    allowed_recipients: CommaList = Field(default_factory=list, alias="AllowedRecipients")
 
-    _split = field_validator("audiences", "rewrap_audiences", mode="before")(_split_commas)
+    _split = field_validator(
+        "audiences",
+        "rewrap_audiences",
+        "required_recipients",
+        "forbidden_recipients",
+        "allowed_recipients",
+        mode="before",
+    )(_split_commas)
 
 
 class EncryptorSettings(_Section):
