@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import measure, rollout, sealing
+from bench import measure, recipients, rollout, sealing
 from bench.kms_process import KmsProcess
 from bench.load import CONNECTIONS, WRK_THREADS, wrk_version
 from bench.measure import FULL, QUICK, Plan
@@ -214,6 +214,10 @@ def main() -> None:
             f"values at once, against {', '.join(rollout_plan.kms)} (bench/rollout.py)"
         )
         results["rollout"] = rollout.rollout_phase(rollout_plan, logs, kube, report=say)
+        say(
+            "10. recipients: value size and open cost for 1, 2 and 5 clusters (bench/recipients.py)"
+        )
+        results["recipients"] = recipients.measure(plan.quick)
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     # Other work on the machine skews every number: the 1-minute load before and after.
     results["load_average"] = [load_before, round(os.getloadavg()[0], 2)]

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
+from bench import recipients
 from bench.load import CONNECTIONS
 
 
@@ -125,6 +126,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.extend(_rewrap_rows(results["rewrap"]))
     if "rollout" in results:
         out.extend(_rollout_rows(results["rollout"]))
+    if "recipients" in results:
+        rows = recipients.rows(results["recipients"])
+        out.extend(
+            (f"10. {name}" if i == 0 else name, text, "", "-")
+            for i, (name, text) in enumerate(rows)
+        )
     return out
 
 

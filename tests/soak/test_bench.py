@@ -68,6 +68,16 @@ def test_quick_bench_reports_every_measurement(tmp_path: Path) -> None:
         positive(results["latency"], f"{name}.p50_ms", f"{name}.p99_ms", f"{name}.requests")
     assert results["worker_sweep"] == {"skipped": "quick run"}
 
+    # Issue 22: a value's size grows with its recipients, and opening it finds its own stanza by
+    # key id: one X25519 unwrap whatever the number of stanzas.
+    by_count = results["recipients"]["recipients"]
+    assert list(by_count) == ["1", "2", "5"]
+    for count in by_count:
+        positive(by_count, f"{count}.size", f"{count}.seal_us", f"{count}.open_us")
+        assert by_count[count]["unwraps_per_open"] == 1
+    assert by_count["1"]["size"] < by_count["2"]["size"] < by_count["5"]["size"]
+    assert "10. recipients (clusters): 1, 2, 5" in run.stdout
+
 
 def test_python_load_generator_counts_requests() -> None:
     """The fallback for machines without wrk, and the memory and latency client."""
