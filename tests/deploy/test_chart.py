@@ -1105,3 +1105,49 @@ def test_the_helm_test_script_round_trips_against_the_real_services(
         failed = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
         assert failed.returncode == 1
         assert "FAIL decrypt as kamus:kamus-test" in failed.stdout
+
+
+def test_recipient_settings_reach_the_decryptor_and_the_controller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 22: the recipient policy is in the key ConfigMap, which the decryptor and the
+    controller both read (both decrypt); what rewrap may add is the decryptor's alone. The
+    rendered settings are read back as the services read them."""
+    from kamus.server.lifecycle import key_policy
+    from kamus.server.settings import Settings
+
+    arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    manifests = render(
+        {
+            "keyManagement": {
+                "provider": "AwsKms",
+                "awsKms": {"region": "eu-west-1"},
+                "recipientKeys": [arn],
+            },
+            "decryptor": {
+                "recipients": {
+                    "required": ["age:*"],
+                    "forbidden": ["hpke-mlkem768x25519:*"],
+                    "allowed": ["age:age1dr", "anchor:ed25519:ab"],
+                }
+            },
+        }
+    )
+    config = named(manifests, "ConfigMap", "kamus-config")["data"]
+    for component in ("decryptor", "controller"):
+        spec = named(manifests, "Deployment", f"kamus-{component}")["spec"]["template"]["spec"]
+        refs = [s["configMapRef"]["name"] for s in spec["containers"][0]["envFrom"]]
+        assert "kamus-config" in refs, component
+    decryptor = named(manifests, "Deployment", "kamus-decryptor")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in decryptor["containers"][0]["env"]}
+    for name, value in {**config, **env}.items():
+        if value:
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    policy = key_policy(settings)
+    assert policy.recipients.required == ("age:*",)
+    assert policy.recipients.forbidden == ("hpke-mlkem768x25519:*",)
+    assert settings.decryptor.allowed_recipients == ["age:age1dr", "anchor:ed25519:ab"]
+    assert settings.key_management.recipient_keys == [arn]
+    controller = named(manifests, "Deployment", "kamus-controller")["spec"]["template"]["spec"]
+    assert "Decryptor__AllowedRecipients" not in str(controller)

@@ -193,6 +193,16 @@ AWS_SHARED_CREDENTIALS_FILE: /var/run/secrets/kamus/aws-credentials
 {{- if ne $km.provider "AESKey" }}
 KeyManagement__AllowLegacyCiphertexts: {{ $fromKamus }}
 {{- end }}
+{{- with $km.recipientKeys }}
+KeyManagement__RecipientKeys: {{ join "," . | quote }}
+{{- end }}
+{{- /* Here, not in the decryptor's env: the controller decrypts too, under the same policy. */}}
+{{- with .Values.decryptor.recipients.required }}
+Decryptor__RequiredRecipients: {{ join "," . | quote }}
+{{- end }}
+{{- with .Values.decryptor.recipients.forbidden }}
+Decryptor__ForbiddenRecipients: {{ join "," . | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* The KMS credentials given in the values, as a Secret's data (none for a workload identity). */}}
