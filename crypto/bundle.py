@@ -12,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -38,6 +38,10 @@ FORMAT = "kamus-key-bundle/v1"
 LINK_CONTEXT = b"kamus/anchor-link/v1\x00"
 WARN_BEFORE_EXPIRY = timedelta(days=14)
 MAX_BUNDLE_BYTES = 256 * 1024
+
+
+# More stanzas for a fresh data key and an identity (the operator's break-glass recipients).
+AddStanzas = Callable[[bytes, str], Sequence[m1.Stanza]]
 
 
 class BundleError(Exception):
@@ -206,10 +210,13 @@ class Bundle:
         *,
         post_quantum: bool = False,
         expired_keys: bool = False,
+        extra: AddStanzas | None = None,
     ) -> list[str]:
         """m1 values of ``plaintexts`` for ``sa_id``: one data key and one HPKE operation for
         the whole document."""
-        sealer = self.sealer(sa_id, now, post_quantum=post_quantum, expired_keys=expired_keys)
+        sealer = self.sealer(
+            sa_id, now, post_quantum=post_quantum, expired_keys=expired_keys, extra=extra
+        )
         return [sealer.seal(plaintext) for plaintext in plaintexts]
 
     def recipient(self, now: datetime, *, post_quantum: bool = False) -> "BundleRecipient":
@@ -217,12 +224,20 @@ class Bundle:
         return BundleRecipient(self, self.sealing_key(now, post_quantum=post_quantum))
 
     def sealer(
-        self, sa_id: str, now: datetime, *, post_quantum: bool = False, expired_keys: bool = False
+        self,
+        sa_id: str,
+        now: datetime,
+        *,
+        post_quantum: bool = False,
+        expired_keys: bool = False,
+        extra: AddStanzas | None = None,
     ) -> m1.Sealer:
-        """A fresh data key, wrapped to the sealing key in use for ``sa_id``, ready to seal."""
+        """A fresh data key, wrapped to the sealing key in use for ``sa_id`` (and by ``extra``,
+        the operator's break-glass recipients), ready to seal."""
         data_key = m1.new_data_key()
         stanza = self.sealing_key(now, post_quantum=post_quantum).wrap(data_key, sa_id)
-        return m1.Sealer(data_key, [stanza], sa_id, expired_keys=expired_keys)
+        more = extra(data_key, sa_id) if extra is not None else []
+        return m1.Sealer(data_key, [stanza, *more], sa_id, expired_keys=expired_keys)
 
 
 @dataclass(frozen=True)
@@ -240,6 +255,10 @@ class BundleRecipient:
     @property
     def kid(self) -> str:
         return self.key.kid
+
+    @property
+    def stanza_name(self) -> str:
+        return f"{self.key.suite.stanza_kind}:{self.key.kid}"
 
     async def wrap(self, secret: bytes, sa_id: str) -> m1.Stanza:
         return self.key.wrap(secret, sa_id)

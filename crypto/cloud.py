@@ -34,6 +34,7 @@ from crypto.errors import (
     KeyDisabled,
     KeyManagerUnavailable,
     MalformedCiphertext,
+    Refused,
 )
 from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.kms import KmsObserver, NullObserver
@@ -108,6 +109,10 @@ class KmsRecipient:
     @property
     def name(self) -> str:
         return f"{self.manager.kind}:{self.key_name}"
+
+    @property
+    def stanza_name(self) -> str:
+        return self.name
 
     async def wrap(self, secret: bytes, sa_id: str) -> m1.Stanza:
         wrapped = await self.manager.wrap_with_key(self.key_name, secret, sa_id)
@@ -268,7 +273,8 @@ class CloudKeyManager(ABC):
         key = await self.new_data_key(sa_id)
         if self.sealed_output:
             stanza = m1.Stanza(self.kind, key.key_version, key.wrapped)
-            return m1.seal(key.data_key, [stanza], plaintexts, sa_id), key.key_version
+            stanzas = [stanza, *self.policy.extra_stanzas(key.data_key, sa_id)]
+            return m1.seal(key.data_key, stanzas, plaintexts, sa_id), key.key_version
         # e1 under one key: a random 96-bit nonce per value, far below GCM's 2^32 bound.
         values = [
             envelope.seal(
@@ -325,6 +331,8 @@ class CloudKeyManager(ABC):
         fmt = classify(ciphertext)
         if fmt is CiphertextFormat.SEALED_V1:
             value = m1.parse(ciphertext)
+            # A value this cluster refuses to open is not "current" either (kamus verify).
+            self.policy.recipients.check(value)
             if await self._held_sealing(value):
                 held = self.sealing.held(value)
                 assert held is not None
@@ -367,7 +375,11 @@ class CloudKeyManager(ABC):
         stanza held here (a sealing key, this provider's own or a named key)."""
         value = only_m1(ciphertext)
         if value.threshold > 1:
-            raise no_stanza_held(value, "a threshold, which a decryptor does not change")
+            raise Refused(
+                "m1 threshold value: recipients not changed by a decryptor",
+                "a decryptor does not change the recipients of a threshold value: remove them "
+                "offline (kamus recipients remove --identity), or seal it again",
+            )
         if await self._held_sealing(value):
             held = self.sealing.held(value)
             assert held is not None

@@ -23,7 +23,7 @@ from enum import StrEnum
 from crypto import m1
 from crypto.errors import DecryptionError, MalformedCiphertext
 from crypto.formats import CiphertextFormat, classify
-from crypto.recipients import RecipientPolicy
+from crypto.recipients import AgeRecipient, RecipientPolicy
 
 LEGACY_KEY_ID = "legacy"  # Kamus's KMS values name no key version
 
@@ -73,6 +73,9 @@ class KeyPolicy:
 
     retired: frozenset[str] = frozenset()
     recipients: RecipientPolicy = field(default_factory=RecipientPolicy)
+    # Break-glass recipients every new m1 value of this Kamus also gets (the encryptor's, and a
+    # decryptor's when it rewraps an older format), so a RequiredRecipients policy can hold.
+    extra: tuple[AgeRecipient, ...] = ()
 
     @classmethod
     def of(
@@ -81,11 +84,19 @@ class KeyPolicy:
         *,
         required: Iterable[str] = (),
         forbidden: Iterable[str] = (),
+        extra: Iterable[AgeRecipient] = (),
     ) -> "KeyPolicy":
         def clean(items: Iterable[str]) -> tuple[str, ...]:
             return tuple(k.strip() for k in items if k.strip())
 
-        return cls(frozenset(clean(retired)), RecipientPolicy(clean(required), clean(forbidden)))
+        return cls(
+            frozenset(clean(retired)),
+            RecipientPolicy(clean(required), clean(forbidden)),
+            tuple(extra),
+        )
+
+    def extra_stanzas(self, data_key: bytes, sa_id: str) -> list[m1.Stanza]:
+        return [r.wrap_now(data_key, sa_id) for r in self.extra]
 
     def check(self, key_id: str) -> None:
         if key_id in self.retired:

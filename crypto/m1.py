@@ -313,7 +313,7 @@ def parse(ciphertext: str) -> M1:
             raise
         raise _malformed("header is not JSON") from None
     if not isinstance(header, dict) or not _FIELDS >= header.keys() >= {"c", "id", "s"}:
-        raise _malformed("header does not have exactly the fields c, id, s (and xk)")
+        raise _malformed("header does not have exactly the fields c, id, s (and xk, t)")
     tag, commitment, stanzas, expired = header["id"], header["c"], header["s"], header.get("xk")
     if not (isinstance(tag, str) and _TAG.fullmatch(tag)):
         raise _malformed("identity tag is malformed")

@@ -36,6 +36,12 @@ class Recipient(Protocol):
         """``<kind>:<key>``, as policies and messages name it."""
         ...
 
+    @property
+    def stanza_name(self) -> str:
+        """The name (``<kind>:<key id>``) of the stanza it wraps: known before wrapping, so a
+        value that has it already costs no wrap (nor a KMS call)."""
+        ...
+
     async def wrap(self, secret: bytes, sa_id: str) -> m1.Stanza:
         """A stanza holding ``secret`` for ``sa_id``."""
         ...
@@ -70,6 +76,10 @@ class AgeRecipient:
     @property
     def name(self) -> str:
         return f"{AGE_KIND}:{self.recipient}"
+
+    @property
+    def stanza_name(self) -> str:
+        return self.name
 
     async def wrap(self, secret: bytes, sa_id: str) -> m1.Stanza:
         return self.wrap_now(secret, sa_id)
@@ -359,3 +369,9 @@ def restanza(
     if not kept and not added:
         raise ValueError("that would remove every recipient: nobody could open the value")
     return m1.rewrap(value, opened.data_key, opened.sa_id, [*kept, *added])
+
+
+def not_present(value: m1.M1, add: Sequence[Recipient]) -> list[Recipient]:
+    """The recipients of ``add`` whose stanza ``value`` does not hold yet."""
+    present = {s.name for s in value.stanzas}
+    return [r for r in add if r.stanza_name not in present]

@@ -40,6 +40,7 @@ from crypto.recipients import (
     Unwrap,
     check_held,
     gather_data_key,
+    not_present,
     restanza,
 )
 
@@ -386,8 +387,9 @@ class Keyring:
         if value.threshold > 1:
             raise Refused(
                 "m1 threshold value: not rewrapped by a decryptor",
-                "a threshold value is rewrapped offline, by holders of enough of its groups' "
-                "keys (kamus recipients add/remove --identity)",
+                "a threshold value is not rewrapped by a decryptor: its recipients can only be "
+                "removed (kamus recipients remove --identity), or it is sealed again "
+                "(kamus recover, then kamus seal --threshold)",
             )
         check_identity(value, sa_id)
         data_key = key.unwrap(stanza, sa_id)
@@ -406,7 +408,8 @@ class Keyring:
         becomes on rewrap."""
         target = self.active(Suite.X25519)
         data_key = m1.new_data_key()
-        [value] = m1.seal(data_key, [_stanza(target, data_key, sa_id)], [plaintext], sa_id)
+        stanzas = [_stanza(target, data_key, sa_id), *self.policy.extra_stanzas(data_key, sa_id)]
+        [value] = m1.seal(data_key, stanzas, [plaintext], sa_id)
         return value, target.kid
 
     def _holds(self, stanza: m1.Stanza) -> bool:
@@ -433,10 +436,18 @@ def check_identity(value: m1.M1, sa_id: str) -> None:
         raise DecryptionError("m1 value was made for another identity (identity tag)")
 
 
+class NotSealedHere(MalformedCiphertext):
+    """A well-formed m1 value with no stanza for a key held here: sealed for other clusters
+    (or keys since removed). A fact about the value and this Kamus's keys, as a shape fact is."""
+
+    def __str__(self) -> str:
+        return f"this value was not sealed for this Kamus: {self.fact}"
+
+
 def no_stanza_held(value: m1.M1, fact: str) -> MalformedCiphertext:
     # Only well-formed sealing key ids are named: any other field is the caller's text.
     named = [s.kid for s in value.stanzas if parse_kid(s.kid)][:4]
-    return MalformedCiphertext(
+    return NotSealedHere(
         "m1 ciphertext has no stanza for a key held here",
         f"it has {fact}" + (f" (it names {', '.join(named)})" if named else ""),
     )
@@ -458,7 +469,7 @@ async def change_recipients(
     ``add`` and without those matching ``remove``: the payload stays. Refused if the result would
     break this cluster's recipient policy, or leave nobody able to open it."""
     m1.open_value(value, data_key, sa_id)
-    stanzas = [await r.wrap(data_key, sa_id) for r in add]
+    stanzas = [await r.wrap(data_key, sa_id) for r in not_present(value, add)]
     opened = OpenedOffline(sa_id, data_key, ())
     try:
         new = restanza(value, opened, add=stanzas, remove=remove)

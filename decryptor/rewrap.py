@@ -410,7 +410,11 @@ def allowed_additions(
     whoever may rewrap must never add a key of their own and then read the values with it."""
     allowed = set(state.settings.decryptor.allowed_recipients)
     added: list[Recipient] = []
-    annotate(request, recipients_added=len(body.add_recipients) + len(body.add_bundles))
+    annotate(
+        request,
+        recipients_added=len(body.add_recipients) + len(body.add_bundles),
+        recipients_removed=len(body.remove_recipients),
+    )
     for spec in body.add_recipients:
         if spec not in allowed:
             annotate(request, reason="recipient not in Decryptor__AllowedRecipients")
@@ -450,7 +454,9 @@ def allowed_additions(
                 "Decryptor__AllowedRecipients (anchor:ed25519:…), or its signature does not hold",
             )
         if loaded.expiry(now)[0] == "expired":
-            raise ApiError(400, "invalid-request", f"key bundle {n} has expired: send a current one")
+            raise ApiError(
+                400, "invalid-request", f"key bundle {n} has expired: send a current one"
+            )
         try:
             added.append(loaded.recipient(now))
         except BundleError as exc:

@@ -14,6 +14,7 @@ import logging
 from crypto import KeyManager
 from crypto.bundle import BundleError
 from kamus.server.errors import ConfigurationError
+from kamus.server.lifecycle import key_policy
 from kamus.server.metrics import Metrics
 from kamus.server.providers import build_key_manager
 from kamus.server.sealing import BundleSource, SealingKeyManager, export_bundle
@@ -55,5 +56,5 @@ def build_keys(
     if seals_to_bundle:
         assert source is not None
         reuse = settings.encryptor.data_key_reuse_seconds
-        return SealingKeyManager(source, reuse_seconds=reuse), source
+        return SealingKeyManager(source, reuse_seconds=reuse, policy=key_policy(settings)), source
     return key_manager or build_key_manager(settings, observer=metrics), source

@@ -1316,7 +1316,7 @@ def recover(
     \b
     Examples:
       kamus recover -i dr.agekey deploy/db-kamussecret.yaml -o db-secret.yaml
-      kamus recover -i alice.agekey -i bob.agekey value.txt | kubectl apply -f -
+      kamus recover -i alice.agekey -i bob.agekey db-kamussecret.yaml | kubectl apply -f -
     """
     from kamus.cli.inputs import decode_text
     from kamus.cli.recipients import read_identities
@@ -1331,7 +1331,7 @@ def recover(
                 "or pass --force"
             )
         keys = read_identities(identities)
-        plaintext = open_all(decode_text(source.read(), where), keys, where)
+        plaintext = open_all(decode_text(source.read(), where), keys, where, _say)
         if output is None:
             sys.stdout.buffer.write(plaintext)
             sys.stdout.buffer.flush()
@@ -1521,28 +1521,60 @@ def recipients_add(
     "--recipient",
     "removed",
     multiple=True,
-    required=True,
     help="What to remove, as <kind>:<key id> (* matches anything): age:age1…, age:*, "
     "hpke-x25519:x25519:g3:*, aws:arn:aws:kms:eu-west-1:*. Repeatable.",
+)
+@click.option(
+    "--keys",
+    multiple=True,
+    help="A cluster to remove: its key bundle (a file or an https URL); every stanza for a key "
+    "the bundle lists goes. Repeatable.",
+)
+@click.option(
+    "--trust-anchor",
+    multiple=True,
+    envvar="KAMUS_TRUST_ANCHOR",
+    help="The pinned anchor of each --keys bundle (default: trust-anchor in .kamus.yaml).",
 )
 @_recipients_options
 def recipients_remove(
     paths: tuple[str, ...],
     removed: tuple[str, ...],
+    keys: tuple[str, ...],
+    trust_anchor: tuple[str, ...],
     in_place: bool,
     identities: tuple[str, ...],
     namespace: str | None,
     service_account: str | None,
     **connection: Any,
 ) -> None:
-    """Remove the stanzas matching --recipient from every m1 value in PATHS. A value is never
-    left without a recipient, and a value that has none of them is left alone.
+    """Remove the stanzas matching --recipient, or those for the keys a cluster's bundle lists
+    (--keys), from every m1 value in PATHS. A value is never left without a recipient, and a
+    value that has none of them is left alone.
+
+    A bundle lists its cluster's previous, active and next keys: values sealed to an older
+    generation still carry a stanza for it; remove those by --recipient with their key ids.
 
     \b
     Examples:
       kamus recipients remove deploy/ --recipient 'age:*' -i dr.agekey --in-place
+      kamus recipients remove deploy/ --keys lost-cluster.json -i dr.agekey --in-place
     """
+    from kamus.cli.keys import find_pin, project_pin
+    from kamus.cli.recipients import load_pinned
+
     try:
+        if not removed and not keys:
+            raise UsageError("name what to remove: --recipient PATTERN, or --keys FILE|URL")
+        pins = [p for a in trust_anchor if (p := find_pin(a)) is not None]
+        if not pins and (top := project_pin()) is not None:
+            pins = [top]
+        connect = _bundle_client(connection)
+        removed += tuple(
+            f"{key.suite.stanza_kind}:{key.kid}"
+            for source in keys
+            for key in load_pinned(source, pins, connect, _say).keys
+        )
         _change_recipients(
             paths,
             namespace,

@@ -10,12 +10,12 @@ azure:…``, ``--threshold N``) or, when it names none, from the first rule of `
         keys: [.kamus/eu.json, .kamus/us.json]   # cluster bundles: files from the root, or URLs
         trust-anchors: [ed25519:…, ed25519:…]
         recipients: [age:age1…]              # any one of all of these opens a value
-      - path: ^deploy/vault/
+      - path: ^recovery/                     # opened offline only (kamus recover)
         threshold: 2                         # shares of 2 of these groups are needed
         groups:
-          - keys: [.kamus/eu.json]
           - recipients: [age:age1alice…]
           - recipients: [age:age1bob…]
+          - recipients: [age:age1carol…]
 
 On the command line each recipient is a group of its own. Plaintext never leaves this machine:
 bundles and age recipients are public keys; a KMS recipient's key wraps the data key, through the

@@ -9,7 +9,7 @@ refused rather than recovered into the wrong namespace.
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -20,7 +20,7 @@ from crypto.formats import CiphertextFormat, classify
 from crypto.recipients import AgeIdentities, open_offline
 from kamus.cli.client import UsageError
 from kamus.cli.inputs import yaml_documents
-from kamus.cli.tree import KAMUS_SECRET_API_VERSIONS
+from kamus.cli.tree import KAMUS_SECRET_API_VERSIONS, looks_like_ciphertext
 from kamus.server.identity import SERVICE_ACCOUNT_ANNOTATION
 
 
@@ -34,7 +34,8 @@ def open_value(ciphertext: str, identities: AgeIdentities, where: str) -> tuple[
     if fmt is not CiphertextFormat.SEALED_V1:
         raise UsageError(
             f"{where}: not an m1 value, so it has no break-glass stanza (only values sealed "
-            "with --recipient age:… do; rewrap the others with kamus recipients add)"
+            "with --recipient age:… have one: move older values to m1 with kamus rewrap, then "
+            "kamus recipients add the break-glass key)"
         )
     try:
         value = m1.parse(ciphertext)
@@ -99,6 +100,9 @@ def _configmap(doc: Mapping[str, Any], identities: AgeIdentities, n: int) -> dic
     annotations = _mapping_any(metadata.get("annotations"))
     out = {}
     for key, ciphertext in _mapping(doc.get("data"), f"{name}.data").items():
+        if not looks_like_ciphertext(ciphertext.strip()):
+            out[key] = ciphertext  # a plain setting beside the ciphertexts: kept as it is
+            continue
         where = f"ConfigMap {name}, data.{key}"
         identity, plaintext = open_value(ciphertext, identities, where)
         _check(
@@ -115,8 +119,12 @@ def _mapping_any(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def recover(text: str, identities: AgeIdentities, source: str) -> bytes:
-    """What ``text`` (one raw value, or YAML manifests) holds, opened with ``identities``."""
+def recover(
+    text: str, identities: AgeIdentities, source: str, warn: Callable[[str], None]
+) -> bytes:
+    """What ``text`` (one raw value, or YAML manifests) holds, opened with ``identities``.
+    Documents other than KamusSecrets and ConfigMaps (a Deployment beside them) are left out,
+    each said on ``warn``."""
     stripped = text.strip()
     if stripped.startswith("kamus$") and "\n" not in stripped:
         return open_value(stripped, identities, source)[1]
@@ -129,10 +137,9 @@ def recover(text: str, identities: AgeIdentities, source: str) -> bytes:
         elif kind == "ConfigMap":
             out.append(_configmap(doc, identities, n))
         else:
-            raise UsageError(
-                f"{source}, document {n}: not a KamusSecret, a ConfigMap of ciphertexts, or a "
-                "single ciphertext"
-            )
+            warn(f"{source}, document {n}: left out: not a KamusSecret or a ConfigMap")
     if not out:
-        raise UsageError(f"{source} holds no value to recover")
+        raise UsageError(
+            f"{source} holds no KamusSecret, ConfigMap of ciphertexts or single ciphertext"
+        )
     return yaml.safe_dump_all(out, sort_keys=False, width=1_000_000).encode("utf-8")

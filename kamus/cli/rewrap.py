@@ -24,7 +24,7 @@ from crypto.bundle import Bundle
 from crypto.errors import DecryptionError, MalformedCiphertext
 from crypto.formats import CiphertextFormat
 from crypto.lifecycle import named_key_ids
-from crypto.recipients import AgeIdentities, Recipient, open_offline, restanza
+from crypto.recipients import AgeIdentities, Recipient, not_present, open_offline, restanza
 from crypto.sealing import KeyState, only_m1
 from kamus.cli.client import (
     KamusClient,
@@ -152,7 +152,7 @@ def change_offline(
                 raise DecryptionError(
                     f"it was made for {opened.sa_id}, not {found.identity} as its manifest says"
                 )
-            stanzas = run(_wrap_all(add, opened.data_key, opened.sa_id))
+            stanzas = run(_wrap_all(not_present(value, add), opened.data_key, opened.sa_id))
             new = restanza(value, opened, add=stanzas, remove=remove)
         except MalformedCiphertext as exc:
             results[index, found.key] = Outcome("failed", reason=exc.fact)

@@ -22,6 +22,7 @@ from pathlib import Path
 from crypto import KeyManager, bundle, m1
 from crypto.cloud import CloudKeyManager
 from crypto.errors import DecryptionError, KeyManagerUnavailable
+from crypto.lifecycle import KeyPolicy
 from kamus.server.errors import ConfigurationError
 from kamus.server.lifecycle import schedule_of
 from kamus.server.providers import aes_master_keys
@@ -189,8 +190,10 @@ class SealingKeyManager:
         *,
         reuse_seconds: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        policy: KeyPolicy | None = None,
     ) -> None:
         self.source = source
+        self._extra = (policy or KeyPolicy()).extra_stanzas
         self._clock = clock
         self._reuse_seconds = reuse_seconds
         self._monotonic = monotonic
@@ -216,7 +219,7 @@ class SealingKeyManager:
             self._reused[sa_id] = (published, entry[1], entry[2] + 1, entry[3])
             return entry[3]
         try:
-            sealer = published.bundle.sealer(sa_id, self._clock())
+            sealer = published.bundle.sealer(sa_id, self._clock(), extra=self._extra)
         except bundle.BundleError as exc:
             raise KeyManagerUnavailable(f"the sealing key bundle has no usable key: {exc}") from exc
         if len(self._reused) >= MAX_REUSED_IDENTITIES:
@@ -238,7 +241,7 @@ class SealingKeyManager:
     def seal_document(self, plaintexts: Sequence[bytes], sa_id: str) -> list[str]:
         published = self.source.current()
         try:
-            return published.bundle.seal(plaintexts, sa_id, self._clock())
+            return published.bundle.seal(plaintexts, sa_id, self._clock(), extra=self._extra)
         except bundle.BundleError as exc:
             raise KeyManagerUnavailable(f"the sealing key bundle has no usable key: {exc}") from exc
 

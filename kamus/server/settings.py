@@ -144,12 +144,17 @@ class KeyManagementSettings(_Section):
     # KMS keys named explicitly as m1 recipients (an ARN, a CryptoKey name, a Key Vault key URL)
     # that this cluster opens with its credentials (docs/multi-cluster.md).
     recipient_keys: CommaList = Field(default_factory=list, alias="RecipientKeys")
+    # Break-glass recipients (age:age1…) added to every new m1 value this Kamus makes: what a
+    # Decryptor__RequiredRecipients policy then finds in the encryptor's values too.
+    extra_recipients: CommaList = Field(default_factory=list, alias="ExtraRecipients")
     timeout_seconds: float = Field(10.0, gt=0, alias="TimeoutSeconds")
     max_retries: int = Field(3, ge=0, le=10, alias="MaxRetries")
     # A pod's 20 values decrypt at once: the calls of one batch run concurrently.
     max_concurrent_calls: int = Field(32, ge=1, alias="MaxConcurrentCalls")
 
-    _split = field_validator("retired_key_ids", "recipient_keys", mode="before")(_split_commas)
+    _split = field_validator(
+        "retired_key_ids", "recipient_keys", "extra_recipients", mode="before"
+    )(_split_commas)
 
 
 class ActiveDirectorySettings(_Section):

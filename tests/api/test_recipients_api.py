@@ -7,7 +7,7 @@ import base64
 import json
 import os
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -175,6 +175,12 @@ def test_adding_a_recipient_not_allowed_is_refused_and_allowed_ones_are_added(
         assert refused.status_code == 403, refused.text
         assert refused.json()["type"].endswith("recipient-not-allowed")
         assert "Decryptor__AllowedRecipients" in refused.json()["detail"]
+
+    # The allowed cluster's bundle, but an old copy whose keys have expired: said.
+    stale = bundle.from_masters([other_cluster], now=NOW - timedelta(days=400), schedule=Schedule())
+    expired = rewrap(client, admin, value, addBundles=[stale])
+    assert expired.status_code == 400
+    assert "key bundle 1 has expired: send a current one" in expired.json()["detail"]
 
     # Not a kind the decryptor can wrap for: said, not tried.
     kms = rewrap(client, admin, value, addRecipients=["aws:arn:aws:kms:eu-west-1:1:key/x"])

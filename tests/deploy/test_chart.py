@@ -1107,6 +1107,9 @@ def test_the_helm_test_script_round_trips_against_the_real_services(
         assert "FAIL decrypt as kamus:kamus-test" in failed.stdout
 
 
+DR_RECIPIENT = "age:age1f44u8admxdeu7ehn0jpj6rlx4l5ncdtjrr4cd3aat5489ksvvsps42dgxd"
+
+
 def test_recipient_settings_reach_the_decryptor_and_the_controller(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1123,6 +1126,7 @@ def test_recipient_settings_reach_the_decryptor_and_the_controller(
                 "provider": "AwsKms",
                 "awsKms": {"region": "eu-west-1"},
                 "recipientKeys": [arn],
+                "extraRecipients": [DR_RECIPIENT],
             },
             "decryptor": {
                 "recipients": {
@@ -1149,5 +1153,10 @@ def test_recipient_settings_reach_the_decryptor_and_the_controller(
     assert policy.recipients.forbidden == ("hpke-mlkem768x25519:*",)
     assert settings.decryptor.allowed_recipients == ["age:age1dr", "anchor:ed25519:ab"]
     assert settings.key_management.recipient_keys == [arn]
+    assert [r.name for r in policy.extra] == [DR_RECIPIENT]  # the encryptor reads it too
+    encryptor = named(manifests, "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
+    assert "kamus-config" in [
+        s["configMapRef"]["name"] for s in encryptor["containers"][0]["envFrom"]
+    ]
     controller = named(manifests, "Deployment", "kamus-controller")["spec"]["template"]["spec"]
     assert "Decryptor__AllowedRecipients" not in str(controller)

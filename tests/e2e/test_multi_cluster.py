@@ -21,7 +21,7 @@ from tests.k8s_double import KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.support import leaks
 from tests.support.kms import WRAPS, crypto_calls
-from tests.support.processes import Service, decrypt, kamus_serve, run_kamus
+from tests.support.processes import Service, decrypt, deploy, kamus_serve, run_kamus
 from tests.support.settings import new_key
 
 SECRET = "multi-cluster-pa55w0rd"
@@ -378,6 +378,27 @@ def test_recipients_add_and_remove_offline_keep_comments_and_other_values(
     assert again.returncode == 0, again.stdout
     assert (tree / "db.yaml").read_text() == after
 
+    # A cluster removed by its bundle: every stanza for a key it lists goes; the eu cluster
+    # then says the value was not sealed for it, and us still opens it.
+    gone = run_kamus(
+        "recipients", "remove", str(tree / "db.yaml"), "--keys", str(eu.keys),
+        "--trust-anchor", eu.anchor, "-i", str(dr.identity_file), "--in-place",
+    )  # fmt: skip
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    without_eu = next(iter(yaml.safe_load_all((tree / "db.yaml").read_text())))
+    value = without_eu["stringData"]["password"]
+    assert len(m1.parse(value).stanzas) == 2
+    refused = decrypt(decryptors["eu"].url, value, token)
+    assert refused.status_code == 400
+    assert "this value was not sealed for this Kamus" in refused.text
+    assert decrypt(decryptors["us"].url, value, token).text == SECRET
+    # Back again, for what follows.
+    back = run_kamus(
+        "recipients", "add", str(tree / "db.yaml"), "--keys", str(eu.keys),
+        "--trust-anchor", eu.anchor, "-i", str(dr.identity_file), "--in-place",
+    )  # fmt: skip
+    assert back.returncode == 0, back.stdout
+
     # Removing the break-glass stanza: the values still open in both clusters, not offline.
     removed = run_kamus(
         "recipients", "remove", str(tree / "db.yaml"), "--recipient", "age:*",
@@ -573,3 +594,78 @@ def test_a_kms_recipient_the_cli_cannot_use_is_a_usage_error(tmp_path: Path) -> 
                         "--recipient", "pgp:ABCD")  # fmt: skip
     assert unknown.returncode == 2
     assert "is not age:age1…, aws:<key ARN>" in unknown.stderr
+
+
+def test_an_operators_break_glass_key_goes_into_every_new_value_and_can_be_required(
+    clusters: dict[str, Cluster], dr: BreakGlass, kube_api: KubeApiDouble, tmp_path: Path
+) -> None:
+    """``KeyManagement__ExtraRecipients`` puts the break-glass stanza into the encryptor's values
+    (and a decryptor's rewraps of older formats), so ``Decryptor__RequiredRecipients`` can hold
+    for them; a value without it is refused on decrypt and by ``kamus verify``, until
+    ``kamus recipients add`` through the decryptor gives it one."""
+    eu = clusters["eu"]
+    dr_name = f"age:{dr.recipient}"
+    env = {
+        **eu.env(),
+        "KeyManagement__ExtraRecipients": dr_name,
+        "Decryptor__RequiredRecipients": dr_name,
+        "Decryptor__AllowedRecipients": dr_name,
+    }
+    user = "ops@example.com"
+    kube_api.grant(user, group="soluto.com", resource="kamussecrets", verb="update", namespace=NS)
+    token_file = tmp_path / "token"
+    token_file.write_text(kube_api.issue_user_token(user))
+    with deploy(kube_api, tmp_path, env) as kamus:
+        online = kamus.encrypt(SECRET, NS, SA)
+        assert online.status_code == 200, online.text
+        value = online.text
+        assert m1.parse(value).kinds == ["age", "hpke-x25519"]
+        token = kube_api.issue_token(NS, SA)
+        assert kamus.decrypt(value, token).text == SECRET
+        out = tmp_path / "online.txt"
+        recovered = run_kamus("recover", "-i", str(dr.identity_file), "-o", str(out), stdin=value)
+        assert recovered.returncode == 0, recovered.stderr
+        assert out.read_text() == SECRET
+
+        without = seal([eu])  # sealed offline, with no break-glass stanza
+        refused = kamus.decrypt(without, token)
+        assert refused.status_code == 400
+        assert "refuses values without a recipient matching" in refused.text
+        assert "Decryptor__RequiredRecipients" in refused.text
+
+        tree = tmp_path / "tree"
+        tree.mkdir()
+        manifest = tree / "db.yaml"
+        manifest.write_text(
+            "apiVersion: soluto.com/v1alpha2\nkind: KamusSecret\nmetadata: {name: db, "
+            f"namespace: team-a}}\nserviceAccount: app\nstringData: {{password: {without}}}\n"
+        )
+        connection = ["-u", kamus.decryptor.url, "--allow-insecure-url", "--allow-token-over-http",
+                      "--token-file", str(token_file)]  # fmt: skip
+        verify = run_kamus("verify", str(tree), *connection)
+        assert verify.returncode == 1
+        assert "Decryptor__RequiredRecipients" in verify.stdout
+
+        added = run_kamus("recipients", "add", str(tree), "--recipient", dr_name, *connection,
+                          "--in-place")  # fmt: skip
+        assert added.returncode == 0, added.stdout + added.stderr
+        fixed = yaml.safe_load(manifest.read_text())["stringData"]["password"]
+        assert kamus.decrypt(fixed, token).text == SECRET
+        assert run_kamus("verify", str(tree), *connection).returncode == 0
+
+
+def test_recover_leaves_out_other_documents_and_keeps_plain_settings(
+    clusters: dict[str, Cluster], dr: BreakGlass, tmp_path: Path
+) -> None:
+    value = seal([clusters["eu"]], "--recipient", f"age:{dr.recipient}")
+    stream = (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: env\n  namespace: team-a\n"
+        "  annotations: {kamus.soluto.com/service-account: app}\n"
+        f"data:\n  password: {value}\n  LOG_LEVEL: debug\n"
+    )
+    recovered = run_kamus("recover", "-i", str(dr.identity_file), stdin=stream)
+    assert recovered.returncode == 0, recovered.stderr
+    assert "document 1: left out: not a KamusSecret or a ConfigMap" in recovered.stderr
+    [config] = list(yaml.safe_load_all(recovered.stdout))
+    assert config["data"] == {"password": SECRET, "LOG_LEVEL": "debug"}

@@ -266,7 +266,9 @@ def test_surrounding_whitespace_is_refused(subject: Subject, before: str, after:
     calls = len(subject.requests)
     error = refused(subject, before + ciphertext + after, OWNER)
     assert isinstance(error, MalformedCiphertext)
-    assert str(error).startswith(NOT_KAMUS)
+    # Another provider's m1 value is well formed: it was sealed for another Kamus. Its a1 and
+    # e1 values are in a format this provider does not read.
+    assert str(error).startswith((NOT_KAMUS, "this value was not sealed for this Kamus: it has "))
     assert len(subject.requests) == calls  # told from the shape: the KMS was not asked
 
 
@@ -281,7 +283,9 @@ def test_another_providers_value_is_not_readable(
     calls = len(subject.requests)
     error = refused(subject, ciphertext, OWNER)
     assert isinstance(error, MalformedCiphertext)
-    assert str(error).startswith(NOT_KAMUS)
+    # Another provider's m1 value is well formed: it was sealed for another Kamus. Its a1 and
+    # e1 values are in a format this provider does not read.
+    assert str(error).startswith((NOT_KAMUS, "this value was not sealed for this Kamus: it has "))
     assert len(subject.requests) == calls
 
 

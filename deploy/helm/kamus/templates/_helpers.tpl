@@ -196,6 +196,9 @@ KeyManagement__AllowLegacyCiphertexts: {{ $fromKamus }}
 {{- with $km.recipientKeys }}
 KeyManagement__RecipientKeys: {{ join "," . | quote }}
 {{- end }}
+{{- with $km.extraRecipients }}
+KeyManagement__ExtraRecipients: {{ join "," . | quote }}
+{{- end }}
 {{- /* Here, not in the decryptor's env: the controller decrypts too, under the same policy. */}}
 {{- with .Values.decryptor.recipients.required }}
 Decryptor__RequiredRecipients: {{ join "," . | quote }}
