@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from crypto import m1
 from crypto.datakeys import OFF, CacheLimits, CacheObserver, DataKeyCache
 from crypto.encoding import b64url_decode, b64url_encode
-from crypto.errors import DecryptionError, MalformedCiphertext, Refused, shown
+from crypto.errors import DecryptionError, MalformedCiphertext, shown
 from crypto.formats import PREFIX, CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.legacy import cbc_decrypt, derive_legacy_key, parse_iv_ciphertext
 from crypto.lifecycle import (
@@ -47,8 +47,8 @@ from crypto.sealing import (
     Suite,
     change_recipients,
     check_identity,
+    decryptor_may_change,
     no_stanza_held,
-    only_m1,
 )
 
 A1_HEADER = PREFIX + "a1$"
@@ -194,13 +194,7 @@ class AESKeyManager:
         check_only: bool = False,
     ) -> Rewrapped:
         """An m1 value with recipients added or removed, through the sealing key held here."""
-        value = only_m1(ciphertext)
-        if value.threshold > 1:
-            raise Refused(
-                "m1 threshold value: recipients not changed by a decryptor",
-                "a decryptor does not change the recipients of a threshold value: remove them "
-                "offline (kamus recipients remove --identity), or seal it again",
-            )
+        value = decryptor_may_change(ciphertext)
         held = self.sealing.held(value)
         if held is None:
             raise no_stanza_held(value, "no stanza for a sealing key this Kamus holds")

@@ -34,7 +34,6 @@ from crypto.errors import (
     KeyDisabled,
     KeyManagerUnavailable,
     MalformedCiphertext,
-    Refused,
 )
 from crypto.formats import CiphertextFormat, classify, legacy_switched_off, unreadable
 from crypto.kms import KmsObserver, NullObserver
@@ -53,8 +52,8 @@ from crypto.sealing import (
     Schedule,
     change_recipients,
     check_identity,
+    decryptor_may_change,
     no_stanza_held,
-    only_m1,
 )
 
 # How long the KMS key version a service account's key uses now is trusted (rewrap only).
@@ -373,13 +372,7 @@ class CloudKeyManager(ABC):
     ) -> Rewrapped:
         """An m1 value with recipients added or removed: its data key unwrapped through the
         stanza held here (a sealing key, this provider's own or a named key)."""
-        value = only_m1(ciphertext)
-        if value.threshold > 1:
-            raise Refused(
-                "m1 threshold value: recipients not changed by a decryptor",
-                "a decryptor does not change the recipients of a threshold value: remove them "
-                "offline (kamus recipients remove --identity), or seal it again",
-            )
+        value = decryptor_may_change(ciphertext)
         if await self._held_sealing(value):
             held = self.sealing.held(value)
             assert held is not None

@@ -494,3 +494,16 @@ def only_m1(ciphertext: str) -> m1.M1:
             "(kamus rewrap)",
         )
     return m1.parse(ciphertext)
+
+
+def decryptor_may_change(ciphertext: str) -> m1.M1:
+    """An m1 value whose recipients a decryptor may change: not a threshold value, whose new
+    stanza would need its group's share (a decryptor holds one group at most)."""
+    value = only_m1(ciphertext)
+    if value.threshold > 1:
+        raise Refused(
+            "m1 threshold value: recipients not changed by a decryptor",
+            "a decryptor does not change the recipients of a threshold value: remove them "
+            "offline (kamus recipients remove --identity), or seal it again",
+        )
+    return value

@@ -8,10 +8,11 @@ bundle file vouches for its own signature, and its fingerprint is shown so that 
 compare it, since whoever could change the file could change the keys in it.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from crypto import bundle
 from kamus.cli.client import ClientError, KamusClient, ServerError, UsageError, server_message
@@ -66,7 +67,8 @@ def project_file(start: Path | None = None) -> Path | None:
     return None
 
 
-def project_pin(start: Path | None = None) -> Pin | None:
+def project_settings(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The ``.kamus.yaml`` at the repository root and what it says, if there is one."""
     path = project_file(start)
     if path is None:
         return None
@@ -80,6 +82,14 @@ def project_pin(start: Path | None = None) -> Pin | None:
     settings = docs[0] if docs else {}
     if not isinstance(settings, dict):
         raise UsageError(f"{path} must be a mapping, e.g. '{PIN_KEY}: ed25519:…'")
+    return path, settings
+
+
+def project_pin(start: Path | None = None) -> Pin | None:
+    found = project_settings(start)
+    if found is None:
+        return None
+    path, settings = found
     value = settings.get(PIN_KEY)
     if value is None:
         return None
@@ -104,6 +114,15 @@ def find_pin(
         source = "$KAMUS_TRUST_ANCHOR" if from_env else "--trust-anchor"
         return Pin(_normalised(trust_anchor, source), source)
     return project_pin(start)
+
+
+def pins_of(trust_anchors: Sequence[str], *, from_env: bool = False) -> list[Pin]:
+    """The pins of repeated ``--trust-anchor`` options (one per cluster's bundle), else the
+    ``trust-anchor`` of ``.kamus.yaml``."""
+    pins = [p for a in trust_anchors if (p := find_pin(a, from_env=from_env)) is not None]
+    if not pins and (top := project_pin()) is not None:
+        pins = [top]
+    return pins
 
 
 def how_to_pin(fingerprint: str) -> str:

@@ -375,7 +375,7 @@ class Offline:
     def sealer(self, connection: Connection, target: Path) -> "Sealing":
         """The recipients of the command line, else of the ``.kamus.yaml`` rule for ``target``
         (what is being sealed), every bundle verified; warnings go to stderr."""
-        from kamus.cli.keys import find_pin, now, project_pin
+        from kamus.cli.keys import now, pins_of
         from kamus.cli.recipients import Choice, prepare, rule_for
 
         if self.keys or self.recipient:
@@ -392,13 +392,9 @@ class Offline:
                     f"{target}"
                 )
             choice = found
-        pins = [
-            pin
-            for anchor in self.trust_anchor
-            if (pin := find_pin(anchor, from_env=self.pin_from_env)) is not None
-        ]
-        if not pins and not choice.pins and (top := project_pin()) is not None:
-            pins = [top]
+        # The command line's pins, else a rule's own (prepare), else the top-level one.
+        explicit = self.trust_anchor or not choice.pins
+        pins = pins_of(self.trust_anchor, from_env=self.pin_from_env) if explicit else []
         return prepare(
             choice,
             pins,
@@ -1361,6 +1357,14 @@ def recipients() -> None:
     """
 
 
+_BUNDLE_PINS = click.option(
+    "--trust-anchor",
+    multiple=True,
+    envvar="KAMUS_TRUST_ANCHOR",
+    help="The pinned anchor of each --keys bundle (default: trust-anchor in .kamus.yaml).",
+)
+
+
 def _recipients_options(command: Callable[..., None]) -> Callable[..., None]:
     return _options(
         click.option(
@@ -1442,12 +1446,7 @@ def _change_recipients(
     help="A recipient to add: age:age1…, aws:<key ARN>, gcp:<CryptoKey name>, azure:<key URL>. "
     "Repeatable.",
 )
-@click.option(
-    "--trust-anchor",
-    multiple=True,
-    envvar="KAMUS_TRUST_ANCHOR",
-    help="The pinned anchor of each --keys bundle (default: trust-anchor in .kamus.yaml).",
-)
+@_options(_BUNDLE_PINS)
 @_recipients_options
 def recipients_add(
     paths: tuple[str, ...],
@@ -1469,15 +1468,13 @@ def recipients_add(
       kamus recipients add deploy/ --recipient age:age1… -u http://127.0.0.1:9091 \\
         --allow-insecure-url --allow-token-over-http --kubeconfig-token --in-place
     """
-    from kamus.cli.keys import find_pin, project_pin
+    from kamus.cli.keys import pins_of
     from kamus.cli.recipients import Choice, load_pinned, prepare
 
     try:
         if not keys and not added:
             raise UsageError("name what to add: --keys FILE|URL, or --recipient")
-        pins = [p for a in trust_anchor if (p := find_pin(a)) is not None]
-        if not pins and (top := project_pin()) is not None:
-            pins = [top]
+        pins = pins_of(trust_anchor)
         connect = _bundle_client(connection)
         if identities:
             from kamus.cli.keys import now
@@ -1530,12 +1527,7 @@ def recipients_add(
     help="A cluster to remove: its key bundle (a file or an https URL); every stanza for a key "
     "the bundle lists goes. Repeatable.",
 )
-@click.option(
-    "--trust-anchor",
-    multiple=True,
-    envvar="KAMUS_TRUST_ANCHOR",
-    help="The pinned anchor of each --keys bundle (default: trust-anchor in .kamus.yaml).",
-)
+@_options(_BUNDLE_PINS)
 @_recipients_options
 def recipients_remove(
     paths: tuple[str, ...],
@@ -1560,15 +1552,13 @@ def recipients_remove(
       kamus recipients remove deploy/ --recipient 'age:*' -i dr.agekey --in-place
       kamus recipients remove deploy/ --keys lost-cluster.json -i dr.agekey --in-place
     """
-    from kamus.cli.keys import find_pin, project_pin
+    from kamus.cli.keys import pins_of
     from kamus.cli.recipients import load_pinned
 
     try:
         if not removed and not keys:
             raise UsageError("name what to remove: --recipient PATTERN, or --keys FILE|URL")
-        pins = [p for a in trust_anchor if (p := find_pin(a)) is not None]
-        if not pins and (top := project_pin()) is not None:
-            pins = [top]
+        pins = pins_of(trust_anchor)
         connect = _bundle_client(connection)
         removed += tuple(
             f"{key.suite.stanza_kind}:{key.kid}"

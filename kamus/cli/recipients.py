@@ -36,14 +36,13 @@ from crypto.errors import DecryptionError
 from crypto.recipients import AGE_KIND, KMS_KINDS, AgeIdentities, AgeRecipient, Recipient, wrap_for
 from kamus.cli.client import KamusClient, UsageError
 from kamus.cli.keys import (
-    PIN_KEY,
     BundleRefused,
     Pin,
     Warn,
     check_expiry,
     check_identity,
     load_verified,
-    project_file,
+    project_settings,
 )
 
 RULES_KEY = "recipients"
@@ -165,23 +164,6 @@ def _fingerprint(text: str, where: str) -> str:
         return normalise_fingerprint(text)
     except BundleError as exc:
         raise UsageError(f"{where}: {exc}") from None
-
-
-def project_settings(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
-    path = project_file(start)
-    if path is None:
-        return None
-    from kamus.cli.inputs import decode_text, yaml_documents
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    docs = yaml_documents(decode_text(data, str(path)), str(path))
-    settings = docs[0] if docs else {}
-    if not isinstance(settings, dict):
-        raise UsageError(f"{path} must be a mapping, e.g. '{PIN_KEY}: ed25519:…'")
-    return path, settings
 
 
 def rule_for(target: Path, start: Path | None = None) -> Choice | None:
