@@ -20,14 +20,13 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from pyrage import x25519
 
+from bench.sealing import per_call_us
 from crypto import AESKeyManager, bundle, m1
 from crypto.recipients import AgeIdentities, AgeRecipient, Recipient, open_offline, wrap_for
 from crypto.sealing import Schedule, SealingPrivateKey
@@ -35,17 +34,6 @@ from crypto.sealing import Schedule, SealingPrivateKey
 SA_ID = "team-a:app"
 SECRET = b"s3cr3t-" + b"x" * 25  # 32 bytes
 COUNTS = (1, 2, 5)
-
-
-def _per_call_us(call: Callable[[], object], n: int) -> float:
-    """The median of five batches of ``n`` calls, in µs per call."""
-    batches = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(n):
-            call()
-        batches.append((time.perf_counter() - start) / n * 1e6)
-    return round(statistics.median(batches), 1)
 
 
 def _sealer(loop: asyncio.AbstractEventLoop) -> Callable[..., str]:
@@ -93,8 +81,8 @@ def measure(quick: bool = False) -> dict[str, Any]:
             per_open = unwraps
             by_count[str(count)] = {
                 "size": len(value),
-                "seal_us": _per_call_us(seal_once, n // count),
-                "open_us": _per_call_us(open_once, n),
+                "seal_us": per_call_us(seal_once, n // count),
+                "open_us": per_call_us(open_once, n),
                 "unwraps_per_open": per_open,
             }
         identities = [x25519.Identity.generate() for _ in range(3)]
@@ -111,7 +99,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
         "one_cluster_plus_age": {"size": len(with_age)},
         "threshold_2_of_3_age": {
             "size": len(threshold),
-            "recover_us": _per_call_us(lambda: open_offline(parsed, holder), max(5, n // 20)),
+            "recover_us": per_call_us(lambda: open_offline(parsed, holder), max(5, n // 20)),
         },
         "secret_bytes": len(SECRET),
     }

@@ -33,7 +33,7 @@ SECRETS = 20
 SA_ID = "team-a:app"
 
 
-def _per_call_us(call: Callable[[], object], n: int) -> float:
+def per_call_us(call: Callable[[], object], n: int) -> float:
     """The median of five batches of ``n`` calls, in µs per call."""
     batches = []
     for _ in range(5):
@@ -55,16 +55,16 @@ def per_value(plan: Plan, master: bytes) -> dict[str, Any]:
         m1 = keys.seal([b"s3cr3t"], SA_ID, now)[0]
         pq = keys.seal([b"s3cr3t"], SA_ID, now, post_quantum=True)[0]
         result = {
-            "a1_encrypt_us": _per_call_us(
+            "a1_encrypt_us": per_call_us(
                 lambda: loop.run_until_complete(aes.encrypt(b"s3cr3t", SA_ID)), n
             ),
-            "a1_open_us": _per_call_us(lambda: loop.run_until_complete(aes.decrypt(a1, SA_ID)), n),
-            "m1_seal_us": _per_call_us(lambda: keys.seal([b"s3cr3t"], SA_ID, now), n),
-            "m1_open_us": _per_call_us(lambda: loop.run_until_complete(aes.decrypt(m1, SA_ID)), n),
-            "pq_seal_us": _per_call_us(
+            "a1_open_us": per_call_us(lambda: loop.run_until_complete(aes.decrypt(a1, SA_ID)), n),
+            "m1_seal_us": per_call_us(lambda: keys.seal([b"s3cr3t"], SA_ID, now), n),
+            "m1_open_us": per_call_us(lambda: loop.run_until_complete(aes.decrypt(m1, SA_ID)), n),
+            "pq_seal_us": per_call_us(
                 lambda: keys.seal([b"s3cr3t"], SA_ID, now, post_quantum=True), n // 4
             ),
-            "pq_open_us": _per_call_us(
+            "pq_open_us": per_call_us(
                 lambda: loop.run_until_complete(aes.decrypt(pq, SA_ID)), n // 4
             ),
             "sizes": {"a1": len(a1), "m1": len(m1), "m1_post_quantum": len(pq)},
@@ -93,7 +93,7 @@ def offline_seal(plan: Plan, master: bytes, work: Path) -> dict[str, Any]:
     keys_file.write_text(text)
     keys = bundle.load(text)
     values = [f"value-{i}".encode() for i in range(SECRETS)]
-    in_process = _per_call_us(lambda: keys.seal(values, SA_ID, now), 10 if plan.quick else 200)
+    in_process = per_call_us(lambda: keys.seal(values, SA_ID, now), 10 if plan.quick else 200)
     manifest = _secret_manifest(work)
     command = [
         sys.executable, "-m", "kamus", "seal", str(manifest),
