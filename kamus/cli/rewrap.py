@@ -24,7 +24,14 @@ from crypto.bundle import Bundle
 from crypto.errors import DecryptionError, MalformedCiphertext
 from crypto.formats import CiphertextFormat
 from crypto.lifecycle import named_key_ids
-from crypto.recipients import AgeIdentities, Recipient, not_present, open_offline, restanza
+from crypto.recipients import (
+    KMS_KINDS,
+    AgeIdentities,
+    Recipient,
+    not_present,
+    open_offline,
+    restanza,
+)
 from crypto.sealing import KeyState, only_m1
 from kamus.cli.client import (
     KamusClient,
@@ -38,7 +45,7 @@ REWRAP_PATH = "/api/v2/rewrap"
 # Values per request: small enough that one request ends well within --timeout when each value
 # costs KMS calls (three, after an AWS key moved), large enough to cost one TokenReview per 100.
 BATCH = 100
-KMS_KINDS = ("aws", "gcp", "azure")
+
 NOT_ROTATION = (
     "rewrap moves values to the active key; it does not change the secrets themselves: a secret "
     "that leaked must be changed at its source and encrypted again"
