@@ -18,6 +18,7 @@ from encryptor.auth import USER_TOKEN, EncryptorCallers
 from encryptor.fast import FastEncrypt
 from encryptor.keys import build_keys
 from encryptor.models import BatchEncryptRequest, EncryptRequest
+from encryptor.page import add_ui
 from kamus.server.addresses import parse_networks
 from kamus.server.errors import ConfigurationError
 from kamus.server.health import WatchedKeyManager, readiness
@@ -293,6 +294,8 @@ def create_app(settings: Settings | None = None, key_manager: KeyManager | None 
     app.include_router(encrypting, dependencies=checks)
     app.include_router(health)
     app.include_router(public_keys)
+    if settings.encryptor.ui:
+        add_ui(app)
     if not callers.enabled:
         app.outer_middleware.append(
             lambda inner: FastEncrypt(

@@ -11,7 +11,7 @@
 #   deploy/tools/install-system-tools.sh
 set -euo pipefail
 
-TOOLS=(podman buildah runc mmdebstrap wrk)  # each command comes in the Debian package of its name
+TOOLS=(podman buildah runc mmdebstrap wrk chromium)  # each command comes in the Debian package of its name
 
 missing=()
 for cmd in "${TOOLS[@]}"; do
@@ -32,6 +32,9 @@ loud() {
     fi
     if [[ " ${missing[*]} " == *" wrk "* ]]; then
         echo "# The benchmarks (bench/) fall back to their slower Python load generator." >&2
+    fi
+    if [[ " ${missing[*]} " == *" chromium "* ]]; then
+        echo "# The real-browser tests (the encrypt page, /docs) will be SKIPPED." >&2
     fi
     echo "# Install them by hand: apt-get install -y ${missing[*]}" >&2
     echo "#####################################################################" >&2
@@ -59,4 +62,4 @@ for cmd in "${TOOLS[@]}"; do
 done
 echo "install-tools: $(podman --version), $(buildah --version | cut -d' ' -f1-3)," \
     "$(runc --version | head -n1), mmdebstrap $(mmdebstrap --version | cut -d' ' -f2)," \
-    "$(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2)"
+    "$(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2), $(chromium --version 2>/dev/null | head -n1)"

@@ -239,6 +239,8 @@ class EncryptorSettings(_Section):
     # "m1" (sealed to the public keys, or the KMS key in an m1 envelope); "legacy": a1/e1, for
     # as long as some decryptor is older than m1 (docs/offline-encryption.md, upgrade order).
     output_format: Literal["m1", "legacy"] = Field("m1", alias="OutputFormat")
+    # GET /ui, the encrypt page (encryptor/page.py, docs/ui.md).
+    ui: bool = Field(True, alias="Ui")
 
     _split = field_validator("trusted_proxies", "audiences", mode="before")(_split_commas)
 

@@ -1160,3 +1160,12 @@ def test_recipient_settings_reach_the_decryptor_and_the_controller(
     ]
     controller = named(manifests, "Deployment", "kamus-controller")["spec"]["template"]["spec"]
     assert "Decryptor__AllowedRecipients" not in str(controller)
+
+
+def test_the_encrypt_page_is_on_unless_turned_off() -> None:
+    def env(values: dict[str, Any]) -> dict[str, str | None]:
+        spec = named(render(values), "Deployment", "kamus-encryptor")["spec"]["template"]["spec"]
+        return {e["name"]: e.get("value") for e in spec["containers"][0].get("env", [])}
+
+    assert "Encryptor__Ui" not in env({})  # the service's default: on
+    assert env({"encryptor": {"ui": {"enabled": False}}})["Encryptor__Ui"] == "false"
