@@ -398,6 +398,11 @@ def test_encryptor_image_encrypts(encryptor: Encryptor) -> None:
     assert alive.json() is True
     ciphertext = encryptor.encrypt("x", "ns", "sa")
     assert ciphertext not in ("", "x")  # the decryptor test opens it
+    # The encrypt page's files are in the installed package, not only in the source tree.
+    for path in ("/ui", "/ui/ui.js", "/ui/ui.css"):
+        page = httpx.get(f"{encryptor.container.url}{path}", timeout=5)
+        assert page.status_code == 200, path
+        assert "default-src 'none'" in page.headers["content-security-policy"]
 
 
 @pytest.mark.slow

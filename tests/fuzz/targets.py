@@ -50,6 +50,7 @@ from crypto import (
     m1,
 )
 from crypto.encoding import b64_decode, b64url_decode, b64url_encode
+from crypto.errors import Refused
 from crypto.formats import PREFIX
 from tests.support.vectors import A1 as A1_VECTORS
 from tests.support.vectors import E1 as E1_VECTORS
@@ -61,6 +62,8 @@ T = TypeVar("T")
 IDENTITY = "fuzz-ns:fuzz-sa"
 GENERIC_MESSAGE = "the ciphertext could not be decrypted for this service account"
 MALFORMED_PREFIX = "this is not a Kamus ciphertext: "
+# A well-formed m1 value with no stanza for a key held here (crypto.sealing.NotSealedHere).
+NOT_SEALED_PREFIX = "this value was not sealed for this Kamus: "
 # Another identity to ask: a shape fact must not depend on who asks.
 OTHER_IDENTITY = "fuzz-other:someone-else"
 KMS_NAMES = ("aws", "gcp", "azure")
@@ -320,8 +323,15 @@ def rejected_label(error: DecryptionError, *, after_key: bool = False) -> str:
     if isinstance(error, MalformedCiphertext):
         if after_key:
             raise AssertionError(f"a failure after a key was used told apart: {error}")
-        if not str(error).startswith(MALFORMED_PREFIX) or not error.fact:
+        if not str(error).startswith((MALFORMED_PREFIX, NOT_SEALED_PREFIX)) or not error.fact:
             raise AssertionError(f"a MalformedCiphertext without its fact: {error}")
+    elif isinstance(error, Refused):
+        # The value and this Kamus's configuration (a threshold whose groups are not held
+        # here, a recipient policy): decided from the header alone, before any key.
+        if after_key:
+            raise AssertionError(f"a failure after a key was used told apart: {error}")
+        if not error.message:
+            raise AssertionError(f"a refusal without its message: {error!r}")
     elif str(error) != GENERIC_MESSAGE:
         raise AssertionError(f"a DecryptionError with a specific message: {error}")
     if not error.reason:
