@@ -280,6 +280,16 @@ class AzureKeyVaultKeyManager(CloudKeyManager):
             named.vault for key in recipient_keys if (named := NamedKey.parse(key)) is not None
         }
 
+    def close(self) -> None:
+        """Close its Key Vault clients' connections and its worker threads. A service keeps one
+        manager for its life; tests make many, whose TLS sockets must not be left to the
+        garbage collector."""
+        for client in [*self._versions.values(), *self._vaults.values(), self._keys]:
+            client.close()
+        self._versions.clear()
+        self._vaults.clear()
+        self._calls.close()
+
     async def new_data_key(self, sa_id: str) -> Wrapped:
         name = kamus_key_id(sa_id)
         key = await found(lambda: self._latest_key(name))

@@ -73,6 +73,7 @@ class NamedKeys:
     build: Build
     classify: Classifier
     made: list[BlockingCalls] = field(default_factory=list)
+    managers: list[CloudKeyManager] = field(default_factory=list)
 
     def manager(
         self, recipient_keys: Sequence[str] = (), cache: CacheLimits = OFF
@@ -86,7 +87,9 @@ class NamedKeys:
             observer=seen,
         )
         self.made.append(calls)
-        return self.build(calls, recipient_keys, cache), seen
+        manager = self.build(calls, recipient_keys, cache)
+        self.managers.append(manager)
+        return manager, seen
 
     @property
     def requests(self) -> list[str]:
@@ -94,6 +97,9 @@ class NamedKeys:
         return self.double.requests
 
     def close(self) -> None:
+        for manager in self.managers:
+            if isinstance(manager, AzureKeyVaultKeyManager):
+                manager.close()  # its TLS connections to the double, not left to the collector
         for calls in self.made:
             calls.close()
 
