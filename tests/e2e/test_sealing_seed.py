@@ -27,6 +27,7 @@ from tests.support import leaks
 from tests.support.aio import run
 from tests.support.chart import key_job_command, render
 from tests.support.processes import run_kamus
+from tests.support.served_logs import sdk_loggers_as_served
 from tests.support.servers import Faults
 from tests.support.settings import SettingsFactory
 
@@ -212,25 +213,23 @@ def test_the_seed_round_trips_through_an_offline_seal(
     ciphertext = sealed.stdout.strip()
     assert ciphertext.startswith("kamus$m1$")
 
-    manager = build_key_manager(make_settings(**decryptor))
-    assert isinstance(manager, CloudKeyManager)
-    # Not registered with the leak detector: the SDKs' own DEBUG lines in this process show
-    # what they unwrap. The `kamus` processes must not.
-    [seed] = run(manager.sealing_masters())
-    for result in (made, exported, sealed):
-        for shown in (base64.b64encode(seed).decode(), seed.hex()):
-            assert shown not in result.stdout + result.stderr
-    calls = len(kms.double.requests)
-    assert run(manager.decrypt(ciphertext, "team-a:app")) == SECRET.encode()
-    assert len(kms.double.requests) == calls  # an HPKE stanza: no KMS call to open it
-    for other in ("team-a:web", "team-b:app"):
+    # In this process as in `kamus serve`: the SDKs' DEBUG lines would show the request bodies.
+    with sdk_loggers_as_served():
+        manager = build_key_manager(make_settings(**decryptor))
+        assert isinstance(manager, CloudKeyManager)
+        [seed] = run(manager.sealing_masters())
+        leaks.register(base64.b64encode(seed).decode(), seed.hex())
+        calls = len(kms.double.requests)
+        assert run(manager.decrypt(ciphertext, "team-a:app")) == SECRET.encode()
+        assert len(kms.double.requests) == calls  # an HPKE stanza: no KMS call to open it
+        for other in ("team-a:web", "team-b:app"):
+            with pytest.raises(DecryptionError):
+                run(manager.decrypt(ciphertext, other))
+        # The encryptor's manager holds no seed: it cannot open what was sealed offline.
+        monkeypatch.delenv("KeyManagement__Sealing__WrappedSeedsFile")
+        encryptor = build_key_manager(make_settings(**kms.settings))
         with pytest.raises(DecryptionError):
-            run(manager.decrypt(ciphertext, other))
-    # The encryptor's manager holds no seed: it cannot open what was sealed offline.
-    monkeypatch.delenv("KeyManagement__Sealing__WrappedSeedsFile")
-    encryptor = build_key_manager(make_settings(**kms.settings))
-    with pytest.raises(DecryptionError):
-        run(encryptor.decrypt(ciphertext, "team-a:app"))
+            run(encryptor.decrypt(ciphertext, "team-a:app"))
     for result in (made, exported, sealed):
         assert_nothing_secret_in(result)
 

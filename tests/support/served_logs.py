@@ -10,6 +10,22 @@ from kamus.server.logs import SDK_LOGGERS, configure_logging
 
 
 @contextmanager
+def sdk_loggers_as_served() -> Iterator[None]:
+    """The SDK loggers at the level ``configure_logging`` holds them to in every ``kamus``
+    process (INFO at most), for a test that drives a provider in its own process: at DEBUG,
+    botocore writes each request body, such as a Decrypt's wrapped seed, which ``kamus`` never
+    logs."""
+    saved = {name: logging.getLogger(name).level for name in SDK_LOGGERS}
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextmanager
 def served_logging(stream: TextIO, level: str = "INFO") -> Iterator[None]:
     """``configure_logging(level)`` as ``kamus serve`` runs it, writing to ``stream``, alone on
     the root logger; what it changed (pytest's handlers, such as caplog and the leak detector,
