@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from crypto.bundle import BundleError
 from crypto.errors import KeyManagerUnavailable
@@ -56,9 +56,12 @@ def _file(name: str, media_type: str) -> FileResponse:
     return FileResponse(_FILES / name, media_type=media_type, headers=HEADERS)
 
 
-def page_info(source: BundleSource | None, authentication: str) -> dict[str, object]:
-    """What the page shows beside the form: whether callers send a token, and with sealing keys
-    the key new values are sealed to and the anchor that signs them, to compare with a pin."""
+def page_info(
+    source: BundleSource | None, authentication: str, max_request_bytes: int
+) -> dict[str, object]:
+    """What the page shows beside the form: whether callers send a token, with sealing keys the
+    key new values are sealed to and the anchor that signs them, to compare with a pin, and the
+    body limit, so that a file over it is refused before the browser sends it."""
     sealing: dict[str, str] | None = None
     if source is not None:
         try:
@@ -74,6 +77,7 @@ def page_info(source: BundleSource | None, authentication: str) -> dict[str, obj
         "authentication": authentication,
         "sealing": sealing,
         "defaultServiceAccount": DEFAULT_SERVICE_ACCOUNT_REFUSAL,
+        "maxRequestBytes": max_request_bytes,
     }
 
 
@@ -88,8 +92,18 @@ async def index() -> FileResponse:
 @router.get(UI_PATH + "/info.json")
 async def info(request: Request) -> JSONResponse:
     state = request.app.state.encryptor
-    body = page_info(state.bundle, state.settings.encryptor.authentication)
+    settings = state.settings
+    body = page_info(
+        state.bundle, settings.encryptor.authentication, settings.server.max_request_body_bytes
+    )
     return JSONResponse(body, headers=HEADERS)
+
+
+@router.get(UI_PATH + "/")
+async def with_slash() -> RedirectResponse:
+    # Relative, unlike the router's own slash redirect (an absolute URL from the Host header):
+    # behind an ingress that serves the encryptor under a path prefix, "../ui" keeps the prefix.
+    return RedirectResponse("../ui", status_code=308, headers=HEADERS)
 
 
 def _asset(file_name: str, media_type: str) -> Callable[[], Awaitable[FileResponse]]:

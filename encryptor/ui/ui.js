@@ -216,7 +216,10 @@
       return;
     }
     const encoded = 4 * Math.ceil(file.size / 3);
-    fileSize.textContent = `${file.name}: ${size(file.size)}, sent as ${size(encoded)} of base64`;
+    const limit = info && info.maxRequestBytes;
+    const over = limit && encoded > limit ? `, over this encryptor's limit of ${size(limit)}` : "";
+    fileSize.textContent =
+      `${file.name}: ${size(file.size)}, sent as ${size(encoded)} of base64${over}`;
     if (!keyEdited && checkKey(file.name) === null) keyName.value = file.name;
   }
 
@@ -323,16 +326,28 @@
       if (!tokenField.hidden && !tokenInput.disabled && token) {
         headers.Authorization = `Bearer ${token}`;
       }
+      const body = JSON.stringify({
+        data: value.data,
+        "service-account": serviceAccount,
+        namespace,
+      });
+      const limit = info && info.maxRequestBytes;
+      const length = utf8Length(body);
+      if (limit && length > limit) {
+        showError(
+          TITLES[413],
+          `The request would be ${size(length)}; this encryptor takes at most ${size(limit)}. ` +
+            "Nothing was sent.",
+        );
+        (value.file ? fileInput : valueInput).focus();
+        return;
+      }
       let response;
       try {
         response = await fetch("api/v1/encrypt", {
           method: "POST",
           headers,
-          body: JSON.stringify({
-            data: value.data,
-            "service-account": serviceAccount,
-            namespace,
-          }),
+          body,
           cache: "no-store",
           credentials: "omit",
           redirect: "error",

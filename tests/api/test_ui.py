@@ -145,6 +145,22 @@ def test_nothing_else_is_served_under_ui(client: TestClient, path: str) -> None:
     assert response.status_code == 404, (path, response.status_code)
 
 
+def test_a_trailing_slash_leads_back_to_the_page_under_any_path_prefix(
+    client: TestClient,
+) -> None:
+    """Relative, so that behind an ingress serving the encryptor under a prefix the browser
+    stays under it (the router's own redirect would name the host's root)."""
+    response = client.get("/ui/", follow_redirects=False)
+    assert response.status_code == 308
+    location = response.headers["location"]
+    assert location == "../ui"
+    assert urljoin("https://kamus.example/team-tools/ui/", location) == (
+        "https://kamus.example/team-tools/ui"
+    )
+    assert parse_csp(response.headers["content-security-policy"]) == EXPECTED_CSP
+    assert client.get("/ui/").content == (UI_FILES / "index.html").read_bytes()
+
+
 def test_a_query_string_never_picks_another_file(client: TestClient) -> None:
     for path, name in [
         ("/ui?file_name=../app.py", "index.html"),
@@ -216,6 +232,7 @@ def test_info_without_sealing_keys(make_settings: SettingsFactory, aes_key: str)
         "authentication": "none",
         "sealing": None,
         "defaultServiceAccount": DEFAULT_SERVICE_ACCOUNT_REFUSAL,
+        "maxRequestBytes": 1024 * 1024,
     }
 
 

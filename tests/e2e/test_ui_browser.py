@@ -10,6 +10,7 @@ One browser and one deployment serve the whole module; each test opens its own b
 import base64
 import hashlib
 import importlib.util
+import json
 import re
 import shutil
 import time
@@ -351,6 +352,47 @@ def test_a_429_shows_the_apis_message_and_the_wait(
     assert seconds.sub("", again.json()["detail"]) == seconds.sub("", shown)
     # The value is kept for the retry.
     assert ui.label("Secret text").input_value() == TEXT
+
+
+SMALL_LIMIT = 2048
+
+
+@pytest.fixture(scope="module")
+def small(key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("ui-small")
+    env = {"KeyManagement__AES__Key": key, "Server__MaxRequestBodyBytes": str(SMALL_LIMIT)}
+    with kamus_serve("encryptor", env, tmp / "encryptor.log") as service:
+        yield service
+
+
+def test_a_value_over_the_body_limit_is_refused_before_it_is_sent(
+    open_session: Callable[..., Session], small: Service
+) -> None:
+    """The limit comes from info.json: a file over it is flagged when chosen, and refused
+    without a request, rather than uploaded whole to be answered 413."""
+    ui = EncryptPage(open_session().page).open(small.url)
+    sent: list[str] = []
+    ui.page.on("request", lambda request: sent.append(request.url))
+    big = bytes(range(256)) * 8  # 2,048 bytes: 2,732 of base64
+    ui.fill("team-ui", "big", big)
+    assert ui.el("file-size").text_content() == (
+        "blob.bin: 2,048 bytes (2.0 KiB), sent as 2,732 bytes (2.7 KiB) of base64, "
+        "over this encryptor's limit of 2,048 bytes (2.0 KiB)"
+    )
+    ui.submit()
+    expect(ui.el("error-title")).to_have_text("The value is too large")
+    assert ui.error() == (
+        "The request would be 2,789 bytes (2.7 KiB); this encryptor takes at most "
+        "2,048 bytes (2.0 KiB). Nothing was sent."
+    )
+    assert sent == []
+    # The page's count is the encryptor's: the same body, sent past the page, is answered 413.
+    body = {"data": b64(big), "service-account": "big", "namespace": "team-ui"}
+    assert len(json.dumps(body, separators=(",", ":")).encode()) == 2789
+    refused = httpx.post(f"{small.url}/api/v1/encrypt", json=body)
+    assert refused.status_code == 413, refused.text
+    # A value that fits is sent, and encrypted.
+    assert ui.encrypt("team-ui", "small", TEXT).startswith("kamus$m1$")
 
 
 # -- what the page does in the browser -------------------------------------------------------
