@@ -8,14 +8,18 @@ vector is checked twice: with the real provider, and with a few lines written fr
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 
+import pyrage
 import pytest
+from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.hazmat.primitives import hashes, hpke, padding
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+from pyrage import x25519 as age_x25519
 
 from crypto import (
     KAMUS_PUBLIC_DEFAULT_KEY,
@@ -25,8 +29,11 @@ from crypto import (
     bundle,
     classify,
     envelope,
+    m1,
 )
-from tests.support.vectors import A1, E1, LEGACY, M1, Vector
+from crypto.errors import MalformedCiphertext
+from crypto.recipients import AgeIdentities, open_offline
+from tests.support.vectors import A1, E1, LEGACY, M1, RECIPIENTS, Vector
 
 
 def manager(v: Vector) -> AESKeyManager:
@@ -78,48 +85,84 @@ def doc_open_legacy(master: bytes, derivation: bool, sa_id: str, ciphertext: str
     return unpadder.update(padded) + unpadder.finalize()
 
 
-def doc_open_m1(masters: list[bytes], sa_id: str, ciphertext: str) -> bytes:
-    """m1, from docs/ciphertext-format.md alone (the X25519 suite; HPKE is pyca's, as RFC 9180)."""
+def unb64url(text: str) -> bytes:
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    assert b64url_nopad(raw) == text
+    return raw
+
+
+def u16(text: str) -> bytes:
+    return len(text.encode()).to_bytes(2, "big") + text.encode()
+
+
+def doc_hpke_unwrap(masters: list[bytes], ns: str, sa: str, stanza: dict[str, str]) -> bytes | None:
+    """An X25519 HPKE stanza's wrapped key, if one of ``masters`` derives its sealing key."""
+    suite, generation, _ = stanza["kid"].split(":")
+    for master in masters:
+        label = f"kamus/sealing/x25519/{suite}/{generation[1:]}".encode()
+        seed = HKDF(hashes.SHA256(), 32, salt=b"kamus-sealing", info=label).derive(master)
+        private = x25519.X25519PrivateKey.from_private_bytes(seed)
+        public = private.public_key().public_bytes_raw()
+        if stanza["kid"].endswith(hashlib.sha256(public).hexdigest()[:16]):
+            info = b"kamus/m1/hpke-x25519\x00" + u16(ns) + u16(sa) + u16(stanza["kid"])
+            hpke_suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+            return hpke_suite.decrypt(unb64url(stanza["w"]), private, info=info)
+    return None
+
+
+def doc_age_unwrap(identities: list[str], ns: str, sa: str, stanza: dict[str, str]) -> bytes | None:
+    """An age stanza's wrapped key, if one of ``identities`` is its recipient; the identity
+    inside must be the one the value is opened as."""
+    for text in identities:
+        identity = age_x25519.Identity.from_str(text)
+        if str(identity.to_public()) != stanza["kid"]:
+            continue
+        inner = pyrage.decrypt(unb64url(stanza["w"]), [identity])
+        label = b"kamus/m1/age\x00"
+        assert inner.startswith(label + u16(ns) + u16(sa))
+        return inner[len(label + u16(ns) + u16(sa)) :]
+    return None
+
+
+def doc_open_m1(
+    masters: list[bytes], sa_id: str, ciphertext: str, identities: list[str] | None = None
+) -> bytes:
+    """m1, from docs/ciphertext-format.md alone: X25519 HPKE stanzas (pyca's HPKE, as RFC 9180),
+    age stanzas (pyrage, as C2SP age.md), and a threshold's shares (pycryptodome's Shamir, each
+    16-byte half at the group's number)."""
     prefix, version, header_text, mac_text, payload_text = ciphertext.split("$")
     assert (prefix, version) == ("kamus", "m1")
-
-    def unb64(text: str) -> bytes:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        assert b64url_nopad(raw) == text
-        return raw
-
-    def u16(text: str) -> bytes:
-        return len(text.encode()).to_bytes(2, "big") + text.encode()
-
     ns, sa = sa_id.split(":", 1)
-    header = json.loads(unb64(header_text))
+    header = json.loads(unb64url(header_text))
     tag = hashlib.sha256(b"kamus-id\x00" + ns.encode() + b"\x00" + sa.encode()).hexdigest()[:8]
     assert header["id"] == tag
+    opened: dict[int, bytes] = {}  # by group; 0 without a threshold
     for stanza in header["s"]:
-        if stanza["k"] != "hpke-x25519":
-            continue
-        suite, generation, _ = stanza["kid"].split(":")
-        for master in masters:
-            label = f"kamus/sealing/x25519/{suite}/{generation[1:]}".encode()
-            seed = HKDF(hashes.SHA256(), 32, salt=b"kamus-sealing", info=label).derive(master)
-            private = x25519.X25519PrivateKey.from_private_bytes(seed)
-            public = private.public_key().public_bytes_raw()
-            if stanza["kid"].endswith(hashlib.sha256(public).hexdigest()[:16]):
-                break
+        if stanza["k"] == "hpke-x25519":
+            key = doc_hpke_unwrap(masters, ns, sa, stanza)
+        elif stanza["k"] == "age":
+            key = doc_age_unwrap(identities or [], ns, sa, stanza)
         else:
             continue
-        info = b"kamus/m1/hpke-x25519\x00" + u16(ns) + u16(sa) + u16(stanza["kid"])
-        hpke_suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-        data_key = hpke_suite.decrypt(unb64(stanza["w"]), private, info=info)
-        okm = HKDF(hashes.SHA256(), 96, salt=None, info=b"kamus/m1/keys").derive(data_key)
-        k_enc, k_mac, commitment = okm[:32], okm[32:64], okm[64:]
-        assert hmac.compare_digest(commitment, unb64(header["c"]))
-        mac = hmac.new(k_mac, f"kamus$m1${header_text}".encode(), "sha256").digest()
-        assert hmac.compare_digest(mac, unb64(mac_text))
-        payload = unb64(payload_text)
-        aad = b"kamus/m1\x00" + u16(ns) + u16(sa) + commitment
-        return AESGCM(k_enc).decrypt(payload[:12], payload[12:], aad)
-    raise AssertionError("no stanza for these master keys")
+        if key is not None:
+            opened[int(stanza.get("g", "0"))] = key
+    threshold = header.get("t", 1)
+    assert len(opened) >= threshold, "no stanza for these keys"
+    if threshold == 1:
+        data_key = next(iter(opened.values()))
+    else:
+        shares = list(opened.items())[:threshold]
+        data_key = b"".join(
+            Shamir.combine([(group, share[i : i + 16]) for group, share in shares]) for i in (0, 16)
+        )
+    okm = HKDF(hashes.SHA256(), 96, salt=None, info=b"kamus/m1/keys").derive(data_key)
+    k_enc, k_mac, commitment = okm[:32], okm[32:64], okm[64:]
+    assert hmac.compare_digest(commitment, unb64url(header["c"]))
+    mac = hmac.new(k_mac, f"kamus$m1${header_text}".encode(), "sha256").digest()
+    assert hmac.compare_digest(mac, unb64url(mac_text))
+    payload = unb64url(payload_text)
+    aad = b"kamus/m1\x00" + u16(ns) + u16(sa) + commitment
+    return AESGCM(k_enc).decrypt(payload[:12], payload[12:], aad)
 
 
 # --- m1 -----------------------------------------------------------------------------------------
@@ -158,6 +201,70 @@ def test_the_committed_bundle_verifies_from_both_anchors() -> None:
     assert {k.kid for k in loaded.keys if k.state == "active"} <= vector_kids
     (master,) = [base64.b64decode(M1["vectors"][0]["key"])]
     assert M1["anchor"] == bundle.fingerprint(bundle.anchor_from_master(master).public_key())
+
+
+# --- m1 with several recipients (issue 22) ---------------------------------------------------
+
+
+def masters_of(v: Vector) -> list[bytes]:
+    return [base64.b64decode(m, validate=True) for m in v["masters"]]
+
+
+def age_holder(identities: list[str]) -> AgeIdentities:
+    return AgeIdentities("\n".join(identities), "vectors")
+
+
+def recover(v: Vector, identities: list[str]) -> bytes:
+    """``kamus recover``'s way: the age stanzas alone, no cluster."""
+    value = m1.parse(v["ciphertext"])
+    opened = open_offline(value, age_holder(identities))
+    assert opened.sa_id == v["sa_id"]
+    return m1.open_value(value, opened.data_key, opened.sa_id)
+
+
+def test_recipients_vector_file_is_complete() -> None:
+    vectors, negative = RECIPIENTS["vectors"], RECIPIENTS["negative"]
+    kinds = {
+        stanza["k"]
+        for v in vectors
+        for stanza in json.loads(unb64url(v["ciphertext"].split("$")[2]))["s"]
+    }
+    assert kinds == {"hpke-x25519", "age"}
+    assert {v["threshold"] for v in vectors} == {1, 2}
+    assert len(negative) >= 5
+    assert len(set(ids(vectors + negative))) == len(vectors) + len(negative)
+
+
+@pytest.mark.parametrize("v", RECIPIENTS["vectors"], ids=ids(RECIPIENTS["vectors"]))
+async def test_recipients_vector(v: Vector) -> None:
+    plaintext = base64.b64decode(v["plaintext_b64"], validate=True)
+    masters, identities, t = masters_of(v), v["age_identities"], v["threshold"]
+    if t == 1:  # any one recipient opens it, alone
+        for master in masters:
+            assert await AESKeyManager(master).decrypt(v["ciphertext"], v["sa_id"]) == plaintext
+            assert doc_open_m1([master], v["sa_id"], v["ciphertext"]) == plaintext
+        for identity in identities:
+            assert recover(v, [identity]) == plaintext
+            assert doc_open_m1([], v["sa_id"], v["ciphertext"], [identity]) == plaintext
+        return
+    for chosen in itertools.combinations(masters, t):  # a keyring holding t clusters' keys
+        first, *rest = chosen
+        assert await AESKeyManager(first, rest).decrypt(v["ciphertext"], v["sa_id"]) == plaintext
+        assert doc_open_m1(list(chosen), v["sa_id"], v["ciphertext"]) == plaintext
+    for held in itertools.combinations(identities, t):
+        assert recover(v, list(held)) == plaintext
+        assert doc_open_m1([], v["sa_id"], v["ciphertext"], list(held)) == plaintext
+
+
+@pytest.mark.parametrize("v", RECIPIENTS["negative"], ids=ids(RECIPIENTS["negative"]))
+async def test_recipients_negative_vector(v: Vector) -> None:
+    masters = masters_of(v)
+    if masters:
+        with pytest.raises((DecryptionError, MalformedCiphertext)):
+            await AESKeyManager(masters[0], masters[1:]).decrypt(v["ciphertext"], v["sa_id"])
+    if v["age_identities"]:
+        with pytest.raises((DecryptionError, MalformedCiphertext)):
+            recover(v, v["age_identities"])
 
 
 # --- a1 -----------------------------------------------------------------------------------------
