@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -24,6 +24,19 @@ from kamus.cli.options import (
     say,
     tree_options,
 )
+
+if TYPE_CHECKING:
+    from kamus.cli.tree import Scan
+
+
+def _scan(paths: tuple[str, ...], namespace: str | None, service_account: str | None) -> "Scan":
+    """The values in ``paths``; what was skipped, and why, goes to stderr."""
+    from kamus.cli.tree import scan
+
+    found = scan(paths, namespace=namespace, service_account=service_account)
+    for skipped in found.skipped:
+        say(f"{skipped.file}:{skipped.line}: skipped: {skipped.reason}")
+    return found
 
 
 @click.command(short_help="Move every ciphertext in files and directories to the active key.")
@@ -79,12 +92,9 @@ def rewrap(
       kamus rewrap . --check --keys .kamus/keys.json
     """
     from kamus.cli.rewrap import ask_decryptor, check_against, report, write_files
-    from kamus.cli.tree import scan
 
     try:
-        found = scan(paths, namespace=namespace, service_account=service_account)
-        for skipped in found.skipped:
-            say(f"{skipped.file}:{skipped.line}: skipped: {skipped.reason}")
+        found = _scan(paths, namespace, service_account)
         if mode == "check":
             if not keys:
                 raise UsageError(
@@ -132,12 +142,9 @@ def verify(
       kamus verify deploy/ -u https://kamus-decryptor.example --kubeconfig-token
     """
     from kamus.cli.rewrap import ask_decryptor, report
-    from kamus.cli.tree import scan
 
     try:
-        found = scan(paths, namespace=namespace, service_account=service_account)
-        for skipped in found.skipped:
-            say(f"{skipped.file}:{skipped.line}: skipped: {skipped.reason}")
+        found = _scan(paths, namespace, service_account)
         with decryptor_client(**connection) as client:
             results = ask_decryptor(client, found, check=True)
         outcome = report(found, results, mode="verify")
@@ -256,11 +263,8 @@ def _change_recipients(
     remove: list[str],
 ) -> None:
     from kamus.cli.rewrap import ask_decryptor, change_offline, report, write_files
-    from kamus.cli.tree import scan
 
-    found = scan(paths, namespace=namespace, service_account=service_account)
-    for skipped in found.skipped:
-        say(f"{skipped.file}:{skipped.line}: skipped: {skipped.reason}")
+    found = _scan(paths, namespace, service_account)
     if identities:
         import asyncio
 
