@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -18,6 +16,7 @@ from typing import Any
 from bench import measure, recipients, rollout, sealing
 from bench.kms_process import KmsProcess
 from bench.load import CONNECTIONS, WRK_THREADS, wrk_version
+from bench.machine import machine
 from bench.measure import FULL, QUICK, Plan
 from bench.report import plot, plot_rollout, table
 from bench.rewrap import rewrap_phase
@@ -28,22 +27,6 @@ NO_CACHE = {"Decryptor__TokenReviewCacheSeconds": "0"}
 # One client sending thousands of requests a second is what the per-client rate limit is there
 # to refuse (429): the bench measures the work behind it instead.
 NO_RATE_LIMIT = {"Encryptor__RateLimit": "off"}
-
-
-def machine() -> dict[str, Any]:
-    models = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
-    return {
-        "cores": len(os.sched_getaffinity(0)),
-        "cpu": models[0] if models else platform.processor(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "uvloop": importlib.util.find_spec("uvloop") is not None,
-        "httptools": importlib.util.find_spec("httptools") is not None,
-    }
 
 
 def aes_phase(plan: Plan, logs: Path, kube: KubeApiDouble) -> dict[str, Any]:

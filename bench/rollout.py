@@ -45,6 +45,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.kms_process import KINDS, Kind, KmsProcess
+from bench.machine import machine
 from bench.services import ROOT, Service, Spec, running
 from kamus.cli.client import ClientError, KamusClient
 from kamus.cli.init import _Unavailable, decrypt_with
@@ -548,7 +549,6 @@ def rollout_phase(
 
 
 def main() -> None:
-    from bench.__main__ import machine  # lazily: bench.__main__ imports this module
     from bench.report import plot_rollout, rollout_table
 
     parser = argparse.ArgumentParser(prog="python -m bench.rollout", description=__doc__)
