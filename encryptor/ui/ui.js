@@ -308,9 +308,30 @@
       (namespaceInput.hasAttribute("aria-invalid") ? namespaceInput : serviceAccountInput).focus();
       return;
     }
+    // A file over the limit is refused by its size, before the browser reads it: a large one
+    // would be held several times over (bytes, base64, JSON) only to be refused after.
+    const limit = info && info.maxRequestBytes;
+    const chosen = source() === "file" && fileInput.files && fileInput.files[0];
+    if (chosen && limit && 4 * Math.ceil(chosen.size / 3) > limit) {
+      showError(
+        TITLES[413],
+        `The file is ${size(chosen.size)}, ${size(4 * Math.ceil(chosen.size / 3))} of base64; ` +
+          `this encryptor takes requests of at most ${size(limit)}. Nothing was sent.`,
+      );
+      fileInput.focus();
+      return;
+    }
     setBusy(true);
     try {
-      const value = await readValue();
+      let value;
+      try {
+        value = await readValue();
+      } catch (error) {
+        // Moved or changed since it was chosen (NotReadableError), or too large to encode.
+        showError("The file could not be read", `${error.message || error}. Choose it again.`);
+        fileInput.focus();
+        return;
+      }
       if (value === null) {
         showError("Nothing to encrypt", "Choose a file, or switch to Text.");
         fileInput.focus();
@@ -331,7 +352,6 @@
         "service-account": serviceAccount,
         namespace,
       });
-      const limit = info && info.maxRequestBytes;
       const length = utf8Length(body);
       if (limit && length > limit) {
         showError(
@@ -361,7 +381,23 @@
         showError(title, await apiMessage(response), retryAfter(response));
         return;
       }
-      const ciphertext = (await response.text()).trim();
+      // Only a ciphertext empties the value: a proxy in front (a login page) may answer 200 too.
+      const type = response.headers.get("content-type") || "";
+      let ciphertext;
+      try {
+        ciphertext = (await response.text()).trim();
+      } catch (error) {
+        showError("The answer could not be read", String(error.message || error));
+        return;
+      }
+      if (!type.startsWith("text/plain") || !/^[\x21-\x7e]+$/.test(ciphertext)) {
+        showError(
+          "The answer is not a ciphertext",
+          `HTTP ${response.status} (${type || "no content type"}): something in front of the ` +
+            "encryptor may have answered. Your value is kept; nothing was encrypted.",
+        );
+        return;
+      }
       result = { ciphertext, namespace, serviceAccount, file: value.file };
       // Done with the plaintext: the field is emptied, the file forgotten.
       valueInput.value = "";
@@ -381,7 +417,8 @@
   // -- the output ----------------------------------------------------------------------------
   // A YAML scalar: plain when any YAML parser reads it back as this string, else double-quoted
   // (a JSON string is a valid YAML double-quoted scalar).
-  const SPECIAL = /^(?:[-+.]?[0-9][-+0-9_.:eExXoObB]*|y|n|yes|no|on|off|true|false|null|~)$/i;
+  // Anything that starts like a number is quoted (0x1f, 1e3, 2001-12-14, 0o17, +1, .5).
+  const SPECIAL = /^(?:[-+.]?[0-9].*|y|n|yes|no|on|off|true|false|null|~)$/i;
   function scalar(s) {
     return /^[A-Za-z0-9][-A-Za-z0-9._/$=+]*$/.test(s) && !SPECIAL.test(s) ? s : JSON.stringify(s);
   }

@@ -320,10 +320,13 @@ def test_every_field_is_labelled_and_autocomplete_is_off(client: TestClient) -> 
     wrapped = set(re.findall(r'<label class="seg"><input type="radio" id="([^"]+)"', html))
     for control in page.controls:
         assert control["id"] in labelled | wrapped, control
-        if control.get("type") not in ("radio", "file"):
+        if control.get("type") not in ("radio", "file", "password"):
             assert control.get("autocomplete") == "off", control
     token = next(c for c in page.controls if c["id"] == "token")
     assert token["type"] == "password"
+    # Chromium's password manager ignores "off" on a password field; "new-password" keeps it
+    # from filling the field in, though it may still offer to save what was typed.
+    assert token["autocomplete"] == "new-password"
 
 
 def _js_string(script: str, name: str) -> str:

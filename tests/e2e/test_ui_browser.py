@@ -31,6 +31,8 @@ if shutil.which("chromium") is None or importlib.util.find_spec("playwright") is
         allow_module_level=True,
     )
 
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, Response
 from playwright.sync_api import Browser, Request, expect, sync_playwright
 
 from kamus.server.identity import (
@@ -44,6 +46,7 @@ from tests.support import leaks
 from tests.support.cluster import GROUP, PLURAL, VERSION, Cluster, controller_env, eventually
 from tests.support.encrypt_page import OTHER_HOST, EncryptPage, Session, launch, session
 from tests.support.processes import Deployment, Service, deploy, kamus_serve
+from tests.support.servers import ThreadedServer
 from tests.support.settings import new_key
 
 TEXT = "s3cr3t-pa55w0rd-from-the-page"
@@ -289,6 +292,21 @@ def test_names_for_the_snippets_are_checked_and_quoted_where_yaml_needs_it(
         assert loaded["stringData"] == {key: ciphertext}
     ui.label("Key").fill("..hidden")
     expect(ui.el("key-name-error")).to_be_visible()
+    # Names that start like a number: hexadecimal, octal, a date, an exponent. All are valid
+    # Kubernetes names, and YAML 1.1 (PyYAML, go-yaml) reads each unquoted as no string.
+    ciphertext = ui.encrypt("0x1f", "0xc0ffee", TEXT)
+    ui.label("KamusSecret").check()
+    ui.label("Name").fill("0xdead")
+    for key in ("0x1F", "0o17", "2001-12-14", "1e3", "-1", ".5", "0b101", "1_000"):
+        ui.label("Key").fill(key)
+        loaded = yaml.safe_load(ui.output("KamusSecret"))
+        assert loaded["metadata"] == {"name": "0xdead", "namespace": "0x1f"}, key
+        assert loaded["serviceAccount"] == "0xc0ffee"
+        assert loaded["stringData"] == {key: ciphertext}
+    ui.label("ConfigMap").check()
+    loaded = yaml.safe_load(ui.output("ConfigMap"))
+    assert loaded["metadata"]["namespace"] == "0x1f"
+    assert loaded["data"] == {"1_000": ciphertext}
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -373,8 +391,9 @@ def small(key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
 def test_a_value_over_the_body_limit_is_refused_before_it_is_sent(
     open_session: Callable[..., Session], small: Service
 ) -> None:
-    """The limit comes from info.json: a file over it is flagged when chosen, and refused
-    without a request, rather than uploaded whole to be answered 413."""
+    """The limit comes from info.json: a file over it is flagged when chosen and refused by its
+    size before the browser reads it; a text is refused by the exact body it would send. Neither
+    is uploaded to be answered 413."""
     ui = EncryptPage(open_session().page).open(small.url)
     sent: list[str] = []
     ui.page.on("request", lambda request: sent.append(request.url))
@@ -387,17 +406,76 @@ def test_a_value_over_the_body_limit_is_refused_before_it_is_sent(
     ui.submit()
     expect(ui.el("error-title")).to_have_text("The value is too large")
     assert ui.error() == (
-        "The request would be 2,789 bytes (2.7 KiB); this encryptor takes at most "
+        "The file is 2,048 bytes (2.0 KiB), 2,732 bytes (2.7 KiB) of base64; this encryptor "
+        "takes requests of at most 2,048 bytes (2.0 KiB). Nothing was sent."
+    )
+    text = "x" * 2000  # fits the limit alone, not with the names and the JSON around it
+    ui.fill("team-ui", "big", text)
+    ui.submit()
+    assert ui.error() == (
+        "The request would be 2,057 bytes (2.0 KiB); this encryptor takes at most "
         "2,048 bytes (2.0 KiB). Nothing was sent."
     )
     assert sent == []
     # The page's count is the encryptor's: the same body, sent past the page, is answered 413.
-    body = {"data": b64(big), "service-account": "big", "namespace": "team-ui"}
-    assert len(json.dumps(body, separators=(",", ":")).encode()) == 2789
+    body = {"data": text, "service-account": "big", "namespace": "team-ui"}
+    assert len(json.dumps(body, separators=(",", ":")).encode()) == 2057
     refused = httpx.post(f"{small.url}/api/v1/encrypt", json=body)
     assert refused.status_code == 413, refused.text
     # A value that fits is sent, and encrypted.
     assert ui.encrypt("team-ui", "small", TEXT).startswith("kamus$m1$")
+
+
+def test_a_file_that_cannot_be_read_any_more_is_reported(ui: EncryptPage, tmp_path: Path) -> None:
+    chosen = tmp_path / "gone.bin"
+    chosen.write_bytes(b"read once, then removed")
+    ui.label("Namespace").fill("team-ui")
+    ui.label("Service account").fill("files")
+    ui.label("File").check()
+    ui.label("Secret file").set_input_files(str(chosen))
+    chosen.unlink()
+    ui.submit()
+    expect(ui.el("error-title")).to_have_text("The file could not be read")
+    assert (ui.error() or "").endswith("Choose it again.")
+    expect(ui.el("result")).not_to_contain_text("kamus$")
+
+
+@pytest.fixture(scope="module")
+def behind_a_login_proxy(deployment: Deployment) -> Iterator[str]:
+    """A proxy in front of the encryptor that passes the page through and answers the encrypt
+    request with its own login page, 200 and HTML, as a single-sign-on proxy does."""
+    app = FastAPI()
+
+    @app.get("/ui{rest:path}")
+    def page(rest: str) -> Response:
+        answer = httpx.get(f"{deployment.encryptor.url}/ui{rest}")
+        return Response(answer.content, answer.status_code, headers=dict(answer.headers))
+
+    @app.post("/api/v1/encrypt")
+    def login() -> Response:
+        return HTMLResponse("<html><body><form>Sign in to continue</form></body></html>")
+
+    server = ThreadedServer(app)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
+def test_a_200_that_is_not_a_ciphertext_keeps_the_value(
+    open_session: Callable[..., Session], behind_a_login_proxy: str
+) -> None:
+    ui = EncryptPage(open_session().page).open(behind_a_login_proxy)
+    ui.fill("team-ui", "app", TEXT)
+    ui.submit()
+    expect(ui.el("error-title")).to_have_text("The answer is not a ciphertext")
+    assert ui.error() == (
+        "HTTP 200 (text/html; charset=utf-8): something in front of the encryptor may have "
+        "answered. Your value is kept; nothing was encrypted."
+    )
+    assert ui.label("Secret text").input_value() == TEXT
+    expect(ui.el("result")).not_to_contain_text("Sign in")
 
 
 # -- what the page does in the browser -------------------------------------------------------
