@@ -34,6 +34,7 @@ from kamus.server.metrics import ControllerMetrics
 from kamus.server.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
+UNEXPECTED_RETRY_SECONDS = 60.0
 
 
 class ControllerRunner:
@@ -189,5 +190,13 @@ class ControllerRunner:
                 outcome = "error"
                 log.warning("%s/%s: apiserver unreachable (%s)", *key, type(exc).__name__)
                 self._queue.add_after(key, 5.0)
+            except Exception as exc:
+                # A defect, or a value no rule foresaw: this KamusSecret waits, and the worker
+                # goes on. Uncaught, it would end every task of the leader while the Lease kept
+                # renewing, and nothing would be reconciled anywhere. The message is left out:
+                # it may hold what the value held.
+                outcome = "error"
+                log.error("%s/%s: reconcile failed (%s); retried later", *key, type(exc).__name__)
+                self._queue.add_after(key, UNEXPECTED_RETRY_SECONDS)
             self._metrics.controller_reconciles.labels(outcome).inc()
             self._metrics.controller_reconcile_duration.observe(time.perf_counter() - start)

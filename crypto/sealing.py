@@ -94,8 +94,12 @@ def kid_for(suite: Suite, generation: int, public: bytes) -> str:
 
 
 def parse_kid(kid: str) -> tuple[Suite, int] | None:
+    """The suite and generation a key id names; None for anything else, a generation past the
+    bound included: a value names whatever it likes, and must not reach ``derive`` with it."""
     match = _KID.fullmatch(kid)
-    return (Suite.of_short(match[1]), int(match[2])) if match else None
+    if match is None or int(match[2]) > MAX_GENERATION:
+        return None
+    return Suite.of_short(match[1]), int(match[2])
 
 
 @functools.lru_cache(maxsize=64)  # an encryptor seals to one or two keys, again and again

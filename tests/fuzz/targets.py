@@ -52,10 +52,12 @@ from crypto import (
 from crypto.encoding import b64_decode, b64url_decode, b64url_encode
 from crypto.errors import Refused
 from crypto.formats import PREFIX
+from crypto.sealing import MAX_GENERATION
 from tests.support.vectors import A1 as A1_VECTORS
 from tests.support.vectors import E1 as E1_VECTORS
 from tests.support.vectors import LEGACY as LEGACY_VECTORS
 from tests.support.vectors import M1 as M1_VECTORS
+from tests.support.vectors import RECIPIENTS as RECIPIENTS_VECTORS
 
 T = TypeVar("T")
 
@@ -283,6 +285,17 @@ for _kms in KMS_NAMES:
         _value = seal_m1(_stanza, DATA_KEYS[_kms], IDENTITY, _plaintext)
         M1_MADE[_value] = _plaintext
         _seed(_value)
+
+# HPKE key ids of the right shape with generations no key may have (past MAX_GENERATION): a
+# value names whatever it likes, and each provider must answer no stanza held, never crash.
+for _generation in (MAX_GENERATION + 1, 999_999):
+    _stanza = m1.Stanza("hpke-x25519", f"x25519:g{_generation}:0123456789abcdef", bytes(48))
+    _value = seal_m1(_stanza, DATA_KEYS["aws"], IDENTITY, b"hello")
+    M1_MADE[_value] = b"hello"  # made: the m1 target opens it with its data key
+    _seed(_value)
+# Values with several recipients: clusters, age stanzas, thresholds (issue 22).
+for _v in [*RECIPIENTS_VECTORS["vectors"], *RECIPIENTS_VECTORS["negative"]]:
+    _seed(_v["ciphertext"])
 
 LEGACY_BLOB = b"fuzz legacy wrapped key"  # no KMS made it
 _seed(f"env${b64(LEGACY_BLOB)}${cbc(LEGACY_DATA_KEY, 'from kamus ✓'.encode())}")

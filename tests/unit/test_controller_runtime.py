@@ -5,9 +5,14 @@ Kubernetes API double; the token bucket in tests/unit/test_controller_rules.py.)
 import asyncio
 
 import pytest
+from kubernetes.aio.client import ApiClient, Configuration
 
 from controller.pacing import Backoff
+from controller.runner import ControllerRunner
 from controller.workqueue import WorkQueue
+from crypto import AESKeyManager
+from kamus.server.metrics import ControllerMetrics
+from kamus.server.settings import ControllerSettings
 
 
 async def take(queue: WorkQueue[str], within: float = 1.0) -> str:
@@ -52,3 +57,53 @@ async def test_a_key_retried_later_comes_back_after_its_delay() -> None:
     assert await take(queue) == "b"
     assert await take(queue, within=5) == "a"
     assert loop.time() - start >= 0.19  # the loop may run a timer a clock tick early
+
+
+async def test_a_reconcile_that_raises_what_no_rule_foresaw_leaves_the_worker_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One KamusSecret whose reconcile raises an unexpected error is retried later; the worker
+    goes on with the others, and the log names the error's type, never its message."""
+    api = ApiClient(Configuration(host="http://127.0.0.1:9"))  # never called
+    runner = ControllerRunner(
+        api,
+        AESKeyManager(bytes(32)),
+        ControllerSettings(),
+        ControllerMetrics(),
+        lease_namespace="kamus",
+    )
+    reconciled: list[tuple[str, str]] = []
+
+    class Breaks:
+        async def reconcile(self, namespace: str, name: str) -> str:
+            if name == "broken":
+                raise RuntimeError("held-in-the-value")
+            reconciled.append((namespace, name))
+            return "unchanged"
+
+    runner._controller = Breaks()  # type: ignore[assignment]
+    runner._queue.add(("team-a", "broken"))
+    runner._queue.add(("team-a", "fine"))
+    worker = asyncio.create_task(runner._work())
+    try:
+        for _ in range(100):
+            if reconciled:
+                break
+            await asyncio.sleep(0.01)
+        assert reconciled == [("team-a", "fine")]
+        assert not worker.done()
+        runner._queue.add(("team-a", "later"))
+        for _ in range(100):
+            if len(reconciled) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert reconciled[-1] == ("team-a", "later")
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        await api.close()
+    [line] = [r for r in caplog.records if r.name == "controller.runner"]
+    assert line.getMessage() == "team-a/broken: reconcile failed (RuntimeError); retried later"
+    assert "held-in-the-value" not in caplog.text
+    errors = runner._metrics.controller_reconciles.labels("error")._value.get()
+    assert errors == 1
