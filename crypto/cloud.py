@@ -21,7 +21,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -92,7 +92,7 @@ class WrappedSeed:
 class Wrapped:
     """A fresh data key, the KMS key version that wrapped it, and the wrapped form."""
 
-    data_key: bytes
+    data_key: bytes = field(repr=False)  # never in a repr, which a traceback may show
     key_version: str
     wrapped: bytes
 

@@ -50,6 +50,9 @@ MAX_STANZAS = 32
 MAX_GROUPS = 32
 _KIND = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _KID = re.compile(r"[\x21-\x7e]{1,512}")  # printable ASCII: HPKE kids, KMS ARNs, Key Vault URLs
+# An age X25519 recipient as age-keygen prints it: bech32 is case-insensitive, so any other
+# spelling would name the same key and slip past a policy or a removal that names this one.
+_AGE_KID = re.compile(r"age1[02-9ac-hj-np-z]{58}")
 _TAG = re.compile(r"[0-9a-f]{8}")
 _FIELDS = {"c", "id", "s", "xk", "t"}
 _GROUP = re.compile(r"[1-9][0-9]?")
@@ -111,8 +114,8 @@ class Stanza:
 
 @dataclass(frozen=True)
 class Keys:
-    payload: bytes
-    mac: bytes
+    payload: bytes = field(repr=False)  # keys: never in a repr, which a traceback may show
+    mac: bytes = field(repr=False)
     commitment: bytes
 
 
@@ -289,6 +292,8 @@ def _parse_stanza(raw: object) -> Stanza:
         raise _malformed("header has a stanza without a valid kind")
     if not (isinstance(kid, str) and _KID.fullmatch(kid)):
         raise _malformed("header has a stanza without a valid key id")
+    if kind == "age" and not _AGE_KID.fullmatch(kid):
+        raise _malformed("header has an age stanza whose key id is not a lower-case age1 recipient")
     if not isinstance(wrapped, str) or not wrapped:
         raise _malformed("header has a stanza without a wrapped key")
     group = raw.get("g")

@@ -19,7 +19,7 @@ recipient opens a value unless a threshold is asked for.
 
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from crypto import m1
@@ -54,14 +54,31 @@ class Recipient(Protocol):
 # carry it.
 
 
+IDENTITY_NOT_RECIPIENT = (
+    "this is an age identity (AGE-SECRET-KEY-1…), the secret half: give its recipient, age1…, "
+    "which age-keygen -y prints; and treat the identity as exposed wherever it was pasted"
+)
+
+
+def is_age_identity(text: str) -> bool:
+    """Whether ``text`` is an age secret key, which no message may repeat."""
+    return "AGE-SECRET-KEY-" in text.upper()
+
+
 def _age_recipient(text: str) -> Any:
+    """The recipient of ``text``, or a ValueError that never repeats ``text``: what was pasted
+    may be an identity, which opens every value sealed to it."""
     import pyrage
     from pyrage import x25519
 
+    if is_age_identity(text):
+        raise ValueError(IDENTITY_NOT_RECIPIENT)
     try:
         return x25519.Recipient.from_str(text)
-    except (pyrage.RecipientError, ValueError) as exc:
-        raise ValueError(f"{text[:80]!r} is not an age X25519 recipient (age1…): {exc}") from None
+    except (pyrage.RecipientError, ValueError):
+        raise ValueError(
+            f"not an age X25519 recipient (age1… of 62 characters; {len(text)} given)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,8 @@ class AgeRecipient:
     recipient: str
 
     def __post_init__(self) -> None:
-        _age_recipient(self.recipient)
+        # As age-keygen prints it, lower case: the spelling stanzas, policies and removals match.
+        object.__setattr__(self, "recipient", str(_age_recipient(self.recipient)))
 
     @property
     def name(self) -> str:
@@ -277,6 +295,13 @@ class RecipientPolicy:
     required: tuple[str, ...] = ()
     forbidden: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Stanzas name age keys in lower case only (m1.parse refuses others): a pattern written
+        # in upper case would match nothing, and a forbidden key would pass.
+        for name in ("required", "forbidden"):
+            patterns = tuple(canonical_name(p) for p in getattr(self, name))
+            object.__setattr__(self, name, patterns)
+
     def check(self, value: m1.M1) -> None:
         names = [s.name for s in value.stanzas]
         for pattern in self.required:
@@ -292,6 +317,12 @@ class RecipientPolicy:
                     f"(Decryptor__ForbiddenRecipients), and this one has {_short(hit)}: remove "
                     "it with kamus recipients remove"
                 )
+
+
+def canonical_name(pattern: str) -> str:
+    """``<kind>:<key id>`` (or a pattern of them) as stanzas spell it: age keys in lower case."""
+    kind, sep, kid = pattern.partition(":")
+    return f"{kind}{sep}{kid.lower()}" if kind == AGE_KIND else pattern
 
 
 def _short(name: str) -> str:
@@ -311,7 +342,7 @@ class PolicyRefused(Refused):
 @dataclass(frozen=True)
 class OpenedOffline:
     sa_id: str
-    data_key: bytes
+    data_key: bytes = field(repr=False)  # never in a repr: a traceback or a log may show one
     used: tuple[m1.Stanza, ...]
 
 
@@ -362,7 +393,8 @@ def restanza(
             "share; seal it again (kamus recover, then kamus seal --threshold)"
         )
     present = {s.name for s in value.stanzas}
-    kept = [s for s in value.stanzas if not any(fnmatch.fnmatchcase(s.name, p) for p in remove)]
+    patterns = [canonical_name(p) for p in remove]
+    kept = [s for s in value.stanzas if not any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
     added = [s for s in add if s.name not in present]
     if not added and len(kept) == len(value.stanzas):
         return None

@@ -32,7 +32,14 @@ from crypto import DecryptionError
 from crypto.bundle import Bundle, BundleError
 from crypto.bundle import load as load_bundle
 from crypto.errors import KeyManagerUnavailable
-from crypto.recipients import AGE_KIND, KMS_KINDS, AgeRecipient, Recipient
+from crypto.recipients import (
+    AGE_KIND,
+    KMS_KINDS,
+    AgeRecipient,
+    Recipient,
+    canonical_name,
+    is_age_identity,
+)
 from decryptor.values import entered, undecryptable
 from kamus.server.errors import ConfigurationError
 from kamus.server.health import Dependency, WatchedKeyManager
@@ -408,7 +415,7 @@ def allowed_additions(
 ) -> list[Recipient]:
     """The recipients to add, each one the operator allows (``Decryptor__AllowedRecipients``):
     whoever may rewrap must never add a key of their own and then read the values with it."""
-    allowed = set(state.settings.decryptor.allowed_recipients)
+    allowed = {canonical_name(a) for a in state.settings.decryptor.allowed_recipients}
     added: list[Recipient] = []
     annotate(
         request,
@@ -416,14 +423,14 @@ def allowed_additions(
         recipients_removed=len(body.remove_recipients),
     )
     for spec in body.add_recipients:
-        if spec not in allowed:
+        if canonical_name(spec) not in allowed:
             annotate(request, reason="recipient not in Decryptor__AllowedRecipients")
             raise ApiError(
                 403,
                 "recipient-not-allowed",
-                f"{spec[:100]} is not in Decryptor__AllowedRecipients: through the decryptor, only "
-                "the recipients the operator lists there may be added (add others offline, with "
-                "a key that opens the values)",
+                f"{_shown(spec)} is not in Decryptor__AllowedRecipients: through the decryptor, "
+                "only the recipients the operator lists there may be added (add others offline, "
+                "with a key that opens the values)",
             )
         kind, _, key = spec.partition(":")
         try:
@@ -432,7 +439,7 @@ def allowed_additions(
                 continue
             recipient = state.keys.kms_recipient(spec) if kind in KMS_KINDS else None
         except ValueError as exc:
-            raise ApiError(400, "invalid-request", f"recipient {spec[:100]}: {exc}") from None
+            raise ApiError(400, "invalid-request", f"recipient {_shown(spec)}: {exc}") from None
         if recipient is None:
             raise ApiError(
                 400,
@@ -462,6 +469,11 @@ def allowed_additions(
         except BundleError as exc:
             raise ApiError(400, "invalid-request", f"key bundle {n}: {exc}") from None
     return added
+
+
+def _shown(spec: str) -> str:
+    """A recipient as a message may repeat it: never an age identity pasted in its place."""
+    return "an age identity (AGE-SECRET-KEY-1…)" if is_age_identity(spec) else spec[:100]
 
 
 def _bundle_under(text: str, anchor: str) -> Bundle | None:

@@ -33,7 +33,16 @@ from typing import Any
 from crypto import m1
 from crypto.bundle import Bundle
 from crypto.errors import DecryptionError
-from crypto.recipients import AGE_KIND, KMS_KINDS, AgeIdentities, AgeRecipient, Recipient, wrap_for
+from crypto.recipients import (
+    AGE_KIND,
+    IDENTITY_NOT_RECIPIENT,
+    KMS_KINDS,
+    AgeIdentities,
+    AgeRecipient,
+    Recipient,
+    is_age_identity,
+    wrap_for,
+)
 from kamus.cli.client import KamusClient, UsageError
 from kamus.cli.keys import (
     BundleRefused,
@@ -90,6 +99,8 @@ class Choice:
         for group in self.groups:
             for spec in group.recipients:
                 kind = spec.partition(":")[0]
+                if is_age_identity(spec):
+                    raise UsageError(f"{self.source}: {IDENTITY_NOT_RECIPIENT}")
                 if kind not in (AGE_KIND, *KMS_KINDS):
                     raise UsageError(
                         f"{self.source}: recipient {spec[:80]!r} is not age:age1…, aws:<key ARN>, "
@@ -345,7 +356,7 @@ def _recipient(spec: str) -> Recipient:
         try:
             return AgeRecipient(key)
         except ValueError as exc:
-            raise UsageError(f"recipient {spec[:80]!r}: {exc}") from None
+            raise UsageError(f"recipient age:…: {exc}") from None
     return kms_recipient(spec)
 
 

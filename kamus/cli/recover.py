@@ -83,6 +83,10 @@ def _kamus_secret(doc: Mapping[str, Any], identities: AgeIdentities, n: int) -> 
             where = f"KamusSecret {name}, {section}.{key}"
             identity, plaintext = open_value(ciphertext, identities, where)
             _check(identity, namespace, service_account, where)
+            # A manifest without them (a kustomize overlay sets the namespace): the first value's
+            # identity names them, and every other value must agree with it.
+            namespace, _, service_account = identity.partition(":")
+            secret["metadata"]["namespace"] = namespace
             if section == "data":  # the controller base64-decodes these: check they are
                 try:
                     base64.b64decode(plaintext, validate=True)
@@ -98,6 +102,10 @@ def _configmap(doc: Mapping[str, Any], identities: AgeIdentities, n: int) -> dic
     metadata = _mapping_any(doc.get("metadata"))
     name = str(metadata.get("name", f"document {n}"))
     annotations = _mapping_any(metadata.get("annotations"))
+    namespace, service_account = (
+        metadata.get("namespace"),
+        annotations.get(SERVICE_ACCOUNT_ANNOTATION),
+    )
     out = {}
     for key, ciphertext in _mapping(doc.get("data"), f"{name}.data").items():
         if not looks_like_ciphertext(ciphertext.strip()):
@@ -105,14 +113,12 @@ def _configmap(doc: Mapping[str, Any], identities: AgeIdentities, n: int) -> dic
             continue
         where = f"ConfigMap {name}, data.{key}"
         identity, plaintext = open_value(ciphertext, identities, where)
-        _check(
-            identity,
-            metadata.get("namespace"),
-            annotations.get(SERVICE_ACCOUNT_ANNOTATION),
-            where,
-        )
+        _check(identity, namespace, service_account, where)
+        namespace, _, service_account = identity.partition(":")  # as for a KamusSecret
         out[key] = plaintext.decode("utf-8", "replace")
-    return {**doc, "data": out}
+    if namespace is None:
+        return {**doc, "data": out}
+    return {**doc, "metadata": {**metadata, "namespace": namespace}, "data": out}
 
 
 def _mapping_any(value: object) -> Mapping[str, Any]:

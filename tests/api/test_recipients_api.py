@@ -221,6 +221,28 @@ def test_adding_a_recipient_not_allowed_is_refused_and_allowed_ones_are_added(
     assert line["user"] == ADMIN
 
 
+def test_an_age_key_is_allowed_in_any_case_and_an_identity_is_never_repeated(
+    make_client: Callable[..., TestClient],
+    admin: dict[str, str],
+    master: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = make_client(Decryptor__AllowedRecipients=f"age:{str(DR.to_public()).upper()}")
+    value = sealed(master, "s3cret")
+    # The break-glass holder's secret half, pasted by mistake: refused, and not said back.
+    pasted = rewrap(client, admin, value, addRecipients=[f"age:{DR}"])
+    assert pasted.status_code == 403, pasted.text
+    assert "an age identity (AGE-SECRET-KEY-1…) is not in" in pasted.json()["detail"]
+    secret = str(DR).removeprefix("AGE-SECRET-KEY-")
+    assert secret not in pasted.text
+    assert secret not in caplog.text
+    # The allowed key, in the other case from the setting's: one key, one spelling.
+    added = rewrap(client, admin, value, addRecipients=[f"age:{DR.to_public()}"])
+    assert added.status_code == 200, added.text
+    new = m1.parse(added.json()["items"]["v"]["data"])
+    assert [s.kid for s in new.stanzas if s.kind == "age"] == [str(DR.to_public())]
+
+
 def test_removing_every_recipient_or_breaking_the_policy_is_refused(
     make_client: Callable[..., TestClient],
     admin: dict[str, str],

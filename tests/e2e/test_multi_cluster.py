@@ -17,12 +17,15 @@ import yaml
 from pyrage import x25519
 
 from crypto import bundle, m1
+from kamus.server.errors import ConfigurationError
+from kamus.server.providers import build_key_manager
 from tests.k8s_double import KubeApiDouble
 from tests.kms_doubles.aws import AwsKmsDouble
 from tests.support import leaks
+from tests.support.cluster import eventually
 from tests.support.kms import WRAPS, crypto_calls
 from tests.support.processes import Service, decrypt, deploy, kamus_serve, run_kamus
-from tests.support.settings import new_key
+from tests.support.settings import SettingsFactory, new_key
 
 SECRET = "multi-cluster-pa55w0rd"
 leaks.register(SECRET)
@@ -181,9 +184,10 @@ def test_a_value_whose_stanzas_were_swapped_or_removed_fails_the_commitment(
         answer = decrypt(decryptors["eu"].url, value, token)
         assert answer.status_code == 400, (what, answer.text)
         assert SECRET not in answer.text
-    log = decryptors["eu"].log_file.read_text()
-    assert "m1 header MAC failed" in log
-    assert "m1 commitment does not match the data key" in log
+    # The audit line is written once the response is on its way (logs.py, write_soon).
+    reasons = ("m1 header MAC failed", "m1 commitment does not match the data key")
+    log_file = decryptors["eu"].log_file
+    eventually(lambda: all(r in log_file.read_text() for r in reasons), timeout=5)
 
 
 def test_threshold_opens_with_n_shares_and_not_with_fewer(tmp_path: Path) -> None:
@@ -255,6 +259,22 @@ def test_recover_turns_a_kamus_secret_into_its_secret_and_refuses_a_terminal(
     assert refused.returncode != 0
     assert "made for team-a:app, but its manifest names team-b:app" in refused.stderr
     assert SECRET not in refused.stdout + refused.stderr
+
+    # Without a namespace or a service account (a kustomize overlay's base): the values'
+    # identity names them, and a value of another identity beside them is refused.
+    bare = yaml.safe_load(sealed.stdout)
+    del bare["metadata"]["namespace"], bare["serviceAccount"]
+    unplaced = run_kamus("recover", "-i", str(dr.identity_file), stdin=yaml.safe_dump(bare))
+    assert unplaced.returncode == 0, unplaced.stderr
+    assert yaml.safe_load(unplaced.stdout)["metadata"] == {"name": "db", "namespace": "team-a"}
+    stranger = run_kamus("encrypt", "-s", "x", "-a", SA, "-n", "team-b", "--offline",
+                         "--keys", str(clusters["eu"].keys),
+                         "--recipient", f"age:{dr.recipient}")  # fmt: skip
+    assert stranger.returncode == 0, stranger.stderr
+    bare["stringData"]["stranger"] = stranger.stdout.strip()
+    mixed = run_kamus("recover", "-i", str(dr.identity_file), stdin=yaml.safe_dump(bare))
+    assert mixed.returncode != 0
+    assert "made for team-b:app, but its manifest names team-a:app" in mixed.stderr
 
     # A value without an age stanza says what to do.
     plain = run_kamus(
@@ -594,6 +614,25 @@ def test_a_kms_recipient_the_cli_cannot_use_is_a_usage_error(tmp_path: Path) -> 
                         "--recipient", "pgp:ABCD")  # fmt: skip
     assert unknown.returncode == 2
     assert "is not age:age1…, aws:<key ARN>" in unknown.stderr
+
+
+def test_an_age_identity_pasted_for_a_recipient_is_refused_and_never_repeated(
+    tmp_path: Path, make_settings: SettingsFactory
+) -> None:
+    """The break-glass key's secret half, where its recipient belongs: on the command line,
+    with or without the age: prefix, and in the encryptor's KeyManagement__ExtraRecipients."""
+    identity = str(x25519.Identity.generate())
+    leaks.register(identity, identity.removeprefix("AGE-SECRET-KEY-"))
+    for given in (f"age:{identity}", identity):
+        pasted = run_kamus("encrypt", "-s", "x", "-a", SA, "-n", NS, "--offline",
+                           "--recipient", given)  # fmt: skip
+        assert pasted.returncode == 2
+        assert "this is an age identity (AGE-SECRET-KEY-1…), the secret half" in pasted.stderr
+        assert not leaks.found_in(pasted.stdout + pasted.stderr)
+    with pytest.raises(ConfigurationError) as raised:
+        build_key_manager(make_settings(KeyManagement__ExtraRecipients=f"age:{identity}"))
+    assert "age-keygen -y" in str(raised.value)
+    assert not leaks.found_in(str(raised.value))
 
 
 def test_an_operators_break_glass_key_goes_into_every_new_value_and_can_be_required(

@@ -171,6 +171,46 @@ def test_age_identity_files_are_read_as_age_keygen_writes_them() -> None:
         AgeRecipient("age1notreally")
 
 
+def test_an_age_key_has_one_spelling_in_stanzas_policies_and_removals() -> None:
+    """bech32 is case-insensitive: AGE1… names the same key as age1…. Stanzas carry the lower
+    case age-keygen prints; policies and removals written otherwise still match; a stanza that
+    spells it otherwise is refused by the format (else a forbidden key would pass)."""
+    ids, recipient = age_pair()
+    _, second = age_pair()
+    shouted = AgeRecipient(recipient.recipient.upper())
+    assert shouted == recipient
+    value = m1.parse(seal_for([[shouted], [second]], 1))
+    assert [s.kid for s in value.stanzas] == [recipient.recipient, second.recipient]
+    opened = open_offline(value, ids)
+    assert m1.open_value(value, opened.data_key, opened.sa_id) == b"pt"
+    upper = f"age:{recipient.recipient.upper()}"
+    RecipientPolicy(required=(upper,)).check(value)
+    with pytest.raises(PolicyRefused):
+        RecipientPolicy(forbidden=(upper,)).check(value)
+    new = restanza(value, opened, remove=[upper])
+    assert new is not None
+    assert [s.kid for s in m1.parse(new).stanzas] == [second.recipient]
+
+    data_key = m1.new_data_key()
+    stanza = recipient.wrap_now(data_key, SA)
+    respelled = m1.Stanza("age", stanza.kid.upper(), stanza.wrapped)
+    with pytest.raises(MalformedCiphertext, match="lower-case age1 recipient"):
+        m1.parse(m1.seal(data_key, [respelled], [b"x"], SA)[0])
+
+
+def test_an_age_identity_given_for_a_recipient_is_never_repeated() -> None:
+    identity = str(x25519.Identity.generate())
+    secret_part = identity.upper().removeprefix("AGE-SECRET-KEY-")
+    for pasted in (identity, identity.lower(), f"  {identity}\n"):
+        with pytest.raises(ValueError, match="this is an age identity") as raised:
+            AgeRecipient(pasted)
+        assert secret_part not in str(raised.value).upper()
+        assert "age-keygen -y" in str(raised.value)
+    with pytest.raises(ValueError, match="not an age X25519 recipient") as raised:
+        AgeRecipient(identity[:-1].replace("AGE-SECRET-KEY-", ""))  # nor any other text
+    assert identity[20:40] not in str(raised.value)
+
+
 def test_a_stanza_is_opened_by_lookup_not_by_trial() -> None:
     """Ten foreign age stanzas before ours: only ours is ever decrypted."""
     ids, mine = age_pair()

@@ -117,7 +117,7 @@ def doc_age_unwrap(identities: list[str], ns: str, sa: str, stanza: dict[str, st
         identity = age_x25519.Identity.from_str(text)
         if str(identity.to_public()) != stanza["kid"]:
             continue
-        inner = pyrage.decrypt(unb64url(stanza["w"]), [identity])
+        inner: bytes = pyrage.decrypt(unb64url(stanza["w"]), [identity])
         label = b"kamus/m1/age\x00"
         assert inner.startswith(label + u16(ns) + u16(sa))
         return inner[len(label + u16(ns) + u16(sa)) :]
