@@ -174,6 +174,13 @@ def identity_refusal(namespace: str, sa: str) -> str:
     return "; ".join(parts)
 
 
+def with_clipboard(open_session: Callable[..., Session], url: str) -> tuple[Session, EncryptPage]:
+    """A session whose page may read and write the clipboard, at the page of ``url``."""
+    opened = open_session()
+    opened.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+    return opened, EncryptPage(opened.page).open(url)
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -485,9 +492,7 @@ def test_a_whole_session_asks_only_its_own_origin_and_stores_nothing(
     open_session: Callable[..., Session], deployment: Deployment
 ) -> None:
     origin = deployment.encryptor.url
-    recorded = open_session()
-    recorded.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
-    ui = EncryptPage(recorded.page).open(origin)
+    recorded, ui = with_clipboard(open_session, origin)
     ui.encrypt("team-session", "app", TEXT)
     for form in ("Ciphertext", "KamusSecret", "ConfigMap"):
         ui.output(form)
@@ -617,11 +622,7 @@ def test_the_token_field_is_not_there_without_authentication(ui: EncryptPage) ->
 def test_keyboard_only_with_visible_focus_and_a_label_for_every_control(
     open_session: Callable[..., Session], deployment: Deployment, kube: KubeApiDouble
 ) -> None:
-    recorded = open_session()
-    recorded.context.grant_permissions(
-        ["clipboard-read", "clipboard-write"], origin=deployment.encryptor.url
-    )
-    ui = EncryptPage(recorded.page).open(deployment.encryptor.url)
+    _, ui = with_clipboard(open_session, deployment.encryptor.url)
     keys = ui.page.keyboard
     order = []
     for _ in range(6):
@@ -700,9 +701,7 @@ def test_the_copy_button_puts_exactly_the_shown_output_on_the_clipboard(
     open_session: Callable[..., Session], deployment: Deployment
 ) -> None:
     origin = deployment.encryptor.url
-    recorded = open_session()
-    recorded.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
-    ui = EncryptPage(recorded.page).open(origin)
+    _, ui = with_clipboard(open_session, origin)
     ui.encrypt("team-copy", "app", MULTILINE)
     for form in ("Ciphertext", "KamusSecret", "ConfigMap"):
         shown = ui.output(form)
